@@ -1,0 +1,96 @@
+//! The Rust SDK for engine plugins.
+//!
+//! A plugin is a WebAssembly component that implements one of three worlds of the WIT package
+//! `engine:plugin@0.1.0`: a **provider** (a platform such as Cloud Run), a **strategy** (how a
+//! new revision replaces the old one) or a **health** check. With this crate a plugin author
+//! implements one trait and calls one export macro:
+//!
+//! ```ignore
+//! use engine_sdk::{Provider, PluginInfo};
+//!
+//! struct MyCloud;
+//!
+//! impl Provider for MyCloud {
+//!     fn info() -> PluginInfo { /* … */ }
+//!     // validate, read, plan, deploy, set_traffic, get_traffic, endpoints, retire, destroy
+//! }
+//!
+//! engine_sdk::export_provider!(MyCloud);
+//! ```
+//!
+//! and builds it with `cargo build --release --target wasm32-wasip2`.
+//!
+//! The host imports have Rust wrappers here: [`log`], [`clock`], [`secrets`] and an HTTP
+//! client with retries in [`http`]. Each also works outside WebAssembly, so the plugin's logic
+//! can be tested natively with `cargo test` (see [`testing`]).
+
+pub mod bindings;
+pub mod clock;
+pub mod error;
+pub mod http;
+pub mod log;
+pub mod secrets;
+pub mod testing;
+
+pub use bindings::engine::plugin::types::*;
+pub use error::ErrorExt;
+
+/// The trait a provider plugin implements: one function per export of the `provider` interface.
+pub use bindings::provider::exports::engine::plugin::provider::Guest as Provider;
+
+/// The trait a strategy plugin implements.
+pub use bindings::strategy::exports::engine::plugin::strategy::Guest as Strategy;
+
+/// The trait a health-check plugin implements.
+pub use bindings::health::exports::engine::plugin::health::Guest as Health;
+
+/// Types used only by strategies: the rollout, observations, decisions.
+pub mod strategy {
+    pub use crate::bindings::strategy::exports::engine::plugin::strategy::{
+        AnalysisRequest, CheckOutcome, Decision, Observation, Rollout, StepResult,
+    };
+}
+
+/// Types used only by health checks: the target and the result.
+pub mod health {
+    pub use crate::bindings::health::exports::engine::plugin::health::{CheckResult, Target};
+}
+
+/// The version of the WIT package this SDK implements.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// Exports a type implementing [`Provider`] as the plugin's `provider` interface.
+#[macro_export]
+macro_rules! export_provider {
+    ($plugin:ident) => {
+        $crate::bindings::provider::__export_provider_world!($plugin with_types_in $crate::bindings::provider);
+    };
+}
+
+/// Exports a type implementing [`Strategy`] as the plugin's `strategy` interface.
+#[macro_export]
+macro_rules! export_strategy {
+    ($plugin:ident) => {
+        $crate::bindings::strategy::__export_strategy_world!($plugin with_types_in $crate::bindings::strategy);
+    };
+}
+
+/// Exports a type implementing [`Health`] as the plugin's `health` interface.
+#[macro_export]
+macro_rules! export_health {
+    ($plugin:ident) => {
+        $crate::bindings::health::__export_health_world!($plugin with_types_in $crate::bindings::health);
+    };
+}
+
+impl Capabilities {
+    /// No capability at all: what a strategy, or a pure provider, declares.
+    pub fn none() -> Self {
+        Capabilities {
+            http: Vec::new(),
+            env: Vec::new(),
+            dirs: Vec::new(),
+            secrets: Vec::new(),
+        }
+    }
+}
