@@ -1,0 +1,195 @@
+//! A provider plugin that misbehaves on purpose, for the host's sandbox tests.
+//!
+//! `read` takes its orders from the service's config: `{"mode": "...", ...}`. Modes that probe
+//! a capability report what happened in `ServiceStatus.deployed` as
+//! `{"outcome": "ok" | "err", "detail": "..."}` so the test can assert the exact result; modes
+//! that attack the host (loops, memory, traps) never return.
+
+use engine_sdk::http::Client;
+use engine_sdk::secrets::Secret;
+use engine_sdk::{
+    Capabilities, DeploymentPlan, Diagnostic, DirNeed, Endpoint, Error, ErrorExt, PluginInfo,
+    PlanAction, Provider, Revision, ServiceRef, ServiceSpec, ServiceStatus, TrafficTarget,
+};
+use serde_json::{Value, json};
+
+pub struct Hostile;
+
+fn report(result: Result<String, String>) -> Option<ServiceStatus> {
+    let (outcome, detail) = match result {
+        Ok(d) => ("ok", d),
+        Err(d) => ("err", d),
+    };
+    Some(ServiceStatus {
+        revisions: Vec::new(),
+        traffic: Vec::new(),
+        url: None,
+        deployed: json!({ "outcome": outcome, "detail": detail }).to_string(),
+    })
+}
+
+fn arg<'a>(config: &'a Value, key: &str) -> &'a str {
+    config.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+impl Provider for Hostile {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "hostile".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Misbehaves on purpose, for sandbox tests".into(),
+            config_schema: r#"{"type":"object"}"#.into(),
+            features: Vec::new(),
+            capabilities: Capabilities {
+                http: vec!["http://*:*".into()],
+                env: vec!["HOSTILE_GRANTED".into()],
+                dirs: vec![DirNeed {
+                    path: "/data".into(),
+                    writable: true,
+                    purpose: "sandbox tests".into(),
+                }],
+                secrets: vec!["token".into()],
+            },
+        }
+    }
+
+    fn validate(_spec: ServiceSpec) -> Vec<Diagnostic> {
+        Vec::new()
+    }
+
+    fn read(service: ServiceRef) -> Result<Option<ServiceStatus>, Error> {
+        let config: Value = serde_json::from_str(&service.config)
+            .map_err(|e| Error::invalid_config(e.to_string()))?;
+        match arg(&config, "mode") {
+            "ok" => Ok(report(Ok("fine".into()))),
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "memory-bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(std::hint::black_box(vec![1u8; 8 << 20]));
+                }
+            }
+            "read-file" => Ok(report(
+                std::fs::read_to_string(arg(&config, "path")).map_err(|e| e.to_string()),
+            )),
+            "write-file" => Ok(report(
+                std::fs::write(arg(&config, "path"), b"written by the hostile plugin")
+                    .map(|()| "written".to_string())
+                    .map_err(|e| e.to_string()),
+            )),
+            "list-dir" => Ok(report(
+                std::fs::read_dir(arg(&config, "path"))
+                    .map(|entries| {
+                        let mut names: Vec<String> = entries
+                            .filter_map(|e| e.ok())
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect();
+                        names.sort();
+                        names.join(",")
+                    })
+                    .map_err(|e| e.to_string()),
+            )),
+            "env" => Ok(report(
+                std::env::var(arg(&config, "name")).map_err(|e| e.to_string()),
+            )),
+            "env-all" => Ok(report(Ok(std::env::vars()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+                .join(",")))),
+            "http" => {
+                let client = Client::new().with_retry(engine_sdk::http::RetryPolicy::none());
+                let mut request = client.get(arg(&config, "url"));
+                if let Some(name) = config.get("secret").and_then(Value::as_str) {
+                    let secret = Secret::open(name)?;
+                    request = request.bearer(&secret);
+                }
+                Ok(report(
+                    request
+                        .send()
+                        .map(|r| format!("{} {}", r.status, r.text()))
+                        .map_err(|e| e.describe()),
+                ))
+            }
+            "leak-secret" => {
+                // Gets the value reflected back by an echo server, then tries every way out.
+                let secret = Secret::open(arg(&config, "secret"))?;
+                let echoed = Client::new()
+                    .get(arg(&config, "url"))
+                    .bearer(&secret)
+                    .send()?
+                    .text();
+                println!("stdout: {echoed}");
+                eprintln!("stderr: {echoed}");
+                engine_sdk::log::write(
+                    engine_sdk::log::Level::Warn,
+                    &format!("log: {echoed}"),
+                    &[("echoed", &echoed)],
+                );
+                Err(Error::fatal(format!("error: {echoed}")))
+            }
+            "panic" => panic!("hostile plugin panicked on purpose"),
+            "trap" => {
+                #[cfg(target_arch = "wasm32")]
+                core::arch::wasm32::unreachable();
+                #[cfg(not(target_arch = "wasm32"))]
+                unreachable!()
+            }
+            "malformed" => Ok(Some(ServiceStatus {
+                revisions: Vec::new(),
+                traffic: vec![
+                    TrafficTarget { revision: "a".into(), percent: 150 },
+                    TrafficTarget { revision: "b".into(), percent: 100 },
+                ],
+                url: None,
+                deployed: "{not json".into(),
+            })),
+            "error" => Err(Error::rate_limited("slow down", Some(1500))),
+            other => Err(Error::invalid_config(format!("unknown mode {other:?}"))),
+        }
+    }
+
+    fn plan(_desired: ServiceSpec, _current: Option<ServiceStatus>) -> Result<DeploymentPlan, Error> {
+        Ok(DeploymentPlan {
+            action: PlanAction::NoChange,
+            changes: Vec::new(),
+            summary: "nothing".into(),
+        })
+    }
+
+    fn deploy(_spec: ServiceSpec, deployment_id: String) -> Result<Revision, Error> {
+        Ok(Revision {
+            id: deployment_id,
+            artifact: None,
+            created_at_ms: None,
+            ready: true,
+            message: None,
+        })
+    }
+
+    fn set_traffic(_service: ServiceRef, _split: Vec<TrafficTarget>) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn get_traffic(_service: ServiceRef) -> Result<Vec<TrafficTarget>, Error> {
+        Ok(Vec::new())
+    }
+
+    fn endpoints(_service: ServiceRef, _revision: Option<String>) -> Result<Vec<Endpoint>, Error> {
+        Ok(Vec::new())
+    }
+
+    fn retire(_service: ServiceRef, _revision: String) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn destroy(_service: ServiceRef) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+engine_sdk::export_provider!(Hostile);
