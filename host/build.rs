@@ -1,0 +1,120 @@
+//! Compiles every plugin under `plugins/` for `wasm32-wasip2` in release mode, embeds the
+//! first-party ones (providers/, strategies/, health/) in the `engine` binary, and tells the
+//! tests where the test-only ones (testing/) are.
+//!
+//! The plugins are built by a nested `cargo` with its own target directory (`target/plugins`),
+//! so it never waits on the lock of the build that runs this script.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// Plugin directories and the kind of plugin each holds; `None` marks test-only plugins.
+const KINDS: [(&str, Option<&str>); 4] = [
+    ("providers", Some("provider")),
+    ("strategies", Some("strategy")),
+    ("health", Some("health")),
+    ("testing", None),
+];
+
+struct PluginCrate {
+    /// The directory name, which is the plugin's name in pipelines.
+    name: String,
+    package: String,
+    kind: Option<&'static str>,
+}
+
+fn main() {
+    let host_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = host_dir.parent().unwrap().to_path_buf();
+    for watched in ["plugins", "sdk", "wit", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("plugins");
+    let crates = discover(&root.join("plugins"));
+    for plugin in &crates {
+        build(&root, &target_dir, plugin);
+    }
+
+    let wasm_dir = target_dir.join(WASM_TARGET).join("release");
+    let mut out = String::from("static EMBEDDED: &[EmbeddedPlugin] = &[\n");
+    for plugin in crates.iter().filter(|c| c.kind.is_some()) {
+        let wasm = wasm_dir.join(format!("{}.wasm", plugin.package.replace('-', "_")));
+        writeln!(
+            out,
+            "    EmbeddedPlugin {{ name: {:?}, kind: {:?}, bytes: include_bytes!({:?}) }},",
+            plugin.name,
+            plugin.kind.unwrap(),
+            wasm.display().to_string()
+        )
+        .unwrap();
+    }
+    out.push_str("];\n");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    std::fs::write(out_dir.join("embedded_plugins.rs"), out).unwrap();
+    println!("cargo:rustc-env=ENGINE_TESTING_PLUGINS={}", wasm_dir.display());
+}
+
+fn discover(plugins: &Path) -> Vec<PluginCrate> {
+    let mut found = Vec::new();
+    for (dir, kind) in KINDS {
+        let Ok(entries) = std::fs::read_dir(plugins.join(dir)) else { continue };
+        let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        dirs.sort();
+        for path in dirs {
+            let manifest = path.join("Cargo.toml");
+            let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
+            let parsed: toml::Table = text
+                .parse()
+                .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+            let package = parsed["package"]["name"].as_str().unwrap().to_string();
+            found.push(PluginCrate {
+                name: path.file_name().unwrap().to_string_lossy().into_owned(),
+                package,
+                kind,
+            });
+        }
+    }
+    found
+}
+
+fn build(root: &Path, target_dir: &Path, plugin: &PluginCrate) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args(["rustc", "--quiet", "--release", "--lib", "--crate-type", "cdylib"])
+        .args(["--target", WASM_TARGET, "-p", &plugin.package])
+        .arg("--target-dir")
+        .arg(target_dir);
+    // The outer build's flags are for the host, not for wasm (and clippy's wrapper would lint
+    // the plugins a second time); the nested build starts clean.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build plugin {}: {e}", plugin.name));
+    if !status.success() {
+        panic!(
+            "building plugin {} ({}) for {WASM_TARGET} failed (see the errors above). \
+             If the target is missing, run `rustup target add {WASM_TARGET}` \
+             (rust-toolchain.toml asks rustup to install it on first use).",
+            plugin.name, plugin.package
+        );
+    }
+}

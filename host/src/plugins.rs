@@ -1,0 +1,89 @@
+//! Where plugins come from: built into the `engine` binary, or a `.wasm` file pinned by sha256.
+
+use crate::runtime::LoadError;
+use std::borrow::Cow;
+use std::path::PathBuf;
+
+/// A first-party plugin compiled by `host/build.rs` and embedded in the binary.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedPlugin {
+    pub name: &'static str,
+    /// `provider`, `strategy` or `health`, from the directory it was built from.
+    pub kind: &'static str,
+    pub bytes: &'static [u8],
+}
+
+include!(concat!(env!("OUT_DIR"), "/embedded_plugins.rs"));
+
+/// Every built-in plugin.
+pub fn embedded() -> &'static [EmbeddedPlugin] {
+    EMBEDDED
+}
+
+/// Looks a built-in plugin up by name.
+pub fn find_embedded(name: &str) -> Option<&'static EmbeddedPlugin> {
+    EMBEDDED.iter().find(|p| p.name == name)
+}
+
+/// Where to load a plugin from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A built-in plugin, by name.
+    Embedded(String),
+    /// A third-party plugin file, pinned by its sha256 (64 hex digits).
+    File { path: PathBuf, sha256: String },
+    /// A file loaded without a pin: only for `engine plugins inspect`, which shows the hash to pin.
+    Unpinned(PathBuf),
+}
+
+impl PluginSource {
+    /// For people: `built-in` or the path.
+    pub fn origin(&self) -> String {
+        match self {
+            PluginSource::Embedded(_) => "built-in".into(),
+            PluginSource::File { path, .. } | PluginSource::Unpinned(path) => path.display().to_string(),
+        }
+    }
+
+    /// The plugin's bytes.
+    pub fn read(&self, plugin: &str) -> Result<Cow<'static, [u8]>, LoadError> {
+        match self {
+            PluginSource::Embedded(name) => find_embedded(name)
+                .map(|p| Cow::Borrowed(p.bytes))
+                .ok_or_else(|| LoadError::UnknownEmbedded {
+                    name: name.clone(),
+                    available: EMBEDDED.iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
+                }),
+            PluginSource::File { path, .. } | PluginSource::Unpinned(path) => std::fs::read(path)
+                .map(Cow::Owned)
+                .map_err(|e| LoadError::Read {
+                    plugin: plugin.to_string(),
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                }),
+        }
+    }
+
+    /// Refuses a file whose sha256 is not the pinned one.
+    pub fn verify(&self, plugin: &str, actual: &str) -> Result<(), LoadError> {
+        let PluginSource::File { path, sha256 } = self else {
+            return Ok(());
+        };
+        let expected = sha256.trim().to_ascii_lowercase();
+        if expected.len() != 64 || !expected.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(LoadError::BadPin {
+                plugin: plugin.to_string(),
+                value: sha256.clone(),
+            });
+        }
+        if expected != actual {
+            return Err(LoadError::HashMismatch {
+                plugin: plugin.to_string(),
+                path: path.display().to_string(),
+                expected,
+                actual: actual.to_string(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,413 @@
+//! What the pipeline grants a plugin (`[plugins.NAME]` in pipeline.toml), parsed and checked.
+//!
+//! Deny by default: a plugin gets outbound HTTP only to the `allow_http` patterns, the
+//! environment variables in `allow_env`, the directories in `dirs` and the secrets in `secrets`,
+//! and only those of them it also declares in its `info`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The grants as written in pipeline.toml (strings not yet parsed).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsConfig {
+    /// Outbound HTTP destinations, `scheme://host[:port]` with `*` wildcards.
+    #[serde(default)]
+    pub allow_http: Vec<String>,
+    /// Environment variables passed to the plugin, by name.
+    #[serde(default)]
+    pub allow_env: Vec<String>,
+    /// Host directories the plugin may open.
+    #[serde(default)]
+    pub dirs: Vec<DirGrant>,
+    /// Secrets by the name the plugin opens them with.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretGrantConfig>,
+    /// Wall-clock limit for one call, such as `30s`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Memory cap, such as `256MiB`.
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// Largest HTTP response body the plugin may receive, such as `16MiB`.
+    #[serde(default)]
+    pub max_response: Option<String>,
+}
+
+/// A directory granted to a plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// The directory on this machine.
+    pub host: PathBuf,
+    /// The path the plugin sees, which must be one it declares.
+    pub guest: String,
+    /// Whether the plugin may write there.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// A secret granted to a plugin, as written in pipeline.toml.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretGrantConfig {
+    /// Where the value comes from: `env:NAME` or `file:PATH`.
+    pub from: String,
+    /// Destinations the value may be sent to; defaults to all of `allow_http`.
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+}
+
+/// Per-call limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub memory_bytes: u64,
+    pub max_response_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(30),
+            memory_bytes: 256 << 20,
+            max_response_bytes: 16 << 20,
+        }
+    }
+}
+
+/// The largest memory cap a plugin can be given: the engine reserves this much address space
+/// per pooled instance slot.
+pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
+
+/// Grants after parsing.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    pub http: Vec<HttpPattern>,
+    pub env: Vec<String>,
+    pub dirs: Vec<DirGrant>,
+    pub secrets: BTreeMap<String, SecretGrant>,
+    pub limits: Limits,
+}
+
+/// A parsed secret grant.
+#[derive(Debug, Clone)]
+pub struct SecretGrant {
+    pub source: super::secrets::SecretSource,
+    /// None: any destination in `allow_http`.
+    pub hosts: Option<Vec<HttpPattern>>,
+}
+
+/// A grant that cannot be parsed; `key` names the pipeline.toml key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct GrantError {
+    pub key: String,
+    pub message: String,
+}
+
+fn grant_error(key: impl Into<String>, message: impl Into<String>) -> GrantError {
+    GrantError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl GrantsConfig {
+    /// Parses every string; reports the first bad one with the key it came from.
+    pub fn parse(&self) -> Result<Grants, GrantError> {
+        let http = self
+            .allow_http
+            .iter()
+            .map(|p| HttpPattern::parse(p).map_err(|m| grant_error("allow_http", m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for name in &self.allow_env {
+            if name.is_empty() || name.contains('=') {
+                return Err(grant_error(
+                    "allow_env",
+                    format!("{name:?} is not an environment variable name"),
+                ));
+            }
+        }
+        for dir in &self.dirs {
+            if !dir.guest.starts_with('/') {
+                return Err(grant_error(
+                    "dirs",
+                    format!("guest path {:?} must be absolute, such as \"/data\"", dir.guest),
+                ));
+            }
+        }
+        let mut secrets = BTreeMap::new();
+        for (name, grant) in &self.secrets {
+            let key = format!("secrets.{name}");
+            let source = super::secrets::SecretSource::parse(&grant.from)
+                .map_err(|m| grant_error(format!("{key}.from"), m))?;
+            let hosts = grant
+                .hosts
+                .as_ref()
+                .map(|hosts| {
+                    hosts
+                        .iter()
+                        .map(|p| HttpPattern::parse(p).map_err(|m| grant_error(format!("{key}.hosts"), m)))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?;
+            secrets.insert(name.clone(), SecretGrant { source, hosts });
+        }
+        let mut limits = Limits::default();
+        if let Some(t) = &self.timeout {
+            limits.timeout = humantime::parse_duration(t).map_err(|e| {
+                grant_error("timeout", format!("{t:?} is not a duration ({e}); write it like \"30s\" or \"2m\""))
+            })?;
+            if limits.timeout.is_zero() {
+                return Err(grant_error("timeout", "must be more than zero"));
+            }
+        }
+        if let Some(m) = &self.memory {
+            limits.memory_bytes = parse_size("memory", m)?;
+            if limits.memory_bytes > MAX_MEMORY_BYTES {
+                return Err(grant_error(
+                    "memory",
+                    format!("{m} is over the engine's ceiling of 4GiB"),
+                ));
+            }
+        }
+        if let Some(m) = &self.max_response {
+            limits.max_response_bytes = parse_size("max_response", m)?;
+        }
+        Ok(Grants {
+            http,
+            env: self.allow_env.clone(),
+            dirs: self.dirs.clone(),
+            secrets,
+            limits,
+        })
+    }
+}
+
+fn parse_size(key: &str, text: &str) -> Result<u64, GrantError> {
+    text.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| grant_error(key, format!("{text:?} is not a size ({e}); write it like \"256MiB\"")))
+}
+
+/// `scheme://host[:port]` with wildcards: scheme `*`, host `*` or `*.suffix`, port `*`.
+/// Without a port the pattern matches the scheme's default port only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpPattern {
+    scheme: Option<String>,
+    host: HostPattern,
+    port: PortPattern,
+    text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Any,
+    Exact(String),
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortPattern {
+    Any,
+    Default,
+    Exact(u16),
+}
+
+/// The port a URL uses when it names none.
+pub fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
+}
+
+impl HttpPattern {
+    pub fn parse(text: &str) -> Result<HttpPattern, String> {
+        let hint = "write it as scheme://host[:port], such as \"https://*.example.com\" or \"http://localhost:*\"";
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| format!("{text:?} has no scheme; {hint}"))?;
+        let scheme = match scheme {
+            "*" => None,
+            "http" | "https" => Some(scheme.to_string()),
+            other => return Err(format!("{text:?}: scheme {other:?} is not http, https or *")),
+        };
+        if rest.contains('/') || rest.contains('?') || rest.contains('@') {
+            return Err(format!("{text:?} must not have a path, query or user; {hint}"));
+        }
+        // Split the port off, minding IPv6 literals in brackets.
+        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+            let (addr, after) = inner
+                .split_once(']')
+                .ok_or_else(|| format!("{text:?}: unclosed '[' in the host"))?;
+            (addr.to_string(), after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (rest.to_string(), None),
+            }
+        };
+        let port = match port {
+            None => PortPattern::Default,
+            Some("*") => PortPattern::Any,
+            Some(p) => PortPattern::Exact(
+                p.parse()
+                    .map_err(|_| format!("{text:?}: port {p:?} is not a number or *"))?,
+            ),
+        };
+        if port == PortPattern::Default && scheme.is_none() {
+            return Err(format!("{text:?}: with scheme * give a port or :*"));
+        }
+        let host = host.to_ascii_lowercase();
+        let host = if host == "*" {
+            HostPattern::Any
+        } else if let Some(suffix) = host.strip_prefix("*.") {
+            if suffix.is_empty() || suffix.contains('*') {
+                return Err(format!("{text:?}: a wildcard host looks like *.example.com"));
+            }
+            HostPattern::Suffix(format!(".{suffix}"))
+        } else if host.is_empty() || host.contains('*') {
+            return Err(format!("{text:?}: '*' may only stand alone or as the first label; {hint}"));
+        } else {
+            HostPattern::Exact(host)
+        };
+        Ok(HttpPattern {
+            scheme,
+            host,
+            port,
+            text: text.to_string(),
+        })
+    }
+
+    /// Whether a request to `scheme://host:port` matches. `host` is lower case, without brackets.
+    pub fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
+        let scheme_ok = self.scheme.as_deref().is_none_or(|s| s == scheme);
+        let host_ok = match &self.host {
+            HostPattern::Any => true,
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Suffix(s) => host.ends_with(s.as_str()),
+        };
+        let port_ok = match self.port {
+            PortPattern::Any => true,
+            PortPattern::Exact(p) => p == port,
+            PortPattern::Default => default_port(scheme) == Some(port),
+        };
+        scheme_ok && host_ok && port_ok
+    }
+
+    /// The IP address this pattern names literally, if it does.
+    pub fn literal_ip(&self) -> Option<IpAddr> {
+        match &self.host {
+            HostPattern::Exact(h) => h.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// Whether the pattern names exactly this host (no wildcard).
+    pub fn names_host(&self, host: &str) -> bool {
+        matches!(&self.host, HostPattern::Exact(h) if h == host)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for HttpPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// The grant that would allow a request to `scheme://host:port`: what a denial tells the user
+/// to add.
+pub fn suggested_http_grant(scheme: &str, host: &str, port: u16) -> String {
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+    if default_port(scheme) == Some(port) {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> HttpPattern {
+        HttpPattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn exact_host_matches_default_port_only() {
+        let pat = p("https://run.googleapis.com");
+        assert!(pat.matches("https", "run.googleapis.com", 443));
+        assert!(!pat.matches("https", "run.googleapis.com", 8443));
+        assert!(!pat.matches("http", "run.googleapis.com", 443));
+        assert!(!pat.matches("https", "evil.com", 443));
+    }
+
+    #[test]
+    fn wildcard_host_needs_a_label_before_the_suffix() {
+        let pat = p("https://*.googleapis.com");
+        assert!(pat.matches("https", "run.googleapis.com", 443));
+        assert!(!pat.matches("https", "googleapis.com", 443));
+        assert!(!pat.matches("https", "evilgoogleapis.com", 443));
+    }
+
+    #[test]
+    fn wildcard_port_and_scheme() {
+        let pat = p("*://localhost:*");
+        assert!(pat.matches("http", "localhost", 1));
+        assert!(pat.matches("https", "localhost", 65535));
+        assert!(!pat.matches("http", "127.0.0.1", 80));
+    }
+
+    #[test]
+    fn ipv6_literal() {
+        let pat = p("http://[::1]:8080");
+        assert!(pat.matches("http", "::1", 8080));
+        assert_eq!(pat.literal_ip(), Some("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_patterns_say_what_is_wrong() {
+        assert!(HttpPattern::parse("example.com").unwrap_err().contains("no scheme"));
+        assert!(HttpPattern::parse("ftp://x").unwrap_err().contains("not http"));
+        assert!(HttpPattern::parse("https://x/path").unwrap_err().contains("path"));
+        assert!(HttpPattern::parse("https://a.*.com").unwrap_err().contains("first label"));
+        assert!(HttpPattern::parse("http://x:port").unwrap_err().contains("not a number"));
+        assert!(HttpPattern::parse("*://x").unwrap_err().contains("give a port"));
+    }
+
+    #[test]
+    fn suggestions_omit_default_ports() {
+        assert_eq!(suggested_http_grant("https", "a.com", 443), "https://a.com");
+        assert_eq!(suggested_http_grant("http", "127.0.0.1", 8080), "http://127.0.0.1:8080");
+        assert_eq!(suggested_http_grant("http", "::1", 80), "http://[::1]");
+    }
+
+    #[test]
+    fn limits_parse_with_units_and_defaults() {
+        let cfg = GrantsConfig {
+            timeout: Some("1500ms".into()),
+            memory: Some("64MiB".into()),
+            ..Default::default()
+        };
+        let g = cfg.parse().unwrap();
+        assert_eq!(g.limits.timeout, Duration::from_millis(1500));
+        assert_eq!(g.limits.memory_bytes, 64 << 20);
+        assert_eq!(g.limits.max_response_bytes, Limits::default().max_response_bytes);
+        let bad = GrantsConfig { memory: Some("lots".into()), ..Default::default() };
+        assert_eq!(bad.parse().unwrap_err().key, "memory");
+        let huge = GrantsConfig { memory: Some("8GiB".into()), ..Default::default() };
+        assert!(huge.parse().unwrap_err().message.contains("ceiling"));
+    }
+}

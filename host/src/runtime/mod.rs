@@ -1,0 +1,325 @@
+//! The sandboxed WebAssembly plugin runtime.
+//!
+//! One wasmtime [`Engine`] per process (pooling allocator, epoch interruption), one `Linker`
+//! per plugin world, one `InstancePre` per loaded plugin, a fresh `Store` per call. Compiled
+//! plugins are cached on disk. Each plugin gets only what the pipeline grants and the plugin
+//! declares; see [`grants`] and [`egress`].
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use engine::runtime::{Runtime, RuntimeOptions, grants::GrantsConfig};
+//! use engine::plugins::PluginSource;
+//!
+//! let runtime = Runtime::new(RuntimeOptions::default())?;
+//! let plugin = runtime
+//!     .load("all-at-once", &PluginSource::Embedded("all-at-once".into()), &GrantsConfig::default())
+//!     .await?;
+//! println!("{} is a {} plugin", plugin.info().name, plugin.kind());
+//! # Ok(()) }
+//! ```
+
+pub mod bindings;
+pub mod cache;
+pub mod egress;
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod grants;
+pub mod inspect;
+pub mod plugin;
+pub mod secrets;
+pub mod store;
+
+pub use error::{CallError, LoadError, PluginError};
+pub use events::{Denial, EventSink, MemorySink, PluginEvent, TracingSink};
+pub use inspect::{PluginKind, WIT_PACKAGE, WIT_VERSION};
+pub use plugin::{Health, LoadedPlugin, Provider, Strategy};
+
+use crate::plugins::PluginSource;
+use cache::{CacheOutcome, CompileCache, sha256_hex};
+use events::PluginEvent as Event;
+use grants::{Grants, GrantsConfig, HttpPattern};
+use secrets::PluginSecrets;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use store::{PluginState, Sandbox};
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker};
+
+/// How to set the runtime up.
+#[derive(Clone)]
+pub struct RuntimeOptions {
+    /// Where compiled plugins are cached; None turns the cache off.
+    pub cache_dir: Option<PathBuf>,
+    /// How many plugin calls may run at once (the size of the instance pool).
+    pub max_concurrent_calls: u32,
+    /// Where plugin logs, output and denials go.
+    pub sink: Arc<dyn EventSink>,
+    /// Fixed name resolutions for plugin HTTP, like curl's `--resolve`; the address checks still
+    /// apply to them.
+    pub resolve_overrides: HashMap<String, Vec<IpAddr>>,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            cache_dir: CompileCache::default_dir(),
+            max_concurrent_calls: 64,
+            sink: Arc::new(TracingSink),
+            resolve_overrides: HashMap::new(),
+        }
+    }
+}
+
+/// What every loaded plugin shares.
+pub(crate) struct RuntimeShared {
+    pub engine: Engine,
+    pub allocation: engine::Allocation,
+    pub cache: CompileCache,
+    pub calls: tokio::sync::Semaphore,
+    pub sink: Arc<dyn EventSink>,
+    pub resolve_overrides: Arc<HashMap<String, Vec<IpAddr>>>,
+    provider_linker: Linker<PluginState>,
+    strategy_linker: Linker<PluginState>,
+    health_linker: Linker<PluginState>,
+}
+
+/// The plugin runtime. Create one per process and load plugins from it.
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<RuntimeShared>,
+}
+
+/// The linker for one plugin world: WASI (sockets denied by each store's context), the host
+/// imports the world has, and `wasi:http` only for worlds that import it.
+fn linker(engine: &Engine, kind: PluginKind) -> wasmtime::Result<Linker<PluginState>> {
+    use bindings::provider::engine::plugin::{clock, log, secrets, types};
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    types::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+    log::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+    if kind != PluginKind::Strategy {
+        clock::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+        secrets::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    }
+    Ok(linker)
+}
+
+impl Runtime {
+    pub fn new(options: RuntimeOptions) -> anyhow::Result<Runtime> {
+        let (engine, allocation) = engine::build(options.max_concurrent_calls)?;
+        let cache = CompileCache::new(&engine, options.cache_dir);
+        Ok(Runtime {
+            shared: Arc::new(RuntimeShared {
+                provider_linker: linker(&engine, PluginKind::Provider)?,
+                strategy_linker: linker(&engine, PluginKind::Strategy)?,
+                health_linker: linker(&engine, PluginKind::Health)?,
+                engine,
+                allocation,
+                cache,
+                calls: tokio::sync::Semaphore::new(options.max_concurrent_calls.max(1) as usize),
+                sink: options.sink,
+                resolve_overrides: Arc::new(options.resolve_overrides),
+            }),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    pub fn allocation(&self) -> engine::Allocation {
+        self.shared.allocation
+    }
+
+    pub fn cache(&self) -> &CompileCache {
+        &self.shared.cache
+    }
+
+    /// Loads, checks and pre-instantiates a plugin, asks it for its `info`, and sets up its
+    /// sandbox from `grants` and what it declares.
+    pub async fn load(&self, name: &str, source: &PluginSource, grants: &GrantsConfig) -> Result<LoadedPlugin, LoadError> {
+        self.load_with_outcome(name, source, grants).await.map(|(p, _)| p)
+    }
+
+    /// [`Runtime::load`], also telling whether the compile cache was hit.
+    pub async fn load_with_outcome(
+        &self,
+        name: &str,
+        source: &PluginSource,
+        grants: &GrantsConfig,
+    ) -> Result<(LoadedPlugin, CacheOutcome), LoadError> {
+        let shared = &self.shared;
+        let bytes = source.read(name)?;
+        let sha256 = sha256_hex(&bytes);
+        source.verify(name, &sha256)?;
+        let (component, outcome) =
+            shared
+                .cache
+                .load(&shared.engine, &sha256, &bytes)
+                .map_err(|e| LoadError::NotAComponent {
+                    plugin: name.to_string(),
+                    message: format!("{e:#}"),
+                })?;
+        let shape = inspect::shape(&shared.engine, name, &component)?;
+        let linker = match shape.kind {
+            PluginKind::Provider => &shared.provider_linker,
+            PluginKind::Strategy => &shared.strategy_linker,
+            PluginKind::Health => &shared.health_linker,
+        };
+        let link_error = |e: wasmtime::Error| LoadError::Link {
+            plugin: name.to_string(),
+            message: format!("{e:#}"),
+        };
+        let pre = linker.instantiate_pre(&component).map_err(link_error)?;
+        let pre = plugin::KindPre::new(shape.kind, pre).map_err(link_error)?;
+
+        let grants = grants.parse().map_err(|error| LoadError::Grant {
+            plugin: name.to_string(),
+            error,
+        })?;
+        // `info` runs with nothing granted: it must be pure.
+        let bare = self.sandbox(name, &Grants { limits: grants.limits, ..Grants::default() }, Vec::new(), Arc::default())?;
+        let info = pre.info(shared, &bare).await.map_err(|error| LoadError::Info {
+            plugin: name.to_string(),
+            error,
+        })?;
+        let sandbox = self.effective_sandbox(name, &grants, &info.capabilities)?;
+        let plugin = LoadedPlugin {
+            inner: Arc::new(plugin::PluginInner {
+                runtime: shared.clone(),
+                name: name.to_string(),
+                origin: source.origin(),
+                sha256,
+                wit_version: shape.wit_version,
+                functions: shape.functions,
+                imports: shape.imports,
+                info,
+                pre,
+                sandbox,
+            }),
+        };
+        Ok((plugin, outcome))
+    }
+
+    fn sandbox(
+        &self,
+        name: &str,
+        grants: &Grants,
+        declared_http: Vec<HttpPattern>,
+        secrets: Arc<PluginSecrets>,
+    ) -> Result<Arc<Sandbox>, LoadError> {
+        let egress = egress::EgressPolicy::new(
+            name,
+            grants.http.clone(),
+            declared_http,
+            secrets.clone(),
+            grants.limits.max_response_bytes,
+            self.shared.resolve_overrides.clone(),
+            self.shared.sink.clone(),
+        )
+        .map_err(|e| LoadError::Sandbox {
+            plugin: name.to_string(),
+            message: format!("cannot set up its HTTP client: {e:#}"),
+        })?;
+        Ok(Arc::new(Sandbox {
+            plugin: name.to_string(),
+            env: grants
+                .env
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
+                .collect(),
+            dirs: grants.dirs.clone(),
+            limits: grants.limits,
+            secrets,
+            egress: Arc::new(egress),
+            sink: self.shared.sink.clone(),
+        }))
+    }
+
+    /// Intersects the grants with what the plugin declares, and tells the user about every
+    /// difference: a declared capability left ungranted, a grant the plugin never asked for.
+    fn effective_sandbox(
+        &self,
+        name: &str,
+        grants: &Grants,
+        declared: &bindings::types::Capabilities,
+    ) -> Result<Arc<Sandbox>, LoadError> {
+        let warn = |message: String| {
+            self.shared.sink.event(Event::GrantMismatch {
+                plugin: name.to_string(),
+                message,
+            })
+        };
+        let sandbox_error = |message: String| LoadError::Sandbox {
+            plugin: name.to_string(),
+            message,
+        };
+        let declared_http: Vec<HttpPattern> = declared
+            .http
+            .iter()
+            .filter_map(|p| HttpPattern::parse(p).ok())
+            .collect();
+        if grants.http.is_empty() && !declared.http.is_empty() {
+            warn(format!(
+                "declares outbound HTTP to {} but [plugins.{name}] grants none; add allow_http = [...] for the destinations it needs",
+                declared.http.join(", ")
+            ));
+        }
+
+        let mut effective = Grants {
+            http: grants.http.clone(),
+            limits: grants.limits,
+            ..Grants::default()
+        };
+        for var in &grants.env {
+            if declared.env.contains(var) {
+                effective.env.push(var.clone());
+            } else {
+                warn(format!("[plugins.{name}] grants environment variable {var}, which the plugin does not declare; it is not passed"));
+            }
+        }
+        for var in declared.env.iter().filter(|v| !grants.env.contains(v)) {
+            warn(format!("declares environment variable {var}; add \"{var}\" to allow_env in [plugins.{name}] if it should see it"));
+        }
+        for dir in &grants.dirs {
+            let Some(need) = declared.dirs.iter().find(|d| d.path == dir.guest) else {
+                warn(format!("[plugins.{name}] grants directory {}, which the plugin does not declare; it is not opened", dir.guest));
+                continue;
+            };
+            if !dir.host.is_dir() {
+                return Err(sandbox_error(format!(
+                    "directory {} granted as {} does not exist or is not a directory",
+                    dir.host.display(),
+                    dir.guest
+                )));
+            }
+            let mut dir = dir.clone();
+            if dir.writable && !need.writable {
+                dir.writable = false;
+            }
+            effective.dirs.push(dir);
+        }
+        for need in declared.dirs.iter().filter(|d| !grants.dirs.iter().any(|g| g.guest == d.path)) {
+            warn(format!(
+                "declares directory {} ({}); grant it with dirs = [{{ host = \"...\", guest = \"{}\", writable = {} }}] in [plugins.{name}]",
+                need.path, need.purpose, need.path, need.writable
+            ));
+        }
+        for (secret, grant) in &grants.secrets {
+            if declared.secrets.contains(secret) {
+                effective.secrets.insert(secret.clone(), grant.clone());
+            } else {
+                warn(format!("[plugins.{name}] grants secret '{secret}', which the plugin does not declare; it is not available"));
+            }
+        }
+        for secret in declared.secrets.iter().filter(|s| !grants.secrets.contains_key(*s)) {
+            warn(format!("declares secret '{secret}'; grant it under [plugins.{name}.secrets] if it should use it"));
+        }
+        let secrets = PluginSecrets::resolve(&effective.secrets).map_err(sandbox_error)?;
+        self.sandbox(name, &effective, declared_http, Arc::new(secrets))
+    }
+}

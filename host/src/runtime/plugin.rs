@@ -1,0 +1,617 @@
+//! A loaded plugin and the typed calls into it.
+//!
+//! Every call gets a fresh `Store`: instantiate from the plugin's `InstancePre` (microseconds
+//! with the pooling allocator), call one export under the deadline, memory cap and grants,
+//! check the output against the contract, drop the store.
+
+use super::RuntimeShared;
+use super::bindings::health::{HealthPlugin, HealthPluginPre};
+use super::bindings::provider::{ProviderPlugin, ProviderPluginPre};
+use super::bindings::strategy::{StrategyPlugin, StrategyPluginPre};
+use super::bindings::{health as health_world, strategy as strategy_world, types};
+use super::error::{CallError, PluginError};
+use super::events::{PluginEvent, Stream};
+use super::inspect::PluginKind;
+use super::secrets::redactor;
+use super::store::{CallProbes, PluginState, Sandbox};
+use futures::future::BoxFuture;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use wasmtime::component::InstancePre;
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+/// Extra time the host-side timeout allows beyond the plugin's deadline, so the epoch
+/// interruption (which reports the deadline precisely) normally fires first; the timeout catches
+/// a plugin blocked in a host call, where epochs do not run.
+const TIMEOUT_GRACE: Duration = Duration::from_millis(250);
+
+/// Instantiation for one world.
+pub trait WorldPre: Send + Sync {
+    type Bindings: Send + 'static;
+    fn instantiate<'a>(
+        &'a self,
+        store: &'a mut Store<PluginState>,
+    ) -> BoxFuture<'a, wasmtime::Result<Self::Bindings>>;
+}
+
+macro_rules! world_pre {
+    ($pre:ty, $bindings:ty) => {
+        impl WorldPre for $pre {
+            type Bindings = $bindings;
+            fn instantiate<'a>(
+                &'a self,
+                store: &'a mut Store<PluginState>,
+            ) -> BoxFuture<'a, wasmtime::Result<$bindings>> {
+                Box::pin(self.instantiate_async(store))
+            }
+        }
+    };
+}
+world_pre!(ProviderPluginPre<PluginState>, ProviderPlugin);
+world_pre!(StrategyPluginPre<PluginState>, StrategyPlugin);
+world_pre!(HealthPluginPre<PluginState>, HealthPlugin);
+
+/// The pre-instantiated component, by kind.
+pub enum KindPre {
+    Provider(ProviderPluginPre<PluginState>),
+    Strategy(StrategyPluginPre<PluginState>),
+    Health(HealthPluginPre<PluginState>),
+}
+
+impl KindPre {
+    pub fn new(kind: PluginKind, pre: InstancePre<PluginState>) -> wasmtime::Result<KindPre> {
+        Ok(match kind {
+            PluginKind::Provider => KindPre::Provider(ProviderPluginPre::new(pre)?),
+            PluginKind::Strategy => KindPre::Strategy(StrategyPluginPre::new(pre)?),
+            PluginKind::Health => KindPre::Health(HealthPluginPre::new(pre)?),
+        })
+    }
+
+    pub fn kind(&self) -> PluginKind {
+        match self {
+            KindPre::Provider(_) => PluginKind::Provider,
+            KindPre::Strategy(_) => PluginKind::Strategy,
+            KindPre::Health(_) => PluginKind::Health,
+        }
+    }
+
+    /// Calls the kind's `info`, whichever the kind.
+    pub(crate) async fn info(&self, runtime: &RuntimeShared, sandbox: &Arc<Sandbox>) -> Result<types::PluginInfo, CallError> {
+        let info = match self {
+            KindPre::Provider(pre) => {
+                invoke(runtime, sandbox, pre, "info", |b, mut s| async move {
+                    b.engine_plugin_provider().call_info(&mut s).await
+                })
+                .await?
+            }
+            KindPre::Strategy(pre) => {
+                invoke(runtime, sandbox, pre, "info", |b, mut s| async move {
+                    b.engine_plugin_strategy().call_info(&mut s).await
+                })
+                .await?
+            }
+            KindPre::Health(pre) => {
+                invoke(runtime, sandbox, pre, "info", |b, mut s| async move {
+                    b.engine_plugin_health().call_info(&mut s).await
+                })
+                .await?
+            }
+        };
+        check::info(&info).map_err(|detail| malformed(&sandbox.plugin, "info", detail))?;
+        Ok(info)
+    }
+}
+
+/// Runs one call in a fresh store under the sandbox's limits.
+pub(crate) async fn invoke<P, R, F, Fut>(
+    runtime: &RuntimeShared,
+    sandbox: &Arc<Sandbox>,
+    pre: &P,
+    function: &'static str,
+    call: F,
+) -> Result<R, CallError>
+where
+    P: WorldPre,
+    F: FnOnce(P::Bindings, Store<PluginState>) -> Fut,
+    Fut: Future<Output = wasmtime::Result<R>>,
+{
+    let plugin = sandbox.plugin.as_str();
+    let setup = |detail: String| CallError::Setup {
+        plugin: plugin.to_string(),
+        function,
+        detail,
+    };
+    let _permit = runtime
+        .calls
+        .acquire()
+        .await
+        .map_err(|e| setup(e.to_string()))?;
+    let (state, probes) = PluginState::new(sandbox).map_err(|e| setup(format!("{e:#}")))?;
+    let mut store = Store::new(&runtime.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|cx| {
+        Ok(if Instant::now() >= cx.data().deadline {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        })
+    });
+
+    let limit = sandbox.limits.timeout;
+    let work = async move {
+        let bindings = pre.instantiate(&mut store).await.map_err(|e| (true, e))?;
+        call(bindings, store).await.map_err(|e| (false, e))
+    };
+    let outcome = tokio::time::timeout(limit + TIMEOUT_GRACE, work).await;
+    report_output(sandbox, &probes);
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err((instantiating, error))) => Err(classify(plugin, function, limit, instantiating, error, &probes)),
+        Err(_elapsed) => Err(CallError::DeadlineExceeded {
+            plugin: plugin.to_string(),
+            function,
+            limit,
+        }),
+    }
+}
+
+/// Sends what the plugin printed to the event sink, redacted.
+fn report_output(sandbox: &Sandbox, probes: &CallProbes) {
+    for (stream, pipe) in [(Stream::Stdout, &probes.stdout), (Stream::Stderr, &probes.stderr)] {
+        let bytes = pipe.contents();
+        if !bytes.is_empty() {
+            sandbox.sink.event(PluginEvent::Output {
+                plugin: sandbox.plugin.clone(),
+                stream,
+                text: redactor().redact(&String::from_utf8_lossy(&bytes)),
+            });
+        }
+    }
+}
+
+/// Turns a wasmtime error into what happened, in the user's terms.
+fn classify(
+    plugin: &str,
+    function: &'static str,
+    limit: Duration,
+    instantiating: bool,
+    error: wasmtime::Error,
+    probes: &CallProbes,
+) -> CallError {
+    let plugin = plugin.to_string();
+    let requested = probes.memory_refused.load(Ordering::SeqCst);
+    if requested > 0 {
+        let limit = error
+            .to_string()
+            .split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_default();
+        return CallError::MemoryExceeded {
+            plugin,
+            function,
+            requested,
+            limit,
+        };
+    }
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return CallError::DeadlineExceeded { plugin, function, limit };
+    }
+    let stderr = redactor().redact(&String::from_utf8_lossy(&probes.stderr.contents()));
+    if let Some(message) = panic_message(&stderr) {
+        return CallError::Panicked { plugin, function, message };
+    }
+    let detail = redactor().redact(&format!("{error:#}"));
+    if instantiating && error.downcast_ref::<Trap>().is_none() {
+        return CallError::Setup { plugin, function, detail };
+    }
+    CallError::Trapped { plugin, function, detail }
+}
+
+/// The message of a Rust panic from what the plugin printed to stderr:
+/// `thread '…' panicked at src/lib.rs:3:5:\nthe message`.
+fn panic_message(stderr: &str) -> Option<String> {
+    let mut lines = stderr.lines();
+    while let Some(line) = lines.next() {
+        if let Some((_, location)) = line.split_once("panicked at ") {
+            let location = location.trim_end_matches(':');
+            let message: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| !l.starts_with("note: "))
+                .collect();
+            return Some(format!("{} (at {location})", message.join("\n").trim()));
+        }
+    }
+    None
+}
+
+fn malformed(plugin: &str, function: &'static str, detail: String) -> CallError {
+    CallError::MalformedOutput {
+        plugin: plugin.to_string(),
+        function,
+        detail,
+    }
+}
+
+fn plugin_error(plugin: &str, function: &'static str, error: types::Error) -> CallError {
+    CallError::Plugin {
+        plugin: plugin.to_string(),
+        function,
+        error: PluginError::from(error),
+    }
+}
+
+/// A loaded plugin. Cheap to clone; calls may run concurrently.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    pub(crate) inner: Arc<PluginInner>,
+}
+
+pub(crate) struct PluginInner {
+    pub runtime: Arc<RuntimeShared>,
+    pub name: String,
+    pub origin: String,
+    pub sha256: String,
+    pub wit_version: semver::Version,
+    pub functions: Vec<String>,
+    pub imports: Vec<String>,
+    pub info: types::PluginInfo,
+    pub pre: KindPre,
+    pub sandbox: Arc<Sandbox>,
+}
+
+impl LoadedPlugin {
+    /// The name the pipeline gives the plugin.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+    pub fn kind(&self) -> PluginKind {
+        self.inner.pre.kind()
+    }
+    /// Where it came from: `built-in` or a file path.
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
+    }
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+    /// The WIT version the plugin was built against.
+    pub fn wit_version(&self) -> &semver::Version {
+        &self.inner.wit_version
+    }
+    /// What the plugin said about itself.
+    pub fn info(&self) -> &types::PluginInfo {
+        &self.inner.info
+    }
+    /// Functions of the interface it exports.
+    pub fn functions(&self) -> &[String] {
+        &self.inner.functions
+    }
+    /// Everything it imports.
+    pub fn imports(&self) -> &[String] {
+        &self.inner.imports
+    }
+
+    fn wrong_kind(&self, expected: &'static str) -> CallError {
+        CallError::WrongKind {
+            plugin: self.inner.name.clone(),
+            expected,
+            actual: self.kind().as_str(),
+        }
+    }
+
+    /// The provider calls, if this is a provider.
+    pub fn provider(&self) -> Result<Provider<'_>, CallError> {
+        match &self.inner.pre {
+            KindPre::Provider(pre) => Ok(Provider { plugin: &self.inner, pre }),
+            _ => Err(self.wrong_kind("provider")),
+        }
+    }
+
+    /// The strategy calls, if this is a strategy.
+    pub fn strategy(&self) -> Result<Strategy<'_>, CallError> {
+        match &self.inner.pre {
+            KindPre::Strategy(pre) => Ok(Strategy { plugin: &self.inner, pre }),
+            _ => Err(self.wrong_kind("strategy")),
+        }
+    }
+
+    /// The health-check calls, if this is a health check.
+    pub fn health(&self) -> Result<Health<'_>, CallError> {
+        match &self.inner.pre {
+            KindPre::Health(pre) => Ok(Health { plugin: &self.inner, pre }),
+            _ => Err(self.wrong_kind("health")),
+        }
+    }
+}
+
+/// Typed calls into a provider plugin.
+pub struct Provider<'p> {
+    plugin: &'p PluginInner,
+    pre: &'p ProviderPluginPre<PluginState>,
+}
+
+impl Provider<'_> {
+    async fn call<R, F, Fut>(&self, function: &'static str, call: F) -> Result<R, CallError>
+    where
+        F: FnOnce(ProviderPlugin, Store<PluginState>) -> Fut,
+        Fut: Future<Output = wasmtime::Result<Result<R, types::Error>>>,
+    {
+        invoke(&self.plugin.runtime, &self.plugin.sandbox, self.pre, function, call)
+            .await?
+            .map_err(|e| plugin_error(&self.plugin.name, function, e))
+    }
+
+    fn check<T>(&self, function: &'static str, value: T, rule: impl FnOnce(&T) -> Result<(), String>) -> Result<T, CallError> {
+        rule(&value).map_err(|d| malformed(&self.plugin.name, function, d))?;
+        Ok(value)
+    }
+
+    pub async fn validate(&self, spec: &types::ServiceSpec) -> Result<Vec<types::Diagnostic>, CallError> {
+        invoke(&self.plugin.runtime, &self.plugin.sandbox, self.pre, "validate", |b, mut s| async move {
+            b.engine_plugin_provider().call_validate(&mut s, spec).await
+        })
+        .await
+    }
+
+    pub async fn read(&self, service: &types::ServiceRef) -> Result<Option<types::ServiceStatus>, CallError> {
+        let status = self
+            .call("read", |b, mut s| async move { b.engine_plugin_provider().call_read(&mut s, service).await })
+            .await?;
+        self.check("read", status, |s| s.as_ref().map_or(Ok(()), check::service_status))
+    }
+
+    pub async fn plan(
+        &self,
+        desired: &types::ServiceSpec,
+        current: Option<&types::ServiceStatus>,
+    ) -> Result<types::DeploymentPlan, CallError> {
+        self.call("plan", |b, mut s| async move {
+            b.engine_plugin_provider().call_plan(&mut s, desired, current).await
+        })
+        .await
+    }
+
+    pub async fn deploy(&self, spec: &types::ServiceSpec, deployment_id: &str) -> Result<types::Revision, CallError> {
+        let revision = self
+            .call("deploy", |b, mut s| async move {
+                b.engine_plugin_provider().call_deploy(&mut s, spec, deployment_id).await
+            })
+            .await?;
+        self.check("deploy", revision, |r| check::non_empty("revision id", &r.id))
+    }
+
+    pub async fn set_traffic(&self, service: &types::ServiceRef, split: &[types::TrafficTarget]) -> Result<(), CallError> {
+        self.call("set-traffic", |b, mut s| async move {
+            b.engine_plugin_provider().call_set_traffic(&mut s, service, split).await
+        })
+        .await
+    }
+
+    pub async fn get_traffic(&self, service: &types::ServiceRef) -> Result<Vec<types::TrafficTarget>, CallError> {
+        let split = self
+            .call("get-traffic", |b, mut s| async move {
+                b.engine_plugin_provider().call_get_traffic(&mut s, service).await
+            })
+            .await?;
+        self.check("get-traffic", split, |s| check::split(s))
+    }
+
+    pub async fn endpoints(&self, service: &types::ServiceRef, revision: Option<&str>) -> Result<Vec<types::Endpoint>, CallError> {
+        let endpoints = self
+            .call("endpoints", |b, mut s| async move {
+                b.engine_plugin_provider().call_endpoints(&mut s, service, revision).await
+            })
+            .await?;
+        self.check("endpoints", endpoints, |e| e.iter().try_for_each(|e| check::url(&e.url)))
+    }
+
+    pub async fn retire(&self, service: &types::ServiceRef, revision: &str) -> Result<(), CallError> {
+        self.call("retire", |b, mut s| async move {
+            b.engine_plugin_provider().call_retire(&mut s, service, revision).await
+        })
+        .await
+    }
+
+    pub async fn destroy(&self, service: &types::ServiceRef) -> Result<(), CallError> {
+        self.call("destroy", |b, mut s| async move { b.engine_plugin_provider().call_destroy(&mut s, service).await })
+            .await
+    }
+}
+
+/// Typed calls into a strategy plugin.
+pub struct Strategy<'p> {
+    plugin: &'p PluginInner,
+    pre: &'p StrategyPluginPre<PluginState>,
+}
+
+/// The largest checkpoint a strategy may return; state is stored after every step.
+pub const MAX_STRATEGY_STATE: usize = 64 << 10;
+
+impl Strategy<'_> {
+    pub async fn validate(&self, config: &str) -> Result<Vec<types::Diagnostic>, CallError> {
+        invoke(&self.plugin.runtime, &self.plugin.sandbox, self.pre, "validate", |b, mut s| async move {
+            b.engine_plugin_strategy().call_validate(&mut s, config).await
+        })
+        .await
+    }
+
+    pub async fn step(
+        &self,
+        rollout: &strategy_world::exports::engine::plugin::strategy::Rollout,
+        state: Option<&str>,
+        observation: &strategy_world::exports::engine::plugin::strategy::Observation,
+        now_ms: u64,
+    ) -> Result<strategy_world::exports::engine::plugin::strategy::StepResult, CallError> {
+        let result = invoke(&self.plugin.runtime, &self.plugin.sandbox, self.pre, "step", |b, mut s| async move {
+            b.engine_plugin_strategy()
+                .call_step(&mut s, rollout, state, observation, now_ms)
+                .await
+        })
+        .await?
+        .map_err(|e| plugin_error(&self.plugin.name, "step", e))?;
+        check::step(&result).map_err(|d| malformed(&self.plugin.name, "step", d))?;
+        Ok(result)
+    }
+}
+
+/// Typed calls into a health-check plugin.
+pub struct Health<'p> {
+    plugin: &'p PluginInner,
+    pre: &'p HealthPluginPre<PluginState>,
+}
+
+impl Health<'_> {
+    pub async fn validate(&self, config: &str) -> Result<Vec<types::Diagnostic>, CallError> {
+        invoke(&self.plugin.runtime, &self.plugin.sandbox, self.pre, "validate", |b, mut s| async move {
+            b.engine_plugin_health().call_validate(&mut s, config).await
+        })
+        .await
+    }
+
+    pub async fn check(
+        &self,
+        config: &str,
+        target: &health_world::exports::engine::plugin::health::Target,
+    ) -> Result<health_world::exports::engine::plugin::health::CheckResult, CallError> {
+        let result = invoke(&self.plugin.runtime, &self.plugin.sandbox, self.pre, "check", |b, mut s| async move {
+            b.engine_plugin_health().call_check(&mut s, config, target).await
+        })
+        .await?
+        .map_err(|e| plugin_error(&self.plugin.name, "check", e))?;
+        check::measurements(&result.measurements).map_err(|d| malformed(&self.plugin.name, "check", d))?;
+        Ok(result)
+    }
+}
+
+/// The rules plugin output must follow beyond its WIT types.
+mod check {
+    use super::super::grants::HttpPattern;
+    use super::MAX_STRATEGY_STATE;
+    use super::strategy_world::exports::engine::plugin::strategy::{Decision, StepResult};
+    use super::types;
+
+    pub fn non_empty(what: &str, value: &str) -> Result<(), String> {
+        if value.trim().is_empty() { Err(format!("{what} is empty")) } else { Ok(()) }
+    }
+
+    pub fn json(what: &str, text: &str) -> Result<(), String> {
+        serde_json::from_str::<serde_json::Value>(text)
+            .map(|_| ())
+            .map_err(|e| format!("{what} is not valid JSON ({e})"))
+    }
+
+    pub fn url(text: &str) -> Result<(), String> {
+        match text.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => Ok(()),
+            _ => Err(format!("{text:?} is not an absolute http(s) URL")),
+        }
+    }
+
+    /// A traffic split: every percent at most 100, the total exactly 100, no revision twice.
+    pub fn split(targets: &[types::TrafficTarget]) -> Result<(), String> {
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0u32;
+        for t in targets {
+            non_empty("a traffic target's revision", &t.revision)?;
+            if t.percent > 100 {
+                return Err(format!("revision {} gets {}% of traffic", t.revision, t.percent));
+            }
+            if !seen.insert(t.revision.as_str()) {
+                return Err(format!("revision {} appears twice in the traffic split", t.revision));
+            }
+            total += u32::from(t.percent);
+        }
+        if total != 100 {
+            return Err(format!("the traffic split adds up to {total}%, not 100%"));
+        }
+        Ok(())
+    }
+
+    pub fn service_status(s: &types::ServiceStatus) -> Result<(), String> {
+        split(&s.traffic)?;
+        json("`deployed`", &s.deployed)?;
+        s.revisions.iter().try_for_each(|r| non_empty("a revision id", &r.id))?;
+        s.url.as_deref().map_or(Ok(()), url)
+    }
+
+    pub fn info(i: &types::PluginInfo) -> Result<(), String> {
+        let name_ok = !i.name.is_empty()
+            && i.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !name_ok {
+            return Err(format!("name {:?} is not kebab-case", i.name));
+        }
+        json("`config-schema`", &i.config_schema)?;
+        for pattern in &i.capabilities.http {
+            HttpPattern::parse(pattern).map_err(|e| format!("declared HTTP capability: {e}"))?;
+        }
+        for dir in &i.capabilities.dirs {
+            if !dir.path.starts_with('/') {
+                return Err(format!("declared directory {:?} is not an absolute path", dir.path));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn step(r: &StepResult) -> Result<(), String> {
+        if r.state.len() > MAX_STRATEGY_STATE {
+            return Err(format!("its state is {} bytes, over the {MAX_STRATEGY_STATE}-byte limit", r.state.len()));
+        }
+        if let Decision::SetTraffic(targets) = &r.decision {
+            if targets.is_empty() {
+                return Err("set-traffic with an empty split".into());
+            }
+            split(targets)?;
+        }
+        Ok(())
+    }
+
+    pub fn measurements(m: &[types::Measurement]) -> Result<(), String> {
+        match m.iter().find(|m| !m.value.is_finite()) {
+            Some(bad) => Err(format!("measurement {} is {}", bad.name, bad.value)),
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn t(revision: &str, percent: u8) -> types::TrafficTarget {
+            types::TrafficTarget { revision: revision.into(), percent }
+        }
+
+        #[test]
+        fn splits() {
+            assert!(split(&[]).is_ok());
+            assert!(split(&[t("a", 90), t("b", 10)]).is_ok());
+            assert!(split(&[t("a", 90)]).unwrap_err().contains("90%"));
+            assert!(split(&[t("a", 150)]).unwrap_err().contains("150%"));
+            assert!(split(&[t("a", 50), t("a", 50)]).unwrap_err().contains("twice"));
+        }
+
+        #[test]
+        fn urls() {
+            assert!(url("https://x.run.app/healthz").is_ok());
+            assert!(url("/healthz").is_err());
+            assert!(url("ftp://x").is_err());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::panic_message;
+
+    #[test]
+    fn panic_messages_are_extracted() {
+        let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:160:22:\nboom\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(panic_message(stderr).unwrap(), "boom (at src/lib.rs:160:22)");
+        assert_eq!(panic_message("just output"), None);
+    }
+}

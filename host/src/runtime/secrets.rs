@@ -1,0 +1,195 @@
+//! Secrets: where their values come from, the handles plugins hold, and redaction.
+//!
+//! A plugin never sees a value. `secrets.open` gives it a handle whose placeholder it writes into
+//! a request header; the egress hook swaps the placeholder for the value only when the request
+//! goes to a destination the secret is granted for. Every value the engine resolves is also
+//! registered with the process-wide [`Redactor`], which every log line, event and stored record
+//! passes through.
+
+use super::grants::{HttpPattern, SecretGrant};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, RwLock};
+
+/// Where a secret's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `env:NAME`: an environment variable of the engine's process.
+    Env(String),
+    /// `file:PATH`: a file's contents, without the trailing newline.
+    File(PathBuf),
+}
+
+/// Values shorter than this could not be redacted without mangling ordinary text.
+pub const MIN_SECRET_LEN: usize = 4;
+
+impl SecretSource {
+    pub fn parse(text: &str) -> Result<SecretSource, String> {
+        match text.split_once(':') {
+            Some(("env", name)) if !name.is_empty() => Ok(SecretSource::Env(name.to_string())),
+            Some(("file", path)) if !path.is_empty() => Ok(SecretSource::File(path.into())),
+            _ => Err(format!(
+                "{text:?} is not a secret source; write \"env:VARIABLE\" or \"file:/path/to/file\""
+            )),
+        }
+    }
+
+    /// Reads the value now.
+    pub fn resolve(&self) -> Result<String, String> {
+        let value = match self {
+            SecretSource::Env(name) => std::env::var(name)
+                .map_err(|_| format!("environment variable {name} is not set"))?,
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        };
+        if value.len() < MIN_SECRET_LEN {
+            return Err(format!(
+                "the value is shorter than {MIN_SECRET_LEN} characters, too short to redact from logs safely"
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// A secret resolved for one loaded plugin.
+#[derive(Debug)]
+pub struct ResolvedSecret {
+    pub name: String,
+    pub value: String,
+    /// Unique per load, so a placeholder cannot be guessed or reused across plugins.
+    pub placeholder: String,
+    /// None: any destination the plugin may reach.
+    pub hosts: Option<Vec<HttpPattern>>,
+}
+
+/// The secrets of one loaded plugin, by name.
+#[derive(Debug, Default)]
+pub struct PluginSecrets {
+    by_name: BTreeMap<String, Arc<ResolvedSecret>>,
+}
+
+/// The prefix of every placeholder; the egress hook scans headers for it.
+pub const PLACEHOLDER_PREFIX: &str = "engine-secret-";
+
+impl PluginSecrets {
+    /// Resolves every granted secret, registering each value with the redactor.
+    pub fn resolve(grants: &BTreeMap<String, SecretGrant>) -> Result<PluginSecrets, String> {
+        let mut by_name = BTreeMap::new();
+        for (name, grant) in grants {
+            let value = grant
+                .source
+                .resolve()
+                .map_err(|e| format!("secret '{name}': {e}"))?;
+            redactor().register(&value);
+            let placeholder = format!("{PLACEHOLDER_PREFIX}{name}-{:016x}", rand::random::<u64>());
+            by_name.insert(
+                name.clone(),
+                Arc::new(ResolvedSecret {
+                    name: name.clone(),
+                    value,
+                    placeholder,
+                    hosts: grant.hosts.clone(),
+                }),
+            );
+        }
+        Ok(PluginSecrets { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<ResolvedSecret>> {
+        self.by_name.get(name)
+    }
+
+    /// The secrets whose placeholder occurs in `text`.
+    pub fn placeholders_in<'a>(&'a self, text: &'a str) -> impl Iterator<Item = &'a Arc<ResolvedSecret>> + 'a {
+        self.by_name
+            .values()
+            .filter(move |s| text.contains(&s.placeholder))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// What a plugin holds in its resource table for an open secret.
+#[derive(Debug)]
+pub struct SecretHandle(pub Arc<ResolvedSecret>);
+
+/// Replaces every registered secret value in text with `[REDACTED]`.
+#[derive(Debug, Default)]
+pub struct Redactor {
+    values: RwLock<Vec<String>>,
+}
+
+/// What a redacted value is replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+impl Redactor {
+    pub fn register(&self, value: &str) {
+        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
+        if !values.iter().any(|v| v == value) {
+            values.push(value.to_string());
+            // Longest first, so a value that contains another is replaced whole.
+            values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        }
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        let values = self.values.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = text.to_string();
+        for v in values.iter() {
+            if out.contains(v.as_str()) {
+                out = out.replace(v.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+}
+
+/// The process-wide redactor. One for the whole process because a value resolved anywhere must
+/// be hidden everywhere: plugin logs, the engine's own log lines, events, state records.
+pub fn redactor() -> &'static Redactor {
+    static REDACTOR: OnceLock<Redactor> = OnceLock::new();
+    REDACTOR.get_or_init(Redactor::default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_parse_and_resolve() {
+        assert_eq!(SecretSource::parse("env:TOKEN").unwrap(), SecretSource::Env("TOKEN".into()));
+        assert!(SecretSource::parse("vault:x").unwrap_err().contains("env:VARIABLE"));
+        assert!(SecretSource::parse("env:").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cr3t-value\n").unwrap();
+        assert_eq!(SecretSource::File(path).resolve().unwrap(), "s3cr3t-value");
+        assert!(
+            SecretSource::Env("ENGINE_TEST_SURELY_UNSET".into())
+                .resolve()
+                .unwrap_err()
+                .contains("is not set")
+        );
+    }
+
+    #[test]
+    fn short_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short");
+        std::fs::write(&path, "abc").unwrap();
+        assert!(SecretSource::File(path).resolve().unwrap_err().contains("too short"));
+    }
+
+    #[test]
+    fn redaction_replaces_longest_values_first() {
+        let r = Redactor::default();
+        r.register("abcd");
+        r.register("abcdefgh");
+        assert_eq!(r.redact("x abcdefgh y abcd"), "x [REDACTED] y [REDACTED]");
+        assert_eq!(r.redact("nothing here"), "nothing here");
+    }
+}

@@ -1,0 +1,219 @@
+//! The state of one plugin call (`Store<PluginState>`) and the host imports it serves.
+//!
+//! A fresh store is made for every call, so nothing a plugin leaves in memory survives into the
+//! next call, and a call that traps or is stopped takes only its own store down.
+
+use super::bindings::provider::engine::plugin::{clock, log, secrets, types};
+use super::egress::{EgressHooks, EgressPolicy};
+use super::events::{Capability, Denial, EventSink, LogLevel, PluginEvent};
+use super::grants::{DirGrant, Limits};
+use super::secrets::{PluginSecrets, SecretHandle, redactor};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// How much a plugin may print to stdout and stderr in one call; the rest is dropped.
+const OUTPUT_CAPACITY: usize = 256 << 10;
+
+/// What every call of one loaded plugin shares: its identity and its effective grants.
+pub struct Sandbox {
+    pub plugin: String,
+    pub env: Vec<(String, String)>,
+    pub dirs: Vec<DirGrant>,
+    pub limits: Limits,
+    pub secrets: Arc<PluginSecrets>,
+    pub egress: Arc<EgressPolicy>,
+    pub sink: Arc<dyn EventSink>,
+}
+
+/// Shared with the caller so it can read them even after the store was dropped (a deadline
+/// drops the call's future, and the store with it).
+#[derive(Clone)]
+pub struct CallProbes {
+    pub stdout: MemoryOutputPipe,
+    pub stderr: MemoryOutputPipe,
+    /// The size a memory grow asked for when it went over the cap; 0 if none did.
+    pub memory_refused: Arc<AtomicU64>,
+}
+
+/// Caps linear memory per store and records a refusal for the error message.
+pub struct MemoryLimiter {
+    cap: u64,
+    refused: Arc<AtomicU64>,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.cap {
+            self.refused.store(desired as u64, Ordering::SeqCst);
+            wasmtime::bail!("memory cap of {} bytes reached", self.cap);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+pub struct PluginState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: EgressHooks,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) deadline: Instant,
+    sandbox: Arc<Sandbox>,
+}
+
+impl PluginState {
+    /// State for one call: the sandbox's env and directories, empty stdio captured in memory,
+    /// no sockets (HTTP goes through `wasi:http` and the egress hook only).
+    pub fn new(sandbox: &Arc<Sandbox>) -> anyhow::Result<(PluginState, CallProbes)> {
+        let probes = CallProbes {
+            stdout: MemoryOutputPipe::new(OUTPUT_CAPACITY),
+            stderr: MemoryOutputPipe::new(OUTPUT_CAPACITY),
+            memory_refused: Arc::new(AtomicU64::new(0)),
+        };
+        let mut builder = WasiCtxBuilder::new();
+        builder
+            .stdout(probes.stdout.clone())
+            .stderr(probes.stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        for (k, v) in &sandbox.env {
+            builder.env(k, v);
+        }
+        for dir in &sandbox.dirs {
+            let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            builder.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
+                anyhow::anyhow!("cannot open directory {} for the plugin: {e}", dir.host.display())
+            })?;
+        }
+        let state = PluginState {
+            wasi: builder.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: EgressHooks {
+                policy: sandbox.egress.clone(),
+            },
+            limiter: MemoryLimiter {
+                cap: sandbox.limits.memory_bytes,
+                refused: probes.memory_refused.clone(),
+            },
+            deadline: Instant::now() + sandbox.limits.timeout,
+            sandbox: sandbox.clone(),
+        };
+        Ok((state, probes))
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl types::Host for PluginState {}
+
+impl log::Host for PluginState {
+    async fn write(
+        &mut self,
+        level: log::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        let level = match level {
+            log::Level::Trace => LogLevel::Trace,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Error => LogLevel::Error,
+        };
+        let redact = |s: &str| redactor().redact(s);
+        self.sandbox.sink.event(PluginEvent::Log {
+            plugin: self.sandbox.plugin.clone(),
+            level,
+            message: redact(&message),
+            fields: fields.iter().map(|(k, v)| (redact(k), redact(v))).collect(),
+        });
+        Ok(())
+    }
+}
+
+impl clock::Host for PluginState {
+    async fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0))
+    }
+}
+
+impl secrets::Host for PluginState {
+    async fn open(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Resource<SecretHandle>, types::Error>> {
+        match self.sandbox.secrets.get(&name) {
+            Some(secret) => Ok(Ok(self.table.push(SecretHandle(secret.clone()))?)),
+            None => {
+                let plugin = &self.sandbox.plugin;
+                self.sandbox.sink.event(PluginEvent::Denied(Denial {
+                    plugin: plugin.clone(),
+                    capability: Capability::Secret,
+                    attempted: format!("open secret '{name}'"),
+                    hint: format!(
+                        "add `{name} = {{ from = \"env:VARIABLE\" }}` to [plugins.{plugin}.secrets]"
+                    ),
+                }));
+                Ok(Err(types::Error::Unauthorized(format!(
+                    "secret '{name}' is not granted to plugin '{plugin}'"
+                ))))
+            }
+        }
+    }
+}
+
+impl secrets::HostSecret for PluginState {
+    async fn name(&mut self, handle: Resource<SecretHandle>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&handle)?.0.name.clone())
+    }
+
+    async fn placeholder(&mut self, handle: Resource<SecretHandle>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&handle)?.0.placeholder.clone())
+    }
+
+    async fn drop(&mut self, handle: Resource<SecretHandle>) -> wasmtime::Result<()> {
+        self.table.delete(handle)?;
+        Ok(())
+    }
+}
