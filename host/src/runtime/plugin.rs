@@ -149,7 +149,7 @@ where
     report_output(sandbox, &probes);
     match outcome {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err((instantiating, error))) => Err(classify(plugin, function, limit, instantiating, error, &probes)),
+        Ok(Err((instantiating, error))) => Err(classify(sandbox, function, instantiating, error, &probes)),
         Err(_elapsed) => Err(CallError::DeadlineExceeded {
             plugin: plugin.to_string(),
             function,
@@ -174,30 +174,28 @@ fn report_output(sandbox: &Sandbox, probes: &CallProbes) {
 
 /// Turns a wasmtime error into what happened, in the user's terms.
 fn classify(
-    plugin: &str,
+    sandbox: &Sandbox,
     function: &'static str,
-    limit: Duration,
     instantiating: bool,
     error: wasmtime::Error,
     probes: &CallProbes,
 ) -> CallError {
-    let plugin = plugin.to_string();
+    let plugin = sandbox.plugin.clone();
     let requested = probes.memory_refused.load(Ordering::SeqCst);
     if requested > 0 {
-        let limit = error
-            .to_string()
-            .split_whitespace()
-            .find_map(|w| w.parse().ok())
-            .unwrap_or_default();
         return CallError::MemoryExceeded {
             plugin,
             function,
             requested,
-            limit,
+            limit: sandbox.limits.memory_bytes,
         };
     }
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        return CallError::DeadlineExceeded { plugin, function, limit };
+        return CallError::DeadlineExceeded {
+            plugin,
+            function,
+            limit: sandbox.limits.timeout,
+        };
     }
     let stderr = redactor().redact(&String::from_utf8_lossy(&probes.stderr.contents()));
     if let Some(message) = panic_message(&stderr) {

@@ -42,7 +42,7 @@ impl Provider for Hostile {
             features: Vec::new(),
             capabilities: Capabilities {
                 http: vec!["http://*:*".into()],
-                env: vec!["HOSTILE_GRANTED".into()],
+                env: vec!["HOSTILE_GRANTED".into(), "PATH".into()],
                 dirs: vec![DirNeed {
                     path: "/data".into(),
                     writable: true,

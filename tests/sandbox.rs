@@ -1,0 +1,443 @@
+//! The hostile-plugin suite: one test per sandbox rule, each asserting the exact outcome.
+//!
+//! The plugin is `plugins/testing/hostile`, compiled to a real component by host/build.rs; the
+//! HTTP peer is a real server on loopback.
+
+mod support;
+
+use engine::plugins::PluginSource;
+use engine::runtime::bindings::types::ServiceRef;
+use engine::runtime::events::{Capability, PluginEvent};
+use engine::runtime::grants::{DirGrant, GrantsConfig, SecretGrantConfig};
+use engine::runtime::{CallError, LoadError, LoadedPlugin, PluginError};
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::*;
+
+/// Calls the hostile plugin's `read` with `orders`; returns its report `(outcome, detail)`.
+async fn probe(plugin: &LoadedPlugin, orders: Value) -> Result<(String, String), CallError> {
+    let status = plugin
+        .provider()?
+        .read(&ServiceRef {
+            name: "svc".into(),
+            config: orders.to_string(),
+        })
+        .await?
+        .expect("the hostile plugin always reports");
+    let report: Value = serde_json::from_str(&status.deployed).unwrap();
+    Ok((
+        report["outcome"].as_str().unwrap().to_string(),
+        report["detail"].as_str().unwrap().to_string(),
+    ))
+}
+
+async fn still_works(plugin: &LoadedPlugin) {
+    assert_eq!(
+        probe(plugin, json!({"mode": "ok"})).await.unwrap(),
+        ("ok".to_string(), "fine".to_string()),
+        "the next call after a failure must work"
+    );
+}
+
+#[tokio::test]
+async fn an_infinite_loop_is_stopped_at_its_deadline() {
+    let (runtime, _) = runtime();
+    let grants = GrantsConfig { timeout: Some("300ms".into()), ..Default::default() };
+    let plugin = load_hostile(&runtime, grants).await;
+    let err = probe(&plugin, json!({"mode": "loop"})).await.unwrap_err();
+    match &err {
+        CallError::DeadlineExceeded { plugin, function, limit } => {
+            assert_eq!((plugin.as_str(), *function, *limit), ("hostile", "read", Duration::from_millis(300)));
+        }
+        other => panic!("expected a deadline error, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        "plugin 'hostile' read did not finish within 300ms and was stopped; if it needs longer, raise `timeout` in [plugins.hostile]"
+    );
+    still_works(&plugin).await;
+}
+
+#[tokio::test]
+async fn a_memory_bomb_stops_at_the_cap() {
+    let (runtime, _) = runtime();
+    let grants = GrantsConfig { memory: Some("64MiB".into()), ..Default::default() };
+    let plugin = load_hostile(&runtime, grants).await;
+    let err = probe(&plugin, json!({"mode": "memory-bomb"})).await.unwrap_err();
+    match &err {
+        CallError::MemoryExceeded { plugin, function, requested, limit } => {
+            assert_eq!((plugin.as_str(), *function, *limit), ("hostile", "read", 64 << 20));
+            assert!(*requested > 64 << 20, "requested {requested}");
+        }
+        other => panic!("expected a memory error, got {other:?}"),
+    }
+    assert!(err.to_string().contains("raise `memory` in [plugins.hostile]"));
+    still_works(&plugin).await;
+}
+
+#[tokio::test]
+async fn files_outside_granted_directories_cannot_be_read() {
+    let (runtime, _) = runtime();
+    let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
+    assert_eq!(
+        probe(&plugin, json!({"mode": "read-file", "path": "/etc/passwd"})).await.unwrap(),
+        ("err".into(), "No such file or directory (os error 44)".into())
+    );
+    let (outcome, _) = probe(&plugin, json!({"mode": "list-dir", "path": "/"})).await.unwrap();
+    assert_eq!(outcome, "err");
+}
+
+#[tokio::test]
+async fn only_granted_directories_are_visible_and_read_only_means_read_only() {
+    let granted = tempfile::tempdir().unwrap();
+    std::fs::write(granted.path().join("artifact.txt"), "v1").unwrap();
+    let ungranted = tempfile::tempdir().unwrap();
+    std::fs::write(ungranted.path().join("private.txt"), "no").unwrap();
+    let (runtime, _) = runtime();
+
+    let read_only = GrantsConfig {
+        dirs: vec![DirGrant { host: granted.path().into(), guest: "/data".into(), writable: false }],
+        ..Default::default()
+    };
+    let plugin = load_hostile(&runtime, read_only).await;
+    assert_eq!(
+        probe(&plugin, json!({"mode": "list-dir", "path": "/data"})).await.unwrap(),
+        ("ok".into(), "artifact.txt".into())
+    );
+    let path = ungranted.path().join("private.txt");
+    let (outcome, _) = probe(&plugin, json!({"mode": "read-file", "path": path})).await.unwrap();
+    assert_eq!(outcome, "err", "a host path outside the grant must not open");
+    let (outcome, _) = probe(&plugin, json!({"mode": "read-file", "path": "/data/../../etc/passwd"})).await.unwrap();
+    assert_eq!(outcome, "err", "`..` must not escape the preopen");
+    let (outcome, _) = probe(&plugin, json!({"mode": "write-file", "path": "/data/new.txt"})).await.unwrap();
+    assert_eq!(outcome, "err", "a read-only grant must refuse writes");
+    assert!(!granted.path().join("new.txt").exists());
+
+    let writable = GrantsConfig {
+        dirs: vec![DirGrant { host: granted.path().into(), guest: "/data".into(), writable: true }],
+        ..Default::default()
+    };
+    let plugin = load_hostile(&runtime, writable).await;
+    assert_eq!(
+        probe(&plugin, json!({"mode": "write-file", "path": "/data/new.txt"})).await.unwrap(),
+        ("ok".into(), "written".into())
+    );
+    assert_eq!(std::fs::read_to_string(granted.path().join("new.txt")).unwrap(), "written by the hostile plugin");
+}
+
+#[tokio::test]
+async fn environment_variables_are_passed_only_when_granted_and_declared() {
+    let (runtime, sink) = runtime();
+    let grants = GrantsConfig { allow_env: vec!["PATH".into(), "HOME".into()], ..Default::default() };
+    let plugin = load_hostile(&runtime, grants).await;
+    let (outcome, detail) = probe(&plugin, json!({"mode": "env", "name": "PATH"})).await.unwrap();
+    assert_eq!((outcome.as_str(), detail.as_str()), ("ok", std::env::var("PATH").unwrap().as_str()));
+    // HOME is granted but the plugin does not declare it: not passed, and the user is told.
+    let (outcome, detail) = probe(&plugin, json!({"mode": "env", "name": "HOME"})).await.unwrap();
+    assert_eq!((outcome.as_str(), detail.as_str()), ("err", "environment variable not found"));
+    assert_eq!(
+        probe(&plugin, json!({"mode": "env-all"})).await.unwrap(),
+        ("ok".into(), "PATH".into())
+    );
+    assert!(sink.events().iter().any(|e| matches!(e,
+        PluginEvent::GrantMismatch { message, .. } if message.contains("environment variable HOME, which the plugin does not declare"))));
+
+    let (runtime, _) = support::runtime();
+    let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
+    assert_eq!(
+        probe(&plugin, json!({"mode": "env", "name": "PATH"})).await.unwrap(),
+        ("err".into(), "environment variable not found".into())
+    );
+}
+
+#[tokio::test]
+async fn http_to_an_ungranted_host_is_denied_with_the_grant_to_add() {
+    let server = TestServer::start();
+    let (runtime, sink) = runtime();
+    let grants = GrantsConfig { allow_http: vec![format!("http://localhost:{}", server.port)], ..Default::default() };
+    let plugin = load_hostile(&runtime, grants).await;
+    let url = format!("http://127.0.0.1:{}/", server.port);
+    let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": url})).await.unwrap();
+    assert_eq!(outcome, "err");
+    assert!(detail.contains("denied by the engine's sandbox"), "{detail}");
+    let denials = sink.denials();
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    assert_eq!(denials[0].capability, Capability::Http);
+    assert_eq!(
+        denials[0].to_string(),
+        format!(
+            "plugin 'hostile' was denied http access: GET {url}; add \"http://127.0.0.1:{port}\" to allow_http in [plugins.hostile]",
+            port = server.port
+        )
+    );
+    assert!(server.requests().is_empty(), "nothing may reach the server");
+
+    // The granted name works, so the denial above was the rule and not a broken client.
+    let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": format!("http://localhost:{}/", server.port)}))
+        .await
+        .unwrap();
+    assert_eq!((outcome.as_str(), detail.as_str()), ("ok", "200 hello"));
+}
+
+#[tokio::test]
+async fn a_granted_hostname_that_resolves_to_a_private_address_is_denied() {
+    let server = TestServer::start();
+    let (runtime, sink) = runtime_with(&[("internal.example", "127.0.0.1".parse().unwrap())]);
+    let grants = GrantsConfig { allow_http: vec![format!("http://internal.example:{}", server.port)], ..Default::default() };
+    let plugin = load_hostile(&runtime, grants).await;
+    let (outcome, detail) =
+        probe(&plugin, json!({"mode": "http", "url": format!("http://internal.example:{}/", server.port)}))
+            .await
+            .unwrap();
+    assert_eq!(outcome, "err");
+    assert!(detail.contains("denied by the engine's sandbox"), "{detail}");
+    let denials = sink.denials();
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    assert_eq!(denials[0].capability, Capability::Address);
+    assert!(denials[0].attempted.contains("internal.example resolves only to internal addresses [127.0.0.1]"), "{}", denials[0]);
+    assert!(denials[0].hint.contains(&format!("\"http://127.0.0.1:{}\"", server.port)), "{}", denials[0]);
+    assert!(server.requests().is_empty(), "nothing may reach the server");
+}
+
+#[tokio::test]
+async fn a_granted_loopback_address_is_reachable() {
+    let server = TestServer::start();
+    let (runtime, sink) = runtime();
+    let grants = GrantsConfig { allow_http: vec![format!("http://127.0.0.1:{}", server.port)], ..Default::default() };
+    let plugin = load_hostile(&runtime, grants).await;
+    let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": format!("http://127.0.0.1:{}/x", server.port)}))
+        .await
+        .unwrap();
+    assert_eq!((outcome.as_str(), detail.as_str()), ("ok", "200 hello"));
+    assert_eq!(server.requests().len(), 1);
+    assert!(sink.denials().is_empty());
+}
+
+#[tokio::test]
+async fn a_response_over_the_size_cap_is_refused() {
+    let server = TestServer::start();
+    let (runtime, sink) = runtime();
+    let grants = GrantsConfig {
+        allow_http: vec![format!("http://127.0.0.1:{}", server.port)],
+        max_response: Some("1MiB".into()),
+        ..Default::default()
+    };
+    let plugin = load_hostile(&runtime, grants).await;
+    let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": format!("http://127.0.0.1:{}/big", server.port)}))
+        .await
+        .unwrap();
+    assert_eq!(outcome, "err");
+    assert!(detail.contains("HttpResponseBodySize"), "{detail}");
+    assert!(sink.events().iter().any(|e| matches!(e,
+        PluginEvent::LimitExceeded { message, .. } if message.contains("larger than the plugin's max_response of 1048576 bytes"))));
+}
+
+#[tokio::test]
+async fn a_panic_becomes_an_error_and_the_next_call_works() {
+    let (runtime, _) = runtime();
+    let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
+    let err = probe(&plugin, json!({"mode": "panic"})).await.unwrap_err();
+    match &err {
+        CallError::Panicked { plugin, function, message } => {
+            assert_eq!((plugin.as_str(), *function), ("hostile", "read"));
+            assert!(message.starts_with("hostile plugin panicked on purpose (at "), "{message}");
+        }
+        other => panic!("expected a panic error, got {other:?}"),
+    }
+    still_works(&plugin).await;
+}
+
+#[tokio::test]
+async fn a_trap_becomes_an_error_and_the_next_call_works() {
+    let (runtime, _) = runtime();
+    let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
+    let err = probe(&plugin, json!({"mode": "trap"})).await.unwrap_err();
+    match &err {
+        CallError::Trapped { plugin, function, detail } => {
+            assert_eq!((plugin.as_str(), *function), ("hostile", "read"));
+            assert!(detail.contains("unreachable"), "{detail}");
+        }
+        other => panic!("expected a trap error, got {other:?}"),
+    }
+    still_works(&plugin).await;
+}
+
+#[tokio::test]
+async fn malformed_output_is_a_typed_error() {
+    let (runtime, _) = runtime();
+    let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
+    let err = probe(&plugin, json!({"mode": "malformed"})).await.unwrap_err();
+    match &err {
+        CallError::MalformedOutput { plugin, function, detail } => {
+            assert_eq!((plugin.as_str(), *function), ("hostile", "read"));
+            assert_eq!(detail, "revision a gets 150% of traffic");
+        }
+        other => panic!("expected malformed output, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_error_keeps_its_type() {
+    let (runtime, _) = runtime();
+    let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
+    let err = probe(&plugin, json!({"mode": "error"})).await.unwrap_err();
+    assert_eq!(
+        err.plugin_error(),
+        Some(&PluginError::RateLimited { message: "slow down".into(), retry_after: Some(Duration::from_millis(1500)) })
+    );
+}
+
+fn secret_file(value: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("{value}\n")).unwrap();
+    file
+}
+
+#[tokio::test]
+async fn a_secret_value_reaches_the_granted_host_but_never_the_logs() {
+    const VALUE: &str = "s3cr3t-token-value-8c1f";
+    let file = secret_file(VALUE);
+    let server = TestServer::start();
+    let (runtime, sink) = runtime();
+    let grants = GrantsConfig {
+        allow_http: vec![format!("http://127.0.0.1:{}", server.port)],
+        secrets: [("token".to_string(), SecretGrantConfig { from: format!("file:{}", file.path().display()), hosts: None })]
+            .into(),
+        ..Default::default()
+    };
+    let plugin = load_hostile(&runtime, grants).await;
+    let err = probe(
+        &plugin,
+        json!({"mode": "leak-secret", "secret": "token", "url": format!("http://127.0.0.1:{}/echo", server.port)}),
+    )
+    .await
+    .unwrap_err();
+
+    // The host put the value in the request...
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].authorization.as_deref(), Some(format!("Bearer {VALUE}").as_str()));
+    // ...and took it out of everything the plugin said: its log, stdout, stderr and error.
+    let texts: Vec<String> = sink
+        .events()
+        .iter()
+        .filter(|e| matches!(e, PluginEvent::Log { .. } | PluginEvent::Output { .. }))
+        .map(|e| format!("{e:?}"))
+        .collect();
+    assert_eq!(texts.len(), 3, "one log line, stdout and stderr: {texts:?}");
+    for text in texts.iter().chain([err.to_string()].iter()) {
+        assert!(!text.contains(VALUE), "secret leaked: {text}");
+        assert!(text.contains("Bearer [REDACTED]"), "{text}");
+    }
+    assert_eq!(
+        err.plugin_error(),
+        Some(&PluginError::Fatal("error: Bearer [REDACTED]".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_secret_is_not_sent_to_a_host_it_is_not_granted_for() {
+    let file = secret_file("another-secret-value");
+    let server = TestServer::start();
+    let (runtime, sink) = runtime();
+    let grants = GrantsConfig {
+        allow_http: vec![format!("http://127.0.0.1:{}", server.port)],
+        secrets: [(
+            "token".to_string(),
+            SecretGrantConfig {
+                from: format!("file:{}", file.path().display()),
+                hosts: Some(vec!["https://api.example.com".into()]),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let plugin = load_hostile(&runtime, grants).await;
+    let (outcome, _) = probe(
+        &plugin,
+        json!({"mode": "http", "secret": "token", "url": format!("http://127.0.0.1:{}/echo", server.port)}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, "err");
+    assert!(server.requests().is_empty());
+    let denials = sink.denials();
+    assert_eq!(denials.len(), 1);
+    assert_eq!(denials[0].capability, Capability::Secret);
+    assert!(denials[0].hint.contains("to secrets.token.hosts in [plugins.hostile]"), "{}", denials[0]);
+}
+
+#[tokio::test]
+async fn an_ungranted_secret_cannot_be_opened() {
+    let (runtime, sink) = runtime();
+    let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
+    let err = probe(&plugin, json!({"mode": "http", "secret": "token", "url": "http://127.0.0.1:1/"}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.plugin_error(),
+        Some(&PluginError::Unauthorized("secret 'token' is not granted to plugin 'hostile'".into()))
+    );
+    assert_eq!(sink.denials()[0].capability, Capability::Secret);
+}
+
+#[tokio::test]
+async fn a_plugin_built_against_another_wit_version_gets_a_readable_error() {
+    let (runtime, _) = runtime();
+    let err = runtime
+        .load("future", &PluginSource::Unpinned(testing_plugin("testing-future-wit")), &GrantsConfig::default())
+        .await
+        .err()
+        .expect("the plugin must be refused");
+    assert!(matches!(err, LoadError::IncompatibleWit { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "plugin 'future' was built against WIT engine:plugin@0.2.0, but this engine implements engine:plugin@0.1.0; upgrade the engine, or rebuild the plugin against the engine's WIT version"
+    );
+}
+
+#[tokio::test]
+async fn a_file_that_does_not_match_its_pin_is_refused_with_both_hashes() {
+    let (runtime, _) = runtime();
+    let path = testing_plugin("testing-hostile");
+    let pinned = "0".repeat(64);
+    let err = runtime
+        .load("hostile", &PluginSource::File { path: path.clone(), sha256: pinned.clone() }, &GrantsConfig::default())
+        .await
+        .err()
+        .expect("a wrong pin must be refused");
+    let actual = engine::runtime::cache::sha256_hex(&std::fs::read(&path).unwrap());
+    let message = err.to_string();
+    assert!(message.contains(&format!("expected: {pinned}")), "{message}");
+    assert!(message.contains(&format!("actual:   {actual}")), "{message}");
+
+    let ok = runtime
+        .load("hostile", &PluginSource::File { path, sha256: actual.to_uppercase() }, &GrantsConfig::default())
+        .await;
+    assert!(ok.is_ok(), "the right pin loads, in either case");
+}
+
+#[tokio::test]
+async fn the_compile_cache_is_hit_on_the_second_load_and_survives_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || engine::runtime::RuntimeOptions { cache_dir: Some(dir.path().into()), ..Default::default() };
+    let source = PluginSource::Embedded("all-at-once".into());
+    use engine::runtime::cache::CacheOutcome;
+
+    let (_, first) = engine::runtime::Runtime::new(options()).unwrap()
+        .load_with_outcome("s", &source, &GrantsConfig::default()).await.unwrap();
+    assert_eq!(first, CacheOutcome::Compiled);
+    let (_, second) = engine::runtime::Runtime::new(options()).unwrap()
+        .load_with_outcome("s", &source, &GrantsConfig::default()).await.unwrap();
+    assert_eq!(second, CacheOutcome::Hit, "a second process start must not recompile");
+
+    let entry = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&entry, bytes).unwrap();
+    let (plugin, third) = engine::runtime::Runtime::new(options()).unwrap()
+        .load_with_outcome("s", &source, &GrantsConfig::default()).await.unwrap();
+    assert_eq!(third, CacheOutcome::Compiled, "a damaged entry is recompiled, never run");
+    assert_eq!(plugin.info().name, "all-at-once");
+}

@@ -1,0 +1,112 @@
+//! Shared by the end-to-end tests: test plugins, a runtime with a captured event sink, and a
+//! real HTTP server on loopback.
+
+#![allow(dead_code)]
+
+use engine::plugins::PluginSource;
+use engine::runtime::grants::GrantsConfig;
+use engine::runtime::{LoadedPlugin, MemorySink, Runtime, RuntimeOptions};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// A test-only plugin built by host/build.rs.
+pub fn testing_plugin(package: &str) -> PathBuf {
+    PathBuf::from(env!("ENGINE_TESTING_PLUGINS")).join(format!("{}.wasm", package.replace('-', "_")))
+}
+
+/// One compile cache for every test, so each plugin compiles once per `cargo test`.
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache")
+}
+
+pub fn runtime_with(resolve: &[(&str, IpAddr)]) -> (Runtime, MemorySink) {
+    let sink = MemorySink::default();
+    let mut overrides: HashMap<String, Vec<IpAddr>> = HashMap::new();
+    for (host, ip) in resolve {
+        overrides.entry(host.to_string()).or_default().push(*ip);
+    }
+    let runtime = Runtime::new(RuntimeOptions {
+        cache_dir: Some(cache_dir()),
+        max_concurrent_calls: 8,
+        sink: Arc::new(sink.clone()),
+        resolve_overrides: overrides,
+    })
+    .expect("runtime");
+    (runtime, sink)
+}
+
+pub fn runtime() -> (Runtime, MemorySink) {
+    runtime_with(&[])
+}
+
+pub async fn load_hostile(runtime: &Runtime, grants: GrantsConfig) -> LoadedPlugin {
+    runtime
+        .load("hostile", &PluginSource::Unpinned(testing_plugin("testing-hostile")), &grants)
+        .await
+        .expect("the hostile plugin loads")
+}
+
+/// A request the test server received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub url: String,
+    pub authorization: Option<String>,
+}
+
+/// A real HTTP server on 127.0.0.1: `/echo` answers with the request's Authorization header,
+/// `/big` with 2 MiB, anything else with `hello`.
+pub struct TestServer {
+    pub port: u16,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    server: Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind loopback"));
+        let port = server.server_addr().to_ip().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (srv, log) = (server.clone(), received.clone());
+        let thread = std::thread::spawn(move || {
+            for request in srv.incoming_requests() {
+                let authorization = request
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("authorization"))
+                    .map(|h| h.value.to_string());
+                log.lock().unwrap().push(Received {
+                    url: request.url().to_string(),
+                    authorization: authorization.clone(),
+                });
+                let body = match request.url() {
+                    "/echo" => authorization.unwrap_or_default().into_bytes(),
+                    "/big" => vec![b'x'; 2 << 20],
+                    _ => b"hello".to_vec(),
+                };
+                let _ = request.respond(tiny_http::Response::from_data(body));
+            }
+        });
+        TestServer {
+            port,
+            received,
+            server,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
