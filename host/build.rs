@@ -59,6 +59,25 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     std::fs::write(out_dir.join("embedded_plugins.rs"), out).unwrap();
     println!("cargo:rustc-env=ENGINE_TESTING_PLUGINS={}", wasm_dir.display());
+    println!("cargo:rustc-env=ENGINE_WASMTIME_VERSION={}", locked_version(&root, "wasmtime"));
+}
+
+/// The version of a dependency as Cargo.lock resolved it, for `engine --version`.
+fn locked_version(root: &Path, package: &str) -> String {
+    let lock: toml::Table = std::fs::read_to_string(root.join("Cargo.lock"))
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_default();
+    lock.get("package")
+        .and_then(|p| p.as_array())
+        .and_then(|packages| {
+            packages
+                .iter()
+                .find(|p| p.get("name").and_then(|n| n.as_str()) == Some(package))
+        })
+        .and_then(|p| p.get("version").and_then(|v| v.as_str()))
+        .unwrap_or("unknown")
+        .to_string()
 }
 
 fn discover(plugins: &Path) -> Vec<PluginCrate> {

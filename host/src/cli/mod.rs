@@ -1,1 +1,130 @@
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The `engine` command line: argument parsing, output and exit codes. Each subcommand is a
+//! thin layer over the library.
+
+mod output;
+mod plugins;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit codes, documented in docs/cli.md.
+pub mod exit {
+    /// Everything worked.
+    pub const OK: u8 = 0;
+    /// The command ran and failed (a plugin that cannot load, a deployment that failed).
+    pub const FAILURE: u8 = 1;
+    /// The command line or the configuration is wrong.
+    pub const USAGE: u8 = 2;
+}
+
+/// `engine --version`: the engine, the plugin contract it implements and the wasmtime under it.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (plugin WIT engine:plugin@0.1.0, wasmtime ",
+    env!("ENGINE_WASMTIME_VERSION"),
+    ")"
+);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "engine",
+    version = VERSION,
+    about = "Deploys multi-service systems through sandboxed WebAssembly plugins",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Where compiled plugins are cached [default: the user's cache directory, engine/compiled]
+    #[arg(long, global = true, env = "ENGINE_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile plugins on every start instead of caching them
+    #[arg(long, global = true)]
+    no_cache: bool,
+
+    /// How much the engine logs to stderr: error, warn, info, debug or trace
+    #[arg(long, global = true, env = "ENGINE_LOG", default_value = "warn", value_name = "LEVEL")]
+    log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List and inspect plugins
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCommand),
+}
+
+/// Output format of commands that print data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned text for people
+    Text,
+    /// JSON for programs
+    Json,
+}
+
+impl Cli {
+    fn runtime_options(&self) -> engine_runtime::RuntimeOptions {
+        engine_runtime::RuntimeOptions {
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.clone().or_else(engine_runtime::cache::CompileCache::default_dir)
+            },
+            ..Default::default()
+        }
+    }
+}
+
+use crate::runtime as engine_runtime;
+
+/// Runs the command line and returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    output::init_logging(&cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            output::error(&format!("cannot start the async runtime: {e}"));
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Plugins(cmd) => plugins::run(&cli, cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            output::error(&e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+/// A failed command: what to tell the user and which exit code to use.
+#[derive(Debug)]
+pub struct CommandError {
+    pub message: String,
+    pub code: u8,
+}
+
+impl CommandError {
+    pub fn failure(message: impl std::fmt::Display) -> Self {
+        CommandError { message: message.to_string(), code: exit::FAILURE }
+    }
+    pub fn usage(message: impl std::fmt::Display) -> Self {
+        CommandError { message: message.to_string(), code: exit::USAGE }
+    }
+}

@@ -123,7 +123,11 @@ pub fn shape(engine: &Engine, plugin: &str, component: &Component) -> Result<Sha
             continue;
         };
         let functions = match &item.ty {
-            ComponentItem::ComponentInstance(inst) => inst.exports(engine).map(|(n, _)| n.to_string()).collect(),
+            ComponentItem::ComponentInstance(inst) => inst
+                .exports(engine)
+                .filter(|(_, e)| matches!(e.ty, ComponentItem::ComponentFunc(_)))
+                .map(|(n, _)| n.to_string())
+                .collect(),
             _ => Vec::new(),
         };
         found = Some((kind, parsed.version, functions));

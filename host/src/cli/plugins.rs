@@ -1,0 +1,229 @@
+//! `engine plugins list` and `engine plugins inspect`.
+
+use super::{Cli, CommandError, Format};
+use crate::plugins::{PluginSource, embedded, find_embedded};
+use crate::runtime::bindings::types::{Feature, PluginInfo};
+use crate::runtime::grants::GrantsConfig;
+use crate::runtime::{LoadedPlugin, MemorySink, Runtime, WIT_PACKAGE};
+use clap::Subcommand;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// List the plugins built into this engine
+    List {
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Show what a plugin exports, imports and asks for, and its configuration schema
+    Inspect {
+        /// A built-in plugin's name, or the path of a .wasm component
+        plugin: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+}
+
+pub async fn run(cli: &Cli, command: &PluginsCommand) -> Result<(), CommandError> {
+    // Listing and inspecting grant nothing, so the load-time notes about ungranted capabilities
+    // would only be noise: they go to a sink nobody reads.
+    let options = crate::runtime::RuntimeOptions {
+        sink: Arc::new(MemorySink::default()),
+        ..cli.runtime_options()
+    };
+    let runtime = Runtime::new(options).map_err(|e| CommandError::failure(format!("{e:#}")))?;
+    match command {
+        PluginsCommand::List { format } => list(&runtime, *format).await,
+        PluginsCommand::Inspect { plugin, format } => inspect(&runtime, plugin, *format).await,
+    }
+}
+
+async fn list(runtime: &Runtime, format: Format) -> Result<(), CommandError> {
+    let mut plugins = Vec::new();
+    for builtin in embedded() {
+        let source = PluginSource::Embedded(builtin.name.to_string());
+        let plugin = runtime
+            .load(builtin.name, &source, &GrantsConfig::default())
+            .await
+            .map_err(CommandError::failure)?;
+        plugins.push(plugin);
+    }
+    match format {
+        Format::Json => {
+            let rows: Vec<Value> = plugins.iter().map(summary_json).collect();
+            println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
+        }
+        Format::Text => {
+            let mut rows = vec![["NAME", "KIND", "VERSION", "WIT", "SOURCE", "SHA256"].map(String::from).to_vec()];
+            for p in &plugins {
+                rows.push(vec![
+                    p.name().to_string(),
+                    p.kind().to_string(),
+                    p.info().version.clone(),
+                    p.wit_version().to_string(),
+                    p.origin().to_string(),
+                    p.sha256().to_string(),
+                ]);
+            }
+            print!("{}", table(&rows));
+        }
+    }
+    Ok(())
+}
+
+/// Lays rows out in aligned columns separated by two spaces.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| if i + 1 == row.len() { cell.clone() } else { format!("{cell:<w$}", w = widths[i]) })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn source_for(argument: &str) -> Result<PluginSource, CommandError> {
+    if find_embedded(argument).is_some() {
+        return Ok(PluginSource::Embedded(argument.to_string()));
+    }
+    let path = Path::new(argument);
+    if path.exists() {
+        return Ok(PluginSource::Unpinned(path.to_path_buf()));
+    }
+    let names: Vec<&str> = embedded().iter().map(|p| p.name).collect();
+    Err(CommandError::usage(format!(
+        "no built-in plugin is named '{argument}' and there is no file at that path\nbuilt-in plugins: {}",
+        names.join(", ")
+    )))
+}
+
+fn feature_name(f: &Feature) -> &'static str {
+    match f {
+        Feature::TrafficSplit => "traffic-split",
+        Feature::RevisionUrls => "revision-urls",
+        Feature::InstanceBatches => "instance-batches",
+        Feature::RetireRevisions => "retire-revisions",
+    }
+}
+
+fn export_name(p: &LoadedPlugin) -> String {
+    format!("{WIT_PACKAGE}/{}@{}", p.kind(), p.wit_version())
+}
+
+fn summary_json(p: &LoadedPlugin) -> Value {
+    json!({
+        "name": p.name(),
+        "kind": p.kind().as_str(),
+        "version": p.info().version,
+        "wit": p.wit_version().to_string(),
+        "source": p.origin(),
+        "sha256": p.sha256(),
+    })
+}
+
+fn capabilities_json(info: &PluginInfo) -> Value {
+    let c = &info.capabilities;
+    json!({
+        "http": c.http,
+        "env": c.env,
+        "dirs": c.dirs.iter().map(|d| json!({"path": d.path, "writable": d.writable, "purpose": d.purpose})).collect::<Vec<_>>(),
+        "secrets": c.secrets,
+    })
+}
+
+async fn inspect(runtime: &Runtime, argument: &str, format: Format) -> Result<(), CommandError> {
+    let source = source_for(argument)?;
+    let name = match &source {
+        PluginSource::Embedded(n) => n.clone(),
+        _ => Path::new(argument)
+            .file_stem()
+            .map(|s| s.to_string_lossy().replace('_', "-"))
+            .unwrap_or_else(|| argument.to_string()),
+    };
+    let plugin = runtime
+        .load(&name, &source, &GrantsConfig::default())
+        .await
+        .map_err(CommandError::failure)?;
+    let info = plugin.info();
+    let schema: Value = serde_json::from_str(&info.config_schema).unwrap_or(Value::Null);
+    match format {
+        Format::Json => {
+            let mut value = summary_json(&plugin);
+            value["description"] = json!(info.description);
+            value["exports"] = json!({ export_name(&plugin): plugin.functions() });
+            value["imports"] = json!(plugin.imports());
+            value["capabilities"] = capabilities_json(info);
+            value["features"] = json!(info.features.iter().map(feature_name).collect::<Vec<_>>());
+            value["config_schema"] = schema;
+            println!("{}", serde_json::to_string_pretty(&value).expect("JSON"));
+        }
+        Format::Text => print!("{}", inspect_text(&plugin, &source, &schema)),
+    }
+    Ok(())
+}
+
+fn inspect_text(plugin: &LoadedPlugin, source: &PluginSource, schema: &Value) -> String {
+    let info = plugin.info();
+    let caps = &info.capabilities;
+    let list = |items: &[String]| if items.is_empty() { "(none)".to_string() } else { items.join(", ") };
+    let dirs: Vec<String> = caps
+        .dirs
+        .iter()
+        .map(|d| format!("{} ({}): {}", d.path, if d.writable { "read-write" } else { "read-only" }, d.purpose))
+        .collect();
+    let features: Vec<String> = info.features.iter().map(|f| feature_name(f).to_string()).collect();
+    let mut out = String::new();
+    let mut line = |key: &str, value: &str| out.push_str(&format!("{key:<13} {value}\n"));
+    line("name:", &info.name);
+    line("kind:", plugin.kind().as_str());
+    line("version:", &info.version);
+    line("description:", &info.description);
+    line("WIT:", &format!("{WIT_PACKAGE}@{}", plugin.wit_version()));
+    line("source:", plugin.origin());
+    line("sha256:", plugin.sha256());
+    line("exports:", &format!("{}: {}", export_name(plugin), plugin.functions().join(", ")));
+    line("imports:", &list(plugin.imports()));
+    line("features:", &list(&features));
+    out.push_str("capabilities:\n");
+    out.push_str(&format!("  http:        {}\n", list(&caps.http)));
+    out.push_str(&format!("  env:         {}\n", list(&caps.env)));
+    out.push_str(&format!("  dirs:        {}\n", list(&dirs)));
+    out.push_str(&format!("  secrets:     {}\n", list(&caps.secrets)));
+    out.push_str("config schema:\n");
+    for l in serde_json::to_string_pretty(schema).expect("JSON").lines() {
+        out.push_str(&format!("  {l}\n"));
+    }
+    if let PluginSource::Unpinned(path) = source {
+        out.push_str(&format!(
+            "to use it in a pipeline:\n  [plugins.{}]\n  source = \"{}\"\n  sha256 = \"{}\"\n",
+            info.name,
+            path.display(),
+            plugin.sha256()
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn tables_align_and_trim() {
+        let rows = vec![
+            vec!["NAME".to_string(), "KIND".to_string()],
+            vec!["all-at-once".to_string(), "strategy".to_string()],
+        ];
+        assert_eq!(table(&rows), "NAME         KIND\nall-at-once  strategy\n");
+    }
+}
