@@ -555,3 +555,178 @@ mod transport {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
+        Response {
+            status,
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    /// Runs a request against scripted transport answers; returns the result, the number of
+    /// attempts and the sleeps in between.
+    fn run(
+        policy: RetryPolicy,
+        script: Vec<Result<Response, TransportError>>,
+    ) -> (Result<Response, Error>, usize, Vec<Duration>) {
+        let client = Client::new().with_retry(policy);
+        let script = RefCell::new(script.into_iter());
+        let attempts = RefCell::new(0);
+        let mut sleeps = Vec::new();
+        let result = client.get("https://api.example.com/x").send_with(
+            &mut |_| {
+                *attempts.borrow_mut() += 1;
+                script.borrow_mut().next().expect("the client asked for more attempts than scripted")
+            },
+            &mut |d| sleeps.push(d),
+        );
+        (result, attempts.into_inner(), sleeps)
+    }
+
+    fn quick() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(400),
+            max_retry_after: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_the_errors_the_host_acts_on() {
+        let kind = |s| error_for_status(s, None, String::new()).kind();
+        assert_eq!(kind(400), "invalid-config");
+        assert_eq!(kind(422), "invalid-config");
+        assert_eq!(kind(401), "unauthorized");
+        assert_eq!(kind(403), "unauthorized");
+        assert_eq!(kind(404), "not-found");
+        assert_eq!(kind(409), "conflict");
+        assert_eq!(kind(412), "conflict");
+        assert_eq!(kind(429), "rate-limited");
+        assert_eq!(kind(408), "transient");
+        assert_eq!(kind(503), "transient");
+        assert_eq!(kind(418), "fatal");
+        assert_eq!(
+            error_for_status(429, Some(Duration::from_secs(3)), "slow".into()),
+            Error::rate_limited("slow", Some(3000))
+        );
+    }
+
+    #[test]
+    fn only_408_429_and_5xx_are_retryable() {
+        for s in [408, 429, 500, 502, 503, 504, 599] {
+            assert!(is_retryable_status(s), "{s}");
+        }
+        for s in [200, 301, 400, 401, 403, 404, 409, 422, 600] {
+            assert!(!is_retryable_status(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(30)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_below_the_ceiling() {
+        let p = quick();
+        let ceilings: Vec<u128> = (0..5).map(|r| p.backoff_ceiling(r).as_millis()).collect();
+        assert_eq!(ceilings, [100, 200, 400, 400, 400]);
+        assert_eq!(p.backoff_ceiling(40), p.max_delay, "no overflow on many retries");
+        for retry in 0..5 {
+            for _ in 0..50 {
+                assert!(p.backoff(retry) <= p.backoff_ceiling(retry));
+            }
+        }
+    }
+
+    #[test]
+    fn a_5xx_is_retried_until_success() {
+        let (result, attempts, sleeps) = run(
+            quick(),
+            vec![Ok(response(503, &[], "busy")), Ok(response(502, &[], "")), Ok(response(200, &[], "ok"))],
+        );
+        assert_eq!(result.unwrap().text(), "ok");
+        assert_eq!(attempts, 3);
+        assert_eq!(sleeps.len(), 2);
+        assert!(sleeps[0] <= Duration::from_millis(100) && sleeps[1] <= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn retry_after_is_honoured() {
+        let (result, attempts, sleeps) = run(
+            quick(),
+            vec![Ok(response(429, &[("retry-after", "2")], "")), Ok(response(200, &[], "ok"))],
+        );
+        assert!(result.is_ok());
+        assert_eq!(attempts, 2);
+        assert_eq!(sleeps, [Duration::from_secs(2)]);
+    }
+
+    #[test]
+    fn a_long_retry_after_goes_back_to_the_host() {
+        let (result, attempts, sleeps) = run(quick(), vec![Ok(response(429, &[("retry-after", "120")], "later"))]);
+        assert_eq!(result.unwrap_err(), Error::rate_limited("HTTP 429: later", Some(120_000)));
+        assert_eq!(attempts, 1);
+        assert!(sleeps.is_empty());
+    }
+
+    #[test]
+    fn a_4xx_is_not_retried() {
+        for status in [400, 401, 403, 404, 409] {
+            let (result, attempts, _) = run(quick(), vec![Ok(response(status, &[], ""))]);
+            assert!(result.is_err());
+            assert_eq!(attempts, 1, "status {status}");
+        }
+        let (result, attempts, _) = run(quick(), vec![Ok(response(408, &[], "")), Ok(response(200, &[], ""))]);
+        assert!(result.is_ok());
+        assert_eq!(attempts, 2, "408 is retried");
+    }
+
+    #[test]
+    fn retries_are_bounded() {
+        let (result, attempts, sleeps) = run(quick(), (0..4).map(|_| Ok(response(500, &[], "down"))).collect());
+        assert_eq!(result.unwrap_err(), Error::transient("HTTP 500: down"));
+        assert_eq!(attempts, 4);
+        assert_eq!(sleeps.len(), 3);
+        let (_, attempts, _) = run(RetryPolicy::none(), vec![Ok(response(500, &[], ""))]);
+        assert_eq!(attempts, 1);
+    }
+
+    #[test]
+    fn transport_failures_are_retried_but_denials_are_not() {
+        let (result, attempts, _) = run(
+            quick(),
+            vec![Err(TransportError::Timeout("slow".into())), Ok(response(200, &[], ""))],
+        );
+        assert!(result.is_ok());
+        assert_eq!(attempts, 2);
+        let (result, attempts, _) = run(quick(), vec![Err(TransportError::Denied("no".into()))]);
+        let err = result.unwrap_err();
+        assert_eq!(attempts, 1);
+        assert!(err.describe().contains("denied by the engine's sandbox"), "{}", err.describe());
+    }
+
+    #[test]
+    fn error_messages_come_from_the_usual_json_shapes() {
+        let google = response(404, &[], r#"{"error":{"code":404,"message":"Service api not found"}}"#);
+        assert_eq!(google.error_message(), "HTTP 404: Service api not found");
+        let aws = response(400, &[], r#"{"__type":"ClientException","message":"bad family"}"#);
+        assert_eq!(aws.error_message(), "HTTP 400: bad family");
+        let plain = response(500, &[], "  oops \n");
+        assert_eq!(plain.error_message(), "HTTP 500: oops");
+        assert_eq!(response(502, &[], "").error_message(), "HTTP 502");
+    }
+}

@@ -5,17 +5,36 @@
 //! new revision replaces the old one) or a **health** check. With this crate a plugin author
 //! implements one trait and calls one export macro:
 //!
-//! ```ignore
-//! use engine_sdk::{Provider, PluginInfo};
+//! ```no_run
+//! use engine_sdk::strategy::{Decision, Observation, Rollout, StepResult};
+//! use engine_sdk::{Capabilities, Diagnostic, Error, PluginInfo, Strategy, TrafficTarget};
 //!
-//! struct MyCloud;
+//! struct Instant;
 //!
-//! impl Provider for MyCloud {
-//!     fn info() -> PluginInfo { /* … */ }
-//!     // validate, read, plan, deploy, set_traffic, get_traffic, endpoints, retire, destroy
+//! impl Strategy for Instant {
+//!     fn info() -> PluginInfo {
+//!         PluginInfo {
+//!             name: "instant".into(),
+//!             version: "0.1.0".into(),
+//!             description: "All traffic to the new revision, no checks".into(),
+//!             config_schema: r#"{"type":"object"}"#.into(),
+//!             features: vec![],
+//!             capabilities: Capabilities::none(),
+//!         }
+//!     }
+//!     fn validate(_config: String) -> Vec<Diagnostic> {
+//!         vec![]
+//!     }
+//!     fn step(rollout: Rollout, state: Option<String>, _seen: Observation, _now: u64) -> Result<StepResult, Error> {
+//!         let decision = match state {
+//!             None => Decision::SetTraffic(vec![TrafficTarget { revision: rollout.candidate, percent: 100 }]),
+//!             Some(_) => Decision::Done,
+//!         };
+//!         Ok(StepResult { state: "started".into(), decision, phase: "instant".into() })
+//!     }
 //! }
 //!
-//! engine_sdk::export_provider!(MyCloud);
+//! engine_sdk::export_strategy!(Instant);
 //! ```
 //!
 //! and builds it with `cargo build --release --target wasm32-wasip2`.

@@ -1,0 +1,90 @@
+//! A plugin's logic, tested natively: the SDK's HTTP client against a real server on loopback,
+//! secret placeholders, logs and the clock.
+
+use engine_sdk::http::Client;
+use engine_sdk::secrets::Secret;
+use engine_sdk::testing;
+use engine_sdk::{Error, ErrorExt};
+use std::sync::Arc;
+
+/// Serves `/json` with a JSON body, echoes the Authorization header on `/echo`, and answers
+/// `/missing` with a Google-style 404.
+fn server() -> (u16, Arc<tiny_http::Server>) {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let port = server.server_addr().to_ip().unwrap().port();
+    let srv = server.clone();
+    std::thread::spawn(move || {
+        for mut request in srv.incoming_requests() {
+            let mut body = String::new();
+            let _ = request.as_reader().read_to_string(&mut body);
+            let auth = request
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("authorization"))
+                .map(|h| h.value.to_string())
+                .unwrap_or_default();
+            let (status, text) = match request.url() {
+                "/json" => (200, r#"{"name":"api","revisions":3}"#.to_string()),
+                "/echo" => (200, format!("{} {}", auth, body)),
+                _ => (404, r#"{"error":{"message":"no such service"}}"#.to_string()),
+            };
+            let _ = request.respond(tiny_http::Response::from_string(text).with_status_code(status));
+        }
+    });
+    (port, server)
+}
+
+#[derive(serde::Deserialize, Debug, PartialEq)]
+struct Service {
+    name: String,
+    revisions: u32,
+}
+
+#[test]
+fn json_round_trip_against_a_real_server() {
+    let (port, _server) = server();
+    let client = Client::new();
+    let service: Service = client.get(&format!("http://127.0.0.1:{port}/json")).send_json().unwrap();
+    assert_eq!(service, Service { name: "api".into(), revisions: 3 });
+    let echoed = client
+        .post(&format!("http://127.0.0.1:{port}/echo"))
+        .json(&serde_json::json!({"image": "api:2"}))
+        .send()
+        .unwrap()
+        .text();
+    assert_eq!(echoed, r#" {"image":"api:2"}"#);
+}
+
+#[test]
+fn a_404_is_a_not_found_error_with_the_apis_message() {
+    let (port, _server) = server();
+    let err = Client::new().get(&format!("http://127.0.0.1:{port}/missing")).send().unwrap_err();
+    assert_eq!(err, Error::not_found("HTTP 404: no such service"));
+}
+
+#[test]
+fn secrets_are_placeholders_that_the_transport_fills_in() {
+    let (port, _server) = server();
+    assert!(Secret::open("token").is_err(), "not granted yet");
+    testing::grant_secret("token", "value-from-test");
+    let secret = Secret::open("token").unwrap();
+    assert!(!secret.placeholder().contains("value-from-test"));
+    let echoed = Client::new()
+        .get(&format!("http://127.0.0.1:{port}/echo"))
+        .bearer(&secret)
+        .send()
+        .unwrap()
+        .text();
+    assert_eq!(echoed, "Bearer value-from-test ");
+}
+
+#[test]
+fn logs_and_clock_work_natively() {
+    engine_sdk::log::write(engine_sdk::log::Level::Info, "deploying", &[("service", "api")]);
+    let logs = testing::take_logs();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].message, "deploying");
+    assert_eq!(logs[0].fields, [("service".to_string(), "api".to_string())]);
+    testing::set_now_ms(42);
+    assert_eq!(engine_sdk::clock::now_ms(), 42);
+}
