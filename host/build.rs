@@ -58,8 +58,14 @@ fn main() {
     out.push_str("];\n");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     std::fs::write(out_dir.join("embedded_plugins.rs"), out).unwrap();
-    println!("cargo:rustc-env=ENGINE_TESTING_PLUGINS={}", wasm_dir.display());
-    println!("cargo:rustc-env=ENGINE_WASMTIME_VERSION={}", locked_version(&root, "wasmtime"));
+    println!(
+        "cargo:rustc-env=ENGINE_TESTING_PLUGINS={}",
+        wasm_dir.display()
+    );
+    println!(
+        "cargo:rustc-env=ENGINE_WASMTIME_VERSION={}",
+        locked_version(&root, "wasmtime")
+    );
 }
 
 /// The version of a dependency as Cargo.lock resolved it, for `engine --version`.
@@ -83,12 +89,16 @@ fn locked_version(root: &Path, package: &str) -> String {
 fn discover(plugins: &Path) -> Vec<PluginCrate> {
     let mut found = Vec::new();
     for (dir, kind) in KINDS {
-        let Ok(entries) = std::fs::read_dir(plugins.join(dir)) else { continue };
+        let Ok(entries) = std::fs::read_dir(plugins.join(dir)) else {
+            continue;
+        };
         let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         dirs.sort();
         for path in dirs {
             let manifest = path.join("Cargo.toml");
-            let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
+            let Ok(text) = std::fs::read_to_string(&manifest) else {
+                continue;
+            };
             let parsed: toml::Table = text
                 .parse()
                 .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
@@ -107,7 +117,14 @@ fn build(root: &Path, target_dir: &Path, plugin: &PluginCrate) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["rustc", "--quiet", "--release", "--lib", "--crate-type", "cdylib"])
+        .args([
+            "rustc",
+            "--quiet",
+            "--release",
+            "--lib",
+            "--crate-type",
+            "cdylib",
+        ])
         .args(["--target", WASM_TARGET, "-p", &plugin.package])
         .arg("--target-dir")
         .arg(target_dir);

@@ -42,12 +42,22 @@ async fn still_works(plugin: &LoadedPlugin) {
 #[tokio::test]
 async fn an_infinite_loop_is_stopped_at_its_deadline() {
     let (runtime, _) = runtime();
-    let grants = GrantsConfig { timeout: Some("300ms".into()), ..Default::default() };
+    let grants = GrantsConfig {
+        timeout: Some("300ms".into()),
+        ..Default::default()
+    };
     let plugin = load_hostile(&runtime, grants).await;
     let err = probe(&plugin, json!({"mode": "loop"})).await.unwrap_err();
     match &err {
-        CallError::DeadlineExceeded { plugin, function, limit } => {
-            assert_eq!((plugin.as_str(), *function, *limit), ("hostile", "read", Duration::from_millis(300)));
+        CallError::DeadlineExceeded {
+            plugin,
+            function,
+            limit,
+        } => {
+            assert_eq!(
+                (plugin.as_str(), *function, *limit),
+                ("hostile", "read", Duration::from_millis(300))
+            );
         }
         other => panic!("expected a deadline error, got {other:?}"),
     }
@@ -61,17 +71,33 @@ async fn an_infinite_loop_is_stopped_at_its_deadline() {
 #[tokio::test]
 async fn a_memory_bomb_stops_at_the_cap() {
     let (runtime, _) = runtime();
-    let grants = GrantsConfig { memory: Some("64MiB".into()), ..Default::default() };
+    let grants = GrantsConfig {
+        memory: Some("64MiB".into()),
+        ..Default::default()
+    };
     let plugin = load_hostile(&runtime, grants).await;
-    let err = probe(&plugin, json!({"mode": "memory-bomb"})).await.unwrap_err();
+    let err = probe(&plugin, json!({"mode": "memory-bomb"}))
+        .await
+        .unwrap_err();
     match &err {
-        CallError::MemoryExceeded { plugin, function, requested, limit } => {
-            assert_eq!((plugin.as_str(), *function, *limit), ("hostile", "read", 64 << 20));
+        CallError::MemoryExceeded {
+            plugin,
+            function,
+            requested,
+            limit,
+        } => {
+            assert_eq!(
+                (plugin.as_str(), *function, *limit),
+                ("hostile", "read", 64 << 20)
+            );
             assert!(*requested > 64 << 20, "requested {requested}");
         }
         other => panic!("expected a memory error, got {other:?}"),
     }
-    assert!(err.to_string().contains("raise `memory` in [plugins.hostile]"));
+    assert!(
+        err.to_string()
+            .contains("raise `memory` in [plugins.hostile]")
+    );
     still_works(&plugin).await;
 }
 
@@ -80,10 +106,17 @@ async fn files_outside_granted_directories_cannot_be_read() {
     let (runtime, _) = runtime();
     let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
     assert_eq!(
-        probe(&plugin, json!({"mode": "read-file", "path": "/etc/passwd"})).await.unwrap(),
-        ("err".into(), "No such file or directory (os error 44)".into())
+        probe(&plugin, json!({"mode": "read-file", "path": "/etc/passwd"}))
+            .await
+            .unwrap(),
+        (
+            "err".into(),
+            "No such file or directory (os error 44)".into()
+        )
     );
-    let (outcome, _) = probe(&plugin, json!({"mode": "list-dir", "path": "/"})).await.unwrap();
+    let (outcome, _) = probe(&plugin, json!({"mode": "list-dir", "path": "/"}))
+        .await
+        .unwrap();
     assert_eq!(outcome, "err");
 }
 
@@ -96,45 +129,91 @@ async fn only_granted_directories_are_visible_and_read_only_means_read_only() {
     let (runtime, _) = runtime();
 
     let read_only = GrantsConfig {
-        dirs: vec![DirGrant { host: granted.path().into(), guest: "/data".into(), writable: false }],
+        dirs: vec![DirGrant {
+            host: granted.path().into(),
+            guest: "/data".into(),
+            writable: false,
+        }],
         ..Default::default()
     };
     let plugin = load_hostile(&runtime, read_only).await;
     assert_eq!(
-        probe(&plugin, json!({"mode": "list-dir", "path": "/data"})).await.unwrap(),
+        probe(&plugin, json!({"mode": "list-dir", "path": "/data"}))
+            .await
+            .unwrap(),
         ("ok".into(), "artifact.txt".into())
     );
     let path = ungranted.path().join("private.txt");
-    let (outcome, _) = probe(&plugin, json!({"mode": "read-file", "path": path})).await.unwrap();
-    assert_eq!(outcome, "err", "a host path outside the grant must not open");
-    let (outcome, _) = probe(&plugin, json!({"mode": "read-file", "path": "/data/../../etc/passwd"})).await.unwrap();
+    let (outcome, _) = probe(&plugin, json!({"mode": "read-file", "path": path}))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome, "err",
+        "a host path outside the grant must not open"
+    );
+    let (outcome, _) = probe(
+        &plugin,
+        json!({"mode": "read-file", "path": "/data/../../etc/passwd"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, "err", "`..` must not escape the preopen");
-    let (outcome, _) = probe(&plugin, json!({"mode": "write-file", "path": "/data/new.txt"})).await.unwrap();
+    let (outcome, _) = probe(
+        &plugin,
+        json!({"mode": "write-file", "path": "/data/new.txt"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, "err", "a read-only grant must refuse writes");
     assert!(!granted.path().join("new.txt").exists());
 
     let writable = GrantsConfig {
-        dirs: vec![DirGrant { host: granted.path().into(), guest: "/data".into(), writable: true }],
+        dirs: vec![DirGrant {
+            host: granted.path().into(),
+            guest: "/data".into(),
+            writable: true,
+        }],
         ..Default::default()
     };
     let plugin = load_hostile(&runtime, writable).await;
     assert_eq!(
-        probe(&plugin, json!({"mode": "write-file", "path": "/data/new.txt"})).await.unwrap(),
+        probe(
+            &plugin,
+            json!({"mode": "write-file", "path": "/data/new.txt"})
+        )
+        .await
+        .unwrap(),
         ("ok".into(), "written".into())
     );
-    assert_eq!(std::fs::read_to_string(granted.path().join("new.txt")).unwrap(), "written by the hostile plugin");
+    assert_eq!(
+        std::fs::read_to_string(granted.path().join("new.txt")).unwrap(),
+        "written by the hostile plugin"
+    );
 }
 
 #[tokio::test]
 async fn environment_variables_are_passed_only_when_granted_and_declared() {
     let (runtime, sink) = runtime();
-    let grants = GrantsConfig { allow_env: vec!["PATH".into(), "HOME".into()], ..Default::default() };
+    let grants = GrantsConfig {
+        allow_env: vec!["PATH".into(), "HOME".into()],
+        ..Default::default()
+    };
     let plugin = load_hostile(&runtime, grants).await;
-    let (outcome, detail) = probe(&plugin, json!({"mode": "env", "name": "PATH"})).await.unwrap();
-    assert_eq!((outcome.as_str(), detail.as_str()), ("ok", std::env::var("PATH").unwrap().as_str()));
+    let (outcome, detail) = probe(&plugin, json!({"mode": "env", "name": "PATH"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome.as_str(), detail.as_str()),
+        ("ok", std::env::var("PATH").unwrap().as_str())
+    );
     // HOME is granted but the plugin does not declare it: not passed, and the user is told.
-    let (outcome, detail) = probe(&plugin, json!({"mode": "env", "name": "HOME"})).await.unwrap();
-    assert_eq!((outcome.as_str(), detail.as_str()), ("err", "environment variable not found"));
+    let (outcome, detail) = probe(&plugin, json!({"mode": "env", "name": "HOME"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome.as_str(), detail.as_str()),
+        ("err", "environment variable not found")
+    );
     assert_eq!(
         probe(&plugin, json!({"mode": "env-all"})).await.unwrap(),
         ("ok".into(), "PATH".into())
@@ -145,7 +224,9 @@ async fn environment_variables_are_passed_only_when_granted_and_declared() {
     let (runtime, _) = support::runtime();
     let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
     assert_eq!(
-        probe(&plugin, json!({"mode": "env", "name": "PATH"})).await.unwrap(),
+        probe(&plugin, json!({"mode": "env", "name": "PATH"}))
+            .await
+            .unwrap(),
         ("err".into(), "environment variable not found".into())
     );
 }
@@ -154,12 +235,20 @@ async fn environment_variables_are_passed_only_when_granted_and_declared() {
 async fn http_to_an_ungranted_host_is_denied_with_the_grant_to_add() {
     let server = TestServer::start();
     let (runtime, sink) = runtime();
-    let grants = GrantsConfig { allow_http: vec![format!("http://localhost:{}", server.port)], ..Default::default() };
+    let grants = GrantsConfig {
+        allow_http: vec![format!("http://localhost:{}", server.port)],
+        ..Default::default()
+    };
     let plugin = load_hostile(&runtime, grants).await;
     let url = format!("http://127.0.0.1:{}/", server.port);
-    let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": url})).await.unwrap();
+    let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": url}))
+        .await
+        .unwrap();
     assert_eq!(outcome, "err");
-    assert!(detail.contains("denied by the engine's sandbox"), "{detail}");
+    assert!(
+        detail.contains("denied by the engine's sandbox"),
+        "{detail}"
+    );
     let denials = sink.denials();
     assert_eq!(denials.len(), 1, "{denials:?}");
     assert_eq!(denials[0].capability, Capability::Http);
@@ -173,9 +262,12 @@ async fn http_to_an_ungranted_host_is_denied_with_the_grant_to_add() {
     assert!(server.requests().is_empty(), "nothing may reach the server");
 
     // The granted name works, so the denial above was the rule and not a broken client.
-    let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": format!("http://localhost:{}/", server.port)}))
-        .await
-        .unwrap();
+    let (outcome, detail) = probe(
+        &plugin,
+        json!({"mode": "http", "url": format!("http://localhost:{}/", server.port)}),
+    )
+    .await
+    .unwrap();
     assert_eq!((outcome.as_str(), detail.as_str()), ("ok", "200 hello"));
 }
 
@@ -183,19 +275,39 @@ async fn http_to_an_ungranted_host_is_denied_with_the_grant_to_add() {
 async fn a_granted_hostname_that_resolves_to_a_private_address_is_denied() {
     let server = TestServer::start();
     let (runtime, sink) = runtime_with(&[("internal.example", "127.0.0.1".parse().unwrap())]);
-    let grants = GrantsConfig { allow_http: vec![format!("http://internal.example:{}", server.port)], ..Default::default() };
+    let grants = GrantsConfig {
+        allow_http: vec![format!("http://internal.example:{}", server.port)],
+        ..Default::default()
+    };
     let plugin = load_hostile(&runtime, grants).await;
-    let (outcome, detail) =
-        probe(&plugin, json!({"mode": "http", "url": format!("http://internal.example:{}/", server.port)}))
-            .await
-            .unwrap();
+    let (outcome, detail) = probe(
+        &plugin,
+        json!({"mode": "http", "url": format!("http://internal.example:{}/", server.port)}),
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, "err");
-    assert!(detail.contains("denied by the engine's sandbox"), "{detail}");
+    assert!(
+        detail.contains("denied by the engine's sandbox"),
+        "{detail}"
+    );
     let denials = sink.denials();
     assert_eq!(denials.len(), 1, "{denials:?}");
     assert_eq!(denials[0].capability, Capability::Address);
-    assert!(denials[0].attempted.contains("internal.example resolves only to internal addresses [127.0.0.1]"), "{}", denials[0]);
-    assert!(denials[0].hint.contains(&format!("\"http://127.0.0.1:{}\"", server.port)), "{}", denials[0]);
+    assert!(
+        denials[0]
+            .attempted
+            .contains("internal.example resolves only to internal addresses [127.0.0.1]"),
+        "{}",
+        denials[0]
+    );
+    assert!(
+        denials[0]
+            .hint
+            .contains(&format!("\"http://127.0.0.1:{}\"", server.port)),
+        "{}",
+        denials[0]
+    );
     assert!(server.requests().is_empty(), "nothing may reach the server");
 }
 
@@ -203,11 +315,17 @@ async fn a_granted_hostname_that_resolves_to_a_private_address_is_denied() {
 async fn a_granted_loopback_address_is_reachable() {
     let server = TestServer::start();
     let (runtime, sink) = runtime();
-    let grants = GrantsConfig { allow_http: vec![format!("http://127.0.0.1:{}", server.port)], ..Default::default() };
+    let grants = GrantsConfig {
+        allow_http: vec![format!("http://127.0.0.1:{}", server.port)],
+        ..Default::default()
+    };
     let plugin = load_hostile(&runtime, grants).await;
-    let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": format!("http://127.0.0.1:{}/x", server.port)}))
-        .await
-        .unwrap();
+    let (outcome, detail) = probe(
+        &plugin,
+        json!({"mode": "http", "url": format!("http://127.0.0.1:{}/x", server.port)}),
+    )
+    .await
+    .unwrap();
     assert_eq!((outcome.as_str(), detail.as_str()), ("ok", "200 hello"));
     assert_eq!(server.requests().len(), 1);
     assert!(sink.denials().is_empty());
@@ -223,9 +341,12 @@ async fn a_response_over_the_size_cap_is_refused() {
         ..Default::default()
     };
     let plugin = load_hostile(&runtime, grants).await;
-    let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": format!("http://127.0.0.1:{}/big", server.port)}))
-        .await
-        .unwrap();
+    let (outcome, detail) = probe(
+        &plugin,
+        json!({"mode": "http", "url": format!("http://127.0.0.1:{}/big", server.port)}),
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, "err");
     assert!(detail.contains("HttpResponseBodySize"), "{detail}");
     assert!(sink.events().iter().any(|e| matches!(e,
@@ -238,9 +359,16 @@ async fn a_panic_becomes_an_error_and_the_next_call_works() {
     let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
     let err = probe(&plugin, json!({"mode": "panic"})).await.unwrap_err();
     match &err {
-        CallError::Panicked { plugin, function, message } => {
+        CallError::Panicked {
+            plugin,
+            function,
+            message,
+        } => {
             assert_eq!((plugin.as_str(), *function), ("hostile", "read"));
-            assert!(message.starts_with("hostile plugin panicked on purpose (at "), "{message}");
+            assert!(
+                message.starts_with("hostile plugin panicked on purpose (at "),
+                "{message}"
+            );
         }
         other => panic!("expected a panic error, got {other:?}"),
     }
@@ -253,7 +381,11 @@ async fn a_trap_becomes_an_error_and_the_next_call_works() {
     let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
     let err = probe(&plugin, json!({"mode": "trap"})).await.unwrap_err();
     match &err {
-        CallError::Trapped { plugin, function, detail } => {
+        CallError::Trapped {
+            plugin,
+            function,
+            detail,
+        } => {
             assert_eq!((plugin.as_str(), *function), ("hostile", "read"));
             assert!(detail.contains("unreachable"), "{detail}");
         }
@@ -266,9 +398,15 @@ async fn a_trap_becomes_an_error_and_the_next_call_works() {
 async fn malformed_output_is_a_typed_error() {
     let (runtime, _) = runtime();
     let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
-    let err = probe(&plugin, json!({"mode": "malformed"})).await.unwrap_err();
+    let err = probe(&plugin, json!({"mode": "malformed"}))
+        .await
+        .unwrap_err();
     match &err {
-        CallError::MalformedOutput { plugin, function, detail } => {
+        CallError::MalformedOutput {
+            plugin,
+            function,
+            detail,
+        } => {
             assert_eq!((plugin.as_str(), *function), ("hostile", "read"));
             assert_eq!(detail, "revision a gets 150% of traffic");
         }
@@ -283,7 +421,10 @@ async fn a_plugin_error_keeps_its_type() {
     let err = probe(&plugin, json!({"mode": "error"})).await.unwrap_err();
     assert_eq!(
         err.plugin_error(),
-        Some(&PluginError::RateLimited { message: "slow down".into(), retry_after: Some(Duration::from_millis(1500)) })
+        Some(&PluginError::RateLimited {
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_millis(1500))
+        })
     );
 }
 
@@ -301,8 +442,14 @@ async fn a_secret_value_reaches_the_granted_host_but_never_the_logs() {
     let (runtime, sink) = runtime();
     let grants = GrantsConfig {
         allow_http: vec![format!("http://127.0.0.1:{}", server.port)],
-        secrets: [("token".to_string(), SecretGrantConfig { from: format!("file:{}", file.path().display()), hosts: None })]
-            .into(),
+        secrets: [(
+            "token".to_string(),
+            SecretGrantConfig {
+                from: format!("file:{}", file.path().display()),
+                hosts: None,
+            },
+        )]
+        .into(),
         ..Default::default()
     };
     let plugin = load_hostile(&runtime, grants).await;
@@ -316,7 +463,10 @@ async fn a_secret_value_reaches_the_granted_host_but_never_the_logs() {
     // The host put the value in the request...
     let requests = server.requests();
     assert_eq!(requests.len(), 1);
-    assert_eq!(requests[0].authorization.as_deref(), Some(format!("Bearer {VALUE}").as_str()));
+    assert_eq!(
+        requests[0].authorization.as_deref(),
+        Some(format!("Bearer {VALUE}").as_str())
+    );
     // ...and took it out of everything the plugin said: its log, stdout, stderr and error.
     let texts: Vec<String> = sink
         .events()
@@ -364,19 +514,30 @@ async fn a_secret_is_not_sent_to_a_host_it_is_not_granted_for() {
     let denials = sink.denials();
     assert_eq!(denials.len(), 1);
     assert_eq!(denials[0].capability, Capability::Secret);
-    assert!(denials[0].hint.contains("to secrets.token.hosts in [plugins.hostile]"), "{}", denials[0]);
+    assert!(
+        denials[0]
+            .hint
+            .contains("to secrets.token.hosts in [plugins.hostile]"),
+        "{}",
+        denials[0]
+    );
 }
 
 #[tokio::test]
 async fn an_ungranted_secret_cannot_be_opened() {
     let (runtime, sink) = runtime();
     let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
-    let err = probe(&plugin, json!({"mode": "http", "secret": "token", "url": "http://127.0.0.1:1/"}))
-        .await
-        .unwrap_err();
+    let err = probe(
+        &plugin,
+        json!({"mode": "http", "secret": "token", "url": "http://127.0.0.1:1/"}),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         err.plugin_error(),
-        Some(&PluginError::Unauthorized("secret 'token' is not granted to plugin 'hostile'".into()))
+        Some(&PluginError::Unauthorized(
+            "secret 'token' is not granted to plugin 'hostile'".into()
+        ))
     );
     assert_eq!(sink.denials()[0].capability, Capability::Secret);
 }
@@ -385,7 +546,11 @@ async fn an_ungranted_secret_cannot_be_opened() {
 async fn a_plugin_built_against_another_wit_version_gets_a_readable_error() {
     let (runtime, _) = runtime();
     let err = runtime
-        .load("future", &PluginSource::Unpinned(testing_plugin("testing-future-wit")), &GrantsConfig::default())
+        .load(
+            "future",
+            &PluginSource::Unpinned(testing_plugin("testing-future-wit")),
+            &GrantsConfig::default(),
+        )
         .await
         .err()
         .expect("the plugin must be refused");
@@ -402,17 +567,37 @@ async fn a_file_that_does_not_match_its_pin_is_refused_with_both_hashes() {
     let path = testing_plugin("testing-hostile");
     let pinned = "0".repeat(64);
     let err = runtime
-        .load("hostile", &PluginSource::File { path: path.clone(), sha256: pinned.clone() }, &GrantsConfig::default())
+        .load(
+            "hostile",
+            &PluginSource::File {
+                path: path.clone(),
+                sha256: pinned.clone(),
+            },
+            &GrantsConfig::default(),
+        )
         .await
         .err()
         .expect("a wrong pin must be refused");
     let actual = engine::runtime::cache::sha256_hex(&std::fs::read(&path).unwrap());
     let message = err.to_string();
-    assert!(message.contains(&format!("expected: {pinned}")), "{message}");
-    assert!(message.contains(&format!("actual:   {actual}")), "{message}");
+    assert!(
+        message.contains(&format!("expected: {pinned}")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("actual:   {actual}")),
+        "{message}"
+    );
 
     let ok = runtime
-        .load("hostile", &PluginSource::File { path, sha256: actual.to_uppercase() }, &GrantsConfig::default())
+        .load(
+            "hostile",
+            &PluginSource::File {
+                path,
+                sha256: actual.to_uppercase(),
+            },
+            &GrantsConfig::default(),
+        )
         .await;
     assert!(ok.is_ok(), "the right pin loads, in either case");
 }
@@ -420,24 +605,49 @@ async fn a_file_that_does_not_match_its_pin_is_refused_with_both_hashes() {
 #[tokio::test]
 async fn the_compile_cache_is_hit_on_the_second_load_and_survives_damage() {
     let dir = tempfile::tempdir().unwrap();
-    let options = || engine::runtime::RuntimeOptions { cache_dir: Some(dir.path().into()), ..Default::default() };
+    let options = || engine::runtime::RuntimeOptions {
+        cache_dir: Some(dir.path().into()),
+        ..Default::default()
+    };
     let source = PluginSource::Embedded("all-at-once".into());
     use engine::runtime::cache::CacheOutcome;
 
-    let (_, first) = engine::runtime::Runtime::new(options()).unwrap()
-        .load_with_outcome("s", &source, &GrantsConfig::default()).await.unwrap();
+    let (_, first) = engine::runtime::Runtime::new(options())
+        .unwrap()
+        .load_with_outcome("s", &source, &GrantsConfig::default())
+        .await
+        .unwrap();
     assert_eq!(first, CacheOutcome::Compiled);
-    let (_, second) = engine::runtime::Runtime::new(options()).unwrap()
-        .load_with_outcome("s", &source, &GrantsConfig::default()).await.unwrap();
-    assert_eq!(second, CacheOutcome::Hit, "a second process start must not recompile");
+    let (_, second) = engine::runtime::Runtime::new(options())
+        .unwrap()
+        .load_with_outcome("s", &source, &GrantsConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        second,
+        CacheOutcome::Hit,
+        "a second process start must not recompile"
+    );
 
-    let entry = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    let entry = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut bytes = std::fs::read(&entry).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&entry, bytes).unwrap();
-    let (plugin, third) = engine::runtime::Runtime::new(options()).unwrap()
-        .load_with_outcome("s", &source, &GrantsConfig::default()).await.unwrap();
-    assert_eq!(third, CacheOutcome::Compiled, "a damaged entry is recompiled, never run");
+    let (plugin, third) = engine::runtime::Runtime::new(options())
+        .unwrap()
+        .load_with_outcome("s", &source, &GrantsConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        third,
+        CacheOutcome::Compiled,
+        "a damaged entry is recompiled, never run"
+    );
     assert_eq!(plugin.info().name, "all-at-once");
 }

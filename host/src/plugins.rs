@@ -41,7 +41,9 @@ impl PluginSource {
     pub fn origin(&self) -> String {
         match self {
             PluginSource::Embedded(_) => "built-in".into(),
-            PluginSource::File { path, .. } | PluginSource::Unpinned(path) => path.display().to_string(),
+            PluginSource::File { path, .. } | PluginSource::Unpinned(path) => {
+                path.display().to_string()
+            }
         }
     }
 
@@ -52,7 +54,11 @@ impl PluginSource {
                 .map(|p| Cow::Borrowed(p.bytes))
                 .ok_or_else(|| LoadError::UnknownEmbedded {
                     name: name.clone(),
-                    available: EMBEDDED.iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
+                    available: EMBEDDED
+                        .iter()
+                        .map(|p| p.name)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 }),
             PluginSource::File { path, .. } | PluginSource::Unpinned(path) => std::fs::read(path)
                 .map(Cow::Owned)

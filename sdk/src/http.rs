@@ -173,7 +173,9 @@ impl TransportError {
             TransportError::Denied(m) => Error::fatal(format!(
                 "{method} {url} was denied by the engine's sandbox ({m}); grant the destination in the pipeline's [plugins] table"
             )),
-            TransportError::Timeout(m) => Error::transient(format!("{method} {url} timed out: {m}")),
+            TransportError::Timeout(m) => {
+                Error::transient(format!("{method} {url} timed out: {m}"))
+            }
             TransportError::Failed(m) => Error::transient(format!("{method} {url} failed: {m}")),
         }
     }
@@ -284,7 +286,9 @@ impl RequestBuilder<'_> {
     /// Sends the request, retrying per the client's policy, and returns the response when its
     /// status is below 400. Any other status becomes an [`Error`] (see [`error_for_status`]).
     pub fn send(self) -> Result<Response, Error> {
-        self.send_with(&mut |req| transport::send(req), &mut |d| std::thread::sleep(d))
+        self.send_with(&mut |req| transport::send(req), &mut |d| {
+            std::thread::sleep(d)
+        })
     }
 
     /// Sends and parses the JSON response.
@@ -396,7 +400,9 @@ mod transport {
 
     fn transport_error(code: ErrorCode) -> TransportError {
         match code {
-            ErrorCode::HttpRequestDenied => TransportError::Denied("destination not granted".into()),
+            ErrorCode::HttpRequestDenied => {
+                TransportError::Denied("destination not granted".into())
+            }
             ErrorCode::DestinationIpProhibited => {
                 TransportError::Denied("destination address not granted".into())
             }
@@ -482,7 +488,12 @@ mod transport {
             .headers()
             .entries()
             .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_ascii_lowercase(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
             .collect();
         let body = incoming.consume().map_err(|()| failed("response body"))?;
         let mut bytes = Vec::new();
@@ -564,7 +575,10 @@ mod tests {
     fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
         Response {
             status,
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             body: body.as_bytes().to_vec(),
         }
     }
@@ -582,7 +596,10 @@ mod tests {
         let result = client.get("https://api.example.com/x").send_with(
             &mut |_| {
                 *attempts.borrow_mut() += 1;
-                script.borrow_mut().next().expect("the client asked for more attempts than scripted")
+                script
+                    .borrow_mut()
+                    .next()
+                    .expect("the client asked for more attempts than scripted")
             },
             &mut |d| sleeps.push(d),
         );
@@ -633,7 +650,10 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
         let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
@@ -644,7 +664,11 @@ mod tests {
         let p = quick();
         let ceilings: Vec<u128> = (0..5).map(|r| p.backoff_ceiling(r).as_millis()).collect();
         assert_eq!(ceilings, [100, 200, 400, 400, 400]);
-        assert_eq!(p.backoff_ceiling(40), p.max_delay, "no overflow on many retries");
+        assert_eq!(
+            p.backoff_ceiling(40),
+            p.max_delay,
+            "no overflow on many retries"
+        );
         for retry in 0..5 {
             for _ in 0..50 {
                 assert!(p.backoff(retry) <= p.backoff_ceiling(retry));
@@ -656,7 +680,11 @@ mod tests {
     fn a_5xx_is_retried_until_success() {
         let (result, attempts, sleeps) = run(
             quick(),
-            vec![Ok(response(503, &[], "busy")), Ok(response(502, &[], "")), Ok(response(200, &[], "ok"))],
+            vec![
+                Ok(response(503, &[], "busy")),
+                Ok(response(502, &[], "")),
+                Ok(response(200, &[], "ok")),
+            ],
         );
         assert_eq!(result.unwrap().text(), "ok");
         assert_eq!(attempts, 3);
@@ -668,7 +696,10 @@ mod tests {
     fn retry_after_is_honoured() {
         let (result, attempts, sleeps) = run(
             quick(),
-            vec![Ok(response(429, &[("retry-after", "2")], "")), Ok(response(200, &[], "ok"))],
+            vec![
+                Ok(response(429, &[("retry-after", "2")], "")),
+                Ok(response(200, &[], "ok")),
+            ],
         );
         assert!(result.is_ok());
         assert_eq!(attempts, 2);
@@ -677,8 +708,14 @@ mod tests {
 
     #[test]
     fn a_long_retry_after_goes_back_to_the_host() {
-        let (result, attempts, sleeps) = run(quick(), vec![Ok(response(429, &[("retry-after", "120")], "later"))]);
-        assert_eq!(result.unwrap_err(), Error::rate_limited("HTTP 429: later", Some(120_000)));
+        let (result, attempts, sleeps) = run(
+            quick(),
+            vec![Ok(response(429, &[("retry-after", "120")], "later"))],
+        );
+        assert_eq!(
+            result.unwrap_err(),
+            Error::rate_limited("HTTP 429: later", Some(120_000))
+        );
         assert_eq!(attempts, 1);
         assert!(sleeps.is_empty());
     }
@@ -690,14 +727,20 @@ mod tests {
             assert!(result.is_err());
             assert_eq!(attempts, 1, "status {status}");
         }
-        let (result, attempts, _) = run(quick(), vec![Ok(response(408, &[], "")), Ok(response(200, &[], ""))]);
+        let (result, attempts, _) = run(
+            quick(),
+            vec![Ok(response(408, &[], "")), Ok(response(200, &[], ""))],
+        );
         assert!(result.is_ok());
         assert_eq!(attempts, 2, "408 is retried");
     }
 
     #[test]
     fn retries_are_bounded() {
-        let (result, attempts, sleeps) = run(quick(), (0..4).map(|_| Ok(response(500, &[], "down"))).collect());
+        let (result, attempts, sleeps) = run(
+            quick(),
+            (0..4).map(|_| Ok(response(500, &[], "down"))).collect(),
+        );
         assert_eq!(result.unwrap_err(), Error::transient("HTTP 500: down"));
         assert_eq!(attempts, 4);
         assert_eq!(sleeps.len(), 3);
@@ -709,21 +752,36 @@ mod tests {
     fn transport_failures_are_retried_but_denials_are_not() {
         let (result, attempts, _) = run(
             quick(),
-            vec![Err(TransportError::Timeout("slow".into())), Ok(response(200, &[], ""))],
+            vec![
+                Err(TransportError::Timeout("slow".into())),
+                Ok(response(200, &[], "")),
+            ],
         );
         assert!(result.is_ok());
         assert_eq!(attempts, 2);
         let (result, attempts, _) = run(quick(), vec![Err(TransportError::Denied("no".into()))]);
         let err = result.unwrap_err();
         assert_eq!(attempts, 1);
-        assert!(err.describe().contains("denied by the engine's sandbox"), "{}", err.describe());
+        assert!(
+            err.describe().contains("denied by the engine's sandbox"),
+            "{}",
+            err.describe()
+        );
     }
 
     #[test]
     fn error_messages_come_from_the_usual_json_shapes() {
-        let google = response(404, &[], r#"{"error":{"code":404,"message":"Service api not found"}}"#);
+        let google = response(
+            404,
+            &[],
+            r#"{"error":{"code":404,"message":"Service api not found"}}"#,
+        );
         assert_eq!(google.error_message(), "HTTP 404: Service api not found");
-        let aws = response(400, &[], r#"{"__type":"ClientException","message":"bad family"}"#);
+        let aws = response(
+            400,
+            &[],
+            r#"{"__type":"ClientException","message":"bad family"}"#,
+        );
         assert_eq!(aws.error_message(), "HTTP 400: bad family");
         let plain = response(500, &[], "  oops \n");
         assert_eq!(plain.error_message(), "HTTP 500: oops");

@@ -26,9 +26,13 @@ fn server() -> (u16, Arc<tiny_http::Server>) {
             let (status, text) = match request.url() {
                 "/json" => (200, r#"{"name":"api","revisions":3}"#.to_string()),
                 "/echo" => (200, format!("{} {}", auth, body)),
-                _ => (404, r#"{"error":{"message":"no such service"}}"#.to_string()),
+                _ => (
+                    404,
+                    r#"{"error":{"message":"no such service"}}"#.to_string(),
+                ),
             };
-            let _ = request.respond(tiny_http::Response::from_string(text).with_status_code(status));
+            let _ =
+                request.respond(tiny_http::Response::from_string(text).with_status_code(status));
         }
     });
     (port, server)
@@ -44,8 +48,17 @@ struct Service {
 fn json_round_trip_against_a_real_server() {
     let (port, _server) = server();
     let client = Client::new();
-    let service: Service = client.get(&format!("http://127.0.0.1:{port}/json")).send_json().unwrap();
-    assert_eq!(service, Service { name: "api".into(), revisions: 3 });
+    let service: Service = client
+        .get(&format!("http://127.0.0.1:{port}/json"))
+        .send_json()
+        .unwrap();
+    assert_eq!(
+        service,
+        Service {
+            name: "api".into(),
+            revisions: 3
+        }
+    );
     let echoed = client
         .post(&format!("http://127.0.0.1:{port}/echo"))
         .json(&serde_json::json!({"image": "api:2"}))
@@ -58,7 +71,10 @@ fn json_round_trip_against_a_real_server() {
 #[test]
 fn a_404_is_a_not_found_error_with_the_apis_message() {
     let (port, _server) = server();
-    let err = Client::new().get(&format!("http://127.0.0.1:{port}/missing")).send().unwrap_err();
+    let err = Client::new()
+        .get(&format!("http://127.0.0.1:{port}/missing"))
+        .send()
+        .unwrap_err();
     assert_eq!(err, Error::not_found("HTTP 404: no such service"));
 }
 
@@ -80,7 +96,11 @@ fn secrets_are_placeholders_that_the_transport_fills_in() {
 
 #[test]
 fn logs_and_clock_work_natively() {
-    engine_sdk::log::write(engine_sdk::log::Level::Info, "deploying", &[("service", "api")]);
+    engine_sdk::log::write(
+        engine_sdk::log::Level::Info,
+        "deploying",
+        &[("service", "api")],
+    );
     let logs = testing::take_logs();
     assert_eq!(logs.len(), 1);
     assert_eq!(logs[0].message, "deploying");

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 
 /// A test-only plugin built by host/build.rs.
 pub fn testing_plugin(package: &str) -> PathBuf {
-    PathBuf::from(env!("ENGINE_TESTING_PLUGINS")).join(format!("{}.wasm", package.replace('-', "_")))
+    PathBuf::from(env!("ENGINE_TESTING_PLUGINS"))
+        .join(format!("{}.wasm", package.replace('-', "_")))
 }
 
 /// One compile cache for every test, so each plugin compiles once per `cargo test`.
@@ -43,7 +44,11 @@ pub fn runtime() -> (Runtime, MemorySink) {
 
 pub async fn load_hostile(runtime: &Runtime, grants: GrantsConfig) -> LoadedPlugin {
     runtime
-        .load("hostile", &PluginSource::Unpinned(testing_plugin("testing-hostile")), &grants)
+        .load(
+            "hostile",
+            &PluginSource::Unpinned(testing_plugin("testing-hostile")),
+            &grants,
+        )
         .await
         .expect("the hostile plugin loads")
 }

@@ -46,7 +46,13 @@ pub struct Cli {
     no_cache: bool,
 
     /// How much the engine logs to stderr: error, warn, info, debug or trace
-    #[arg(long, global = true, env = "ENGINE_LOG", default_value = "warn", value_name = "LEVEL")]
+    #[arg(
+        long,
+        global = true,
+        env = "ENGINE_LOG",
+        default_value = "warn",
+        value_name = "LEVEL"
+    )]
     log_level: String,
 }
 
@@ -72,7 +78,9 @@ impl Cli {
             cache_dir: if self.no_cache {
                 None
             } else {
-                self.cache_dir.clone().or_else(engine_runtime::cache::CompileCache::default_dir)
+                self.cache_dir
+                    .clone()
+                    .or_else(engine_runtime::cache::CompileCache::default_dir)
             },
             ..Default::default()
         }
@@ -86,13 +94,20 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return ExitCode::from(code);
         }
     };
     output::init_logging(&cli.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             output::error(&format!("cannot start the async runtime: {e}"));
@@ -122,9 +137,15 @@ pub struct CommandError {
 
 impl CommandError {
     pub fn failure(message: impl std::fmt::Display) -> Self {
-        CommandError { message: message.to_string(), code: exit::FAILURE }
+        CommandError {
+            message: message.to_string(),
+            code: exit::FAILURE,
+        }
     }
     pub fn usage(message: impl std::fmt::Display) -> Self {
-        CommandError { message: message.to_string(), code: exit::USAGE }
+        CommandError {
+            message: message.to_string(),
+            code: exit::USAGE,
+        }
     }
 }

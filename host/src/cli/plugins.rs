@@ -56,7 +56,11 @@ async fn list(runtime: &Runtime, format: Format) -> Result<(), CommandError> {
             println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
         }
         Format::Text => {
-            let mut rows = vec![["NAME", "KIND", "VERSION", "WIT", "SOURCE", "SHA256"].map(String::from).to_vec()];
+            let mut rows = vec![
+                ["NAME", "KIND", "VERSION", "WIT", "SOURCE", "SHA256"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
             for p in &plugins {
                 rows.push(vec![
                     p.name().to_string(),
@@ -77,14 +81,26 @@ async fn list(runtime: &Runtime, format: Format) -> Result<(), CommandError> {
 fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in rows {
         let cells: Vec<String> = row
             .iter()
             .enumerate()
-            .map(|(i, cell)| if i + 1 == row.len() { cell.clone() } else { format!("{cell:<w$}", w = widths[i]) })
+            .map(|(i, cell)| {
+                if i + 1 == row.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}", w = widths[i])
+                }
+            })
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
@@ -175,13 +191,34 @@ async fn inspect(runtime: &Runtime, argument: &str, format: Format) -> Result<()
 fn inspect_text(plugin: &LoadedPlugin, source: &PluginSource, schema: &Value) -> String {
     let info = plugin.info();
     let caps = &info.capabilities;
-    let list = |items: &[String]| if items.is_empty() { "(none)".to_string() } else { items.join(", ") };
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            "(none)".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
     let dirs: Vec<String> = caps
         .dirs
         .iter()
-        .map(|d| format!("{} ({}): {}", d.path, if d.writable { "read-write" } else { "read-only" }, d.purpose))
+        .map(|d| {
+            format!(
+                "{} ({}): {}",
+                d.path,
+                if d.writable {
+                    "read-write"
+                } else {
+                    "read-only"
+                },
+                d.purpose
+            )
+        })
         .collect();
-    let features: Vec<String> = info.features.iter().map(|f| feature_name(f).to_string()).collect();
+    let features: Vec<String> = info
+        .features
+        .iter()
+        .map(|f| feature_name(f).to_string())
+        .collect();
     let mut out = String::new();
     let mut line = |key: &str, value: &str| out.push_str(&format!("{key:<13} {value}\n"));
     line("name:", &info.name);
@@ -191,7 +228,10 @@ fn inspect_text(plugin: &LoadedPlugin, source: &PluginSource, schema: &Value) ->
     line("WIT:", &format!("{WIT_PACKAGE}@{}", plugin.wit_version()));
     line("source:", plugin.origin());
     line("sha256:", plugin.sha256());
-    line("exports:", &format!("{}: {}", export_name(plugin), plugin.functions().join(", ")));
+    line(
+        "exports:",
+        &format!("{}: {}", export_name(plugin), plugin.functions().join(", ")),
+    );
     line("imports:", &list(plugin.imports()));
     line("features:", &list(&features));
     out.push_str("capabilities:\n");

@@ -70,7 +70,10 @@ impl CompileCache {
         bytes: &[u8],
     ) -> anyhow::Result<(Component, CacheOutcome)> {
         let Some(path) = self.entry_path(sha256) else {
-            return Ok((Component::new(engine, bytes)?, CacheOutcome::CompiledUncached));
+            return Ok((
+                Component::new(engine, bytes)?,
+                CacheOutcome::CompiledUncached,
+            ));
         };
         if let Some(component) = self.read_entry(engine, &path) {
             return Ok((component, CacheOutcome::Hit));
@@ -101,7 +104,10 @@ impl CompileCache {
         match unsafe { Component::deserialize(engine, code) } {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::warn!("discarding unusable compile cache entry {}: {e}", path.display());
+                tracing::warn!(
+                    "discarding unusable compile cache entry {}: {e}",
+                    path.display()
+                );
                 None
             }
         }

@@ -92,7 +92,11 @@ struct AddressDenied {
 
 impl std::fmt::Display for AddressDenied {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} resolves only to internal addresses {:?}", self.host, self.addresses)
+        write!(
+            f,
+            "{} resolves only to internal addresses {:?}",
+            self.host, self.addresses
+        )
     }
 }
 
@@ -206,10 +210,17 @@ impl EgressPolicy {
             return Err(self.deny(
                 Capability::Http,
                 attempted,
-                format!("add \"{suggestion}\" to allow_http in [plugins.{}]", self.plugin),
+                format!(
+                    "add \"{suggestion}\" to allow_http in [plugins.{}]",
+                    self.plugin
+                ),
             ));
         }
-        if !self.declared.iter().any(|p| p.matches(&scheme, &host, port)) {
+        if !self
+            .declared
+            .iter()
+            .any(|p| p.matches(&scheme, &host, port))
+        {
             return Err(self.deny(
                 Capability::Http,
                 attempted,
@@ -222,7 +233,10 @@ impl EgressPolicy {
             return Err(self.deny(
                 Capability::Address,
                 attempted,
-                format!("add \"{suggestion}\" to allow_http in [plugins.{}]", self.plugin),
+                format!(
+                    "add \"{suggestion}\" to allow_http in [plugins.{}]",
+                    self.plugin
+                ),
             ));
         }
 
@@ -259,10 +273,11 @@ impl EgressPolicy {
                 }
                 replaced = replaced.replace(&secret.placeholder, &secret.value);
             }
-            let value = HeaderValue::from_str(&replaced).map_err(|_| HttpError::HttpRequestHeaderSize {
-                field_name: Some(name.to_string()),
-                field_size: None,
-            })?;
+            let value =
+                HeaderValue::from_str(&replaced).map_err(|_| HttpError::HttpRequestHeaderSize {
+                    field_name: Some(name.to_string()),
+                    field_size: None,
+                })?;
             headers.append(name, value);
         }
         Ok(headers)
@@ -285,7 +300,10 @@ impl EgressPolicy {
         if let Some(timeout) = options.and_then(|o| o.first_byte_timeout) {
             builder = builder.timeout(timeout);
         }
-        let mut response = builder.send().await.map_err(|e| self.send_error(&parts.method, &url, e))?;
+        let mut response = builder
+            .send()
+            .await
+            .map_err(|e| self.send_error(&parts.method, &url, e))?;
 
         let mut out = http::Response::builder().status(response.status());
         for (name, value) in response.headers() {
@@ -305,7 +323,9 @@ impl EgressPolicy {
                         parts.method, redactor().redact(&url), self.max_response_bytes, self.plugin
                     ),
                 });
-                return Err(HttpError::HttpResponseBodySize(Some(self.max_response_bytes)));
+                return Err(HttpError::HttpResponseBodySize(Some(
+                    self.max_response_bytes,
+                )));
             }
             collected.extend_from_slice(&chunk);
         }
@@ -374,7 +394,8 @@ impl WasiHttpHooks for EgressHooks {
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: IoFuture,
-    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send> {
+    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>
+    {
         let policy = self.policy.clone();
         let authorized = policy.authorize(&request);
         Box::new(async move {
@@ -392,22 +413,41 @@ mod tests {
     #[test]
     fn internal_ranges() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-            "0.0.0.0", "::1", "fd00:ec2::254", "fe80::1", "::ffff:10.0.0.1", "224.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "224.0.0.1",
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip} should be internal");
         }
-        for ip in ["8.8.8.8", "142.250.1.1", "2001:4860:4860::8888", "100.128.0.1"] {
+        for ip in [
+            "8.8.8.8",
+            "142.250.1.1",
+            "2001:4860:4860::8888",
+            "100.128.0.1",
+        ] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip} should be public");
         }
     }
 
     #[test]
     fn internal_addresses_need_a_literal_grant_or_localhost() {
-        let grants: Vec<HttpPattern> = ["https://api.example.com", "http://10.0.0.5:8080", "http://localhost:*"]
-            .iter()
-            .map(|p| HttpPattern::parse(p).unwrap())
-            .collect();
+        let grants: Vec<HttpPattern> = [
+            "https://api.example.com",
+            "http://10.0.0.5:8080",
+            "http://localhost:*",
+        ]
+        .iter()
+        .map(|p| HttpPattern::parse(p).unwrap())
+        .collect();
         let policy = AddressPolicy::from_grants(&grants);
         assert!(policy.allows("api.example.com", "93.184.216.34".parse().unwrap()));
         assert!(!policy.allows("api.example.com", "10.0.0.6".parse().unwrap()));
@@ -416,6 +456,9 @@ mod tests {
         assert!(!policy.allows("rebound.example.com", "127.0.0.1".parse().unwrap()));
         let none = AddressPolicy::from_grants(&[HttpPattern::parse("https://*").unwrap()]);
         assert!(!none.allows("localhost", "127.0.0.1".parse().unwrap()));
-        assert!(!none.allows("metadata.google.internal", "169.254.169.254".parse().unwrap()));
+        assert!(!none.allows(
+            "metadata.google.internal",
+            "169.254.169.254".parse().unwrap()
+        ));
     }
 }

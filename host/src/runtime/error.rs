@@ -161,7 +161,9 @@ pub enum LoadError {
         host_version: String,
         advice: String,
     },
-    #[error("plugin '{plugin}' is a {kind} plugin and imports {import}, which {kind} plugins cannot use")]
+    #[error(
+        "plugin '{plugin}' is a {kind} plugin and imports {import}, which {kind} plugins cannot use"
+    )]
     ForbiddenImport {
         plugin: String,
         kind: &'static str,

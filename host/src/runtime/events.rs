@@ -108,7 +108,12 @@ pub struct TracingSink;
 impl EventSink for TracingSink {
     fn event(&self, event: PluginEvent) {
         match event {
-            PluginEvent::Log { plugin, level, message, fields } => {
+            PluginEvent::Log {
+                plugin,
+                level,
+                message,
+                fields,
+            } => {
                 let fields = fields
                     .iter()
                     .map(|(k, v)| format!(" {k}={v}"))
@@ -121,7 +126,11 @@ impl EventSink for TracingSink {
                     LogLevel::Error => tracing::error!(plugin, "{message}{fields}"),
                 }
             }
-            PluginEvent::Output { plugin, stream, text } => {
+            PluginEvent::Output {
+                plugin,
+                stream,
+                text,
+            } => {
                 for line in text.lines() {
                     tracing::debug!(plugin, ?stream, "{line}");
                 }
@@ -141,7 +150,10 @@ pub struct MemorySink {
 
 impl MemorySink {
     pub fn events(&self) -> Vec<PluginEvent> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn denials(&self) -> Vec<Denial> {
@@ -157,6 +169,9 @@ impl MemorySink {
 
 impl EventSink for MemorySink {
     fn event(&self, event: PluginEvent) {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).push(event);
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
     }
 }

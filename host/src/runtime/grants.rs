@@ -137,7 +137,10 @@ impl GrantsConfig {
             if !dir.guest.starts_with('/') {
                 return Err(grant_error(
                     "dirs",
-                    format!("guest path {:?} must be absolute, such as \"/data\"", dir.guest),
+                    format!(
+                        "guest path {:?} must be absolute, such as \"/data\"",
+                        dir.guest
+                    ),
                 ));
             }
         }
@@ -152,7 +155,10 @@ impl GrantsConfig {
                 .map(|hosts| {
                     hosts
                         .iter()
-                        .map(|p| HttpPattern::parse(p).map_err(|m| grant_error(format!("{key}.hosts"), m)))
+                        .map(|p| {
+                            HttpPattern::parse(p)
+                                .map_err(|m| grant_error(format!("{key}.hosts"), m))
+                        })
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .transpose()?;
@@ -161,7 +167,10 @@ impl GrantsConfig {
         let mut limits = Limits::default();
         if let Some(t) = &self.timeout {
             limits.timeout = humantime::parse_duration(t).map_err(|e| {
-                grant_error("timeout", format!("{t:?} is not a duration ({e}); write it like \"30s\" or \"2m\""))
+                grant_error(
+                    "timeout",
+                    format!("{t:?} is not a duration ({e}); write it like \"30s\" or \"2m\""),
+                )
             })?;
             if limits.timeout.is_zero() {
                 return Err(grant_error("timeout", "must be more than zero"));
@@ -192,7 +201,12 @@ impl GrantsConfig {
 fn parse_size(key: &str, text: &str) -> Result<u64, GrantError> {
     text.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
-        .map_err(|e| grant_error(key, format!("{text:?} is not a size ({e}); write it like \"256MiB\"")))
+        .map_err(|e| {
+            grant_error(
+                key,
+                format!("{text:?} is not a size ({e}); write it like \"256MiB\""),
+            )
+        })
 }
 
 /// `scheme://host[:port]` with wildcards: scheme `*`, host `*` or `*.suffix`, port `*`.
@@ -237,10 +251,16 @@ impl HttpPattern {
         let scheme = match scheme {
             "*" => None,
             "http" | "https" => Some(scheme.to_string()),
-            other => return Err(format!("{text:?}: scheme {other:?} is not http, https or *")),
+            other => {
+                return Err(format!(
+                    "{text:?}: scheme {other:?} is not http, https or *"
+                ));
+            }
         };
         if rest.contains('/') || rest.contains('?') || rest.contains('@') {
-            return Err(format!("{text:?} must not have a path, query or user; {hint}"));
+            return Err(format!(
+                "{text:?} must not have a path, query or user; {hint}"
+            ));
         }
         // Split the port off, minding IPv6 literals in brackets.
         let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
@@ -270,11 +290,15 @@ impl HttpPattern {
             HostPattern::Any
         } else if let Some(suffix) = host.strip_prefix("*.") {
             if suffix.is_empty() || suffix.contains('*') {
-                return Err(format!("{text:?}: a wildcard host looks like *.example.com"));
+                return Err(format!(
+                    "{text:?}: a wildcard host looks like *.example.com"
+                ));
             }
             HostPattern::Suffix(format!(".{suffix}"))
         } else if host.is_empty() || host.contains('*') {
-            return Err(format!("{text:?}: '*' may only stand alone or as the first label; {hint}"));
+            return Err(format!(
+                "{text:?}: '*' may only stand alone or as the first label; {hint}"
+            ));
         } else {
             HostPattern::Exact(host)
         };
@@ -329,7 +353,11 @@ impl fmt::Display for HttpPattern {
 /// The grant that would allow a request to `scheme://host:port`: what a denial tells the user
 /// to add.
 pub fn suggested_http_grant(scheme: &str, host: &str, port: u16) -> String {
-    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
     if default_port(scheme) == Some(port) {
         format!("{scheme}://{host}")
     } else {
@@ -379,18 +407,45 @@ mod tests {
 
     #[test]
     fn bad_patterns_say_what_is_wrong() {
-        assert!(HttpPattern::parse("example.com").unwrap_err().contains("no scheme"));
-        assert!(HttpPattern::parse("ftp://x").unwrap_err().contains("not http"));
-        assert!(HttpPattern::parse("https://x/path").unwrap_err().contains("path"));
-        assert!(HttpPattern::parse("https://a.*.com").unwrap_err().contains("first label"));
-        assert!(HttpPattern::parse("http://x:port").unwrap_err().contains("not a number"));
-        assert!(HttpPattern::parse("*://x").unwrap_err().contains("give a port"));
+        assert!(
+            HttpPattern::parse("example.com")
+                .unwrap_err()
+                .contains("no scheme")
+        );
+        assert!(
+            HttpPattern::parse("ftp://x")
+                .unwrap_err()
+                .contains("not http")
+        );
+        assert!(
+            HttpPattern::parse("https://x/path")
+                .unwrap_err()
+                .contains("path")
+        );
+        assert!(
+            HttpPattern::parse("https://a.*.com")
+                .unwrap_err()
+                .contains("first label")
+        );
+        assert!(
+            HttpPattern::parse("http://x:port")
+                .unwrap_err()
+                .contains("not a number")
+        );
+        assert!(
+            HttpPattern::parse("*://x")
+                .unwrap_err()
+                .contains("give a port")
+        );
     }
 
     #[test]
     fn suggestions_omit_default_ports() {
         assert_eq!(suggested_http_grant("https", "a.com", 443), "https://a.com");
-        assert_eq!(suggested_http_grant("http", "127.0.0.1", 8080), "http://127.0.0.1:8080");
+        assert_eq!(
+            suggested_http_grant("http", "127.0.0.1", 8080),
+            "http://127.0.0.1:8080"
+        );
         assert_eq!(suggested_http_grant("http", "::1", 80), "http://[::1]");
     }
 
@@ -404,10 +459,19 @@ mod tests {
         let g = cfg.parse().unwrap();
         assert_eq!(g.limits.timeout, Duration::from_millis(1500));
         assert_eq!(g.limits.memory_bytes, 64 << 20);
-        assert_eq!(g.limits.max_response_bytes, Limits::default().max_response_bytes);
-        let bad = GrantsConfig { memory: Some("lots".into()), ..Default::default() };
+        assert_eq!(
+            g.limits.max_response_bytes,
+            Limits::default().max_response_bytes
+        );
+        let bad = GrantsConfig {
+            memory: Some("lots".into()),
+            ..Default::default()
+        };
         assert_eq!(bad.parse().unwrap_err().key, "memory");
-        let huge = GrantsConfig { memory: Some("8GiB".into()), ..Default::default() };
+        let huge = GrantsConfig {
+            memory: Some("8GiB".into()),
+            ..Default::default()
+        };
         assert!(huge.parse().unwrap_err().message.contains("ceiling"));
     }
 }

@@ -19,7 +19,11 @@ pub enum PluginKind {
 }
 
 impl PluginKind {
-    pub const ALL: [PluginKind; 3] = [PluginKind::Provider, PluginKind::Strategy, PluginKind::Health];
+    pub const ALL: [PluginKind; 3] = [
+        PluginKind::Provider,
+        PluginKind::Strategy,
+        PluginKind::Health,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -38,7 +42,11 @@ impl PluginKind {
     /// Strategies are pure: no HTTP, no clock of the host, no secrets.
     pub fn may_import(self, package: &str, interface: &str) -> bool {
         match (self, package) {
-            (_, "wasi:cli" | "wasi:clocks" | "wasi:filesystem" | "wasi:random" | "wasi:io" | "wasi:sockets") => true,
+            (
+                _,
+                "wasi:cli" | "wasi:clocks" | "wasi:filesystem" | "wasi:random" | "wasi:io"
+                | "wasi:sockets",
+            ) => true,
             (PluginKind::Provider | PluginKind::Health, "wasi:http") => true,
             (PluginKind::Provider | PluginKind::Health, WIT_PACKAGE) => {
                 matches!(interface, "types" | "log" | "clock" | "secrets")
@@ -115,11 +123,17 @@ pub fn shape(engine: &Engine, plugin: &str, component: &Component) -> Result<Sha
     let mut exports = Vec::new();
     for (name, item) in ty.exports(engine) {
         exports.push(name.to_string());
-        let Some(parsed) = InterfaceName::parse(name) else { continue };
+        let Some(parsed) = InterfaceName::parse(name) else {
+            continue;
+        };
         if parsed.package != WIT_PACKAGE {
             continue;
         }
-        let Some(kind) = PluginKind::ALL.iter().copied().find(|k| k.interface() == parsed.interface) else {
+        let Some(kind) = PluginKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.interface() == parsed.interface)
+        else {
             continue;
         };
         let functions = match &item.ty {
@@ -135,7 +149,11 @@ pub fn shape(engine: &Engine, plugin: &str, component: &Component) -> Result<Sha
     let Some((kind, version, functions)) = found else {
         return Err(LoadError::NotAPlugin {
             plugin: plugin.to_string(),
-            exports: if exports.is_empty() { "nothing".into() } else { exports.join(", ") },
+            exports: if exports.is_empty() {
+                "nothing".into()
+            } else {
+                exports.join(", ")
+            },
         });
     };
     let Some(wit_version) = version else {
@@ -178,7 +196,9 @@ pub fn shape(engine: &Engine, plugin: &str, component: &Component) -> Result<Sha
 
 fn incompatible(plugin: &str, plugin_version: String, host: &semver::Version) -> LoadError {
     let advice = match semver::Version::parse(&plugin_version) {
-        Ok(v) if v > *host => "upgrade the engine, or rebuild the plugin against the engine's WIT version".to_string(),
+        Ok(v) if v > *host => {
+            "upgrade the engine, or rebuild the plugin against the engine's WIT version".to_string()
+        }
         _ => "rebuild the plugin with an SDK for this WIT version".to_string(),
     };
     LoadError::IncompatibleWit {
@@ -201,7 +221,10 @@ mod tests {
     #[test]
     fn compatibility_follows_semver_for_zero_versions() {
         assert!(compatible(&v("0.1.0"), &v("0.1.3")));
-        assert!(!compatible(&v("0.1.4"), &v("0.1.3")), "newer plugin than host");
+        assert!(
+            !compatible(&v("0.1.4"), &v("0.1.3")),
+            "newer plugin than host"
+        );
         assert!(!compatible(&v("0.2.0"), &v("0.1.3")));
         assert!(!compatible(&v("1.1.0"), &v("0.1.0")));
         assert!(compatible(&v("1.0.0"), &v("1.2.0")));

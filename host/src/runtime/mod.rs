@@ -141,8 +141,15 @@ impl Runtime {
 
     /// Loads, checks and pre-instantiates a plugin, asks it for its `info`, and sets up its
     /// sandbox from `grants` and what it declares.
-    pub async fn load(&self, name: &str, source: &PluginSource, grants: &GrantsConfig) -> Result<LoadedPlugin, LoadError> {
-        self.load_with_outcome(name, source, grants).await.map(|(p, _)| p)
+    pub async fn load(
+        &self,
+        name: &str,
+        source: &PluginSource,
+        grants: &GrantsConfig,
+    ) -> Result<LoadedPlugin, LoadError> {
+        self.load_with_outcome(name, source, grants)
+            .await
+            .map(|(p, _)| p)
     }
 
     /// [`Runtime::load`], also telling whether the compile cache was hit.
@@ -182,11 +189,22 @@ impl Runtime {
             error,
         })?;
         // `info` runs with nothing granted: it must be pure.
-        let bare = self.sandbox(name, &Grants { limits: grants.limits, ..Grants::default() }, Vec::new(), Arc::default())?;
-        let info = pre.info(shared, &bare).await.map_err(|error| LoadError::Info {
-            plugin: name.to_string(),
-            error,
-        })?;
+        let bare = self.sandbox(
+            name,
+            &Grants {
+                limits: grants.limits,
+                ..Grants::default()
+            },
+            Vec::new(),
+            Arc::default(),
+        )?;
+        let info = pre
+            .info(shared, &bare)
+            .await
+            .map_err(|error| LoadError::Info {
+                plugin: name.to_string(),
+                error,
+            })?;
         let sandbox = self.effective_sandbox(name, &grants, &info.capabilities)?;
         let plugin = LoadedPlugin {
             inner: Arc::new(plugin::PluginInner {
@@ -279,15 +297,22 @@ impl Runtime {
             if declared.env.contains(var) {
                 effective.env.push(var.clone());
             } else {
-                warn(format!("[plugins.{name}] grants environment variable {var}, which the plugin does not declare; it is not passed"));
+                warn(format!(
+                    "[plugins.{name}] grants environment variable {var}, which the plugin does not declare; it is not passed"
+                ));
             }
         }
         for var in declared.env.iter().filter(|v| !grants.env.contains(v)) {
-            warn(format!("declares environment variable {var}; add \"{var}\" to allow_env in [plugins.{name}] if it should see it"));
+            warn(format!(
+                "declares environment variable {var}; add \"{var}\" to allow_env in [plugins.{name}] if it should see it"
+            ));
         }
         for dir in &grants.dirs {
             let Some(need) = declared.dirs.iter().find(|d| d.path == dir.guest) else {
-                warn(format!("[plugins.{name}] grants directory {}, which the plugin does not declare; it is not opened", dir.guest));
+                warn(format!(
+                    "[plugins.{name}] grants directory {}, which the plugin does not declare; it is not opened",
+                    dir.guest
+                ));
                 continue;
             };
             if !dir.host.is_dir() {
@@ -303,7 +328,11 @@ impl Runtime {
             }
             effective.dirs.push(dir);
         }
-        for need in declared.dirs.iter().filter(|d| !grants.dirs.iter().any(|g| g.guest == d.path)) {
+        for need in declared
+            .dirs
+            .iter()
+            .filter(|d| !grants.dirs.iter().any(|g| g.guest == d.path))
+        {
             warn(format!(
                 "declares directory {} ({}); grant it with dirs = [{{ host = \"...\", guest = \"{}\", writable = {} }}] in [plugins.{name}]",
                 need.path, need.purpose, need.path, need.writable
@@ -313,11 +342,19 @@ impl Runtime {
             if declared.secrets.contains(secret) {
                 effective.secrets.insert(secret.clone(), grant.clone());
             } else {
-                warn(format!("[plugins.{name}] grants secret '{secret}', which the plugin does not declare; it is not available"));
+                warn(format!(
+                    "[plugins.{name}] grants secret '{secret}', which the plugin does not declare; it is not available"
+                ));
             }
         }
-        for secret in declared.secrets.iter().filter(|s| !grants.secrets.contains_key(*s)) {
-            warn(format!("declares secret '{secret}'; grant it under [plugins.{name}.secrets] if it should use it"));
+        for secret in declared
+            .secrets
+            .iter()
+            .filter(|s| !grants.secrets.contains_key(*s))
+        {
+            warn(format!(
+                "declares secret '{secret}'; grant it under [plugins.{name}.secrets] if it should use it"
+            ));
         }
         let secrets = PluginSecrets::resolve(&effective.secrets).map_err(sandbox_error)?;
         self.sandbox(name, &effective, declared_http, Arc::new(secrets))

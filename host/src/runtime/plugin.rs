@@ -78,7 +78,11 @@ impl KindPre {
     }
 
     /// Calls the kind's `info`, whichever the kind.
-    pub(crate) async fn info(&self, runtime: &RuntimeShared, sandbox: &Arc<Sandbox>) -> Result<types::PluginInfo, CallError> {
+    pub(crate) async fn info(
+        &self,
+        runtime: &RuntimeShared,
+        sandbox: &Arc<Sandbox>,
+    ) -> Result<types::PluginInfo, CallError> {
         let info = match self {
             KindPre::Provider(pre) => {
                 invoke(runtime, sandbox, pre, "info", |b, mut s| async move {
@@ -149,7 +153,9 @@ where
     report_output(sandbox, &probes);
     match outcome {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err((instantiating, error))) => Err(classify(sandbox, function, instantiating, error, &probes)),
+        Ok(Err((instantiating, error))) => {
+            Err(classify(sandbox, function, instantiating, error, &probes))
+        }
         Err(_elapsed) => Err(CallError::DeadlineExceeded {
             plugin: plugin.to_string(),
             function,
@@ -160,7 +166,10 @@ where
 
 /// Sends what the plugin printed to the event sink, redacted.
 fn report_output(sandbox: &Sandbox, probes: &CallProbes) {
-    for (stream, pipe) in [(Stream::Stdout, &probes.stdout), (Stream::Stderr, &probes.stderr)] {
+    for (stream, pipe) in [
+        (Stream::Stdout, &probes.stdout),
+        (Stream::Stderr, &probes.stderr),
+    ] {
         let bytes = pipe.contents();
         if !bytes.is_empty() {
             sandbox.sink.event(PluginEvent::Output {
@@ -199,13 +208,25 @@ fn classify(
     }
     let stderr = redactor().redact(&String::from_utf8_lossy(&probes.stderr.contents()));
     if let Some(message) = panic_message(&stderr) {
-        return CallError::Panicked { plugin, function, message };
+        return CallError::Panicked {
+            plugin,
+            function,
+            message,
+        };
     }
     let detail = redactor().redact(&format!("{error:#}"));
     if instantiating && error.downcast_ref::<Trap>().is_none() {
-        return CallError::Setup { plugin, function, detail };
+        return CallError::Setup {
+            plugin,
+            function,
+            detail,
+        };
     }
-    CallError::Trapped { plugin, function, detail }
+    CallError::Trapped {
+        plugin,
+        function,
+        detail,
+    }
 }
 
 /// The message of a Rust panic from what the plugin printed to stderr:
@@ -303,7 +324,10 @@ impl LoadedPlugin {
     /// The provider calls, if this is a provider.
     pub fn provider(&self) -> Result<Provider<'_>, CallError> {
         match &self.inner.pre {
-            KindPre::Provider(pre) => Ok(Provider { plugin: &self.inner, pre }),
+            KindPre::Provider(pre) => Ok(Provider {
+                plugin: &self.inner,
+                pre,
+            }),
             _ => Err(self.wrong_kind("provider")),
         }
     }
@@ -311,7 +335,10 @@ impl LoadedPlugin {
     /// The strategy calls, if this is a strategy.
     pub fn strategy(&self) -> Result<Strategy<'_>, CallError> {
         match &self.inner.pre {
-            KindPre::Strategy(pre) => Ok(Strategy { plugin: &self.inner, pre }),
+            KindPre::Strategy(pre) => Ok(Strategy {
+                plugin: &self.inner,
+                pre,
+            }),
             _ => Err(self.wrong_kind("strategy")),
         }
     }
@@ -319,7 +346,10 @@ impl LoadedPlugin {
     /// The health-check calls, if this is a health check.
     pub fn health(&self) -> Result<Health<'_>, CallError> {
         match &self.inner.pre {
-            KindPre::Health(pre) => Ok(Health { plugin: &self.inner, pre }),
+            KindPre::Health(pre) => Ok(Health {
+                plugin: &self.inner,
+                pre,
+            }),
             _ => Err(self.wrong_kind("health")),
         }
     }
@@ -337,28 +367,53 @@ impl Provider<'_> {
         F: FnOnce(ProviderPlugin, Store<PluginState>) -> Fut,
         Fut: Future<Output = wasmtime::Result<Result<R, types::Error>>>,
     {
-        invoke(&self.plugin.runtime, &self.plugin.sandbox, self.pre, function, call)
-            .await?
-            .map_err(|e| plugin_error(&self.plugin.name, function, e))
+        invoke(
+            &self.plugin.runtime,
+            &self.plugin.sandbox,
+            self.pre,
+            function,
+            call,
+        )
+        .await?
+        .map_err(|e| plugin_error(&self.plugin.name, function, e))
     }
 
-    fn check<T>(&self, function: &'static str, value: T, rule: impl FnOnce(&T) -> Result<(), String>) -> Result<T, CallError> {
+    fn check<T>(
+        &self,
+        function: &'static str,
+        value: T,
+        rule: impl FnOnce(&T) -> Result<(), String>,
+    ) -> Result<T, CallError> {
         rule(&value).map_err(|d| malformed(&self.plugin.name, function, d))?;
         Ok(value)
     }
 
-    pub async fn validate(&self, spec: &types::ServiceSpec) -> Result<Vec<types::Diagnostic>, CallError> {
-        invoke(&self.plugin.runtime, &self.plugin.sandbox, self.pre, "validate", |b, mut s| async move {
-            b.engine_plugin_provider().call_validate(&mut s, spec).await
-        })
+    pub async fn validate(
+        &self,
+        spec: &types::ServiceSpec,
+    ) -> Result<Vec<types::Diagnostic>, CallError> {
+        invoke(
+            &self.plugin.runtime,
+            &self.plugin.sandbox,
+            self.pre,
+            "validate",
+            |b, mut s| async move { b.engine_plugin_provider().call_validate(&mut s, spec).await },
+        )
         .await
     }
 
-    pub async fn read(&self, service: &types::ServiceRef) -> Result<Option<types::ServiceStatus>, CallError> {
+    pub async fn read(
+        &self,
+        service: &types::ServiceRef,
+    ) -> Result<Option<types::ServiceStatus>, CallError> {
         let status = self
-            .call("read", |b, mut s| async move { b.engine_plugin_provider().call_read(&mut s, service).await })
+            .call("read", |b, mut s| async move {
+                b.engine_plugin_provider().call_read(&mut s, service).await
+            })
             .await?;
-        self.check("read", status, |s| s.as_ref().map_or(Ok(()), check::service_status))
+        self.check("read", status, |s| {
+            s.as_ref().map_or(Ok(()), check::service_status)
+        })
     }
 
     pub async fn plan(
@@ -367,55 +422,94 @@ impl Provider<'_> {
         current: Option<&types::ServiceStatus>,
     ) -> Result<types::DeploymentPlan, CallError> {
         self.call("plan", |b, mut s| async move {
-            b.engine_plugin_provider().call_plan(&mut s, desired, current).await
+            b.engine_plugin_provider()
+                .call_plan(&mut s, desired, current)
+                .await
         })
         .await
     }
 
-    pub async fn deploy(&self, spec: &types::ServiceSpec, deployment_id: &str) -> Result<types::Revision, CallError> {
+    pub async fn deploy(
+        &self,
+        spec: &types::ServiceSpec,
+        deployment_id: &str,
+    ) -> Result<types::Revision, CallError> {
         let revision = self
             .call("deploy", |b, mut s| async move {
-                b.engine_plugin_provider().call_deploy(&mut s, spec, deployment_id).await
+                b.engine_plugin_provider()
+                    .call_deploy(&mut s, spec, deployment_id)
+                    .await
             })
             .await?;
-        self.check("deploy", revision, |r| check::non_empty("revision id", &r.id))
+        self.check("deploy", revision, |r| {
+            check::non_empty("revision id", &r.id)
+        })
     }
 
-    pub async fn set_traffic(&self, service: &types::ServiceRef, split: &[types::TrafficTarget]) -> Result<(), CallError> {
+    pub async fn set_traffic(
+        &self,
+        service: &types::ServiceRef,
+        split: &[types::TrafficTarget],
+    ) -> Result<(), CallError> {
         self.call("set-traffic", |b, mut s| async move {
-            b.engine_plugin_provider().call_set_traffic(&mut s, service, split).await
+            b.engine_plugin_provider()
+                .call_set_traffic(&mut s, service, split)
+                .await
         })
         .await
     }
 
-    pub async fn get_traffic(&self, service: &types::ServiceRef) -> Result<Vec<types::TrafficTarget>, CallError> {
+    pub async fn get_traffic(
+        &self,
+        service: &types::ServiceRef,
+    ) -> Result<Vec<types::TrafficTarget>, CallError> {
         let split = self
             .call("get-traffic", |b, mut s| async move {
-                b.engine_plugin_provider().call_get_traffic(&mut s, service).await
+                b.engine_plugin_provider()
+                    .call_get_traffic(&mut s, service)
+                    .await
             })
             .await?;
         self.check("get-traffic", split, |s| check::split(s))
     }
 
-    pub async fn endpoints(&self, service: &types::ServiceRef, revision: Option<&str>) -> Result<Vec<types::Endpoint>, CallError> {
+    pub async fn endpoints(
+        &self,
+        service: &types::ServiceRef,
+        revision: Option<&str>,
+    ) -> Result<Vec<types::Endpoint>, CallError> {
         let endpoints = self
             .call("endpoints", |b, mut s| async move {
-                b.engine_plugin_provider().call_endpoints(&mut s, service, revision).await
+                b.engine_plugin_provider()
+                    .call_endpoints(&mut s, service, revision)
+                    .await
             })
             .await?;
-        self.check("endpoints", endpoints, |e| e.iter().try_for_each(|e| check::url(&e.url)))
+        self.check("endpoints", endpoints, |e| {
+            e.iter().try_for_each(|e| check::url(&e.url))
+        })
     }
 
-    pub async fn retire(&self, service: &types::ServiceRef, revision: &str) -> Result<(), CallError> {
+    pub async fn retire(
+        &self,
+        service: &types::ServiceRef,
+        revision: &str,
+    ) -> Result<(), CallError> {
         self.call("retire", |b, mut s| async move {
-            b.engine_plugin_provider().call_retire(&mut s, service, revision).await
+            b.engine_plugin_provider()
+                .call_retire(&mut s, service, revision)
+                .await
         })
         .await
     }
 
     pub async fn destroy(&self, service: &types::ServiceRef) -> Result<(), CallError> {
-        self.call("destroy", |b, mut s| async move { b.engine_plugin_provider().call_destroy(&mut s, service).await })
-            .await
+        self.call("destroy", |b, mut s| async move {
+            b.engine_plugin_provider()
+                .call_destroy(&mut s, service)
+                .await
+        })
+        .await
     }
 }
 
@@ -430,9 +524,17 @@ pub const MAX_STRATEGY_STATE: usize = 64 << 10;
 
 impl Strategy<'_> {
     pub async fn validate(&self, config: &str) -> Result<Vec<types::Diagnostic>, CallError> {
-        invoke(&self.plugin.runtime, &self.plugin.sandbox, self.pre, "validate", |b, mut s| async move {
-            b.engine_plugin_strategy().call_validate(&mut s, config).await
-        })
+        invoke(
+            &self.plugin.runtime,
+            &self.plugin.sandbox,
+            self.pre,
+            "validate",
+            |b, mut s| async move {
+                b.engine_plugin_strategy()
+                    .call_validate(&mut s, config)
+                    .await
+            },
+        )
         .await
     }
 
@@ -443,11 +545,17 @@ impl Strategy<'_> {
         observation: &strategy_world::exports::engine::plugin::strategy::Observation,
         now_ms: u64,
     ) -> Result<strategy_world::exports::engine::plugin::strategy::StepResult, CallError> {
-        let result = invoke(&self.plugin.runtime, &self.plugin.sandbox, self.pre, "step", |b, mut s| async move {
-            b.engine_plugin_strategy()
-                .call_step(&mut s, rollout, state, observation, now_ms)
-                .await
-        })
+        let result = invoke(
+            &self.plugin.runtime,
+            &self.plugin.sandbox,
+            self.pre,
+            "step",
+            |b, mut s| async move {
+                b.engine_plugin_strategy()
+                    .call_step(&mut s, rollout, state, observation, now_ms)
+                    .await
+            },
+        )
         .await?
         .map_err(|e| plugin_error(&self.plugin.name, "step", e))?;
         check::step(&result).map_err(|d| malformed(&self.plugin.name, "step", d))?;
@@ -463,9 +571,13 @@ pub struct Health<'p> {
 
 impl Health<'_> {
     pub async fn validate(&self, config: &str) -> Result<Vec<types::Diagnostic>, CallError> {
-        invoke(&self.plugin.runtime, &self.plugin.sandbox, self.pre, "validate", |b, mut s| async move {
-            b.engine_plugin_health().call_validate(&mut s, config).await
-        })
+        invoke(
+            &self.plugin.runtime,
+            &self.plugin.sandbox,
+            self.pre,
+            "validate",
+            |b, mut s| async move { b.engine_plugin_health().call_validate(&mut s, config).await },
+        )
         .await
     }
 
@@ -474,12 +586,21 @@ impl Health<'_> {
         config: &str,
         target: &health_world::exports::engine::plugin::health::Target,
     ) -> Result<health_world::exports::engine::plugin::health::CheckResult, CallError> {
-        let result = invoke(&self.plugin.runtime, &self.plugin.sandbox, self.pre, "check", |b, mut s| async move {
-            b.engine_plugin_health().call_check(&mut s, config, target).await
-        })
+        let result = invoke(
+            &self.plugin.runtime,
+            &self.plugin.sandbox,
+            self.pre,
+            "check",
+            |b, mut s| async move {
+                b.engine_plugin_health()
+                    .call_check(&mut s, config, target)
+                    .await
+            },
+        )
         .await?
         .map_err(|e| plugin_error(&self.plugin.name, "check", e))?;
-        check::measurements(&result.measurements).map_err(|d| malformed(&self.plugin.name, "check", d))?;
+        check::measurements(&result.measurements)
+            .map_err(|d| malformed(&self.plugin.name, "check", d))?;
         Ok(result)
     }
 }
@@ -492,7 +613,11 @@ mod check {
     use super::types;
 
     pub fn non_empty(what: &str, value: &str) -> Result<(), String> {
-        if value.trim().is_empty() { Err(format!("{what} is empty")) } else { Ok(()) }
+        if value.trim().is_empty() {
+            Err(format!("{what} is empty"))
+        } else {
+            Ok(())
+        }
     }
 
     pub fn json(what: &str, text: &str) -> Result<(), String> {
@@ -503,7 +628,9 @@ mod check {
 
     pub fn url(text: &str) -> Result<(), String> {
         match text.parse::<http::Uri>() {
-            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => Ok(()),
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                Ok(())
+            }
             _ => Err(format!("{text:?} is not an absolute http(s) URL")),
         }
     }
@@ -518,10 +645,16 @@ mod check {
         for t in targets {
             non_empty("a traffic target's revision", &t.revision)?;
             if t.percent > 100 {
-                return Err(format!("revision {} gets {}% of traffic", t.revision, t.percent));
+                return Err(format!(
+                    "revision {} gets {}% of traffic",
+                    t.revision, t.percent
+                ));
             }
             if !seen.insert(t.revision.as_str()) {
-                return Err(format!("revision {} appears twice in the traffic split", t.revision));
+                return Err(format!(
+                    "revision {} appears twice in the traffic split",
+                    t.revision
+                ));
             }
             total += u32::from(t.percent);
         }
@@ -534,13 +667,17 @@ mod check {
     pub fn service_status(s: &types::ServiceStatus) -> Result<(), String> {
         split(&s.traffic)?;
         json("`deployed`", &s.deployed)?;
-        s.revisions.iter().try_for_each(|r| non_empty("a revision id", &r.id))?;
+        s.revisions
+            .iter()
+            .try_for_each(|r| non_empty("a revision id", &r.id))?;
         s.url.as_deref().map_or(Ok(()), url)
     }
 
     pub fn info(i: &types::PluginInfo) -> Result<(), String> {
         let name_ok = !i.name.is_empty()
-            && i.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && i.name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !name_ok {
             return Err(format!("name {:?} is not kebab-case", i.name));
         }
@@ -550,7 +687,10 @@ mod check {
         }
         for dir in &i.capabilities.dirs {
             if !dir.path.starts_with('/') {
-                return Err(format!("declared directory {:?} is not an absolute path", dir.path));
+                return Err(format!(
+                    "declared directory {:?} is not an absolute path",
+                    dir.path
+                ));
             }
         }
         Ok(())
@@ -558,7 +698,10 @@ mod check {
 
     pub fn step(r: &StepResult) -> Result<(), String> {
         if r.state.len() > MAX_STRATEGY_STATE {
-            return Err(format!("its state is {} bytes, over the {MAX_STRATEGY_STATE}-byte limit", r.state.len()));
+            return Err(format!(
+                "its state is {} bytes, over the {MAX_STRATEGY_STATE}-byte limit",
+                r.state.len()
+            ));
         }
         if let Decision::SetTraffic(targets) = &r.decision {
             if targets.is_empty() {
@@ -581,7 +724,10 @@ mod check {
         use super::*;
 
         fn t(revision: &str, percent: u8) -> types::TrafficTarget {
-            types::TrafficTarget { revision: revision.into(), percent }
+            types::TrafficTarget {
+                revision: revision.into(),
+                percent,
+            }
         }
 
         #[test]
@@ -590,7 +736,11 @@ mod check {
             assert!(split(&[t("a", 90), t("b", 10)]).is_ok());
             assert!(split(&[t("a", 90)]).unwrap_err().contains("90%"));
             assert!(split(&[t("a", 150)]).unwrap_err().contains("150%"));
-            assert!(split(&[t("a", 50), t("a", 50)]).unwrap_err().contains("twice"));
+            assert!(
+                split(&[t("a", 50), t("a", 50)])
+                    .unwrap_err()
+                    .contains("twice")
+            );
         }
 
         #[test]
@@ -609,7 +759,10 @@ mod tests {
     #[test]
     fn panic_messages_are_extracted() {
         let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:160:22:\nboom\nnote: run with `RUST_BACKTRACE=1`\n";
-        assert_eq!(panic_message(stderr).unwrap(), "boom (at src/lib.rs:160:22)");
+        assert_eq!(
+            panic_message(stderr).unwrap(),
+            "boom (at src/lib.rs:160:22)"
+        );
         assert_eq!(panic_message("just output"), None);
     }
 }

@@ -102,7 +102,10 @@ impl PluginSecrets {
     }
 
     /// The secrets whose placeholder occurs in `text`.
-    pub fn placeholders_in<'a>(&'a self, text: &'a str) -> impl Iterator<Item = &'a Arc<ResolvedSecret>> + 'a {
+    pub fn placeholders_in<'a>(
+        &'a self,
+        text: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<ResolvedSecret>> + 'a {
         self.by_name
             .values()
             .filter(move |s| text.contains(&s.placeholder))
@@ -161,8 +164,15 @@ mod tests {
 
     #[test]
     fn sources_parse_and_resolve() {
-        assert_eq!(SecretSource::parse("env:TOKEN").unwrap(), SecretSource::Env("TOKEN".into()));
-        assert!(SecretSource::parse("vault:x").unwrap_err().contains("env:VARIABLE"));
+        assert_eq!(
+            SecretSource::parse("env:TOKEN").unwrap(),
+            SecretSource::Env("TOKEN".into())
+        );
+        assert!(
+            SecretSource::parse("vault:x")
+                .unwrap_err()
+                .contains("env:VARIABLE")
+        );
         assert!(SecretSource::parse("env:").is_err());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
@@ -181,7 +191,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("short");
         std::fs::write(&path, "abc").unwrap();
-        assert!(SecretSource::File(path).resolve().unwrap_err().contains("too short"));
+        assert!(
+            SecretSource::File(path)
+                .resolve()
+                .unwrap_err()
+                .contains("too short")
+        );
     }
 
     #[test]

@@ -100,10 +100,19 @@ impl PluginState {
             builder.env(k, v);
         }
         for dir in &sandbox.dirs {
-            let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-            builder.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
-                anyhow::anyhow!("cannot open directory {} for the plugin: {e}", dir.host.display())
-            })?;
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            builder
+                .preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot open directory {} for the plugin: {e}",
+                        dir.host.display()
+                    )
+                })?;
         }
         let state = PluginState {
             wasi: builder.build(),

@@ -6,7 +6,9 @@
 //! function of (configuration, state, observation), so the host can checkpoint after any step
 //! and resume from it.
 
-use engine_sdk::strategy::{AnalysisRequest, CheckOutcome, Decision, Observation, Rollout, StepResult};
+use engine_sdk::strategy::{
+    AnalysisRequest, CheckOutcome, Decision, Observation, Rollout, StepResult,
+};
 use engine_sdk::{
     Capabilities, Diagnostic, Error, ErrorExt, PluginInfo, Severity, Strategy, TrafficTarget,
     Verdict,
@@ -51,7 +53,11 @@ pub const CONFIG_SCHEMA: &str = r#"{
 }"#;
 
 pub fn parse_config(config: &str) -> Result<Config, Error> {
-    let text = if config.trim().is_empty() { "{}" } else { config };
+    let text = if config.trim().is_empty() {
+        "{}"
+    } else {
+        config
+    };
     serde_json::from_str(text)
         .map_err(|e| Error::invalid_config(format!("all-at-once configuration: {e}")))
 }
@@ -125,11 +131,14 @@ pub fn step(
             }),
             "analysing",
         ),
-        (Some(Phase::Analysing), Observation::Analysed(outcomes)) => match judge(&config, outcomes) {
+        (Some(Phase::Analysing), Observation::Analysed(outcomes)) => match judge(&config, outcomes)
+        {
             Ok(()) => emit(Phase::Promoting, Decision::Promote, "promoting"),
             Err(reason) => emit(Phase::Done, Decision::Abort(reason), "aborted"),
         },
-        (Some(Phase::Promoting), Observation::Promoted) => emit(Phase::Done, Decision::Done, "done"),
+        (Some(Phase::Promoting), Observation::Promoted) => {
+            emit(Phase::Done, Decision::Done, "done")
+        }
         (_, Observation::Rejected(reason)) => emit(
             Phase::Done,
             Decision::Abort(format!("rejected: {reason}")),
@@ -146,7 +155,9 @@ impl Strategy for AllAtOnce {
         PluginInfo {
             name: "all-at-once".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "Moves all traffic to the new revision, checks it, then promotes or rolls back".into(),
+            description:
+                "Moves all traffic to the new revision, checks it, then promotes or rolls back"
+                    .into(),
             config_schema: CONFIG_SCHEMA.into(),
             features: Vec::new(),
             capabilities: Capabilities::none(),
@@ -229,8 +240,14 @@ mod tests {
         assert_eq!(
             decisions,
             vec![
-                Decision::SetTraffic(vec![TrafficTarget { revision: "api-2".into(), percent: 100 }]),
-                Decision::Analyse(AnalysisRequest { revision: "api-2".into(), checks: vec![] }),
+                Decision::SetTraffic(vec![TrafficTarget {
+                    revision: "api-2".into(),
+                    percent: 100
+                }]),
+                Decision::Analyse(AnalysisRequest {
+                    revision: "api-2".into(),
+                    checks: vec![]
+                }),
                 Decision::Promote,
                 Decision::Done,
             ]
@@ -242,13 +259,18 @@ mod tests {
         let decisions = drive("{}", Verdict::Unhealthy);
         assert_eq!(
             decisions.last(),
-            Some(&Decision::Abort("health checks failed: http (GET /healthz)".into()))
+            Some(&Decision::Abort(
+                "health checks failed: http (GET /healthz)".into()
+            ))
         );
     }
 
     #[test]
     fn inconclusive_passes_unless_configured_to_fail() {
-        assert_eq!(drive("{}", Verdict::Inconclusive).last(), Some(&Decision::Done));
+        assert_eq!(
+            drive("{}", Verdict::Inconclusive).last(),
+            Some(&Decision::Done)
+        );
         assert!(matches!(
             drive(r#"{"fail_on_inconclusive": true}"#, Verdict::Inconclusive).last(),
             Some(Decision::Abort(_))
@@ -266,7 +288,12 @@ mod tests {
     fn rejection_aborts_from_any_phase() {
         for phase in [Phase::Shifting, Phase::Analysing, Phase::Promoting] {
             let state = serde_json::to_string(&phase).unwrap();
-            let out = step(&rollout("{}"), Some(&state), &Observation::Rejected("no".into())).unwrap();
+            let out = step(
+                &rollout("{}"),
+                Some(&state),
+                &Observation::Rejected("no".into()),
+            )
+            .unwrap();
             assert_eq!(out.decision, Decision::Abort("rejected: no".into()));
         }
     }
@@ -275,7 +302,11 @@ mod tests {
     fn observation_out_of_order_is_an_error() {
         let state = serde_json::to_string(&Phase::Shifting).unwrap();
         let err = step(&rollout("{}"), Some(&state), &Observation::Promoted).unwrap_err();
-        assert!(err.describe().contains("does not fit phase"), "{}", err.describe());
+        assert!(
+            err.describe().contains("does not fit phase"),
+            "{}",
+            err.describe()
+        );
         let err = step(&rollout("{}"), Some("garbage"), &Observation::Waited).unwrap_err();
         assert!(err.describe().contains("unreadable checkpoint"));
     }
@@ -284,7 +315,11 @@ mod tests {
     fn unknown_config_key_is_reported_by_validate() {
         let diags = AllAtOnce::validate(r#"{"skip": true}"#.into());
         assert_eq!(diags.len(), 1);
-        assert!(diags[0].message.contains("unknown field `skip`"), "{}", diags[0].message);
+        assert!(
+            diags[0].message.contains("unknown field `skip`"),
+            "{}",
+            diags[0].message
+        );
         assert!(AllAtOnce::validate("{}".into()).is_empty());
         assert!(AllAtOnce::validate(String::new()).is_empty());
     }

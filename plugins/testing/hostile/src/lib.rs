@@ -8,8 +8,8 @@
 use engine_sdk::http::Client;
 use engine_sdk::secrets::Secret;
 use engine_sdk::{
-    Capabilities, DeploymentPlan, Diagnostic, DirNeed, Endpoint, Error, ErrorExt, PluginInfo,
-    PlanAction, Provider, Revision, ServiceRef, ServiceSpec, ServiceStatus, TrafficTarget,
+    Capabilities, DeploymentPlan, Diagnostic, DirNeed, Endpoint, Error, ErrorExt, PlanAction,
+    PluginInfo, Provider, Revision, ServiceRef, ServiceSpec, ServiceStatus, TrafficTarget,
 };
 use serde_json::{Value, json};
 
@@ -142,8 +142,14 @@ impl Provider for Hostile {
             "malformed" => Ok(Some(ServiceStatus {
                 revisions: Vec::new(),
                 traffic: vec![
-                    TrafficTarget { revision: "a".into(), percent: 150 },
-                    TrafficTarget { revision: "b".into(), percent: 100 },
+                    TrafficTarget {
+                        revision: "a".into(),
+                        percent: 150,
+                    },
+                    TrafficTarget {
+                        revision: "b".into(),
+                        percent: 100,
+                    },
                 ],
                 url: None,
                 deployed: "{not json".into(),
@@ -153,7 +159,10 @@ impl Provider for Hostile {
         }
     }
 
-    fn plan(_desired: ServiceSpec, _current: Option<ServiceStatus>) -> Result<DeploymentPlan, Error> {
+    fn plan(
+        _desired: ServiceSpec,
+        _current: Option<ServiceStatus>,
+    ) -> Result<DeploymentPlan, Error> {
         Ok(DeploymentPlan {
             action: PlanAction::NoChange,
             changes: Vec::new(),
