@@ -33,7 +33,7 @@ pub mod store;
 pub use error::{CallError, LoadError, PluginError};
 pub use events::{Denial, EventSink, MemorySink, PluginEvent, TracingSink};
 pub use inspect::{PluginKind, WIT_PACKAGE, WIT_VERSION};
-pub use plugin::{Health, LoadedPlugin, Provider, Strategy};
+pub use plugin::{Health, LoadedPlugin, Provider, ProviderSession, Strategy};
 
 use crate::plugins::PluginSource;
 use cache::{CacheOutcome, CompileCache, sha256_hex};
@@ -78,7 +78,7 @@ pub(crate) struct RuntimeShared {
     pub engine: Engine,
     pub allocation: engine::Allocation,
     pub cache: CompileCache,
-    pub calls: tokio::sync::Semaphore,
+    pub calls: Arc<tokio::sync::Semaphore>,
     pub sink: Arc<dyn EventSink>,
     pub resolve_overrides: Arc<HashMap<String, Vec<IpAddr>>>,
     provider_linker: Linker<PluginState>,
@@ -120,7 +120,7 @@ impl Runtime {
                 engine,
                 allocation,
                 cache,
-                calls: tokio::sync::Semaphore::new(options.max_concurrent_calls.max(1) as usize),
+                calls: Arc::new(tokio::sync::Semaphore::new(options.max_concurrent_calls.max(1) as usize)),
                 sink: options.sink,
                 resolve_overrides: Arc::new(options.resolve_overrides),
             }),

@@ -132,17 +132,7 @@ where
         .acquire()
         .await
         .map_err(|e| setup(e.to_string()))?;
-    let (state, probes) = PluginState::new(sandbox).map_err(|e| setup(format!("{e:#}")))?;
-    let mut store = Store::new(&runtime.engine, state);
-    store.limiter(|s| &mut s.limiter);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|cx| {
-        Ok(if Instant::now() >= cx.data().deadline {
-            UpdateDeadline::Interrupt
-        } else {
-            UpdateDeadline::Yield(1)
-        })
-    });
+    let (mut store, probes) = new_store(runtime, sandbox).map_err(setup)?;
 
     let limit = sandbox.limits.timeout;
     let work = async move {
@@ -162,6 +152,22 @@ where
             limit,
         }),
     }
+}
+
+/// A store for one call (or one session) with the sandbox's limits and deadline.
+fn new_store(runtime: &RuntimeShared, sandbox: &Arc<Sandbox>) -> Result<(Store<PluginState>, CallProbes), String> {
+    let (state, probes) = PluginState::new(sandbox).map_err(|e| format!("{e:#}"))?;
+    let mut store = Store::new(&runtime.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|cx| {
+        Ok(if Instant::now() >= cx.data().deadline {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        })
+    });
+    Ok((store, probes))
 }
 
 /// Sends what the plugin printed to the event sink, redacted.
@@ -510,6 +516,100 @@ impl Provider<'_> {
                 .await
         })
         .await
+    }
+}
+
+/// One provider instance kept across calls, for callers that make many calls in a row (a
+/// plugin carrying an interpreter, such as a Python or JavaScript one, pays its start-up once
+/// instead of per call). Each call still has the plugin's deadline; the memory cap covers the
+/// session as a whole. After any error other than the plugin's own
+/// ([`CallError::Plugin`]) the instance is in an unknown state: drop the session.
+pub struct ProviderSession {
+    plugin: Arc<PluginInner>,
+    store: Store<PluginState>,
+    bindings: ProviderPlugin,
+    probes: CallProbes,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl LoadedPlugin {
+    /// Instantiates the provider once for a [`ProviderSession`].
+    pub async fn provider_session(&self) -> Result<ProviderSession, CallError> {
+        let KindPre::Provider(pre) = &self.inner.pre else {
+            return Err(self.wrong_kind("provider"));
+        };
+        let sandbox = &self.inner.sandbox;
+        let setup = |detail: String| CallError::Setup {
+            plugin: sandbox.plugin.clone(),
+            function: "instantiate",
+            detail,
+        };
+        let permit = self.inner.runtime.calls.clone().acquire_owned().await.map_err(|e| setup(e.to_string()))?;
+        let (mut store, probes) = new_store(&self.inner.runtime, sandbox).map_err(setup)?;
+        let bindings = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| classify(sandbox, "instantiate", true, e, &probes))?;
+        Ok(ProviderSession {
+            plugin: self.inner.clone(),
+            store,
+            bindings,
+            probes,
+            _permit: permit,
+        })
+    }
+}
+
+/// Waits for one session call under the plugin's deadline and sorts out its result.
+async fn settle<R>(
+    sandbox: &Sandbox,
+    probes: &CallProbes,
+    function: &'static str,
+    call: impl Future<Output = wasmtime::Result<Result<R, types::Error>>>,
+) -> Result<R, CallError> {
+    let limit = sandbox.limits.timeout;
+    match tokio::time::timeout(limit + TIMEOUT_GRACE, call).await {
+        Ok(Ok(result)) => result.map_err(|e| plugin_error(&sandbox.plugin, function, e)),
+        Ok(Err(error)) => Err(classify(sandbox, function, false, error, probes)),
+        Err(_elapsed) => Err(CallError::DeadlineExceeded {
+            plugin: sandbox.plugin.clone(),
+            function,
+            limit,
+        }),
+    }
+}
+
+impl ProviderSession {
+    fn restart_deadline(&mut self) {
+        self.store.data_mut().deadline = Instant::now() + self.plugin.sandbox.limits.timeout;
+    }
+
+    /// `plan`, as [`Provider::plan`].
+    pub async fn plan(
+        &mut self,
+        desired: &types::ServiceSpec,
+        current: Option<&types::ServiceStatus>,
+    ) -> Result<types::DeploymentPlan, CallError> {
+        self.restart_deadline();
+        let call = self.bindings.engine_plugin_provider().call_plan(&mut self.store, desired, current);
+        settle(&self.plugin.sandbox, &self.probes, "plan", call).await
+    }
+
+    /// `read`, as [`Provider::read`].
+    pub async fn read(&mut self, service: &types::ServiceRef) -> Result<Option<types::ServiceStatus>, CallError> {
+        self.restart_deadline();
+        let call = self.bindings.engine_plugin_provider().call_read(&mut self.store, service);
+        let status = settle(&self.plugin.sandbox, &self.probes, "read", call).await?;
+        if let Some(s) = &status {
+            check::service_status(s).map_err(|d| malformed(&self.plugin.name, "read", d))?;
+        }
+        Ok(status)
+    }
+}
+
+impl Drop for ProviderSession {
+    fn drop(&mut self) {
+        report_output(&self.plugin.sandbox, &self.probes);
     }
 }
 
