@@ -655,10 +655,16 @@ async fn the_compile_cache_is_hit_on_the_second_load_and_survives_damage() {
 #[tokio::test]
 async fn a_session_keeps_one_instance_under_the_same_deadline() {
     let (runtime, _) = runtime();
-    let grants = GrantsConfig { timeout: Some("300ms".into()), ..Default::default() };
+    let grants = GrantsConfig {
+        timeout: Some("300ms".into()),
+        ..Default::default()
+    };
     let plugin = load_hostile(&runtime, grants).await;
     let mut session = plugin.provider_session().await.unwrap();
-    let service = |mode: &str| ServiceRef { name: "svc".into(), config: json!({ "mode": mode }).to_string() };
+    let service = |mode: &str| ServiceRef {
+        name: "svc".into(),
+        config: json!({ "mode": mode }).to_string(),
+    };
     for _ in 0..3 {
         assert!(session.read(&service("ok")).await.unwrap().is_some());
     }

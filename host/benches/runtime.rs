@@ -28,10 +28,19 @@ fn sdk_spec(image: &str) -> engine_sdk::ServiceSpec {
         name: "api".into(),
         artifact: engine_sdk::Artifact::Image(image.into()),
         args: vec!["serve".into(), "--port=8080".into()],
-        env: (0..8).map(|i| (format!("VAR_{i}"), format!("value-{i}"))).collect(),
+        env: (0..8)
+            .map(|i| (format!("VAR_{i}"), format!("value-{i}")))
+            .collect(),
         secrets: vec![],
-        resources: engine_sdk::Resources { cpu_millis: Some(1000), memory_mib: Some(512) },
-        scaling: engine_sdk::Scaling { min_instances: Some(1), max_instances: Some(20), concurrency: Some(80) },
+        resources: engine_sdk::Resources {
+            cpu_millis: Some(1000),
+            memory_mib: Some(512),
+        },
+        scaling: engine_sdk::Scaling {
+            min_instances: Some(1),
+            max_instances: Some(20),
+            concurrency: Some(80),
+        },
         port: Some(8080),
         ingress: engine_sdk::Ingress::Public,
         labels: vec![("team".into(), "payments".into())],
@@ -59,7 +68,10 @@ fn host_spec(s: &engine_sdk::ServiceSpec) -> host::ServiceSpec {
         args: s.args.clone(),
         env: s.env.clone(),
         secrets: vec![],
-        resources: host::Resources { cpu_millis: s.resources.cpu_millis, memory_mib: s.resources.memory_mib },
+        resources: host::Resources {
+            cpu_millis: s.resources.cpu_millis,
+            memory_mib: s.resources.memory_mib,
+        },
         scaling: host::Scaling {
             min_instances: s.scaling.min_instances,
             max_instances: s.scaling.max_instances,
@@ -73,7 +85,12 @@ fn host_spec(s: &engine_sdk::ServiceSpec) -> host::ServiceSpec {
 }
 
 fn host_status(s: &engine_sdk::ServiceStatus) -> host::ServiceStatus {
-    host::ServiceStatus { revisions: vec![], traffic: vec![], url: None, deployed: s.deployed.clone() }
+    host::ServiceStatus {
+        revisions: vec![],
+        traffic: vec![],
+        url: None,
+        deployed: s.deployed.clone(),
+    }
 }
 
 fn bench_plugin() -> PathBuf {
@@ -92,9 +109,13 @@ fn child_main() {
         let line = line.expect("stdin");
         let (desired, current): (engine_sdk::ServiceSpec, Option<engine_sdk::ServiceStatus>) =
             serde_json::from_str(&line).expect("request");
-        let plan = testing_bench_provider::plan(&desired, current.as_ref()).map_err(|e| format!("{e:?}"));
+        let plan =
+            testing_bench_provider::plan(&desired, current.as_ref()).map_err(|e| format!("{e:?}"));
         serde_json::to_writer(&mut stdout, &plan).expect("response");
-        stdout.write_all(b"\n").and_then(|()| stdout.flush()).expect("stdout");
+        stdout
+            .write_all(b"\n")
+            .and_then(|()| stdout.flush())
+            .expect("stdout");
     }
 }
 
@@ -114,7 +135,11 @@ impl StdioPlugin {
             .expect("spawn the stdio plugin");
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        StdioPlugin { child, stdin, stdout }
+        StdioPlugin {
+            child,
+            stdin,
+            stdout,
+        }
     }
 
     fn call(&mut self, request: &str) -> String {
@@ -145,10 +170,21 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let runtime = Runtime::new(RuntimeOptions { cache_dir: Some(cache_dir()), ..Default::default() }).unwrap();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let runtime = Runtime::new(RuntimeOptions {
+        cache_dir: Some(cache_dir()),
+        ..Default::default()
+    })
+    .unwrap();
     let plugin = tokio
-        .block_on(runtime.load("bench", &PluginSource::Unpinned(bench_plugin()), &GrantsConfig::default()))
+        .block_on(runtime.load(
+            "bench",
+            &PluginSource::Unpinned(bench_plugin()),
+            &GrantsConfig::default(),
+        ))
         .unwrap();
     let (sdk_spec, sdk_status) = (sdk_spec("api:2"), sdk_status());
     let request = serde_json::to_string(&(&sdk_spec, Some(&sdk_status))).unwrap();
@@ -168,15 +204,24 @@ fn bench_calls(c: &mut Criterion, f: &Fixture) {
     let mut group = c.benchmark_group("plan");
     let provider = f.plugin.provider().unwrap();
     group.bench_function("wasm: fresh instance + call", |b| {
-        b.to_async(&f.tokio).iter(|| async { provider.plan(&f.spec, Some(&f.status)).await.unwrap() })
+        b.to_async(&f.tokio)
+            .iter(|| async { provider.plan(&f.spec, Some(&f.status)).await.unwrap() })
     });
-    let service = host::ServiceRef { name: "api".into(), config: "{}".into() };
+    let service = host::ServiceRef {
+        name: "api".into(),
+        config: "{}".into(),
+    };
     group.bench_function("wasm: fresh instance + empty call", |b| {
-        b.to_async(&f.tokio).iter(|| async { provider.endpoints(&service, None).await.unwrap() })
+        b.to_async(&f.tokio)
+            .iter(|| async { provider.endpoints(&service, None).await.unwrap() })
     });
     let mut session = f.tokio.block_on(f.plugin.provider_session()).unwrap();
     group.bench_function("wasm: call into a live instance", |b| {
-        b.iter(|| f.tokio.block_on(session.plan(&f.spec, Some(&f.status))).unwrap())
+        b.iter(|| {
+            f.tokio
+                .block_on(session.plan(&f.spec, Some(&f.status)))
+                .unwrap()
+        })
     });
     drop(session);
     group.bench_function("native: function call", |b| {
@@ -190,7 +235,9 @@ fn bench_calls(c: &mut Criterion, f: &Fixture) {
         })
     });
     let mut child = StdioPlugin::spawn();
-    group.bench_function("subprocess: call into a running process", |b| b.iter(|| child.call(&f.request)));
+    group.bench_function("subprocess: call into a running process", |b| {
+        b.iter(|| child.call(&f.request))
+    });
     child.finish();
     group.finish();
 }
@@ -205,7 +252,11 @@ fn bench_load(c: &mut Criterion, f: &Fixture) {
     });
     group.sample_size(10);
     group.bench_function("cold compile", |b| {
-        b.iter_batched(|| (), |()| wasmtime::component::Component::new(engine, &bytes).unwrap(), BatchSize::PerIteration)
+        b.iter_batched(
+            || (),
+            |()| wasmtime::component::Component::new(engine, &bytes).unwrap(),
+            BatchSize::PerIteration,
+        )
     });
     group.finish();
 }
@@ -227,11 +278,15 @@ fn median(n: usize, mut op: impl FnMut()) -> Duration {
 fn print_ratios(f: &Fixture) {
     let provider = f.plugin.provider().unwrap();
     let fresh = median(500, || {
-        f.tokio.block_on(provider.plan(&f.spec, Some(&f.status))).unwrap();
+        f.tokio
+            .block_on(provider.plan(&f.spec, Some(&f.status)))
+            .unwrap();
     });
     let mut session = f.tokio.block_on(f.plugin.provider_session()).unwrap();
     let live = median(2000, || {
-        f.tokio.block_on(session.plan(&f.spec, Some(&f.status))).unwrap();
+        f.tokio
+            .block_on(session.plan(&f.spec, Some(&f.status)))
+            .unwrap();
     });
     let native = median(2000, || {
         testing_bench_provider::plan(&f.sdk_spec, Some(&f.sdk_status)).unwrap();
@@ -253,9 +308,18 @@ fn print_ratios(f: &Fixture) {
     println!("  native function call            {native:>10.1?}");
     println!("  subprocess spawn + call         {spawned:>10.1?}");
     println!("  subprocess running, one call    {running:>10.1?}");
-    println!("  live wasm call / native call               {:>8.2}x", ratio(live, native));
-    println!("  subprocess spawn+call / wasm fresh+call    {:>8.1}x", ratio(spawned, fresh));
-    println!("  subprocess running call / wasm live call   {:>8.1}x", ratio(running, live));
+    println!(
+        "  live wasm call / native call               {:>8.2}x",
+        ratio(live, native)
+    );
+    println!(
+        "  subprocess spawn+call / wasm fresh+call    {:>8.1}x",
+        ratio(spawned, fresh)
+    );
+    println!(
+        "  subprocess running call / wasm live call   {:>8.1}x",
+        ratio(running, live)
+    );
 }
 
 fn main() {

@@ -120,7 +120,9 @@ impl Runtime {
                 engine,
                 allocation,
                 cache,
-                calls: Arc::new(tokio::sync::Semaphore::new(options.max_concurrent_calls.max(1) as usize)),
+                calls: Arc::new(tokio::sync::Semaphore::new(
+                    options.max_concurrent_calls.max(1) as usize,
+                )),
                 sink: options.sink,
                 resolve_overrides: Arc::new(options.resolve_overrides),
             }),

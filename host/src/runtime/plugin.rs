@@ -155,7 +155,10 @@ where
 }
 
 /// A store for one call (or one session) with the sandbox's limits and deadline.
-fn new_store(runtime: &RuntimeShared, sandbox: &Arc<Sandbox>) -> Result<(Store<PluginState>, CallProbes), String> {
+fn new_store(
+    runtime: &RuntimeShared,
+    sandbox: &Arc<Sandbox>,
+) -> Result<(Store<PluginState>, CallProbes), String> {
     let (state, probes) = PluginState::new(sandbox).map_err(|e| format!("{e:#}"))?;
     let mut store = Store::new(&runtime.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -544,7 +547,14 @@ impl LoadedPlugin {
             function: "instantiate",
             detail,
         };
-        let permit = self.inner.runtime.calls.clone().acquire_owned().await.map_err(|e| setup(e.to_string()))?;
+        let permit = self
+            .inner
+            .runtime
+            .calls
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| setup(e.to_string()))?;
         let (mut store, probes) = new_store(&self.inner.runtime, sandbox).map_err(setup)?;
         let bindings = pre
             .instantiate_async(&mut store)
@@ -591,14 +601,23 @@ impl ProviderSession {
         current: Option<&types::ServiceStatus>,
     ) -> Result<types::DeploymentPlan, CallError> {
         self.restart_deadline();
-        let call = self.bindings.engine_plugin_provider().call_plan(&mut self.store, desired, current);
+        let call =
+            self.bindings
+                .engine_plugin_provider()
+                .call_plan(&mut self.store, desired, current);
         settle(&self.plugin.sandbox, &self.probes, "plan", call).await
     }
 
     /// `read`, as [`Provider::read`].
-    pub async fn read(&mut self, service: &types::ServiceRef) -> Result<Option<types::ServiceStatus>, CallError> {
+    pub async fn read(
+        &mut self,
+        service: &types::ServiceRef,
+    ) -> Result<Option<types::ServiceStatus>, CallError> {
         self.restart_deadline();
-        let call = self.bindings.engine_plugin_provider().call_read(&mut self.store, service);
+        let call = self
+            .bindings
+            .engine_plugin_provider()
+            .call_read(&mut self.store, service);
         let status = settle(&self.plugin.sandbox, &self.probes, "read", call).await?;
         if let Some(s) = &status {
             check::service_status(s).map_err(|d| malformed(&self.plugin.name, "read", d))?;

@@ -2,11 +2,11 @@
 //! configuration, compare it field by field with the desired spec, list the changes. The
 //! benchmarks run this same function inside the sandbox, natively, and in a subprocess.
 
+use engine_sdk::{Artifact, Change};
 use engine_sdk::{
     Capabilities, DeploymentPlan, Diagnostic, Endpoint, Error, ErrorExt, PlanAction, PluginInfo,
     Provider, Revision, ServiceRef, ServiceSpec, ServiceStatus, TrafficTarget,
 };
-use engine_sdk::{Artifact, Change};
 use serde_json::{Value, json};
 
 /// The spec as the bench platform would store it.
@@ -31,7 +31,11 @@ fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
     match value {
         Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
@@ -40,7 +44,10 @@ fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
 }
 
 /// The benchmarked logic.
-pub fn plan(desired: &ServiceSpec, current: Option<&ServiceStatus>) -> Result<DeploymentPlan, Error> {
+pub fn plan(
+    desired: &ServiceSpec,
+    current: Option<&ServiceStatus>,
+) -> Result<DeploymentPlan, Error> {
     let Some(current) = current else {
         return Ok(DeploymentPlan {
             action: PlanAction::Create,
@@ -55,19 +62,38 @@ pub fn plan(desired: &ServiceSpec, current: Option<&ServiceStatus>) -> Result<De
     flatten("", &deployed_form(desired), &mut after);
     let mut changes = Vec::new();
     for (field, new) in &after {
-        let old = before.iter().find(|(f, _)| f == field).map(|(_, v)| v.clone());
+        let old = before
+            .iter()
+            .find(|(f, _)| f == field)
+            .map(|(_, v)| v.clone());
         if old.as_ref() != Some(new) {
-            changes.push(Change { field: field.clone(), before: old, after: Some(new.clone()) });
+            changes.push(Change {
+                field: field.clone(),
+                before: old,
+                after: Some(new.clone()),
+            });
         }
     }
     for (field, old) in &before {
         if !after.iter().any(|(f, _)| f == field) {
-            changes.push(Change { field: field.clone(), before: Some(old.clone()), after: None });
+            changes.push(Change {
+                field: field.clone(),
+                before: Some(old.clone()),
+                after: None,
+            });
         }
     }
-    let action = if changes.is_empty() { PlanAction::NoChange } else { PlanAction::Update };
+    let action = if changes.is_empty() {
+        PlanAction::NoChange
+    } else {
+        PlanAction::Update
+    };
     let summary = format!("{} field(s) change", changes.len());
-    Ok(DeploymentPlan { action, changes, summary })
+    Ok(DeploymentPlan {
+        action,
+        changes,
+        summary,
+    })
 }
 
 pub struct BenchProvider;
@@ -130,8 +156,15 @@ mod tests {
             args: vec![],
             env: vec![("LOG".into(), "info".into())],
             secrets: vec![],
-            resources: Resources { cpu_millis: Some(1000), memory_mib: Some(512) },
-            scaling: Scaling { min_instances: Some(1), max_instances: Some(10), concurrency: None },
+            resources: Resources {
+                cpu_millis: Some(1000),
+                memory_mib: Some(512),
+            },
+            scaling: Scaling {
+                min_instances: Some(1),
+                max_instances: Some(10),
+                concurrency: None,
+            },
             port: Some(8080),
             ingress: Ingress::Public,
             labels: vec![],
@@ -140,18 +173,35 @@ mod tests {
     }
 
     fn status(of: &ServiceSpec) -> ServiceStatus {
-        ServiceStatus { revisions: vec![], traffic: vec![], url: None, deployed: deployed_form(of).to_string() }
+        ServiceStatus {
+            revisions: vec![],
+            traffic: vec![],
+            url: None,
+            deployed: deployed_form(of).to_string(),
+        }
     }
 
     #[test]
     fn plans_create_update_and_no_change() {
-        assert_eq!(plan(&spec("api:1"), None).unwrap().action, PlanAction::Create);
-        assert_eq!(plan(&spec("api:1"), Some(&status(&spec("api:1")))).unwrap().action, PlanAction::NoChange);
+        assert_eq!(
+            plan(&spec("api:1"), None).unwrap().action,
+            PlanAction::Create
+        );
+        assert_eq!(
+            plan(&spec("api:1"), Some(&status(&spec("api:1"))))
+                .unwrap()
+                .action,
+            PlanAction::NoChange
+        );
         let update = plan(&spec("api:2"), Some(&status(&spec("api:1")))).unwrap();
         assert_eq!(update.action, PlanAction::Update);
         assert_eq!(
             update.changes,
-            vec![Change { field: "artifact".into(), before: Some("\"api:1\"".into()), after: Some("\"api:2\"".into()) }]
+            vec![Change {
+                field: "artifact".into(),
+                before: Some("\"api:1\"".into()),
+                after: Some("\"api:2\"".into())
+            }]
         );
     }
 }
