@@ -7,7 +7,7 @@ mod support;
 
 use engine::plugins::PluginSource;
 use engine::runtime::bindings::types::ServiceRef;
-use engine::runtime::events::{Capability, PluginEvent};
+use engine::runtime::events::{Capability, Denial, PluginEvent};
 use engine::runtime::grants::{DirGrant, GrantsConfig, SecretGrantConfig};
 use engine::runtime::{CallError, LoadError, LoadedPlugin, PluginError};
 use serde_json::{Value, json};
@@ -29,6 +29,25 @@ async fn probe(plugin: &LoadedPlugin, orders: Value) -> Result<(String, String),
         report["outcome"].as_str().unwrap().to_string(),
         report["detail"].as_str().unwrap().to_string(),
     ))
+}
+
+/// Has the plugin GET `url`, checks the sandbox refused it, and returns the one denial reported.
+async fn denied_get(
+    plugin: &LoadedPlugin,
+    sink: &engine::runtime::MemorySink,
+    url: &str,
+) -> Denial {
+    let (outcome, detail) = probe(plugin, json!({"mode": "http", "url": url}))
+        .await
+        .unwrap();
+    assert_eq!(outcome, "err");
+    assert!(
+        detail.contains("denied by the engine's sandbox"),
+        "{detail}"
+    );
+    let mut denials = sink.denials();
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    denials.remove(0)
 }
 
 async fn still_works(plugin: &LoadedPlugin) {
@@ -241,19 +260,10 @@ async fn http_to_an_ungranted_host_is_denied_with_the_grant_to_add() {
     };
     let plugin = load_hostile(&runtime, grants).await;
     let url = format!("http://127.0.0.1:{}/", server.port);
-    let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": url}))
-        .await
-        .unwrap();
-    assert_eq!(outcome, "err");
-    assert!(
-        detail.contains("denied by the engine's sandbox"),
-        "{detail}"
-    );
-    let denials = sink.denials();
-    assert_eq!(denials.len(), 1, "{denials:?}");
-    assert_eq!(denials[0].capability, Capability::Http);
+    let denial = denied_get(&plugin, &sink, &url).await;
+    assert_eq!(denial.capability, Capability::Http);
     assert_eq!(
-        denials[0].to_string(),
+        denial.to_string(),
         format!(
             "plugin 'hostile' was denied http access: GET {url}; add \"http://127.0.0.1:{port}\" to allow_http in [plugins.hostile]",
             port = server.port
@@ -280,33 +290,22 @@ async fn a_granted_hostname_that_resolves_to_a_private_address_is_denied() {
         ..Default::default()
     };
     let plugin = load_hostile(&runtime, grants).await;
-    let (outcome, detail) = probe(
-        &plugin,
-        json!({"mode": "http", "url": format!("http://internal.example:{}/", server.port)}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(outcome, "err");
+    let url = format!("http://internal.example:{}/", server.port);
+    let denial = denied_get(&plugin, &sink, &url).await;
+    assert_eq!(denial.capability, Capability::Address);
     assert!(
-        detail.contains("denied by the engine's sandbox"),
-        "{detail}"
-    );
-    let denials = sink.denials();
-    assert_eq!(denials.len(), 1, "{denials:?}");
-    assert_eq!(denials[0].capability, Capability::Address);
-    assert!(
-        denials[0]
+        denial
             .attempted
             .contains("internal.example resolves only to internal addresses [127.0.0.1]"),
         "{}",
-        denials[0]
+        denial
     );
     assert!(
-        denials[0]
+        denial
             .hint
             .contains(&format!("\"http://127.0.0.1:{}\"", server.port)),
         "{}",
-        denials[0]
+        denial
     );
     assert!(server.requests().is_empty(), "nothing may reach the server");
 }
