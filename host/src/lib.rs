@@ -1,9 +1,12 @@
 //! The engine: deploys multi-service systems through sandboxed WebAssembly plugins.
 //!
+//! - [`config`]: pipeline.toml, parsed and validated; [`graph`]: deployment order.
 //! - [`runtime`]: the plugin runtime (wasmtime, capabilities, limits, secrets).
 //! - [`plugins`]: where plugins come from (built in, or a pinned `.wasm` file).
 //! - [`cli`]: the `engine` command line, a thin layer over the above.
 
 pub mod cli;
+pub mod config;
+pub mod graph;
 pub mod plugins;
 pub mod runtime;

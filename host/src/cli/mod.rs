@@ -3,6 +3,7 @@
 
 mod output;
 mod plugins;
+mod validate;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ enum Command {
     /// List and inspect plugins
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
+    /// Check a pipeline file completely, without running any plugin
+    Validate(validate::ValidateArgs),
 }
 
 /// Output format of commands that print data.
@@ -117,12 +120,15 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Plugins(cmd) => plugins::run(&cli, cmd).await,
+            Command::Validate(args) => validate::run(args),
         }
     });
     match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
-            output::error(&e.message);
+            if !e.message.is_empty() {
+                output::error(&e.message);
+            }
             ExitCode::from(e.code)
         }
     }
@@ -146,6 +152,13 @@ impl CommandError {
         CommandError {
             message: message.to_string(),
             code: exit::USAGE,
+        }
+    }
+    /// The problem was already printed (rendered diagnostics); only the exit code is left.
+    pub fn reported(code: u8) -> Self {
+        CommandError {
+            message: String::new(),
+            code,
         }
     }
 }

@@ -1,0 +1,152 @@
+//! pipeline.toml: the model, and its complete validation before any plugin runs.
+//!
+//! [`load`] reads the file, applies `[defaults]`, the chosen environment's variables and
+//! overrides, and `${var}` interpolation, and checks everything it can without running a
+//! plugin: unknown keys (with the nearest valid name), types, undefined plugins, services and
+//! variables, dependency cycles, grants. Every problem is reported, each pointing at its place
+//! in the file.
+
+pub mod diagnostic;
+mod tree;
+mod validate;
+
+use crate::plugins::PluginSource;
+use crate::runtime::grants::GrantsConfig;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use diagnostic::Diagnostic;
+
+/// A pipeline after validation, for one environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    pub name: String,
+    /// The environment chosen with `--env`, if any.
+    pub environment: Option<String>,
+    /// Every plugin the pipeline uses, declared or built in.
+    pub plugins: BTreeMap<String, PluginDecl>,
+    /// Services in the order the file lists them.
+    pub services: Vec<Service>,
+}
+
+/// Where a plugin comes from and what it may do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginDecl {
+    pub source: PluginSource,
+    pub grants: GrantsConfig,
+}
+
+/// What a service runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Artifact {
+    Image(String),
+    Path(String),
+}
+
+/// Who can reach a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    Public,
+    Internal,
+    None,
+}
+
+/// One health check of a service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub name: String,
+    pub plugin: String,
+    pub config: serde_json::Value,
+}
+
+/// One service, with defaults, environment overrides and variables applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub provider: String,
+    pub provider_config: serde_json::Value,
+    pub artifact: Artifact,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Environment variable → the platform's secret reference.
+    pub secrets: BTreeMap<String, String>,
+    pub cpu_millis: Option<u32>,
+    pub memory_mib: Option<u32>,
+    pub min_instances: Option<u32>,
+    pub max_instances: Option<u32>,
+    pub concurrency: Option<u32>,
+    pub port: Option<u16>,
+    pub ingress: Ingress,
+    pub labels: BTreeMap<String, String>,
+    pub depends_on: Vec<String>,
+    pub strategy: String,
+    pub strategy_config: serde_json::Value,
+    pub checks: Vec<Check>,
+    /// Commands run before and after the service's rollout.
+    pub pre_hooks: Vec<String>,
+    pub post_hooks: Vec<String>,
+}
+
+/// The strategy a service gets when it names none.
+pub const DEFAULT_STRATEGY: &str = "all-at-once";
+
+/// A pipeline that cannot be used: every problem found, and the text to show them against.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub source: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for d in &self.diagnostics {
+            writeln!(f, "{}", diagnostic::render(&self.file, &self.source, d))?;
+        }
+        let n = self.diagnostics.len();
+        write!(
+            f,
+            "{n} problem{} in {}",
+            if n == 1 { "" } else { "s" },
+            self.file
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and validates a pipeline file for an environment.
+pub fn load(path: &Path, environment: Option<&str>) -> Result<Pipeline, ConfigError> {
+    let file = path.display().to_string();
+    let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        source: String::new(),
+        diagnostics: vec![Diagnostic::new(format!("cannot read {file}: {e}"), 0..0)],
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&file, &source, &base, environment)
+}
+
+/// Validates pipeline text; `base` is the directory relative plugin paths start from.
+pub fn parse(
+    file: &str,
+    source: &str,
+    base: &Path,
+    environment: Option<&str>,
+) -> Result<Pipeline, ConfigError> {
+    validate::pipeline(source, base, environment).map_err(|diagnostics| ConfigError {
+        file: file.to_string(),
+        source: source.to_string(),
+        diagnostics,
+    })
+}
+
+/// The directory plugin paths are resolved against.
+pub fn resolve_path(base: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}

@@ -1,0 +1,830 @@
+//! The checks behind [`super::load`]. A `Checker` walks the spanned tree, collects every
+//! problem instead of stopping at the first, and builds the model from what is valid.
+
+use super::diagnostic::{Diagnostic, nearest};
+use super::tree::{self, Key, Node, Table, Value};
+use super::{Artifact, Check, DEFAULT_STRATEGY, Ingress, Pipeline, PluginDecl, Service};
+use crate::plugins::{PluginSource, embedded, find_embedded};
+use crate::runtime::grants::GrantsConfig;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "variables",
+    "plugins",
+    "environments",
+    "defaults",
+    "services",
+];
+const ENVIRONMENT_KEYS: &[&str] = &["variables", "services"];
+const PLUGIN_KEYS: &[&str] = &[
+    "source",
+    "sha256",
+    "allow_http",
+    "allow_env",
+    "dirs",
+    "secrets",
+    "timeout",
+    "memory",
+    "max_response",
+];
+const SERVICE_KEYS: &[&str] = &[
+    "provider",
+    "provider_config",
+    "image",
+    "artifact",
+    "args",
+    "env",
+    "secrets",
+    "cpu",
+    "memory",
+    "min_instances",
+    "max_instances",
+    "concurrency",
+    "port",
+    "ingress",
+    "labels",
+    "depends_on",
+    "strategy",
+    "strategy_config",
+    "checks",
+    "hooks",
+];
+const CHECK_KEYS: &[&str] = &["name", "plugin", "config"];
+const HOOK_KEYS: &[&str] = &["pre", "post"];
+
+#[derive(Default)]
+struct Checker {
+    diagnostics: Vec<Diagnostic>,
+    variables: BTreeMap<String, String>,
+}
+
+fn as_table(node: &Node) -> Option<&Table> {
+    match &node.value {
+        Value::Table(t) => Some(t),
+        _ => None,
+    }
+}
+
+impl Checker {
+    fn error(&mut self, message: impl Into<String>, span: Range<usize>, help: Option<String>) {
+        let mut d = Diagnostic::new(message, span);
+        d.help = help;
+        self.diagnostics.push(d);
+    }
+
+    fn wrong_type(&mut self, node: &Node, what: &str, expected: &str) {
+        self.error(
+            format!("{what} must be {expected}, not {}", node.value.type_name()),
+            node.span.clone(),
+            None,
+        );
+    }
+
+    fn unknown_keys(&mut self, table: &Table, allowed: &[&str], context: &str) {
+        for (key, _) in &table.entries {
+            if !allowed.contains(&key.name.as_str()) {
+                let help = match nearest(&key.name, allowed.iter().copied()) {
+                    Some(n) => format!("did you mean `{n}`?"),
+                    None => format!("valid keys here: {}", allowed.join(", ")),
+                };
+                self.error(
+                    format!("unknown key `{}` in {context}", key.name),
+                    key.span.clone(),
+                    Some(help),
+                );
+            }
+        }
+    }
+
+    fn table<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n Table> {
+        let t = as_table(node);
+        if t.is_none() {
+            self.wrong_type(node, what, "a table");
+        }
+        t
+    }
+
+    fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        match &node.value {
+            Value::String(s) => Some(s.clone()),
+            _ => {
+                self.wrong_type(node, what, "a string");
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, node: &Node, what: &str) -> Option<Vec<String>> {
+        let Value::Array(items) = &node.value else {
+            self.wrong_type(node, what, "an array of strings");
+            return None;
+        };
+        items
+            .iter()
+            .map(|n| self.string(n, &format!("each entry of {what}")))
+            .collect()
+    }
+
+    fn string_map(&mut self, node: &Node, what: &str) -> Option<BTreeMap<String, String>> {
+        let t = self.table(node, what)?;
+        t.entries
+            .iter()
+            .map(|(k, v)| {
+                Some((
+                    k.name.clone(),
+                    self.string(v, &format!("{what}.{}", k.name))?,
+                ))
+            })
+            .collect()
+    }
+
+    fn count(
+        &mut self,
+        node: &Node,
+        what: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Option<u32> {
+        match node.value {
+            Value::Integer(i) if range.contains(&i) => Some(i as u32),
+            Value::Integer(i) => {
+                self.error(
+                    format!("{what} is {i}, outside {}..={}", range.start(), range.end()),
+                    node.span.clone(),
+                    None,
+                );
+                None
+            }
+            _ => {
+                self.wrong_type(node, what, "an integer");
+                None
+            }
+        }
+    }
+
+    /// Replaces `${name}` in every string of the tree; `$${` writes a literal `${`.
+    fn interpolate(&mut self, node: &mut Node) {
+        match &mut node.value {
+            Value::String(s) => {
+                if let Some(expanded) = self.expand(s, node.span.clone()) {
+                    *s = expanded;
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|n| self.interpolate(n)),
+            Value::Table(t) => t.entries.iter_mut().for_each(|(_, n)| self.interpolate(n)),
+            _ => {}
+        }
+    }
+
+    fn expand(&mut self, text: &str, span: Range<usize>) -> Option<String> {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(pos) = rest.find('$') {
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + 1..];
+            if let Some(escaped) = after.strip_prefix("${") {
+                out.push_str("${");
+                rest = escaped;
+            } else if let Some(inner) = after.strip_prefix('{') {
+                let Some(end) = inner.find('}') else {
+                    self.error(
+                        "unclosed `${` in a string",
+                        span,
+                        Some("write `${name}`, or `$${` for a literal `${`".into()),
+                    );
+                    return None;
+                };
+                let name = &inner[..end];
+                match self.variables.get(name) {
+                    Some(value) => out.push_str(value),
+                    None => {
+                        let names: Vec<&str> = self.variables.keys().map(String::as_str).collect();
+                        let help = match nearest(name, names.iter().copied()) {
+                            Some(n) => format!("did you mean `${{{n}}}`?"),
+                            None if names.is_empty() => {
+                                "define it under [variables] or [environments.NAME.variables]"
+                                    .into()
+                            }
+                            None => format!("defined variables: {}", names.join(", ")),
+                        };
+                        self.error(
+                            format!("undefined variable `{name}`"),
+                            span.clone(),
+                            Some(help),
+                        );
+                        return None;
+                    }
+                }
+                rest = &inner[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+        Some(out)
+    }
+}
+
+/// Validates the whole file.
+pub fn pipeline(
+    source: &str,
+    base: &Path,
+    environment: Option<&str>,
+) -> Result<Pipeline, Vec<Diagnostic>> {
+    let root = match tree::parse(source) {
+        Ok(node) => node,
+        Err((message, span)) => {
+            return Err(vec![Diagnostic::new(
+                format!("invalid TOML: {message}"),
+                span,
+            )]);
+        }
+    };
+    let root = as_table(&root).cloned().unwrap_or_default();
+    let mut c = Checker::default();
+    c.unknown_keys(&root, TOP_KEYS, "the top level");
+
+    let name = match root.get("name") {
+        Some(n) => c.string(n, "`name`"),
+        None => {
+            c.error(
+                "the pipeline has no `name`",
+                0..0,
+                Some("add `name = \"my-system\"` at the top of the file".into()),
+            );
+            None
+        }
+    };
+
+    // Variables: the file's, then the environment's on top.
+    let environments = root
+        .get("environments")
+        .and_then(|n| c.table(n, "[environments]"))
+        .cloned()
+        .unwrap_or_default();
+    for (key, env) in &environments.entries {
+        if let Some(t) = c.table(env, &format!("[environments.{}]", key.name)) {
+            let t = t.clone();
+            c.unknown_keys(
+                &t,
+                ENVIRONMENT_KEYS,
+                &format!("[environments.{}]", key.name),
+            );
+        }
+    }
+    let chosen: Option<Table> = match environment {
+        None => None,
+        Some(e) => match environments.get(e).and_then(as_table) {
+            Some(t) => Some(t.clone()),
+            None => {
+                let names: Vec<&str> = environments
+                    .entries
+                    .iter()
+                    .map(|(k, _)| k.name.as_str())
+                    .collect();
+                let span = root.key("environments").map_or(0..0, |k| k.span.clone());
+                let help = match nearest(e, names.iter().copied()) {
+                    Some(n) => format!("did you mean `{n}`?"),
+                    None if names.is_empty() => "the file defines no [environments.NAME]".into(),
+                    None => format!("environments: {}", names.join(", ")),
+                };
+                c.error(format!("there is no environment `{e}`"), span, Some(help));
+                None
+            }
+        },
+    };
+    let mut variables = BTreeMap::new();
+    let env_vars = chosen.as_ref().and_then(|t| t.get("variables")).cloned();
+    for node in root.get("variables").into_iter().chain(env_vars.as_ref()) {
+        if let Some(map) = c.string_map(node, "variables") {
+            variables.extend(map);
+        }
+    }
+    c.variables = variables;
+
+    let mut plugins = BTreeMap::new();
+    let mut plugin_spans = BTreeMap::new();
+    if let Some(node) = root.get("plugins") {
+        let mut node = node.clone();
+        c.interpolate(&mut node);
+        if let Some(table) = c.table(&node, "[plugins]").cloned() {
+            for (key, decl) in &table.entries {
+                plugin_spans.insert(key.name.clone(), key.span.clone());
+                if let Some(d) = plugin(&mut c, key, decl, base) {
+                    plugins.insert(key.name.clone(), d);
+                }
+            }
+        }
+    }
+
+    let defaults = root
+        .get("defaults")
+        .and_then(|n| c.table(n, "[defaults]"))
+        .cloned()
+        .unwrap_or_default();
+    c.unknown_keys(&defaults, SERVICE_KEYS, "[defaults]");
+    let overrides = chosen
+        .as_ref()
+        .and_then(|t| t.get("services"))
+        .and_then(|n| c.table(n, "environment service overrides"))
+        .cloned()
+        .unwrap_or_default();
+
+    let Some(services_node) = root.get("services") else {
+        c.error(
+            "the pipeline has no services",
+            0..0,
+            Some("add a [services.NAME] table for each service".into()),
+        );
+        return Err(c.diagnostics);
+    };
+    let services_table = c
+        .table(services_node, "[services]")
+        .cloned()
+        .unwrap_or_default();
+    for (key, _) in &overrides.entries {
+        if services_table.get(&key.name).is_none() {
+            c.error(
+                format!(
+                    "the environment overrides service `{}`, which the pipeline does not define",
+                    key.name
+                ),
+                key.span.clone(),
+                nearest(
+                    &key.name,
+                    services_table.entries.iter().map(|(k, _)| k.name.as_str()),
+                )
+                .map(|n| format!("did you mean `{n}`?")),
+            );
+        }
+    }
+
+    let mut services = Vec::new();
+    let mut dependency_spans = BTreeMap::new();
+    for (key, node) in &services_table.entries {
+        let Some(own) = c.table(node, &format!("[services.{}]", key.name)).cloned() else {
+            continue;
+        };
+        let context = format!("[services.{}]", key.name);
+        c.unknown_keys(&own, SERVICE_KEYS, &context);
+        let over = overrides
+            .get(&key.name)
+            .and_then(as_table)
+            .cloned()
+            .unwrap_or_default();
+        c.unknown_keys(
+            &over,
+            SERVICE_KEYS,
+            &format!("the environment's override of {context}"),
+        );
+        let mut merged = Node {
+            span: node.span.clone(),
+            value: Value::Table(defaults.merged(&own).merged(&over)),
+        };
+        c.interpolate(&mut merged);
+        let merged = as_table(&merged).cloned().unwrap_or_default();
+        if let Some(deps) = merged.get("depends_on") {
+            dependency_spans.insert(key.name.clone(), deps.span.clone());
+        }
+        if let Some(s) = service(&mut c, key, &merged) {
+            services.push((s, merged));
+        }
+    }
+
+    // References: plugins, dependencies, cycles.
+    let service_names: Vec<String> = services_table
+        .entries
+        .iter()
+        .map(|(k, _)| k.name.clone())
+        .collect();
+    for (service, table) in &services {
+        let mut uses = vec![(
+            "provider",
+            &service.provider,
+            "provider",
+            table.get("provider").map(|n| n.span.clone()),
+        )];
+        uses.push((
+            "strategy",
+            &service.strategy,
+            "strategy",
+            table.get("strategy").map(|n| n.span.clone()),
+        ));
+        let check_nodes = match table.get("checks").map(|n| &n.value) {
+            Some(Value::Array(items)) => items.clone(),
+            _ => Vec::new(),
+        };
+        for (check, node) in service.checks.iter().zip(&check_nodes) {
+            uses.push(("check", &check.plugin, "health", Some(node.span.clone())));
+        }
+        for (role, name, kind, span) in uses {
+            let span = span.unwrap_or_else(|| {
+                services_table
+                    .key(&service.name)
+                    .map_or(0..0, |k| k.span.clone())
+            });
+            // The kind of a built-in plugin is known now; a file's only when it loads.
+            let builtin = match plugins.get(name.as_str()) {
+                Some(PluginDecl {
+                    source: PluginSource::Embedded(n),
+                    ..
+                }) => find_embedded(n),
+                Some(_) => continue,
+                // Declared, but its table has problems of its own, already reported.
+                None if plugin_spans.contains_key(name.as_str()) => continue,
+                None => find_embedded(name),
+            };
+            match builtin {
+                Some(b) if b.kind == kind => {
+                    plugins.entry(name.clone()).or_insert_with(|| PluginDecl {
+                        source: PluginSource::Embedded(name.clone()),
+                        grants: GrantsConfig::default(),
+                    });
+                }
+                Some(b) => c.error(
+                    format!(
+                        "the {role} of service `{}` is `{name}`, a {} plugin, not a {kind} plugin",
+                        service.name, b.kind
+                    ),
+                    span,
+                    None,
+                ),
+                None => {
+                    let mut known: Vec<&str> = plugin_spans.keys().map(String::as_str).collect();
+                    known.extend(embedded().iter().filter(|p| p.kind == kind).map(|p| p.name));
+                    let help = match nearest(name, known.iter().copied()) {
+                        Some(n) => format!(
+                            "did you mean `{n}`? Otherwise declare it in [plugins.{name}] with its source and sha256"
+                        ),
+                        None => {
+                            format!("declare it in [plugins.{name}] with its source and sha256")
+                        }
+                    };
+                    c.error(format!("the {role} of service `{}` is `{name}`, which is not a declared or built-in plugin", service.name), span, Some(help));
+                }
+            }
+        }
+        for dep in &service.depends_on {
+            let span = dependency_spans.get(&service.name).cloned().unwrap_or(0..0);
+            if !service_names.contains(dep) {
+                let help = nearest(dep, service_names.iter().map(String::as_str))
+                    .map(|n| format!("did you mean `{n}`?"));
+                c.error(
+                    format!(
+                        "service `{}` depends on `{dep}`, which the pipeline does not define",
+                        service.name
+                    ),
+                    span,
+                    help,
+                );
+            }
+        }
+    }
+    let graph: Vec<(&str, &[String])> = services
+        .iter()
+        .map(|(s, _)| (s.name.as_str(), &s.depends_on[..]))
+        .collect();
+    if let Err(cycle) = crate::graph::waves(&graph) {
+        let span = dependency_spans.get(&cycle[0]).cloned().unwrap_or(0..0);
+        c.error(
+            format!(
+                "services depend on each other in a cycle: {}",
+                cycle.join(" → ")
+            ),
+            span,
+            Some("remove one of these dependencies".into()),
+        );
+    }
+
+    if !c.diagnostics.is_empty() {
+        c.diagnostics.sort_by_key(|d| d.span.start);
+        return Err(c.diagnostics);
+    }
+    Ok(Pipeline {
+        name: name.unwrap_or_default(),
+        environment: environment.map(str::to_string),
+        plugins,
+        services: services.into_iter().map(|(s, _)| s).collect(),
+    })
+}
+
+fn plugin(c: &mut Checker, key: &Key, node: &Node, base: &Path) -> Option<PluginDecl> {
+    let context = format!("[plugins.{}]", key.name);
+    let table = c.table(node, &context)?.clone();
+    c.unknown_keys(&table, PLUGIN_KEYS, &context);
+    let source_text = match table.get("source") {
+        Some(n) => c.string(n, "`source`")?,
+        None => key.name.clone(),
+    };
+    let source = if source_text.ends_with(".wasm") || source_text.contains('/') {
+        match table.get("sha256") {
+            None => {
+                c.error(
+                    format!(
+                        "plugin `{}` loads from a file but has no `sha256` pin",
+                        key.name
+                    ),
+                    table
+                        .key("source")
+                        .map_or(key.span.clone(), |k| k.span.clone()),
+                    Some(format!(
+                        "run `engine plugins inspect {source_text}` and copy its sha256 here"
+                    )),
+                );
+                None
+            }
+            Some(sha) => match c.string(sha, "`sha256`") {
+                Some(sha256)
+                    if sha256.len() == 64 && sha256.chars().all(|ch| ch.is_ascii_hexdigit()) =>
+                {
+                    Some(PluginSource::File {
+                        path: super::resolve_path(base, &source_text),
+                        sha256,
+                    })
+                }
+                Some(_) => {
+                    c.error(
+                        "`sha256` must be 64 hexadecimal characters",
+                        sha.span.clone(),
+                        None,
+                    );
+                    None
+                }
+                None => None,
+            },
+        }
+    } else if find_embedded(&source_text).is_some() {
+        Some(PluginSource::Embedded(source_text))
+    } else {
+        let span = table
+            .get("source")
+            .map_or(key.span.clone(), |n| n.span.clone());
+        let names: Vec<&str> = embedded().iter().map(|p| p.name).collect();
+        let help = match nearest(&source_text, names.iter().copied()) {
+            Some(n) => format!("did you mean `{n}`?"),
+            None => format!(
+                "give the path of a .wasm file, or one of the built-in plugins: {}",
+                names.join(", ")
+            ),
+        };
+        c.error(
+            format!("there is no built-in plugin named `{source_text}`"),
+            span,
+            Some(help),
+        );
+        None
+    };
+    let mut grant_table = table.clone();
+    grant_table.entries.retain(|(k, _)| {
+        k.name != "source" && k.name != "sha256" && PLUGIN_KEYS.contains(&k.name.as_str())
+    });
+    let grants = match GrantsConfig::deserialize(Value::Table(grant_table.clone()).to_toml()) {
+        Ok(g) => g,
+        Err(e) => {
+            c.error(
+                format!("{context}: {}", e.message()),
+                node.span.clone(),
+                None,
+            );
+            return None;
+        }
+    };
+    if let Err(e) = grants.parse() {
+        let top = e.key.split('.').next().unwrap_or_default();
+        let span = grant_table
+            .get(top)
+            .map_or(node.span.clone(), |n| n.span.clone());
+        c.error(format!("{context} {}: {}", e.key, e.message), span, None);
+        return None;
+    }
+    Some(PluginDecl {
+        source: source?,
+        grants,
+    })
+}
+
+fn cpu_millis(c: &mut Checker, node: &Node) -> Option<u32> {
+    let cores = match &node.value {
+        Value::Integer(i) => Some(*i as f64),
+        Value::Float(f) => Some(*f),
+        Value::String(s) => match s.strip_suffix('m') {
+            Some(m) => m.parse::<f64>().ok().map(|m| m / 1000.0),
+            None => s.parse().ok(),
+        },
+        _ => None,
+    };
+    match cores {
+        Some(c) if c > 0.0 && c <= 1024.0 => Some((c * 1000.0).round() as u32),
+        _ => {
+            c.error(
+                "`cpu` must be a number of cores such as 1, 0.5 or \"500m\"",
+                node.span.clone(),
+                None,
+            );
+            None
+        }
+    }
+}
+
+fn memory_mib(c: &mut Checker, node: &Node) -> Option<u32> {
+    let mib = match &node.value {
+        Value::Integer(i) if *i > 0 => Some(*i as u64),
+        Value::String(s) => {
+            // Kubernetes writes Mi and Gi; bytesize wants MiB and GiB.
+            let normalised = if s.ends_with("Mi") || s.ends_with("Gi") || s.ends_with("Ki") {
+                format!("{s}B")
+            } else {
+                s.clone()
+            };
+            normalised
+                .parse::<bytesize::ByteSize>()
+                .ok()
+                .map(|b| b.as_u64() >> 20)
+                .filter(|m| *m > 0)
+        }
+        _ => None,
+    };
+    match mib {
+        Some(m) if m <= u32::MAX as u64 => Some(m as u32),
+        _ => {
+            c.error(
+                "`memory` must be a size such as \"512MiB\", \"2GiB\" or \"512Mi\"",
+                node.span.clone(),
+                None,
+            );
+            None
+        }
+    }
+}
+
+fn service(c: &mut Checker, key: &Key, t: &Table) -> Option<Service> {
+    let name = key.name.clone();
+    let provider = match t.get("provider") {
+        Some(n) => c.string(n, "`provider`"),
+        None => {
+            c.error(
+                format!("service `{name}` has no `provider`"),
+                key.span.clone(),
+                Some("set `provider` in the service or in [defaults]".into()),
+            );
+            None
+        }
+    };
+    let artifact = match (t.get("image"), t.get("artifact")) {
+        (Some(i), None) => c.string(i, "`image`").map(Artifact::Image),
+        (None, Some(a)) => c.string(a, "`artifact`").map(Artifact::Path),
+        (Some(_), Some(a)) => {
+            c.error(
+                format!("service `{name}` sets both `image` and `artifact`"),
+                a.span.clone(),
+                Some("keep one: `image` for a container image, `artifact` for a local file".into()),
+            );
+            None
+        }
+        (None, None) => {
+            c.error(
+                format!("service `{name}` has no `image` or `artifact`"),
+                key.span.clone(),
+                None,
+            );
+            None
+        }
+    };
+    let opt = |field: &str| t.get(field);
+    let args = opt("args").map(|n| c.strings(n, "`args`"));
+    let env = opt("env").map(|n| c.string_map(n, "`env`"));
+    let secrets = opt("secrets").map(|n| c.string_map(n, "`secrets`"));
+    let labels = opt("labels").map(|n| c.string_map(n, "`labels`"));
+    let depends_on = opt("depends_on").map(|n| c.strings(n, "`depends_on`"));
+    let cpu = opt("cpu").map(|n| cpu_millis(c, n));
+    let memory = opt("memory").map(|n| memory_mib(c, n));
+    let min = opt("min_instances").map(|n| c.count(n, "`min_instances`", 0..=10_000));
+    let max = opt("max_instances").map(|n| c.count(n, "`max_instances`", 1..=10_000));
+    let concurrency = opt("concurrency").map(|n| c.count(n, "`concurrency`", 1..=100_000));
+    let port = opt("port").map(|n| c.count(n, "`port`", 1..=65_535));
+    let ingress = match opt("ingress") {
+        None => Some(Ingress::Public),
+        Some(n) => match c.string(n, "`ingress`").as_deref() {
+            Some("public") => Some(Ingress::Public),
+            Some("internal") => Some(Ingress::Internal),
+            Some("none") => Some(Ingress::None),
+            Some(other) => {
+                c.error(
+                    format!("`ingress` is `{other}`"),
+                    n.span.clone(),
+                    Some("use \"public\", \"internal\" or \"none\"".into()),
+                );
+                Some(Ingress::Public)
+            }
+            None => Some(Ingress::Public),
+        },
+    };
+    let strategy = match opt("strategy") {
+        Some(n) => c.string(n, "`strategy`"),
+        None => Some(DEFAULT_STRATEGY.to_string()),
+    };
+    let config = |c: &mut Checker, field: &str| match t.get(field) {
+        None => Some(serde_json::json!({})),
+        Some(n) => c.table(n, &format!("`{field}`")).map(|_| n.value.to_json()),
+    };
+    let provider_config = config(c, "provider_config");
+    let strategy_config = config(c, "strategy_config");
+    let mut checks = Vec::new();
+    if let Some(n) = t.get("checks") {
+        match &n.value {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let Some(ct) = c
+                        .table(item, &format!("check {} of service `{name}`", i + 1))
+                        .cloned()
+                    else {
+                        continue;
+                    };
+                    c.unknown_keys(&ct, CHECK_KEYS, &format!("a check of service `{name}`"));
+                    let plugin = match ct.get("plugin") {
+                        Some(p) => c.string(p, "a check's `plugin`"),
+                        None => {
+                            c.error(
+                                format!("a check of service `{name}` has no `plugin`"),
+                                item.span.clone(),
+                                Some("name a health plugin, such as `plugin = \"http\"`".into()),
+                            );
+                            None
+                        }
+                    };
+                    let check_name = ct
+                        .get("name")
+                        .and_then(|p| c.string(p, "a check's `name`"))
+                        .or_else(|| plugin.clone());
+                    let cfg = match ct.get("config") {
+                        None => Some(serde_json::json!({})),
+                        Some(cn) => c
+                            .table(cn, "a check's `config`")
+                            .map(|_| cn.value.to_json()),
+                    };
+                    if let (Some(plugin), Some(name), Some(config)) = (plugin, check_name, cfg) {
+                        checks.push(Check {
+                            name,
+                            plugin,
+                            config,
+                        });
+                    }
+                }
+            }
+            _ => {
+                c.wrong_type(
+                    n,
+                    "`checks`",
+                    "an array of tables ([[services.NAME.checks]])",
+                );
+            }
+        }
+    }
+    let (mut pre_hooks, mut post_hooks) = (Some(Vec::new()), Some(Vec::new()));
+    if let Some(n) = t.get("hooks")
+        && let Some(h) = c.table(n, "`hooks`").cloned()
+    {
+        c.unknown_keys(&h, HOOK_KEYS, &format!("the hooks of service `{name}`"));
+        if let Some(p) = h.get("pre") {
+            pre_hooks = c.strings(p, "`hooks.pre`");
+        }
+        if let Some(p) = h.get("post") {
+            post_hooks = c.strings(p, "`hooks.post`");
+        }
+    }
+
+    // Each optional field is None (absent), Some(None) (invalid, already reported: the load
+    // fails, the default only lets the other checks go on) or Some(Some(value)).
+    fn take<T: Default>(field: Option<Option<T>>) -> T {
+        field.flatten().unwrap_or_default()
+    }
+    let service = Service {
+        args: take(args),
+        env: take(env),
+        secrets: take(secrets),
+        labels: take(labels),
+        depends_on: take(depends_on),
+        cpu_millis: cpu.flatten(),
+        memory_mib: memory.flatten(),
+        min_instances: min.flatten(),
+        max_instances: max.flatten(),
+        concurrency: concurrency.flatten(),
+        port: port.flatten().map(|p| p as u16),
+        checks,
+        name,
+        provider: provider?,
+        artifact: artifact?,
+        ingress: ingress?,
+        strategy: strategy?,
+        provider_config: provider_config.unwrap_or_default(),
+        strategy_config: strategy_config.unwrap_or_default(),
+        pre_hooks: pre_hooks.unwrap_or_default(),
+        post_hooks: post_hooks.unwrap_or_default(),
+    };
+    // Returned even with an invalid optional field, so its references are checked too.
+    Some(service)
+}

@@ -1,0 +1,276 @@
+//! pipeline.toml validation, through the library and through `engine validate`: every class of
+//! problem is reported at file:line:col with the line and a hint, all of them in one run, with
+//! exit code 2.
+
+use engine::config::{self, Artifact, Ingress};
+use std::path::Path;
+use std::process::Command;
+
+const VALID: &str = r#"
+name = "shop"
+
+[variables]
+registry = "europe-docker.pkg.dev/shop/images"
+version = "1.4.2"
+
+[environments.staging.variables]
+version = "1.5.0-rc1"
+
+[environments.staging.services.api]
+max_instances = 2
+
+[defaults]
+provider = "hostile"
+cpu = 1
+memory = "512Mi"
+
+[plugins.hostile]
+source = "plugins/hostile.wasm"
+sha256 = "00000000000000000000000000000000000000000000000000000000000000ff"
+allow_http = ["https://api.example.com"]
+timeout = "10s"
+
+[services.db-migrate]
+image = "${registry}/migrate:${version}"
+provider_config = { region = "europe-west1", note = "price is $5 and $${literal}" }
+
+[services.api]
+image = "${registry}/api:${version}"
+depends_on = ["db-migrate"]
+port = 8080
+cpu = "500m"
+max_instances = 10
+env = { LOG_LEVEL = "info" }
+secrets = { DB_PASSWORD = "projects/shop/secrets/db/versions/latest" }
+ingress = "internal"
+hooks = { pre = ["./migrate.sh"] }
+
+[services.web]
+image = "${registry}/web:${version}"
+depends_on = ["api"]
+"#;
+
+fn parse(text: &str, env: Option<&str>) -> Result<config::Pipeline, config::ConfigError> {
+    config::parse("pipeline.toml", text, Path::new("/srv/shop"), env)
+}
+
+#[test]
+fn a_valid_pipeline_applies_defaults_overrides_and_variables() {
+    let p = parse(VALID, Some("staging")).unwrap();
+    assert_eq!(p.name, "shop");
+    assert_eq!(
+        p.services
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["db-migrate", "api", "web"]
+    );
+    let api = &p.services[1];
+    assert_eq!(api.provider, "hostile");
+    assert_eq!(
+        api.artifact,
+        Artifact::Image("europe-docker.pkg.dev/shop/images/api:1.5.0-rc1".into())
+    );
+    assert_eq!(
+        api.cpu_millis,
+        Some(500),
+        "the service overrides the default"
+    );
+    assert_eq!(api.memory_mib, Some(512), "inherited from [defaults]");
+    assert_eq!(api.max_instances, Some(2), "the staging override wins");
+    assert_eq!(api.ingress, Ingress::Internal);
+    assert_eq!(api.strategy, "all-at-once");
+    assert_eq!(api.pre_hooks, ["./migrate.sh"]);
+    assert_eq!(
+        api.secrets["DB_PASSWORD"],
+        "projects/shop/secrets/db/versions/latest"
+    );
+    assert_eq!(
+        p.services[0].provider_config["note"],
+        "price is $5 and ${literal}"
+    );
+    assert_eq!(p.services[2].cpu_millis, Some(1000));
+    assert!(
+        p.plugins.contains_key("all-at-once"),
+        "built-in plugins in use are added"
+    );
+    let hostile = &p.plugins["hostile"];
+    assert_eq!(
+        hostile.source,
+        engine::plugins::PluginSource::File {
+            path: "/srv/shop/plugins/hostile.wasm".into(),
+            sha256: "00000000000000000000000000000000000000000000000000000000000000ff".into()
+        }
+    );
+    assert_eq!(hostile.grants.timeout.as_deref(), Some("10s"));
+
+    let production = parse(VALID, None).unwrap();
+    assert_eq!(production.services[1].max_instances, Some(10));
+    assert_eq!(
+        production.services[1].artifact,
+        Artifact::Image("europe-docker.pkg.dev/shop/images/api:1.4.2".into())
+    );
+}
+
+/// Replaces `from` by `to` in the valid pipeline and returns the rendered problems.
+fn problems(from: &str, to: &str, env: Option<&str>) -> String {
+    assert!(VALID.contains(from), "{from}");
+    parse(&VALID.replacen(from, to, 1), env)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn an_unknown_key_is_located_and_the_nearest_name_suggested() {
+    let out = problems("port = 8080", "prot = 8080", None);
+    assert!(
+        out.starts_with("error: unknown key `prot` in [services.api]\n  --> pipeline.toml:32:1\n   |\n32 | prot = 8080\n   | ^^^^\n   = help: did you mean `port`?"),
+        "{out}"
+    );
+}
+
+#[test]
+fn undefined_plugins_services_and_variables_are_each_reported() {
+    let text = VALID
+        .replacen("provider = \"hostile\"", "provider = \"hostle\"", 1)
+        .replacen("depends_on = [\"api\"]", "depends_on = [\"apii\"]", 1)
+        .replacen(
+            "${version}\"\ndepends_on = [\"db",
+            "${versoin}\"\ndepends_on = [\"db",
+            1,
+        );
+    let out = parse(&text, None).unwrap_err().to_string();
+    assert!(out.contains("error: the provider of service `db-migrate` is `hostle`, which is not a declared or built-in plugin\n  --> pipeline.toml:15:12"), "{out}");
+    assert!(out.contains("= help: did you mean `hostile`?"), "{out}");
+    assert!(out.contains("error: undefined variable `versoin`"), "{out}");
+    assert!(out.contains("= help: did you mean `${version}`?"), "{out}");
+    assert!(
+        out.contains("error: service `web` depends on `apii`, which the pipeline does not define"),
+        "{out}"
+    );
+    assert!(out.contains("= help: did you mean `api`?"), "{out}");
+    assert!(out.ends_with("problems in pipeline.toml"), "{out}");
+}
+
+#[test]
+fn a_dependency_cycle_is_printed() {
+    let out = problems(
+        "[services.db-migrate]\n",
+        "[services.db-migrate]\ndepends_on = [\"web\"]\n",
+        None,
+    );
+    assert!(
+        out.contains(
+            "error: services depend on each other in a cycle: db-migrate → web → api → db-migrate"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_types_sizes_and_grants_are_reported() {
+    let out = problems("memory = \"512Mi\"", "memory = \"lots\"", None);
+    assert!(out.contains("error: `memory` must be a size such as \"512MiB\", \"2GiB\" or \"512Mi\"\n  --> pipeline.toml:17:10"), "{out}");
+    let out = problems("timeout = \"10s\"", "timeout = \"ten seconds\"", None);
+    assert!(
+        out.contains("error: [plugins.hostile] timeout: \"ten seconds\" is not a duration"),
+        "{out}"
+    );
+    let out = problems("port = 8080", "port = \"8080\"", None);
+    assert!(
+        out.contains("error: `port` must be an integer, not a string"),
+        "{out}"
+    );
+    let out = problems("sha256 = \"0000", "sha256 = \"zz00", None);
+    assert!(
+        out.contains("error: `sha256` must be 64 hexadecimal characters"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_unknown_environment_is_reported_with_the_ones_that_exist() {
+    let out = problems("name = \"shop\"", "name = \"shop\"", Some("stagin"));
+    assert!(
+        out.contains("error: there is no environment `stagin`"),
+        "{out}"
+    );
+    assert!(out.contains("= help: did you mean `staging`?"), "{out}");
+}
+
+#[test]
+fn a_plugin_of_the_wrong_kind_is_refused() {
+    let out = problems(
+        "[services.web]\n",
+        "[services.web]\nstrategy = \"hostile\"\nprovider = \"all-at-once\"\n",
+        None,
+    );
+    assert!(out.contains("error: the provider of service `web` is `all-at-once`, a strategy plugin, not a provider plugin"), "{out}");
+}
+
+#[test]
+fn invalid_toml_is_reported_at_its_place() {
+    let out = parse("name = \"shop\"\n[services.api\n", None)
+        .unwrap_err()
+        .to_string();
+    assert!(out.starts_with("error: invalid TOML: "), "{out}");
+    assert!(out.contains("--> pipeline.toml:2:"), "{out}");
+}
+
+#[test]
+fn engine_validate_prints_every_problem_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.toml");
+    let broken = VALID.replacen("port = 8080", "prot = 8080", 1).replacen(
+        "ingress = \"internal\"",
+        "ingress = \"everyone\"",
+        1,
+    );
+    std::fs::write(&file, broken).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "error: unknown key `prot` in [services.api]\n  --> {}:32:1",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error: `ingress` is `everyone`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with(&format!("2 problems in {}", file.display())),
+        "{stderr}"
+    );
+
+    std::fs::write(&file, VALID).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["validate", "--env", "staging"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("pipeline `shop` (environment `staging`) is valid: 3 services in 3 waves"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  1. db-migrate\n  2. api\n  3. web"),
+        "{stdout}"
+    );
+}
