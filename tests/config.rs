@@ -274,3 +274,19 @@ fn engine_validate_prints_every_problem_and_exits_2() {
         "{stdout}"
     );
 }
+
+/// The JSON Schema `engine schema` prints is a valid schema, accepts the example pipeline, and
+/// rejects what validation rejects structurally.
+#[test]
+fn engine_schema_describes_the_format() {
+    let out = Command::new(env!("CARGO_BIN_EXE_engine")).arg("schema").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let as_json = |text: &str| serde_json::to_value(text.parse::<toml::Table>().unwrap()).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&as_json(VALID)).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(!validator.is_valid(&as_json(&VALID.replacen("port = 8080", "prot = 8080", 1))));
+    assert!(!validator.is_valid(&as_json(&VALID.replacen("port = 8080", "port = 70000", 1))));
+    assert!(!validator.is_valid(&as_json(&VALID.replacen("ingress = \"internal\"", "ingress = \"everyone\"", 1))));
+}

@@ -64,6 +64,8 @@ enum Command {
     Plugins(plugins::PluginsCommand),
     /// Check a pipeline file completely, without running any plugin
     Validate(validate::ValidateArgs),
+    /// Print the JSON Schema of pipeline.toml, for editor completion
+    Schema,
 }
 
 /// Output format of commands that print data.
@@ -121,6 +123,10 @@ pub fn main() -> ExitCode {
         match &cli.command {
             Command::Plugins(cmd) => plugins::run(&cli, cmd).await,
             Command::Validate(args) => validate::run(args),
+            Command::Schema => {
+                print!("{}", crate::config::SCHEMA);
+                Ok(())
+            }
         }
     });
     match result {

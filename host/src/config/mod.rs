@@ -87,6 +87,9 @@ pub struct Service {
     pub post_hooks: Vec<String>,
 }
 
+/// The JSON Schema of pipeline.toml (as TOML maps to JSON), for editors: `engine schema`.
+pub const SCHEMA: &str = include_str!("pipeline.schema.json");
+
 /// The strategy a service gets when it names none.
 pub const DEFAULT_STRATEGY: &str = "all-at-once";
 
