@@ -2,6 +2,8 @@
 //! problem is reported at file:line:col with the line and a hint, all of them in one run, with
 //! exit code 2.
 
+mod support;
+
 use engine::config::{self, Artifact, Ingress};
 use std::path::Path;
 use std::process::Command;
@@ -254,7 +256,7 @@ fn engine_validate_prints_every_problem_and_exits_2() {
 
     std::fs::write(&file, VALID).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(["validate", "--env", "staging"])
+        .args(["validate", "--skip-plugins", "--env", "staging"])
         .arg(&file)
         .output()
         .unwrap();
@@ -279,14 +281,103 @@ fn engine_validate_prints_every_problem_and_exits_2() {
 /// rejects what validation rejects structurally.
 #[test]
 fn engine_schema_describes_the_format() {
-    let out = Command::new(env!("CARGO_BIN_EXE_engine")).arg("schema").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .arg("schema")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
     let as_json = |text: &str| serde_json::to_value(text.parse::<toml::Table>().unwrap()).unwrap();
-    let errors: Vec<String> = validator.iter_errors(&as_json(VALID)).map(|e| e.to_string()).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(&as_json(VALID))
+        .map(|e| e.to_string())
+        .collect();
     assert!(errors.is_empty(), "{errors:?}");
     assert!(!validator.is_valid(&as_json(&VALID.replacen("port = 8080", "prot = 8080", 1))));
     assert!(!validator.is_valid(&as_json(&VALID.replacen("port = 8080", "port = 70000", 1))));
-    assert!(!validator.is_valid(&as_json(&VALID.replacen("ingress = \"internal\"", "ingress = \"everyone\"", 1))));
+    assert!(!validator.is_valid(&as_json(&VALID.replacen(
+        "ingress = \"internal\"",
+        "ingress = \"everyone\"",
+        1
+    ))));
+}
+
+/// A pipeline directory with the hostile test plugin copied in as plugins/hostile.wasm.
+fn with_plugin(pipeline: &str) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    let bytes = std::fs::read(support::testing_plugin("testing-hostile")).unwrap();
+    std::fs::write(dir.path().join("plugins/hostile.wasm"), &bytes).unwrap();
+    let sha = engine::runtime::cache::sha256_hex(&bytes);
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &file,
+        pipeline.replace(
+            "00000000000000000000000000000000000000000000000000000000000000ff",
+            &sha,
+        ),
+    )
+    .unwrap();
+    (dir, file, sha)
+}
+
+fn validate(file: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .arg("validate")
+        .arg(file)
+        .env("ENGINE_CACHE_DIR", support::cache_dir())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn plugin_configuration_is_checked_against_the_plugins_own_schema() {
+    let (_dir, file, _) = with_plugin(VALID);
+    let (code, stdout, stderr) = validate(&file);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("is valid: 3 services"), "{stdout}");
+
+    let broken = VALID.replacen(
+        "ingress = \"internal\"",
+        "ingress = \"internal\"\nstrategy_config = { skip_analysis = \"yes\", wait = true }",
+        1,
+    );
+    let (_dir, file, _) = with_plugin(&broken);
+    let (code, _, stderr) = validate(&file);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: `strategy_config` of service `api`: \"yes\" is not of type \"boolean\"\n  --> {}:38:37",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("error: `strategy_config` of service `api`: Additional properties are not allowed ('wait' was unexpected)"), "{stderr}");
+    assert!(
+        stderr.contains("= help: see its schema with `engine plugins inspect all-at-once`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_plugin_that_does_not_match_its_pin_is_reported_at_its_table() {
+    let (dir, file, sha) = with_plugin(VALID);
+    std::fs::write(dir.path().join("plugins/hostile.wasm"), b"tampered").unwrap();
+    let (code, _, stderr) = validate(&file);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("does not match its pinned sha256"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("expected: {sha}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--> {}:19:10", file.display())),
+        "{stderr}"
+    );
 }

@@ -122,7 +122,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Plugins(cmd) => plugins::run(&cli, cmd).await,
-            Command::Validate(args) => validate::run(args),
+            Command::Validate(args) => validate::run(&cli, args).await,
             Command::Schema => {
                 print!("{}", crate::config::SCHEMA);
                 Ok(())

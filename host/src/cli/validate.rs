@@ -12,16 +12,28 @@ pub struct ValidateArgs {
     /// The environment whose variables and overrides apply
     #[arg(long = "env", value_name = "NAME")]
     environment: Option<String>,
+    /// Check only the file, without loading plugins to check their configuration
+    #[arg(long)]
+    skip_plugins: bool,
 }
 
-pub fn run(args: &ValidateArgs) -> Result<(), CommandError> {
-    let pipeline = config::load(&args.pipeline, args.environment.as_deref()).map_err(|e| {
-        eprintln!(
-            "{}",
-            crate::runtime::secrets::redactor().redact(&e.to_string())
-        );
-        CommandError::reported(super::exit::USAGE)
-    })?;
+fn report(e: config::ConfigError) -> CommandError {
+    eprintln!(
+        "{}",
+        crate::runtime::secrets::redactor().redact(&e.to_string())
+    );
+    CommandError::reported(super::exit::USAGE)
+}
+
+pub async fn run(cli: &super::Cli, args: &ValidateArgs) -> Result<(), CommandError> {
+    let pipeline = config::load(&args.pipeline, args.environment.as_deref()).map_err(report)?;
+    if !args.skip_plugins {
+        let runtime = crate::runtime::Runtime::new(cli.runtime_options())
+            .map_err(|e| CommandError::failure(format!("{e:#}")))?;
+        config::check_plugins(&pipeline, &runtime)
+            .await
+            .map_err(report)?;
+    }
     let order: Vec<(&str, &[String])> = pipeline
         .services
         .iter()

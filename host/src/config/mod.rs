@@ -7,8 +7,11 @@
 //! in the file.
 
 pub mod diagnostic;
+mod plugin_check;
 mod tree;
 mod validate;
+
+pub use plugin_check::check_plugins;
 
 use crate::plugins::PluginSource;
 use crate::runtime::grants::GrantsConfig;
@@ -27,6 +30,29 @@ pub struct Pipeline {
     pub plugins: BTreeMap<String, PluginDecl>,
     /// Services in the order the file lists them.
     pub services: Vec<Service>,
+    /// Where everything came from, to point later diagnostics (plugin schemas) at the file.
+    pub(crate) origin: Origin,
+}
+
+/// The file a pipeline was read from and the spanned tables behind its model.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Origin {
+    pub file: String,
+    pub source: String,
+    /// Each service's merged table (defaults, its own table, the environment's override).
+    pub services: BTreeMap<String, tree::Table>,
+    /// Where each `[plugins.NAME]` table starts.
+    pub plugin_keys: BTreeMap<String, std::ops::Range<usize>>,
+}
+
+impl Origin {
+    pub fn error(&self, diagnostics: Vec<Diagnostic>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            source: self.source.clone(),
+            diagnostics,
+        }
+    }
 }
 
 /// Where a plugin comes from and what it may do.
@@ -137,11 +163,58 @@ pub fn parse(
     base: &Path,
     environment: Option<&str>,
 ) -> Result<Pipeline, ConfigError> {
-    validate::pipeline(source, base, environment).map_err(|diagnostics| ConfigError {
-        file: file.to_string(),
-        source: source.to_string(),
-        diagnostics,
-    })
+    let mut pipeline =
+        validate::pipeline(source, base, environment).map_err(|diagnostics| ConfigError {
+            file: file.to_string(),
+            source: source.to_string(),
+            diagnostics,
+        })?;
+    pipeline.origin.file = file.to_string();
+    pipeline.origin.source = source.to_string();
+    Ok(pipeline)
+}
+
+impl Service {
+    /// The service as the provider contract describes it.
+    pub fn spec(&self) -> crate::runtime::bindings::types::ServiceSpec {
+        use crate::runtime::bindings::types as t;
+        let pairs =
+            |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        t::ServiceSpec {
+            name: self.name.clone(),
+            artifact: match &self.artifact {
+                Artifact::Image(i) => t::Artifact::Image(i.clone()),
+                Artifact::Path(p) => t::Artifact::Path(p.clone()),
+            },
+            args: self.args.clone(),
+            env: pairs(&self.env),
+            secrets: self
+                .secrets
+                .iter()
+                .map(|(name, reference)| t::SecretEnv {
+                    name: name.clone(),
+                    reference: reference.clone(),
+                })
+                .collect(),
+            resources: t::Resources {
+                cpu_millis: self.cpu_millis,
+                memory_mib: self.memory_mib,
+            },
+            scaling: t::Scaling {
+                min_instances: self.min_instances,
+                max_instances: self.max_instances,
+                concurrency: self.concurrency,
+            },
+            port: self.port,
+            ingress: match self.ingress {
+                Ingress::Public => t::Ingress::Public,
+                Ingress::Internal => t::Ingress::Internal,
+                Ingress::None => t::Ingress::None,
+            },
+            labels: pairs(&self.labels),
+            config: self.provider_config.to_string(),
+        }
+    }
 }
 
 /// The directory plugin paths are resolved against.

@@ -79,6 +79,27 @@ impl Table {
     }
 }
 
+impl Node {
+    /// The span of the value at a JSON pointer (`/steps/2`) below this node, or of the deepest
+    /// part of the path that exists.
+    pub fn span_at(&self, pointer: &str) -> Range<usize> {
+        let mut node = self;
+        for segment in pointer.split('/').skip(1) {
+            let segment = segment.replace("~1", "/").replace("~0", "~");
+            let next = match &node.value {
+                Value::Table(t) => t.get(&segment),
+                Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+                _ => None,
+            };
+            match next {
+                Some(n) => node = n,
+                None => break,
+            }
+        }
+        node.span.clone()
+    }
+}
+
 impl Value {
     /// The TOML type's name, for error messages.
     pub fn type_name(&self) -> &'static str {

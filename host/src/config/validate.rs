@@ -3,7 +3,7 @@
 
 use super::diagnostic::{Diagnostic, nearest};
 use super::tree::{self, Key, Node, Table, Value};
-use super::{Artifact, Check, DEFAULT_STRATEGY, Ingress, Pipeline, PluginDecl, Service};
+use super::{Artifact, Check, DEFAULT_STRATEGY, Ingress, Origin, Pipeline, PluginDecl, Service};
 use crate::plugins::{PluginSource, embedded, find_embedded};
 use crate::runtime::grants::GrantsConfig;
 use serde::Deserialize;
@@ -504,11 +504,20 @@ pub fn pipeline(
         c.diagnostics.sort_by_key(|d| d.span.start);
         return Err(c.diagnostics);
     }
+    let origin = Origin {
+        services: services
+            .iter()
+            .map(|(s, t)| (s.name.clone(), t.clone()))
+            .collect(),
+        plugin_keys: plugin_spans,
+        ..Origin::default()
+    };
     Ok(Pipeline {
         name: name.unwrap_or_default(),
         environment: environment.map(str::to_string),
         plugins,
         services: services.into_iter().map(|(s, _)| s).collect(),
+        origin,
     })
 }
 

@@ -1,0 +1,227 @@
+//! The part of validation that needs the plugins themselves: each plugin loads (its pin
+//! matches, its WIT version fits), and each service's configuration for it passes the plugin's
+//! own JSON schema and its `validate`. Problems point into pipeline.toml like the others.
+
+use super::tree::Node;
+use super::{ConfigError, Diagnostic, Pipeline};
+use crate::runtime::bindings::types::{Diagnostic as PluginDiagnostic, Severity};
+use crate::runtime::{LoadedPlugin, PluginKind, Runtime};
+use std::collections::BTreeMap;
+
+/// One configuration a service gives a plugin.
+struct Use<'p> {
+    service: &'p str,
+    plugin: &'p str,
+    /// The key in the service's table: `provider_config`, `strategy_config` or `checks`.
+    field: &'static str,
+    /// For checks, which one.
+    check: Option<usize>,
+    config: &'p serde_json::Value,
+}
+
+/// Loads every plugin the pipeline uses and checks every service's configuration against it.
+/// Returns the loaded plugins by name.
+pub async fn check_plugins(
+    pipeline: &Pipeline,
+    runtime: &Runtime,
+) -> Result<BTreeMap<String, LoadedPlugin>, ConfigError> {
+    let origin = &pipeline.origin;
+    let mut diagnostics = Vec::new();
+    let mut loaded = BTreeMap::new();
+    for (name, decl) in &pipeline.plugins {
+        match runtime.load(name, &decl.source, &decl.grants).await {
+            Ok(plugin) => {
+                loaded.insert(name.clone(), plugin);
+            }
+            Err(e) => {
+                let span = origin
+                    .plugin_keys
+                    .get(name)
+                    .cloned()
+                    .or_else(|| first_use_span(pipeline, name))
+                    .unwrap_or(0..0);
+                diagnostics.push(Diagnostic::new(e.to_string(), span));
+            }
+        }
+    }
+
+    let mut uses = Vec::new();
+    for s in &pipeline.services {
+        uses.push(Use {
+            service: &s.name,
+            plugin: &s.provider,
+            field: "provider_config",
+            check: None,
+            config: &s.provider_config,
+        });
+        uses.push(Use {
+            service: &s.name,
+            plugin: &s.strategy,
+            field: "strategy_config",
+            check: None,
+            config: &s.strategy_config,
+        });
+        for (i, c) in s.checks.iter().enumerate() {
+            uses.push(Use {
+                service: &s.name,
+                plugin: &c.plugin,
+                field: "checks",
+                check: Some(i),
+                config: &c.config,
+            });
+        }
+    }
+    let mut schemas = BTreeMap::new();
+    for u in &uses {
+        let Some(plugin) = loaded.get(u.plugin) else {
+            continue;
+        };
+        let node = config_node(pipeline, u);
+        let what = match u.check {
+            Some(i) => format!("the config of check {} of service `{}`", i + 1, u.service),
+            None => format!("`{}` of service `{}`", u.field, u.service),
+        };
+        let expected = match u.field {
+            "provider_config" => PluginKind::Provider,
+            "strategy_config" => PluginKind::Strategy,
+            _ => PluginKind::Health,
+        };
+        if plugin.kind() != expected {
+            diagnostics.push(Diagnostic::new(
+                format!(
+                    "plugin `{}` is a {} plugin, but service `{}` uses it as a {expected}",
+                    u.plugin,
+                    plugin.kind(),
+                    u.service
+                ),
+                node.as_ref().map_or(0..0, |n| n.span.clone()),
+            ));
+            continue;
+        }
+        let validator = schemas.entry(u.plugin.to_string()).or_insert_with(|| {
+            serde_json::from_str(&plugin.info().config_schema)
+                .ok()
+                .and_then(|schema: serde_json::Value| jsonschema::validator_for(&schema).ok())
+        });
+        let mut found_schema_error = false;
+        if let Some(validator) = validator {
+            for error in validator.iter_errors(u.config) {
+                found_schema_error = true;
+                let pointer = error.instance_path().as_str().to_string();
+                diagnostics.push(
+                    Diagnostic::new(format!("{what}: {error}"), span(&node, &pointer)).help(
+                        format!("see its schema with `engine plugins inspect {}`", u.plugin),
+                    ),
+                );
+            }
+        } else {
+            diagnostics.push(Diagnostic::new(
+                format!(
+                    "plugin `{}` declares a configuration schema that is not a valid JSON Schema",
+                    u.plugin
+                ),
+                node.as_ref().map_or(0..0, |n| n.span.clone()),
+            ));
+        }
+        if found_schema_error {
+            continue; // the plugin's own checks assume a configuration of the right shape
+        }
+        let service = pipeline
+            .services
+            .iter()
+            .find(|s| s.name == u.service)
+            .expect("service");
+        let config_text = u.config.to_string();
+        let result = match expected {
+            PluginKind::Provider => match plugin.provider() {
+                Ok(p) => p.validate(&service.spec()).await,
+                Err(e) => Err(e),
+            },
+            PluginKind::Strategy => match plugin.strategy() {
+                Ok(p) => p.validate(&config_text).await,
+                Err(e) => Err(e),
+            },
+            PluginKind::Health => match plugin.health() {
+                Ok(p) => p.validate(&config_text).await,
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(found) => diagnostics.extend(
+                found
+                    .into_iter()
+                    .filter_map(|d| plugin_diagnostic(&what, &node, d)),
+            ),
+            Err(e) => diagnostics.push(Diagnostic::new(
+                e.to_string(),
+                node.as_ref().map_or(0..0, |n| n.span.clone()),
+            )),
+        }
+    }
+    if diagnostics.is_empty() {
+        Ok(loaded)
+    } else {
+        diagnostics.sort_by_key(|d| d.span.start);
+        Err(origin.error(diagnostics))
+    }
+}
+
+/// Errors become diagnostics; warnings are logged, since they do not stop a deployment.
+fn plugin_diagnostic(what: &str, node: &Option<Node>, d: PluginDiagnostic) -> Option<Diagnostic> {
+    match d.severity {
+        Severity::Error => {
+            let mut out = Diagnostic::new(format!("{what}: {}", d.message), span(node, &d.path));
+            out.help = d.hint;
+            Some(out)
+        }
+        Severity::Warning => {
+            tracing::warn!("{what}: {}", d.message);
+            None
+        }
+    }
+}
+
+fn span(node: &Option<Node>, pointer: &str) -> std::ops::Range<usize> {
+    node.as_ref().map_or(0..0, |n| n.span_at(pointer))
+}
+
+/// The spanned node of a configuration; a missing one (the plugin gets `{}`) has none.
+fn config_node(pipeline: &Pipeline, u: &Use<'_>) -> Option<Node> {
+    let table = pipeline.origin.services.get(u.service)?;
+    match u.check {
+        // With no configuration written, point at the plugin's name instead.
+        None => table
+            .get(u.field)
+            .or_else(|| {
+                table.get(if u.field == "provider_config" {
+                    "provider"
+                } else {
+                    "strategy"
+                })
+            })
+            .cloned(),
+        Some(i) => match &table.get("checks")?.value {
+            super::tree::Value::Array(items) => {
+                let check = items.get(i)?;
+                match &check.value {
+                    super::tree::Value::Table(t) => {
+                        t.get("config").cloned().or_else(|| Some(check.clone()))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        },
+    }
+}
+
+fn first_use_span(pipeline: &Pipeline, plugin: &str) -> Option<std::ops::Range<usize>> {
+    pipeline.services.iter().find_map(|s| {
+        let table = pipeline.origin.services.get(&s.name)?;
+        ["provider", "strategy"]
+            .iter()
+            .filter_map(|k| table.get(k))
+            .find(|n| matches!(&n.value, super::tree::Value::String(v) if v == plugin))
+            .map(|n| n.span.clone())
+    })
+}
