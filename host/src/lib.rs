@@ -3,6 +3,7 @@
 //! - [`config`]: pipeline.toml, parsed and validated; [`graph`]: deployment order.
 //! - [`runtime`]: the plugin runtime (wasmtime, capabilities, limits, secrets).
 //! - [`plugins`]: where plugins come from (built in, or a pinned `.wasm` file).
+//! - [`state`]: runs, checkpoints, revision history and locks, in SQLite.
 //! - [`cli`]: the `engine` command line, a thin layer over the above.
 
 pub mod cli;
@@ -10,3 +11,4 @@ pub mod config;
 pub mod graph;
 pub mod plugins;
 pub mod runtime;
+pub mod state;
