@@ -674,3 +674,68 @@ async fn a_session_keeps_one_instance_under_the_same_deadline() {
     drop(session);
     still_works(&plugin).await;
 }
+
+/// The test provider used by the pipeline tests keeps state in its granted directory between
+/// calls (each call a fresh instance), writing through a rename inside the sandbox.
+#[tokio::test]
+async fn state_lives_in_the_granted_directory_across_fresh_instances() {
+    use engine::runtime::bindings::types::{
+        Artifact, Ingress, Resources, Scaling, ServiceSpec, TrafficTarget,
+    };
+    let platform = tempfile::tempdir().unwrap();
+    let (runtime, _) = runtime();
+    let grants = GrantsConfig {
+        dirs: vec![DirGrant {
+            host: platform.path().into(),
+            guest: "/platform".into(),
+            writable: true,
+        }],
+        ..Default::default()
+    };
+    let plugin = runtime
+        .load(
+            "test",
+            &PluginSource::Unpinned(testing_plugin("testing-test-provider")),
+            &grants,
+        )
+        .await
+        .unwrap();
+    let provider = plugin.provider().unwrap();
+    let spec = ServiceSpec {
+        name: "api".into(),
+        artifact: Artifact::Image("api:1".into()),
+        args: vec![],
+        env: vec![],
+        secrets: vec![],
+        resources: Resources {
+            cpu_millis: None,
+            memory_mib: None,
+        },
+        scaling: Scaling {
+            min_instances: None,
+            max_instances: None,
+            concurrency: None,
+        },
+        port: None,
+        ingress: Ingress::Public,
+        labels: vec![],
+        config: "{}".into(),
+    };
+    let service = ServiceRef {
+        name: "api".into(),
+        config: "{}".into(),
+    };
+    let revision = provider.deploy(&spec, "run1").await.unwrap();
+    assert_eq!(revision.id, "api-run1");
+    let split = [TrafficTarget {
+        revision: revision.id.clone(),
+        percent: 100,
+    }];
+    provider.set_traffic(&service, &split).await.unwrap();
+    assert_eq!(provider.get_traffic(&service).await.unwrap(), split);
+    let on_disk: Value =
+        serde_json::from_str(&std::fs::read_to_string(platform.path().join("api.json")).unwrap())
+            .unwrap();
+    assert_eq!(on_disk["calls"]["deploy"], 1);
+    assert_eq!(on_disk["traffic"], json!([["api-run1", 100]]));
+}

@@ -11,6 +11,7 @@ pub mod provider {
         world: "engine:plugin/provider-plugin",
         imports: { default: async | trappable },
         exports: { default: async },
+        additional_derives: [PartialEq],
         with: {
             "wasi:http": wasmtime_wasi_http::p2::bindings::http,
             "wasi:io": wasmtime_wasi::p2::bindings::io,
@@ -27,6 +28,7 @@ pub mod strategy {
         world: "engine:plugin/strategy-plugin",
         imports: { default: async | trappable },
         exports: { default: async },
+        additional_derives: [PartialEq],
         with: {
             "engine:plugin/types": super::provider::engine::plugin::types,
             "engine:plugin/log": super::provider::engine::plugin::log,
@@ -41,6 +43,7 @@ pub mod health {
         world: "engine:plugin/health-plugin",
         imports: { default: async | trappable },
         exports: { default: async },
+        additional_derives: [PartialEq],
         with: {
             "wasi:http": wasmtime_wasi_http::p2::bindings::http,
             "wasi:io": wasmtime_wasi::p2::bindings::io,
