@@ -3,6 +3,7 @@
 //! - [`config`]: pipeline.toml, parsed and validated; [`graph`]: deployment order.
 //! - [`runtime`]: the plugin runtime (wasmtime, capabilities, limits, secrets).
 //! - [`plugins`]: where plugins come from (built in, or a pinned `.wasm` file).
+//! - [`run`]: the executor: dependency order, strategies, health analysis, rollback.
 //! - [`state`]: runs, checkpoints, revision history and locks, in SQLite.
 //! - [`cli`]: the `engine` command line, a thin layer over the above.
 
@@ -10,5 +11,6 @@ pub mod cli;
 pub mod config;
 pub mod graph;
 pub mod plugins;
+pub mod run;
 pub mod runtime;
 pub mod state;

@@ -3,6 +3,7 @@
 
 mod output;
 mod plugins;
+mod run;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     /// The command line or the configuration is wrong.
     pub const USAGE: u8 = 2;
+    /// Another run holds the pipeline's lock.
+    pub const LOCK_BUSY: u8 = 3;
 }
 
 /// `engine --version`: the engine, the plugin contract it implements and the wasmtime under it.
@@ -62,7 +65,9 @@ enum Command {
     /// List and inspect plugins
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
-    /// Check a pipeline file completely, without running any plugin
+    /// Deploy a pipeline: every service in dependency order, through its strategy
+    Run(run::RunArgs),
+    /// Check a pipeline file completely, without deploying anything
     Validate(validate::ValidateArgs),
     /// Print the JSON Schema of pipeline.toml, for editor completion
     Schema,
@@ -122,6 +127,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Plugins(cmd) => plugins::run(&cli, cmd).await,
+            Command::Run(args) => run::run(&cli, args).await,
             Command::Validate(args) => validate::run(&cli, args).await,
             Command::Schema => {
                 print!("{}", crate::config::SCHEMA);

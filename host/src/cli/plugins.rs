@@ -78,7 +78,7 @@ async fn list(runtime: &Runtime, format: Format) -> Result<(), CommandError> {
 }
 
 /// Lays rows out in aligned columns separated by two spaces.
-fn table(rows: &[Vec<String>]) -> String {
+pub(super) fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {

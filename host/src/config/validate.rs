@@ -592,7 +592,13 @@ fn plugin(c: &mut Checker, key: &Key, node: &Node, base: &Path) -> Option<Plugin
         k.name != "source" && k.name != "sha256" && PLUGIN_KEYS.contains(&k.name.as_str())
     });
     let grants = match GrantsConfig::deserialize(Value::Table(grant_table.clone()).to_toml()) {
-        Ok(g) => g,
+        Ok(mut g) => {
+            // Granted directories are relative to the pipeline file, like plugin sources.
+            for dir in &mut g.dirs {
+                dir.host = super::resolve_path(base, &dir.host.to_string_lossy());
+            }
+            g
+        }
         Err(e) => {
             c.error(
                 format!("{context}: {}", e.message()),

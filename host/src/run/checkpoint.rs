@@ -1,0 +1,147 @@
+//! What the executor stores after every step of a service's rollout, so that a run stopped at
+//! any point (kill -9 included) resumes without doing anything twice: deploys are named by the
+//! run, traffic changes are idempotent, and a strategy given the same state and observation
+//! decides the same thing again.
+
+use crate::runtime::bindings::strategy::exports::engine::plugin::strategy as wit;
+use crate::runtime::bindings::types::{TrafficTarget, Verdict};
+use serde::{Deserialize, Serialize};
+
+/// Where a service's rollout is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The revision this run deployed, once deployed.
+    pub candidate: Option<String>,
+    /// The revision serving traffic before the run.
+    pub stable: Option<String>,
+    /// The split before the run, restored on abort.
+    pub previous_split: Vec<(String, u8)>,
+    /// The strategy's state after its last step.
+    pub strategy_state: Option<String>,
+    /// The observation the strategy has not been told yet.
+    pub pending: Option<Observed>,
+    /// The candidate's share of traffic.
+    pub traffic: u8,
+    /// Set when the service is finished in this run.
+    pub outcome: Option<Finished>,
+}
+
+/// A finished service, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "reason", rename_all = "kebab-case")]
+pub enum Finished {
+    Deployed,
+    Unchanged,
+    RolledBack(String),
+    Failed(String),
+}
+
+/// A strategy observation in a storable form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Observed {
+    Start,
+    TrafficSet { split: Vec<(String, u8)> },
+    Waited,
+    Analysed { checks: Vec<CheckSeen> },
+    Approved,
+    Rejected { reason: String },
+    Promoted,
+    Retired { revision: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckSeen {
+    pub name: String,
+    /// `healthy`, `unhealthy` or `inconclusive`.
+    pub verdict: String,
+    pub message: String,
+}
+
+pub fn split_pairs(split: &[TrafficTarget]) -> Vec<(String, u8)> {
+    split
+        .iter()
+        .map(|t| (t.revision.clone(), t.percent))
+        .collect()
+}
+
+pub fn split_targets(pairs: &[(String, u8)]) -> Vec<TrafficTarget> {
+    pairs
+        .iter()
+        .map(|(r, p)| TrafficTarget {
+            revision: r.clone(),
+            percent: *p,
+        })
+        .collect()
+}
+
+pub fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Healthy => "healthy",
+        Verdict::Unhealthy => "unhealthy",
+        Verdict::Inconclusive => "inconclusive",
+    }
+}
+
+fn verdict_of(name: &str) -> Verdict {
+    match name {
+        "healthy" => Verdict::Healthy,
+        "inconclusive" => Verdict::Inconclusive,
+        _ => Verdict::Unhealthy,
+    }
+}
+
+impl Observed {
+    /// The WIT observation handed to the strategy.
+    pub fn to_wit(&self) -> wit::Observation {
+        match self {
+            Observed::Start => wit::Observation::Start,
+            Observed::TrafficSet { split } => wit::Observation::TrafficSet(split_targets(split)),
+            Observed::Waited => wit::Observation::Waited,
+            Observed::Analysed { checks } => wit::Observation::Analysed(
+                checks
+                    .iter()
+                    .map(|c| wit::CheckOutcome {
+                        name: c.name.clone(),
+                        verdict: verdict_of(&c.verdict),
+                        message: c.message.clone(),
+                        measurements: Vec::new(),
+                    })
+                    .collect(),
+            ),
+            Observed::Approved => wit::Observation::Approved,
+            Observed::Rejected { reason } => wit::Observation::Rejected(reason.clone()),
+            Observed::Promoted => wit::Observation::Promoted,
+            Observed::Retired { revision } => wit::Observation::Retired(revision.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_round_trip_through_json() {
+        let c = Checkpoint {
+            candidate: Some("api-r3".into()),
+            stable: Some("api-r2".into()),
+            previous_split: vec![("api-r2".into(), 100)],
+            strategy_state: Some("\"analysing\"".into()),
+            pending: Some(Observed::Analysed {
+                checks: vec![CheckSeen {
+                    name: "http".into(),
+                    verdict: "unhealthy".into(),
+                    message: "500s".into(),
+                }],
+            }),
+            traffic: 100,
+            outcome: Some(Finished::RolledBack("checks failed".into())),
+        };
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Checkpoint>(&text).unwrap(), c);
+        assert!(
+            matches!(c.pending.unwrap().to_wit(), wit::Observation::Analysed(v) if v[0].verdict == Verdict::Unhealthy)
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! `engine run` end to end: a real engine process, real plugins (the test provider keeps its
+//! platform in a directory, the test health check answers from its config), a real SQLite state
+//! file.
+
+mod support;
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// A pipeline directory: the test plugins copied in and pinned, a platform directory.
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(services: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+        std::fs::create_dir_all(dir.path().join("platform")).unwrap();
+        let mut pins = Vec::new();
+        for package in ["testing-test-provider", "testing-test-health"] {
+            let bytes = std::fs::read(support::testing_plugin(package)).unwrap();
+            let file = format!("{}.wasm", package.replace('-', "_"));
+            std::fs::write(dir.path().join("plugins").join(&file), &bytes).unwrap();
+            pins.push((file, engine::runtime::cache::sha256_hex(&bytes)));
+        }
+        let text = format!(
+            r#"name = "shop"
+
+[plugins.test]
+source = "plugins/{}"
+sha256 = "{}"
+dirs = [{{ host = "platform", guest = "/platform", writable = true }}]
+
+[plugins.health]
+source = "plugins/{}"
+sha256 = "{}"
+
+[defaults]
+provider = "test"
+
+{services}"#,
+            pins[0].0, pins[0].1, pins[1].0, pins[1].1
+        );
+        std::fs::write(dir.path().join("pipeline.toml"), text).unwrap();
+        Project { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_engine"));
+        cmd.arg("run")
+            .arg(self.path("pipeline.toml"))
+            .args(args)
+            .env("ENGINE_CACHE_DIR", support::cache_dir());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn edit(&self, from: &str, to: &str) {
+        let path = self.path("pipeline.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    }
+
+    /// What the test platform holds for a service.
+    fn platform(&self, service: &str) -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(self.path(&format!("platform/{service}.json"))).unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect(l))
+        .collect()
+}
+
+const SYSTEM: &str = r#"
+[services.db]
+image = "db:1"
+
+[services.api]
+image = "api:1"
+depends_on = ["db"]
+
+[[services.api.checks]]
+plugin = "health"
+config = { unhealthy_revisions = ["api-r2"] }
+
+[services.worker]
+image = "worker:1"
+depends_on = ["db"]
+
+[services.web]
+image = "web:1"
+depends_on = ["api"]
+"#;
+
+#[test]
+fn services_deploy_in_dependency_order_with_independent_ones_in_parallel() {
+    let project = Project::new(SYSTEM);
+    let out = project.run(&["--output", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = json_lines(&out);
+    assert!(events.iter().all(|e| e["schema"] == 1));
+    let position = |kind: &str, service: &str| {
+        events
+            .iter()
+            .position(|e| e["type"] == kind && e["service"] == service)
+            .unwrap_or_else(|| panic!("{kind} {service}"))
+    };
+    for (dep, service) in [("db", "api"), ("db", "worker"), ("api", "web")] {
+        assert!(
+            position("service-finished", dep) < position("phase", service),
+            "{service} started before {dep} finished"
+        );
+    }
+    // api and worker both depend only on db: they run side by side.
+    assert!(position("phase", "worker") < position("service-finished", "api"));
+    let summary = events.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["succeeded"], true);
+    for service in ["db", "api", "worker", "web"] {
+        assert_eq!(
+            project.platform(service)["traffic"],
+            serde_json::json!([[format!("{service}-r1"), 100]])
+        );
+    }
+    // Nothing changed: the second run leaves every service as it is.
+    let again = project.run(&["--output", "json"]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(
+        json_lines(&again)
+            .iter()
+            .filter(|e| e["type"] == "service-finished")
+            .all(|e| e["outcome"] == "unchanged")
+    );
+}
+
+#[test]
+fn a_failing_health_gate_rolls_back_and_skips_dependents() {
+    let project = Project::new(SYSTEM);
+    assert_eq!(project.run(&[]).status.code(), Some(0));
+    project.edit("image = \"api:1\"", "image = \"api:2\"");
+    project.edit("image = \"web:1\"", "image = \"web:2\"");
+    project.edit("image = \"worker:1\"", "image = \"worker:2\"");
+    let out = project.run(&["--output", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let events = json_lines(&out);
+    let finished = |service: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == "service-finished" && e["service"] == service)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(finished("api")["outcome"], "rolled-back");
+    assert_eq!(
+        finished("api")["reason"],
+        "health checks failed: health (error rate 12.5% for api-r2)"
+    );
+    assert_eq!(finished("web")["outcome"], "skipped");
+    assert_eq!(finished("web")["reason"], "dependency `api` rolled-back");
+    assert_eq!(
+        finished("worker")["outcome"],
+        "deployed",
+        "an independent branch goes on"
+    );
+    let api = project.platform("api");
+    assert_eq!(
+        api["traffic"],
+        serde_json::json!([["api-r1", 100]]),
+        "the previous split is restored"
+    );
+    assert_eq!(
+        api["revisions"][1]["retired"], true,
+        "the failed revision is retired"
+    );
+    assert!(
+        project.platform("web")["revisions"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1,
+        "web was never deployed"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: 2 of 4 services did not deploy: api, web"),
+        "{stderr}"
+    );
+
+    let store = engine::state::Store::open(&project.path(".engine/state.db")).unwrap();
+    let history = store.history("shop", "default", "api").unwrap();
+    assert_eq!(history[0].revision, "api-r2");
+    assert_eq!(history[0].outcome, "aborted");
+}
+
+#[test]
+fn a_second_run_finds_the_lock_busy() {
+    let project = Project::new(SYSTEM);
+    let mut store = engine::state::Store::open(&project.path(".engine/state.db")).unwrap();
+    let holder = engine::state::Holder {
+        name: "engine run on ci-7".into(),
+        host: "ci-runner-7".into(),
+        pid: 4242,
+    };
+    let lock = store.lock("shop", "default", &holder).unwrap();
+    let out = project.run(&[]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: pipeline `shop` (environment `default`) is locked by engine run on ci-7, running on ci-runner-7 as process 4242"),
+        "{stderr}"
+    );
+    let started = Instant::now();
+    let out = project.run(&["--lock-wait", "1s"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "it waited before giving up"
+    );
+    store.unlock(lock).unwrap();
+    assert_eq!(
+        project.run(&[]).status.code(),
+        Some(0),
+        "free once released"
+    );
+}
+
+#[test]
+fn a_run_killed_mid_rollout_resumes_without_deploying_twice() {
+    let project = Project::new(SYSTEM);
+    project.edit(
+        "provider = \"test\"",
+        "provider = \"test\"\nprovider_config = { latency_ms = 150 }",
+    );
+    let mut child = project
+        .command(&[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once api is deployed but before the run ends.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let api = project.path("platform/api.json");
+        if api.exists()
+            && std::fs::read_to_string(&api)
+                .unwrap_or_default()
+                .contains("api-r1")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "api never deployed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup, the lock stays behind
+    child.wait().unwrap();
+
+    let out = project.run(&["--output", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = json_lines(&out);
+    assert_eq!(events[0]["type"], "run-started");
+    assert_eq!(events[0]["resumed"], true, "the interrupted run is resumed");
+    for service in ["db", "api", "worker", "web"] {
+        let platform = project.platform(service);
+        assert_eq!(
+            platform["calls"]["deploy-created"], 1,
+            "{service} deployed twice: {platform}"
+        );
+        assert_eq!(
+            platform["traffic"],
+            serde_json::json!([[format!("{service}-r1"), 100]])
+        );
+    }
+}
+
+#[test]
+fn transient_provider_errors_are_retried() {
+    let project = Project::new(SYSTEM);
+    project.edit(
+        "provider = \"test\"",
+        "provider = \"test\"\nprovider_config = { fail = { set-traffic = \"transient\" }, fail_times = 2 }",
+    );
+    let out = project.run(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(project.platform("db")["failures"]["set-traffic"], 2);
+}
