@@ -212,6 +212,37 @@ fn a_failing_health_gate_rolls_back_and_skips_dependents() {
     let history = store.history("shop", "default", "api").unwrap();
     assert_eq!(history[0].revision, "api-r2");
     assert_eq!(history[0].outcome, "aborted");
+
+    // The next run tries again: api is still not at the desired image, so it is not "unchanged".
+    let out = project.run(&["--output", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let finished: Vec<(String, String)> = json_lines(&out)
+        .iter()
+        .filter(|e| e["type"] == "service-finished")
+        .map(|e| {
+            (
+                e["service"].as_str().unwrap().to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        finished.contains(&("api".into(), "deployed".into())),
+        "{finished:?}"
+    );
+    assert!(
+        finished.contains(&("web".into(), "deployed".into())),
+        "{finished:?}"
+    );
+    assert_eq!(
+        project.platform("api")["traffic"],
+        serde_json::json!([["api-r3", 100]])
+    );
 }
 
 #[test]

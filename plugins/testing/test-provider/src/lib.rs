@@ -56,8 +56,6 @@ pub struct ServiceRecord {
     pub calls: BTreeMap<String, u32>,
     /// Failures served so far, by verb.
     pub failures: BTreeMap<String, u32>,
-    /// The spec of the newest revision, as JSON.
-    pub deployed: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +63,23 @@ pub struct RevisionRecord {
     pub id: String,
     pub artifact: String,
     pub retired: bool,
+    /// What the revision runs, in the form `plan` compares.
+    pub spec: serde_json::Value,
+}
+
+impl ServiceRecord {
+    /// The deployed form of the revision serving most traffic: what users get today.
+    fn serving(&self) -> serde_json::Value {
+        let leader = self
+            .traffic
+            .iter()
+            .max_by_key(|(_, p)| *p)
+            .map(|(r, _)| r.as_str());
+        self.revisions
+            .iter()
+            .find(|r| Some(r.id.as_str()) == leader)
+            .map_or(serde_json::json!({}), |r| r.spec.clone())
+    }
 }
 
 fn parse_config(text: &str) -> Result<Config, Error> {
@@ -204,7 +219,7 @@ impl Provider for TestProvider {
                 })
                 .collect(),
             url: Some(format!("http://{}.test.invalid/", service.name)),
-            deployed: record.deployed.to_string(),
+            deployed: record.serving().to_string(),
         }))
     }
 
@@ -249,9 +264,9 @@ impl Provider for TestProvider {
                 id: id.clone(),
                 artifact: artifact_text(&spec.artifact),
                 retired: false,
+                spec: deployed_form(&spec),
             });
             *record.calls.entry("deploy-created".into()).or_default() += 1;
-            record.deployed = deployed_form(&spec);
             if record.traffic.is_empty() {
                 record.traffic.push((id.clone(), 0));
             }
