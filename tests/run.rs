@@ -81,6 +81,16 @@ provider = "test"
     }
 }
 
+/// Checks the exit code, showing stderr when it is not the expected one.
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn json_lines(out: &Output) -> Vec<Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -113,12 +123,7 @@ depends_on = ["api"]
 fn services_deploy_in_dependency_order_with_independent_ones_in_parallel() {
     let project = Project::new(SYSTEM);
     let out = project.run(&["--output", "json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let events = json_lines(&out);
     assert!(events.iter().all(|e| e["schema"] == 1));
     let position = |kind: &str, service: &str| {
@@ -215,12 +220,7 @@ fn a_failing_health_gate_rolls_back_and_skips_dependents() {
 
     // The next run tries again: api is still not at the desired image, so it is not "unchanged".
     let out = project.run(&["--output", "json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let finished: Vec<(String, String)> = json_lines(&out)
         .iter()
         .filter(|e| e["type"] == "service-finished")
@@ -308,12 +308,7 @@ fn a_run_killed_mid_rollout_resumes_without_deploying_twice() {
     child.wait().unwrap();
 
     let out = project.run(&["--output", "json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let events = json_lines(&out);
     assert_eq!(events[0]["type"], "run-started");
     assert_eq!(events[0]["resumed"], true, "the interrupted run is resumed");
@@ -338,11 +333,6 @@ fn transient_provider_errors_are_retried() {
         "provider = \"test\"\nprovider_config = { fail = { set-traffic = \"transient\" }, fail_times = 2 }",
     );
     let out = project.run(&[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(project.platform("db")["failures"]["set-traffic"], 2);
 }

@@ -50,6 +50,17 @@ async fn denied_get(
     denials.remove(0)
 }
 
+fn dir_grant(host: &std::path::Path, guest: &str, writable: bool) -> GrantsConfig {
+    GrantsConfig {
+        dirs: vec![DirGrant {
+            host: host.into(),
+            guest: guest.into(),
+            writable,
+        }],
+        ..Default::default()
+    }
+}
+
 async fn still_works(plugin: &LoadedPlugin) {
     assert_eq!(
         probe(plugin, json!({"mode": "ok"})).await.unwrap(),
@@ -147,14 +158,7 @@ async fn only_granted_directories_are_visible_and_read_only_means_read_only() {
     std::fs::write(ungranted.path().join("private.txt"), "no").unwrap();
     let (runtime, _) = runtime();
 
-    let read_only = GrantsConfig {
-        dirs: vec![DirGrant {
-            host: granted.path().into(),
-            guest: "/data".into(),
-            writable: false,
-        }],
-        ..Default::default()
-    };
+    let read_only = dir_grant(granted.path(), "/data", false);
     let plugin = load_hostile(&runtime, read_only).await;
     assert_eq!(
         probe(&plugin, json!({"mode": "list-dir", "path": "/data"}))
@@ -186,14 +190,7 @@ async fn only_granted_directories_are_visible_and_read_only_means_read_only() {
     assert_eq!(outcome, "err", "a read-only grant must refuse writes");
     assert!(!granted.path().join("new.txt").exists());
 
-    let writable = GrantsConfig {
-        dirs: vec![DirGrant {
-            host: granted.path().into(),
-            guest: "/data".into(),
-            writable: true,
-        }],
-        ..Default::default()
-    };
+    let writable = dir_grant(granted.path(), "/data", true);
     let plugin = load_hostile(&runtime, writable).await;
     assert_eq!(
         probe(
@@ -684,14 +681,7 @@ async fn state_lives_in_the_granted_directory_across_fresh_instances() {
     };
     let platform = tempfile::tempdir().unwrap();
     let (runtime, _) = runtime();
-    let grants = GrantsConfig {
-        dirs: vec![DirGrant {
-            host: platform.path().into(),
-            guest: "/platform".into(),
-            writable: true,
-        }],
-        ..Default::default()
-    };
+    let grants = dir_grant(platform.path(), "/platform", true);
     let plugin = runtime
         .load(
             "test",
