@@ -145,6 +145,10 @@ pub enum RunError {
     State(#[from] StateError),
     #[error("plugin `{0}` is used by the pipeline but was not loaded")]
     MissingPlugin(String),
+    #[error(
+        "services {0} wait on dependencies that can never finish (a dependency cycle or an unknown service)"
+    )]
+    Stuck(String),
 }
 
 /// Runs the pipeline. `plugins` are the pipeline's plugins, loaded; the caller holds the lock.
@@ -190,6 +194,7 @@ pub async fn execute(
     let mut running = FuturesUnordered::new();
     let mut failed_any = false;
     loop {
+        let settled_before = reports.len() + running.len();
         // Start every service whose dependencies are settled, up to the concurrency limit.
         for service in &pipeline.services {
             if started.contains(&service.name) || running.len() >= options.concurrency.max(1) {
@@ -227,7 +232,19 @@ pub async fn execute(
                 reports.insert(report.service.clone(), report);
             }
             None if reports.len() == pipeline.services.len() => break,
-            None => continue, // skips settled more services; look again
+            // Skips settled more services: look again.
+            None if reports.len() > settled_before => continue,
+            // Nothing runs and nothing can start: only a dependency cycle or an unknown
+            // dependency does that, and validation rejects both, so this is a bug to report.
+            None => {
+                let waiting: Vec<&str> = pipeline
+                    .services
+                    .iter()
+                    .filter(|s| !reports.contains_key(&s.name))
+                    .map(|s| s.name.as_str())
+                    .collect();
+                return Err(RunError::Stuck(waiting.join(", ")));
+            }
         }
     }
     drop(running);
