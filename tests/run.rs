@@ -336,3 +336,98 @@ fn transient_provider_errors_are_retried() {
     assert_exit(&out, 0);
     assert_eq!(project.platform("db")["failures"]["set-traffic"], 2);
 }
+
+fn plan(project: &Project, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_engine"))
+        .arg("plan")
+        .arg(project.path("pipeline.toml"))
+        .args(args)
+        .env("ENGINE_CACHE_DIR", support::cache_dir())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn plan_shows_changes_and_the_strategy_timeline_without_touching_anything() {
+    let project = Project::new(SYSTEM);
+    let out = plan(
+        &project,
+        &["--out", project.path("plan.json").to_str().unwrap()],
+    );
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("api: create (create api)\n    1. set traffic: api-planned 100%\n    2. analyse api-planned: health\n    3. promote api-planned\n    4. done\n"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_dir(project.path("platform")).unwrap().count(),
+        0,
+        "a plan creates nothing"
+    );
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(project.path("plan.json")).unwrap()).unwrap();
+    assert_eq!(json["schema"], 1);
+    assert_eq!(json["services"][0]["service"], "db");
+    assert_eq!(json["services"][0]["action"], "create");
+
+    assert_exit(&project.run(&[]), 0);
+    project.edit("image = \"web:1\"", "image = \"web:2\"");
+    let stdout = String::from_utf8_lossy(&plan(&project, &[]).stdout).into_owned();
+    assert!(
+        stdout.contains("web: update (1 change(s))\n    artifact: \"web:1\" → \"web:2\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("db: no-change"), "{stdout}");
+}
+
+#[test]
+fn a_plugin_cannot_make_a_dry_run_change_anything() {
+    let server = support::TestServer::start();
+    let project = Project::new("");
+    let bytes = std::fs::read(support::testing_plugin("testing-hostile")).unwrap();
+    std::fs::write(project.path("plugins/hostile.wasm"), &bytes).unwrap();
+    let data = project.path("data");
+    std::fs::create_dir(&data).unwrap();
+    let text = format!(
+        r#"name = "dry"
+
+[plugins.hostile]
+source = "plugins/hostile.wasm"
+sha256 = "{}"
+allow_http = ["http://127.0.0.1:{port}"]
+dirs = [{{ host = "data", guest = "/data", writable = true }}]
+
+[services.poster]
+provider = "hostile"
+image = "x:1"
+provider_config = {{ mode = "post", url = "http://127.0.0.1:{port}/mutate" }}
+
+[services.writer]
+provider = "hostile"
+image = "x:1"
+provider_config = {{ mode = "write-file", path = "/data/changed.txt" }}
+"#,
+        engine::runtime::cache::sha256_hex(&bytes),
+        port = server.port
+    );
+    std::fs::write(project.path("pipeline.toml"), text).unwrap();
+    let out = plan(&project, &[]);
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "blocked by the dry run (a real run would call):\n    hostile: POST http://127.0.0.1:{}/mutate",
+            server.port
+        )),
+        "{stdout}"
+    );
+    assert!(
+        server.requests().is_empty(),
+        "the POST never left the engine"
+    );
+    assert!(
+        !data.join("changed.txt").exists(),
+        "granted directories are read-only in a dry run"
+    );
+}

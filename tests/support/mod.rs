@@ -33,6 +33,7 @@ pub fn runtime_with(resolve: &[(&str, IpAddr)]) -> (Runtime, MemorySink) {
         max_concurrent_calls: 8,
         sink: Arc::new(sink.clone()),
         resolve_overrides: overrides,
+        dry_run: false,
     })
     .expect("runtime");
     (runtime, sink)

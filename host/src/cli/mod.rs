@@ -2,6 +2,7 @@
 //! thin layer over the library.
 
 mod output;
+mod plan;
 mod plugins;
 mod run;
 mod validate;
@@ -67,6 +68,8 @@ enum Command {
     Plugins(plugins::PluginsCommand),
     /// Deploy a pipeline: every service in dependency order, through its strategy
     Run(run::RunArgs),
+    /// Show what `run` would do, in a dry run no plugin can break out of
+    Plan(plan::PlanArgs),
     /// Check a pipeline file completely, without deploying anything
     Validate(validate::ValidateArgs),
     /// Print the JSON Schema of pipeline.toml, for editor completion
@@ -128,6 +131,7 @@ pub fn main() -> ExitCode {
         match &cli.command {
             Command::Plugins(cmd) => plugins::run(&cli, cmd).await,
             Command::Run(args) => run::run(&cli, args).await,
+            Command::Plan(args) => plan::run(&cli, args).await,
             Command::Validate(args) => validate::run(&cli, args).await,
             Command::Schema => {
                 print!("{}", crate::config::SCHEMA);

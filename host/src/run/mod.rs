@@ -7,6 +7,7 @@
 //! three to [`execute`], which reports to an [`Observer`].
 
 pub mod checkpoint;
+pub mod plan;
 
 use crate::config::{Pipeline, Service};
 use crate::runtime::bindings::health::exports::engine::plugin::health::Target;

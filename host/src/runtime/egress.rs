@@ -144,6 +144,7 @@ pub struct EgressPolicy {
     max_response_bytes: u64,
     client: reqwest::Client,
     sink: Arc<dyn EventSink>,
+    dry_run: bool,
 }
 
 impl EgressPolicy {
@@ -155,6 +156,7 @@ impl EgressPolicy {
         max_response_bytes: u64,
         resolve_overrides: Arc<HashMap<String, Vec<IpAddr>>>,
         sink: Arc<dyn EventSink>,
+        dry_run: bool,
     ) -> anyhow::Result<EgressPolicy> {
         let addresses = AddressPolicy::from_grants(&granted);
         let client = reqwest::Client::builder()
@@ -175,6 +177,7 @@ impl EgressPolicy {
             max_response_bytes,
             client,
             sink,
+            dry_run,
         })
     }
 
@@ -226,6 +229,16 @@ impl EgressPolicy {
                 attempted,
                 "the plugin does not declare this destination in its capabilities, so no grant can allow it".into(),
             ));
+        }
+        // A dry run lets plugins look but not touch: after the grant checks, so a plan still
+        // reports what a real run would be denied.
+        if self.dry_run && !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
+            self.sink.event(PluginEvent::WouldCall {
+                plugin: self.plugin.clone(),
+                method: request.method().to_string(),
+                url: redactor().redact(&uri.to_string()),
+            });
+            return Err(HttpError::HttpRequestDenied);
         }
         if let Ok(ip) = host.parse::<IpAddr>()
             && !self.addresses.allows(&host, ip)

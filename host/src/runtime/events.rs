@@ -93,6 +93,12 @@ pub enum PluginEvent {
     GrantMismatch { plugin: String, message: String },
     /// A per-call limit stopped something (a response over `max_response`).
     LimitExceeded { plugin: String, message: String },
+    /// In a dry run, a request that would change something, blocked.
+    WouldCall {
+        plugin: String,
+        method: String,
+        url: String,
+    },
 }
 
 /// Receives plugin events. The CLI prints them; a CI runner embedding the engine can forward
@@ -138,6 +144,13 @@ impl EventSink for TracingSink {
             PluginEvent::Denied(denial) => tracing::error!("{denial}"),
             PluginEvent::GrantMismatch { plugin, message } => tracing::warn!(plugin, "{message}"),
             PluginEvent::LimitExceeded { plugin, message } => tracing::error!(plugin, "{message}"),
+            PluginEvent::WouldCall {
+                plugin,
+                method,
+                url,
+            } => {
+                tracing::info!(plugin, "dry run: would call {method} {url}")
+            }
         }
     }
 }

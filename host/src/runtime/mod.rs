@@ -60,6 +60,10 @@ pub struct RuntimeOptions {
     /// Fixed name resolutions for plugin HTTP, like curl's `--resolve`; the address checks still
     /// apply to them.
     pub resolve_overrides: HashMap<String, Vec<IpAddr>>,
+    /// A dry run (`engine plan`): every outbound request other than GET and HEAD is blocked and
+    /// reported as [`PluginEvent::WouldCall`], and granted directories are mounted read-only,
+    /// so no plugin can change anything, whatever its code does.
+    pub dry_run: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -69,6 +73,7 @@ impl Default for RuntimeOptions {
             max_concurrent_calls: 64,
             sink: Arc::new(TracingSink),
             resolve_overrides: HashMap::new(),
+            dry_run: false,
         }
     }
 }
@@ -81,6 +86,7 @@ pub(crate) struct RuntimeShared {
     pub calls: Arc<tokio::sync::Semaphore>,
     pub sink: Arc<dyn EventSink>,
     pub resolve_overrides: Arc<HashMap<String, Vec<IpAddr>>>,
+    pub dry_run: bool,
     provider_linker: Linker<PluginState>,
     strategy_linker: Linker<PluginState>,
     health_linker: Linker<PluginState>,
@@ -125,6 +131,7 @@ impl Runtime {
                 )),
                 sink: options.sink,
                 resolve_overrides: Arc::new(options.resolve_overrides),
+                dry_run: options.dry_run,
             }),
         })
     }
@@ -240,6 +247,7 @@ impl Runtime {
             grants.limits.max_response_bytes,
             self.shared.resolve_overrides.clone(),
             self.shared.sink.clone(),
+            self.shared.dry_run,
         )
         .map_err(|e| LoadError::Sandbox {
             plugin: name.to_string(),
@@ -252,7 +260,14 @@ impl Runtime {
                 .iter()
                 .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
                 .collect(),
-            dirs: grants.dirs.clone(),
+            dirs: grants
+                .dirs
+                .iter()
+                .map(|d| grants::DirGrant {
+                    writable: d.writable && !self.shared.dry_run,
+                    ..d.clone()
+                })
+                .collect(),
             limits: grants.limits,
             secrets,
             egress: Arc::new(egress),

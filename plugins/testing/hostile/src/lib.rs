@@ -115,6 +115,15 @@ impl Provider for Hostile {
                         .map_err(|e| e.describe()),
                 ))
             }
+            "post" => Ok(report(
+                Client::new()
+                    .with_retry(engine_sdk::http::RetryPolicy::none())
+                    .post(arg(&config, "url"))
+                    .json(&json!({"mutate": true}))
+                    .send()
+                    .map(|r| format!("{} {}", r.status, r.text()))
+                    .map_err(|e| e.describe()),
+            )),
             "leak-secret" => {
                 // Gets the value reflected back by an echo server, then tries every way out.
                 let secret = Secret::open(arg(&config, "secret"))?;

@@ -114,18 +114,27 @@ fn store(config: &Config, service: &str, record: &ServiceRecord) -> Result<(), E
         .map_err(|e| Error::fatal(format!("cannot write the platform directory: {e}")))
 }
 
+/// Verbs that only look: they write nothing, so they also work in a read-only dry run, and
+/// their calls and failures are not counted (a failing read fails every time).
+const READ_ONLY: &[&str] = &["read", "get-traffic"];
+
 /// Counts the call, sleeps the configured latency, and fails when the config says so.
 fn enter(config: &Config, service: &str, verb: &str) -> Result<ServiceRecord, Error> {
     if config.latency_ms > 0 {
         std::thread::sleep(std::time::Duration::from_millis(config.latency_ms));
     }
     let mut record = load(config, service)?.unwrap_or_default();
-    *record.calls.entry(verb.to_string()).or_default() += 1;
+    let counted = !READ_ONLY.contains(&verb);
+    if counted {
+        *record.calls.entry(verb.to_string()).or_default() += 1;
+    }
     if let Some(kind) = config.fail.get(verb) {
         let served = record.failures.entry(verb.to_string()).or_default();
         if config.fail_times.is_none_or(|n| *served < n) {
             *served += 1;
-            store(config, service, &record)?;
+            if counted {
+                store(config, service, &record)?;
+            }
             let message = format!("{verb} failed on purpose");
             return Err(match kind.as_str() {
                 "transient" => Error::transient(message),
@@ -136,7 +145,9 @@ fn enter(config: &Config, service: &str, verb: &str) -> Result<ServiceRecord, Er
             });
         }
     }
-    store(config, service, &record)?;
+    if counted {
+        store(config, service, &record)?;
+    }
     Ok(record)
 }
 

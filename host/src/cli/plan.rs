@@ -1,0 +1,125 @@
+//! `engine plan`: what `engine run` would do, from a dry run the runtime enforces.
+
+use super::{CommandError, exit};
+use crate::config;
+use crate::runtime::events::{EventSink, PluginEvent, TracingSink};
+use crate::runtime::secrets::redactor;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// The pipeline file
+    #[arg(default_value = "pipeline.toml")]
+    pipeline: PathBuf,
+    /// The environment whose variables and overrides apply
+    #[arg(long = "env", value_name = "NAME")]
+    environment: Option<String>,
+    /// Also write the plan as JSON to this file
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+/// Keeps the blocked requests for the report and passes everything else to the log.
+#[derive(Default)]
+struct DryRunSink {
+    would_call: Mutex<Vec<(String, String, String)>>,
+}
+
+impl EventSink for DryRunSink {
+    fn event(&self, event: PluginEvent) {
+        match event {
+            PluginEvent::WouldCall {
+                plugin,
+                method,
+                url,
+            } => self
+                .would_call
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((plugin, method, url)),
+            other => TracingSink.event(other),
+        }
+    }
+}
+
+pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> {
+    let report_config = |e: config::ConfigError| {
+        eprintln!("{}", redactor().redact(&e.to_string()));
+        CommandError::reported(exit::USAGE)
+    };
+    let pipeline =
+        config::load(&args.pipeline, args.environment.as_deref()).map_err(report_config)?;
+    let sink = Arc::new(DryRunSink::default());
+    let options = crate::runtime::RuntimeOptions {
+        dry_run: true,
+        sink: sink.clone(),
+        ..cli.runtime_options()
+    };
+    let runtime = crate::runtime::Runtime::new(options)
+        .map_err(|e| CommandError::failure(format!("{e:#}")))?;
+    let plugins = config::check_plugins(&pipeline, &runtime)
+        .await
+        .map_err(report_config)?;
+    let plans = crate::run::plan::plan(&pipeline, &plugins).await;
+    let would_call = sink
+        .would_call
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+
+    let mut text = String::new();
+    for p in &plans {
+        match (&p.action, &p.error) {
+            (_, Some(e)) => text.push_str(&format!("{}: cannot plan: {e}\n", p.service)),
+            (Some(action), None) => {
+                text.push_str(&format!(
+                    "{}: {action}{}\n",
+                    p.service,
+                    if p.summary.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", p.summary)
+                    }
+                ));
+                for c in &p.changes {
+                    text.push_str(&format!(
+                        "    {}: {} → {}\n",
+                        c.field,
+                        c.before.as_deref().unwrap_or("(none)"),
+                        c.after.as_deref().unwrap_or("(removed)")
+                    ));
+                }
+                for (i, step) in p.timeline.iter().enumerate() {
+                    text.push_str(&format!("    {}. {step}\n", i + 1));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    if !would_call.is_empty() {
+        text.push_str("blocked by the dry run (a real run would call):\n");
+        for (plugin, method, url) in &would_call {
+            text.push_str(&format!("    {plugin}: {method} {url}\n"));
+        }
+    }
+    print!("{}", redactor().redact(&text));
+    if let Some(path) = &args.out {
+        let json = serde_json::json!({
+            "schema": 1,
+            "pipeline": pipeline.name,
+            "environment": pipeline.environment,
+            "services": plans,
+            "would_call": would_call.iter().map(|(p, m, u)| serde_json::json!({"plugin": p, "method": m, "url": u})).collect::<Vec<_>>(),
+        });
+        std::fs::write(
+            path,
+            redactor().redact(&serde_json::to_string_pretty(&json).expect("JSON")),
+        )
+        .map_err(|e| CommandError::failure(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if plans.iter().any(|p| p.error.is_some()) {
+        return Err(CommandError::failure("some services could not be planned"));
+    }
+    Ok(())
+}
