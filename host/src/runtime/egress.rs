@@ -148,16 +148,19 @@ pub struct EgressPolicy {
 }
 
 impl EgressPolicy {
-    pub fn new(
+    pub(crate) fn new(
         plugin: &str,
         granted: Vec<HttpPattern>,
         declared: Vec<HttpPattern>,
         secrets: Arc<PluginSecrets>,
         max_response_bytes: u64,
-        resolve_overrides: Arc<HashMap<String, Vec<IpAddr>>>,
-        sink: Arc<dyn EventSink>,
-        dry_run: bool,
+        runtime: &super::RuntimeShared,
     ) -> anyhow::Result<EgressPolicy> {
+        let (resolve_overrides, sink, dry_run) = (
+            runtime.resolve_overrides.clone(),
+            runtime.sink.clone(),
+            runtime.dry_run,
+        );
         let addresses = AddressPolicy::from_grants(&granted);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

@@ -245,9 +245,7 @@ impl Runtime {
             declared_http,
             secrets.clone(),
             grants.limits.max_response_bytes,
-            self.shared.resolve_overrides.clone(),
-            self.shared.sink.clone(),
-            self.shared.dry_run,
+            &self.shared,
         )
         .map_err(|e| LoadError::Sandbox {
             plugin: name.to_string(),
