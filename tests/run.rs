@@ -218,6 +218,44 @@ fn a_failing_health_gate_rolls_back_and_skips_dependents() {
     assert_eq!(history[0].revision, "api-r2");
     assert_eq!(history[0].outcome, "aborted");
 
+    // The same, through the CLI.
+    let state_cmd = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args(args)
+            .arg("--pipeline")
+            .arg(project.path("pipeline.toml"))
+            .output()
+            .unwrap()
+    };
+    let out = state_cmd(&["history", "api"]);
+    assert_exit(&out, 0);
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        lines[0].starts_with("WHEN") && lines[0].contains("REVISION  OUTCOME"),
+        "{lines:?}"
+    );
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(cells[1..5], ["api-r2", "aborted", "0%", "2"], "{lines:?}");
+    assert!(
+        lines[1].ends_with("health checks failed: health (error rate 12.5% for api-r2)"),
+        "{lines:?}"
+    );
+    let out = state_cmd(&["status"]);
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("not locked"), "{stdout}");
+    assert!(stdout.contains("last run: 2 started"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("api") && l.contains("api-r2") && l.contains("aborted")),
+        "{stdout}"
+    );
+    assert_exit(&state_cmd(&["history", "nope"]), 2);
+
     // The next run tries again: api is still not at the desired image, so it is not "unchanged".
     let out = project.run(&["--output", "json"]);
     assert_exit(&out, 0);

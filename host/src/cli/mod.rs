@@ -1,6 +1,7 @@
 //! The `engine` command line: argument parsing, output and exit codes. Each subcommand is a
 //! thin layer over the library.
 
+mod history;
 mod output;
 mod plan;
 mod plugins;
@@ -70,6 +71,10 @@ enum Command {
     Run(run::RunArgs),
     /// Show what `run` would do, in a dry run no plugin can break out of
     Plan(plan::PlanArgs),
+    /// Show the pipeline's lock, last run and each service's latest revision
+    Status(history::StateArgs),
+    /// Show a service's revisions, newest first
+    History(history::HistoryArgs),
     /// Check a pipeline file completely, without deploying anything
     Validate(validate::ValidateArgs),
     /// Print the JSON Schema of pipeline.toml, for editor completion
@@ -132,6 +137,8 @@ pub fn main() -> ExitCode {
             Command::Plugins(cmd) => plugins::run(&cli, cmd).await,
             Command::Run(args) => run::run(&cli, args).await,
             Command::Plan(args) => plan::run(&cli, args).await,
+            Command::Status(args) => history::status(args),
+            Command::History(args) => history::history(args),
             Command::Validate(args) => validate::run(&cli, args).await,
             Command::Schema => {
                 print!("{}", crate::config::SCHEMA);

@@ -288,6 +288,22 @@ impl Store {
         Ok(())
     }
 
+    /// Who holds the lock of a pipeline and environment, and since when (ms), if anyone.
+    pub fn lock_holder(
+        &self,
+        pipeline: &str,
+        environment: &str,
+    ) -> Result<Option<(Holder, i64)>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT holder, host, pid, acquired_ms FROM locks WHERE pipeline = ?1 AND environment = ?2",
+                params![pipeline, environment],
+                |r| Ok((Holder { name: r.get(0)?, host: r.get(1)?, pid: r.get(2)? }, r.get(3)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
     /// Starts a run, or returns the unfinished one of this pipeline and environment so the
     /// caller resumes it. The boolean says whether the run is resumed.
     pub fn begin_run(&self, pipeline: &str, environment: &str) -> Result<(i64, bool), StateError> {
