@@ -178,6 +178,11 @@ impl Store {
         // moments when two processes write at once.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
+        // In WAL mode NORMAL survives any crash of the process (kill -9 included); only a power
+        // loss may drop the last commits, and resuming then repeats a step, which every provider
+        // call and strategy step must tolerate anyway. FULL would cost an fsync per checkpoint.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
         conn.pragma_update(None, "foreign_keys", true).map_err(db)?;
         let store = Store {
