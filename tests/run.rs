@@ -469,3 +469,65 @@ provider_config = {{ mode = "write-file", path = "/data/changed.txt" }}
         "granted directories are read-only in a dry run"
     );
 }
+
+#[test]
+fn rollback_returns_to_the_previous_revision_and_destroy_goes_in_reverse_order() {
+    let project = Project::new(SYSTEM);
+    assert_exit(&project.run(&[]), 0);
+    project.edit("image = \"db:1\"", "image = \"db:2\"");
+    assert_exit(&project.run(&[]), 0);
+    assert_eq!(
+        project.platform("db")["traffic"],
+        serde_json::json!([["db-r2", 100]])
+    );
+
+    let engine = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args(args)
+            .env("ENGINE_CACHE_DIR", support::cache_dir())
+            .current_dir(project.path(""))
+            .output()
+            .unwrap()
+    };
+    let out = engine(&["rollback", "db"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "db: all traffic to db-r1\n"
+    );
+    assert_eq!(
+        project.platform("db")["traffic"],
+        serde_json::json!([["db-r1", 100]])
+    );
+    let out = engine(&["rollback", "db", "--to", "db-r2"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        project.platform("db")["traffic"],
+        serde_json::json!([["db-r2", 100]])
+    );
+    let out = engine(&["rollback", "web"]);
+    assert_exit(&out, 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("`web` has no earlier promoted revision to go back to; name one with --to")
+    );
+
+    let out = engine(&["destroy", "--dry-run"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "would destroy web\nwould destroy api\nwould destroy worker\nwould destroy db\n"
+    );
+    assert!(
+        project.path("platform/db.json").exists(),
+        "a dry run destroys nothing"
+    );
+    let out = engine(&["destroy"]);
+    assert_exit(&out, 0);
+    for service in ["db", "api", "worker", "web"] {
+        assert!(
+            !project.path(&format!("platform/{service}.json")).exists(),
+            "{service} still exists"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! The `engine` command line: argument parsing, output and exit codes. Each subcommand is a
 //! thin layer over the library.
 
+mod admin;
 mod history;
 mod output;
 mod plan;
@@ -75,6 +76,10 @@ enum Command {
     Status(history::StateArgs),
     /// Show a service's revisions, newest first
     History(history::HistoryArgs),
+    /// Send all of a service's traffic back to an earlier revision
+    Rollback(admin::RollbackArgs),
+    /// Remove every service of the pipeline, dependents first
+    Destroy(admin::DestroyArgs),
     /// Check a pipeline file completely, without deploying anything
     Validate(validate::ValidateArgs),
     /// Print the JSON Schema of pipeline.toml, for editor completion
@@ -139,6 +144,8 @@ pub fn main() -> ExitCode {
             Command::Plan(args) => plan::run(&cli, args).await,
             Command::Status(args) => history::status(args),
             Command::History(args) => history::history(args),
+            Command::Rollback(args) => admin::rollback(&cli, args).await,
+            Command::Destroy(args) => admin::destroy(&cli, args).await,
             Command::Validate(args) => validate::run(&cli, args).await,
             Command::Schema => {
                 print!("{}", crate::config::SCHEMA);

@@ -44,12 +44,10 @@ impl EventSink for DryRunSink {
 }
 
 pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> {
-    let report_config = |e: config::ConfigError| {
+    let pipeline = config::load(&args.pipeline, args.environment.as_deref()).map_err(|e| {
         eprintln!("{}", redactor().redact(&e.to_string()));
         CommandError::reported(exit::USAGE)
-    };
-    let pipeline =
-        config::load(&args.pipeline, args.environment.as_deref()).map_err(report_config)?;
+    })?;
     let sink = Arc::new(DryRunSink::default());
     let options = crate::runtime::RuntimeOptions {
         dry_run: true,
@@ -60,7 +58,10 @@ pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> 
         .map_err(|e| CommandError::failure(format!("{e:#}")))?;
     let plugins = config::check_plugins(&pipeline, &runtime)
         .await
-        .map_err(report_config)?;
+        .map_err(|e| {
+            eprintln!("{}", redactor().redact(&e.to_string()));
+            CommandError::reported(exit::USAGE)
+        })?;
     let plans = crate::run::plan::plan(&pipeline, &plugins).await;
     let would_call = sink
         .would_call

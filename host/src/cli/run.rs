@@ -160,28 +160,76 @@ fn lock_with_wait(
     }
 }
 
-pub async fn run(cli: &super::Cli, args: &RunArgs) -> Result<(), CommandError> {
+/// Loads and validates a pipeline and its plugins: the start of every deploying command.
+pub(super) async fn prepare(
+    cli: &super::Cli,
+    path: &std::path::Path,
+    environment: Option<&str>,
+    dry_run: bool,
+) -> Result<
+    (
+        config::Pipeline,
+        std::collections::BTreeMap<String, crate::runtime::LoadedPlugin>,
+    ),
+    CommandError,
+> {
     let report_config = |e: config::ConfigError| {
         eprintln!("{}", redactor().redact(&e.to_string()));
         CommandError::reported(exit::USAGE)
     };
-    let pipeline =
-        config::load(&args.pipeline, args.environment.as_deref()).map_err(report_config)?;
-    let runtime = crate::runtime::Runtime::new(cli.runtime_options())
+    let pipeline = config::load(path, environment).map_err(report_config)?;
+    let options = crate::runtime::RuntimeOptions {
+        dry_run,
+        ..cli.runtime_options()
+    };
+    let runtime = crate::runtime::Runtime::new(options)
         .map_err(|e| CommandError::failure(format!("{e:#}")))?;
     let plugins = config::check_plugins(&pipeline, &runtime)
         .await
         .map_err(report_config)?;
-    let state_path = args
-        .state
-        .clone()
-        .unwrap_or_else(|| Store::default_path(&args.pipeline));
-    let mut store = Store::open(&state_path).map_err(CommandError::failure)?;
+    Ok((pipeline, plugins))
+}
+
+/// Opens the state database and takes the pipeline's lock.
+pub(super) fn locked_store(
+    pipeline_file: &std::path::Path,
+    state: Option<&std::path::Path>,
+    pipeline: &config::Pipeline,
+    lock_wait: Option<Duration>,
+) -> Result<(Store, crate::state::Lock, PathBuf), CommandError> {
+    let path = state
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Store::default_path(pipeline_file));
+    let mut store = Store::open(&path).map_err(CommandError::failure)?;
     let environment = pipeline
         .environment
         .clone()
         .unwrap_or_else(|| "default".into());
-    let lock = lock_with_wait(&mut store, &pipeline.name, &environment, args.lock_wait)?;
+    let lock = lock_with_wait(&mut store, &pipeline.name, &environment, lock_wait)?;
+    Ok((store, lock, path))
+}
+
+/// Gives the lock back, whatever happened.
+pub(super) fn release(path: &std::path::Path, lock: crate::state::Lock) {
+    match Store::open(path) {
+        Ok(store) => {
+            if let Err(e) = store.unlock(lock) {
+                tracing::error!("cannot release the lock: {e}");
+            }
+        }
+        Err(e) => tracing::error!("cannot release the lock: {e}"),
+    }
+}
+
+pub async fn run(cli: &super::Cli, args: &RunArgs) -> Result<(), CommandError> {
+    let (pipeline, plugins) =
+        prepare(cli, &args.pipeline, args.environment.as_deref(), false).await?;
+    let (store, lock, state_path) = locked_store(
+        &args.pipeline,
+        args.state.as_deref(),
+        &pipeline,
+        args.lock_wait,
+    )?;
     let printer = Printer {
         json: args.output == super::Format::Json,
     };
@@ -191,12 +239,7 @@ pub async fn run(cli: &super::Cli, args: &RunArgs) -> Result<(), CommandError> {
         ..RunOptions::default()
     };
     let result = crate::run::execute(&pipeline, &plugins, store, &printer, &options).await;
-    // The lock goes back whatever happened; a second handle is fine with SQLite.
-    if let Ok(store) = Store::open(&state_path)
-        && let Err(e) = store.unlock(lock)
-    {
-        tracing::error!("cannot release the lock: {e}");
-    }
+    release(&state_path, lock);
     let report = result.map_err(CommandError::failure)?;
     printer.summary(&report);
     if report.succeeded() {

@@ -6,6 +6,7 @@
 //! plugins ([`crate::config::check_plugins`]), takes the lock in the [`Store`], and hands all
 //! three to [`execute`], which reports to an [`Observer`].
 
+pub mod admin;
 pub mod checkpoint;
 pub mod plan;
 
@@ -558,21 +559,7 @@ impl Executor<'_> {
         split: &[TrafficTarget],
     ) -> Result<(), String> {
         retry(|| provider.set_traffic(target, split)).await?;
-        let applied = retry(|| provider.get_traffic(target)).await?;
-        let normalise = |s: &[TrafficTarget]| -> BTreeMap<String, u8> {
-            s.iter()
-                .filter(|t| t.percent > 0)
-                .map(|t| (t.revision.clone(), t.percent))
-                .collect()
-        };
-        if normalise(&applied) != normalise(split) {
-            return Err(format!(
-                "the platform reports traffic {:?} after the engine set {:?}",
-                split_pairs(&applied),
-                split_pairs(split)
-            ));
-        }
-        Ok(())
+        verify_split(provider, target, split).await
     }
 
     /// Runs the requested health checks against one revision.
@@ -696,9 +683,33 @@ impl Executor<'_> {
     }
 }
 
+/// Reads the split back from the platform and compares it with what was set (like Argo's
+/// VerifyWeight): a platform that silently ignored a change must not pass for a healthy step.
+pub(crate) async fn verify_split(
+    provider: &crate::runtime::Provider<'_>,
+    target: &ServiceRef,
+    split: &[TrafficTarget],
+) -> Result<(), String> {
+    let applied = retry(|| provider.get_traffic(target)).await?;
+    let normalise = |s: &[TrafficTarget]| -> BTreeMap<String, u8> {
+        s.iter()
+            .filter(|t| t.percent > 0)
+            .map(|t| (t.revision.clone(), t.percent))
+            .collect()
+    };
+    if normalise(&applied) != normalise(split) {
+        return Err(format!(
+            "the platform reports traffic {:?} after the engine set {:?}",
+            split_pairs(&applied),
+            split_pairs(split)
+        ));
+    }
+    Ok(())
+}
+
 /// Calls a provider again on the errors that ask for it: `rate-limited` after its retry-after,
 /// `transient` with exponential backoff, `conflict` once; never on anything else.
-async fn retry<T, F, Fut>(mut call: F) -> Result<T, String>
+pub(crate) async fn retry<T, F, Fut>(mut call: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, CallError>>,

@@ -1,0 +1,117 @@
+//! `engine rollback SERVICE` and `engine destroy`.
+
+use super::CommandError;
+use super::run::{locked_store, prepare, release};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    /// The service
+    service: String,
+    /// The revision to send all traffic to [default: the one promoted before the current one]
+    #[arg(long, value_name = "REVISION")]
+    to: Option<String>,
+    /// The pipeline file
+    #[arg(long, short = 'p', default_value = "pipeline.toml")]
+    pipeline: PathBuf,
+    /// The environment
+    #[arg(long = "env", value_name = "NAME")]
+    environment: Option<String>,
+    /// The state database [default: .engine/state.db beside the pipeline]
+    #[arg(long, value_name = "PATH")]
+    state: Option<PathBuf>,
+    /// If another run holds the pipeline's lock, wait this long for it
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    lock_wait: Option<Duration>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DestroyArgs {
+    /// The pipeline file
+    #[arg(default_value = "pipeline.toml")]
+    pipeline: PathBuf,
+    /// The environment
+    #[arg(long = "env", value_name = "NAME")]
+    environment: Option<String>,
+    /// Only list what would be destroyed, in order
+    #[arg(long)]
+    dry_run: bool,
+    /// The state database [default: .engine/state.db beside the pipeline]
+    #[arg(long, value_name = "PATH")]
+    state: Option<PathBuf>,
+    /// If another run holds the pipeline's lock, wait this long for it
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    lock_wait: Option<Duration>,
+}
+
+pub async fn rollback(cli: &super::Cli, args: &RollbackArgs) -> Result<(), CommandError> {
+    let (pipeline, plugins) =
+        prepare(cli, &args.pipeline, args.environment.as_deref(), false).await?;
+    if !pipeline.services.iter().any(|s| s.name == args.service) {
+        let names: Vec<&str> = pipeline.services.iter().map(|s| s.name.as_str()).collect();
+        return Err(CommandError::usage(format!(
+            "pipeline `{}` has no service `{}`; its services: {}",
+            pipeline.name,
+            args.service,
+            names.join(", ")
+        )));
+    }
+    let (store, lock, path) = locked_store(
+        &args.pipeline,
+        args.state.as_deref(),
+        &pipeline,
+        args.lock_wait,
+    )?;
+    let result = crate::run::admin::rollback(
+        &pipeline,
+        &plugins,
+        &store,
+        &args.service,
+        args.to.as_deref(),
+    )
+    .await;
+    release(&path, lock);
+    let revision = result
+        .map_err(|e| CommandError::failure(format!("cannot roll `{}` back: {e}", args.service)))?;
+    println!("{}: all traffic to {revision}", args.service);
+    Ok(())
+}
+
+pub async fn destroy(cli: &super::Cli, args: &DestroyArgs) -> Result<(), CommandError> {
+    let (pipeline, plugins) = prepare(
+        cli,
+        &args.pipeline,
+        args.environment.as_deref(),
+        args.dry_run,
+    )
+    .await?;
+    let (store, lock, path) = locked_store(
+        &args.pipeline,
+        args.state.as_deref(),
+        &pipeline,
+        args.lock_wait,
+    )?;
+    let results = crate::run::admin::destroy(&pipeline, &plugins, &store, args.dry_run).await;
+    release(&path, lock);
+    let mut failed = Vec::new();
+    for (service, result) in &results {
+        match result {
+            Ok(()) if args.dry_run => println!("would destroy {service}"),
+            Ok(()) => println!("destroyed {service}"),
+            Err(e) => {
+                println!("{service}: not destroyed: {e}");
+                failed.push(service.as_str());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CommandError::failure(format!(
+            "{} service(s) not destroyed: {}",
+            failed.len(),
+            failed.join(", ")
+        )))
+    }
+}
