@@ -531,3 +531,45 @@ fn rollback_returns_to_the_previous_revision_and_destroy_goes_in_reverse_order()
         );
     }
 }
+
+#[test]
+fn junit_reports_and_github_annotations_show_the_failed_gate() {
+    let project = Project::new(SYSTEM);
+    assert_exit(&project.run(&[]), 0);
+    project.edit("image = \"api:1\"", "image = \"api:2\"");
+    let junit = project.path("report.xml");
+    let out = project
+        .command(&["--junit", junit.to_str().unwrap()])
+        .env("GITHUB_ACTIONS", "true")
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("::error title=engine: api rolled-back::health checks failed: health (error rate 12.5%25 for api-r2)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("::error title=engine: web skipped::dependency `api` rolled-back"),
+        "{stdout}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains(
+            r#"<testsuite name="engine run shop" tests="5" skipped="1" errors="0" failures="2">"#
+        ),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<testcase name="api / health" classname="shop.health">"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<failure message="error rate 12.5% for api-r2" type="unhealthy"/>"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<skipped message="dependency `api` rolled-back" type="skipped"/>"#),
+        "{xml}"
+    );
+}

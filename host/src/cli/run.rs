@@ -32,11 +32,16 @@ pub struct RunArgs {
     /// `text`: a line per step; `json`: one JSON event per line (schema in docs/cli.md)
     #[arg(long, value_enum, default_value = "text")]
     output: super::Format,
+    /// Also write a JUnit XML report: a test case per service and per health check
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
 }
 
-/// Prints events as plain timestamped lines, or as JSON lines.
+/// Prints events as plain timestamped lines, or as JSON lines, and keeps the health checks
+/// for the JUnit report.
 struct Printer {
     json: bool,
+    checks: std::sync::Mutex<Vec<(String, String, String, String)>>,
 }
 
 fn timestamp() -> String {
@@ -73,10 +78,18 @@ impl Observer for Printer {
                 serde_json::json!({ "type": "phase", "service": service, "phase": phase, "traffic": traffic }),
                 format!("{service}: {phase} (traffic {traffic}%)"),
             ),
-            Event::Check { service, check, verdict, message } => self.emit(
+            Event::Check { service, check, verdict, message } => {
+                self.checks.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    service.clone(),
+                    check.clone(),
+                    verdict.clone(),
+                    message.clone(),
+                ));
+                self.emit(
                 serde_json::json!({ "type": "check", "service": service, "check": check, "verdict": verdict, "message": message }),
                 format!("{service}: check {check} {verdict}: {message}"),
-            ),
+            )
+            }
             Event::Finished(r) => {
                 let mut json = serde_json::json!({
                     "type": "service-finished", "service": r.service, "revision": r.revision, "traffic": r.traffic,
@@ -232,6 +245,7 @@ pub async fn run(cli: &super::Cli, args: &RunArgs) -> Result<(), CommandError> {
     )?;
     let printer = Printer {
         json: args.output == super::Format::Json,
+        checks: Default::default(),
     };
     let options = RunOptions {
         concurrency: args.concurrency.max(1),
@@ -242,6 +256,21 @@ pub async fn run(cli: &super::Cli, args: &RunArgs) -> Result<(), CommandError> {
     release(&state_path, lock);
     let report = result.map_err(CommandError::failure)?;
     printer.summary(&report);
+    if let Some(path) = &args.junit {
+        let checks = printer
+            .checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let xml = junit(&pipeline.name, &report, &checks);
+        std::fs::write(path, redactor().redact(&xml))
+            .map_err(|e| CommandError::failure(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true") {
+        for line in annotations(&report) {
+            println!("{}", redactor().redact(&line));
+        }
+    }
     if report.succeeded() {
         Ok(())
     } else {
@@ -258,4 +287,67 @@ pub async fn run(cli: &super::Cli, args: &RunArgs) -> Result<(), CommandError> {
             failed.join(", ")
         )))
     }
+}
+
+/// The run as JUnit XML: one test case per service (skipped ones as skipped) and one per health
+/// check that ran, so CI systems show a failed gate where people look for failed tests.
+fn junit(
+    pipeline: &str,
+    report: &RunReport,
+    checks: &[(String, String, String, String)],
+) -> String {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut suite = TestSuite::new(format!("engine run {pipeline}"));
+    for s in &report.services {
+        let mut status = match &s.outcome {
+            o if o.succeeded() => TestCaseStatus::success(),
+            Outcome::Skipped(_) => TestCaseStatus::skipped(),
+            _ => TestCaseStatus::non_success(NonSuccessKind::Failure),
+        };
+        if let Some(reason) = s.outcome.reason() {
+            status.set_message(reason).set_type(s.outcome.label());
+        }
+        let mut case = TestCase::new(s.service.clone(), status);
+        case.set_classname(pipeline).set_time(s.elapsed);
+        suite.add_test_case(case);
+    }
+    for (service, check, verdict, message) in checks {
+        let mut status = if verdict == "unhealthy" {
+            TestCaseStatus::non_success(NonSuccessKind::Failure)
+        } else {
+            TestCaseStatus::success()
+        };
+        if verdict == "unhealthy" {
+            status.set_message(message.clone()).set_type("unhealthy");
+        }
+        let mut case = TestCase::new(format!("{service} / {check}"), status);
+        case.set_classname(format!("{pipeline}.health"));
+        suite.add_test_case(case);
+    }
+    let mut out = Report::new(format!("engine {pipeline}"));
+    out.add_test_suite(suite);
+    out.to_string().expect("a JUnit report serialises")
+}
+
+/// GitHub Actions `::error` lines for the services that did not deploy.
+fn annotations(report: &RunReport) -> Vec<String> {
+    // The workflow-command syntax needs %, CR and LF escaped in the message.
+    let escape = |s: &str| {
+        s.replace('%', "%25")
+            .replace('\r', "%0D")
+            .replace('\n', "%0A")
+    };
+    report
+        .services
+        .iter()
+        .filter(|s| !s.outcome.succeeded())
+        .map(|s| {
+            format!(
+                "::error title=engine: {} {}::{}",
+                escape(&s.service),
+                s.outcome.label(),
+                escape(s.outcome.reason().unwrap_or(""))
+            )
+        })
+        .collect()
 }
