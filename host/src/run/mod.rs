@@ -5,6 +5,35 @@
 //! Data flows one way: the caller validates the pipeline ([`crate::config`]) and loads its
 //! plugins ([`crate::config::check_plugins`]), takes the lock in the [`Store`], and hands all
 //! three to [`execute`], which reports to an [`Observer`].
+//!
+//! A CI runner that embeds the engine instead of running the `engine` binary does the same as
+//! `engine run`:
+//!
+//! ```no_run
+//! use engine::run::{Event, Observer, RunOptions};
+//! use engine::runtime::{Runtime, RuntimeOptions};
+//! use engine::state::{Holder, Store};
+//! use std::path::Path;
+//!
+//! struct Log;
+//! impl Observer for Log {
+//!     fn event(&self, event: &Event) {
+//!         println!("{event:?}");
+//!     }
+//! }
+//!
+//! # async fn deploy() -> anyhow::Result<()> {
+//! let file = Path::new("pipeline.toml");
+//! let pipeline = engine::config::load(file, Some("staging"))?; // every problem, with spans
+//! let runtime = Runtime::new(RuntimeOptions::default())?;
+//! let plugins = engine::config::check_plugins(&pipeline, &runtime).await?;
+//! let mut store = Store::open(&Store::default_path(file))?;
+//! let lock = store.lock(&pipeline.name, "staging", &Holder::this_process("my CI runner"))?;
+//! let report = engine::run::execute(&pipeline, &plugins, store, &Log, &RunOptions::default()).await?;
+//! Store::open(&Store::default_path(file))?.unlock(lock)?;
+//! println!("succeeded: {}", report.succeeded());
+//! # Ok(()) }
+//! ```
 
 pub mod admin;
 pub mod checkpoint;
