@@ -48,15 +48,9 @@ pub struct DestroyArgs {
 pub async fn rollback(cli: &super::Cli, args: &RollbackArgs) -> Result<(), CommandError> {
     let (pipeline, plugins) =
         prepare(cli, &args.pipeline, args.environment.as_deref(), false).await?;
-    if !pipeline.services.iter().any(|s| s.name == args.service) {
-        let names: Vec<&str> = pipeline.services.iter().map(|s| s.name.as_str()).collect();
-        return Err(CommandError::usage(format!(
-            "pipeline `{}` has no service `{}`; its services: {}",
-            pipeline.name,
-            args.service,
-            names.join(", ")
-        )));
-    }
+    pipeline
+        .service(&args.service)
+        .map_err(CommandError::usage)?;
     let (store, lock, path) = locked_store(
         &args.pipeline,
         args.state.as_deref(),

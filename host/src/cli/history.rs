@@ -121,15 +121,9 @@ pub fn status(args: &StateArgs) -> Result<(), CommandError> {
 
 pub fn history(args: &HistoryArgs) -> Result<(), CommandError> {
     let (pipeline, environment, store) = open(&args.state)?;
-    if !pipeline.services.iter().any(|s| s.name == args.service) {
-        let names: Vec<&str> = pipeline.services.iter().map(|s| s.name.as_str()).collect();
-        return Err(CommandError::usage(format!(
-            "pipeline `{}` has no service `{}`; its services: {}",
-            pipeline.name,
-            args.service,
-            names.join(", ")
-        )));
-    }
+    pipeline
+        .service(&args.service)
+        .map_err(CommandError::usage)?;
     let records = store
         .history(&pipeline.name, &environment, &args.service)
         .map_err(CommandError::failure)?;

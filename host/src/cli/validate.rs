@@ -34,12 +34,7 @@ pub async fn run(cli: &super::Cli, args: &ValidateArgs) -> Result<(), CommandErr
             .await
             .map_err(report)?;
     }
-    let order: Vec<(&str, &[String])> = pipeline
-        .services
-        .iter()
-        .map(|s| (s.name.as_str(), &s.depends_on[..]))
-        .collect();
-    let waves = crate::graph::waves(&order).expect("validation rejects cycles");
+    let waves = pipeline.waves();
     println!(
         "{}: pipeline `{}`{} is valid: {} service{} in {} wave{}",
         args.pipeline.display(),

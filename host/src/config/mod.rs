@@ -174,6 +174,34 @@ pub fn parse(
     Ok(pipeline)
 }
 
+impl Pipeline {
+    /// Services grouped into deployment waves (indices into `services`); validation has
+    /// rejected cycles, so every service is in one.
+    pub fn waves(&self) -> crate::graph::Waves {
+        let order: Vec<(&str, &[String])> = self
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), &s.depends_on[..]))
+            .collect();
+        crate::graph::waves(&order).expect("validation rejects dependency cycles")
+    }
+
+    /// A service by name, or an error that lists the services there are.
+    pub fn service(&self, name: &str) -> Result<&Service, String> {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+                format!(
+                    "pipeline `{}` has no service `{name}`; its services: {}",
+                    self.name,
+                    names.join(", ")
+                )
+            })
+    }
+}
+
 impl Service {
     /// The service as the provider contract describes it.
     pub fn spec(&self) -> crate::runtime::bindings::types::ServiceSpec {

@@ -47,16 +47,7 @@ pub async fn rollback(
     service_name: &str,
     to: Option<&str>,
 ) -> Result<String, String> {
-    let service = pipeline
-        .services
-        .iter()
-        .find(|s| s.name == service_name)
-        .ok_or_else(|| {
-            format!(
-                "pipeline `{}` has no service `{service_name}`",
-                pipeline.name
-            )
-        })?;
+    let service = pipeline.service(service_name)?;
     let provider = plugins[&service.provider]
         .provider()
         .map_err(|e| e.to_string())?;
@@ -105,13 +96,7 @@ pub async fn destroy(
     store: &Store,
     dry_run: bool,
 ) -> Vec<(String, Result<(), String>)> {
-    let order: Vec<(&str, &[String])> = pipeline
-        .services
-        .iter()
-        .map(|s| (s.name.as_str(), &s.depends_on[..]))
-        .collect();
-    let waves = crate::graph::waves(&order)
-        .unwrap_or_else(|_| vec![(0..pipeline.services.len()).collect()]);
+    let waves = pipeline.waves();
     let mut results = Vec::new();
     for index in waves.into_iter().rev().flatten() {
         let service = &pipeline.services[index];

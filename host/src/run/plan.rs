@@ -41,13 +41,7 @@ pub async fn plan(
     pipeline: &Pipeline,
     plugins: &BTreeMap<String, LoadedPlugin>,
 ) -> Vec<ServicePlan> {
-    let order: Vec<(&str, &[String])> = pipeline
-        .services
-        .iter()
-        .map(|s| (s.name.as_str(), &s.depends_on[..]))
-        .collect();
-    let waves = crate::graph::waves(&order)
-        .unwrap_or_else(|_| vec![(0..pipeline.services.len()).collect()]);
+    let waves = pipeline.waves();
     let mut out = Vec::new();
     for index in waves.into_iter().flatten() {
         let service = &pipeline.services[index];
