@@ -82,6 +82,15 @@ provider = "test"
 }
 
 /// Checks the exit code, showing stderr when it is not the expected one.
+/// Runs a future of the library (the state store) from a plain test.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
 fn assert_exit(out: &Output, code: i32) {
     assert_eq!(
         out.status.code(),
@@ -213,8 +222,12 @@ fn a_failing_health_gate_rolls_back_and_skips_dependents() {
         "{stderr}"
     );
 
-    let store = engine::state::Store::open(&project.path(".engine/state.db")).unwrap();
-    let history = store.history("shop", "default", "api").unwrap();
+    let history = block_on(async {
+        let store = engine::state::Store::open(&project.path(".engine/state.db"))
+            .await
+            .unwrap();
+        store.history("shop", "default", "api").await.unwrap()
+    });
     assert_eq!(history[0].revision, "api-r2");
     assert_eq!(history[0].outcome, "aborted");
 
@@ -286,13 +299,16 @@ fn a_failing_health_gate_rolls_back_and_skips_dependents() {
 #[test]
 fn a_second_run_finds_the_lock_busy() {
     let project = Project::new(SYSTEM);
-    let mut store = engine::state::Store::open(&project.path(".engine/state.db")).unwrap();
+    let store = block_on(engine::state::Store::open(
+        &project.path(".engine/state.db"),
+    ))
+    .unwrap();
     let holder = engine::state::Holder {
         name: "engine run on ci-7".into(),
         host: "ci-runner-7".into(),
         pid: 4242,
     };
-    let lock = store.lock("shop", "default", &holder).unwrap();
+    let lock = block_on(store.lock("shop", "default", &holder)).unwrap();
     let out = project.run(&[]);
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -307,7 +323,7 @@ fn a_second_run_finds_the_lock_busy() {
         started.elapsed() >= Duration::from_secs(1),
         "it waited before giving up"
     );
-    store.unlock(lock).unwrap();
+    block_on(store.unlock(lock)).unwrap();
     assert_eq!(
         project.run(&[]).status.code(),
         Some(0),

@@ -98,12 +98,12 @@ fn run_once(
         let plugins = engine::config::check_plugins(&pipeline, runtime)
             .await
             .expect("plugins");
-        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let store = Store::open(&dir.path().join("state.db")).await.unwrap();
         let options = RunOptions {
             concurrency: 8,
             ..RunOptions::default()
         };
-        let report = engine::run::execute(&pipeline, &plugins, store, &Quiet, &options)
+        let report = engine::run::execute(&pipeline, &plugins, &store, &Quiet, &options)
             .await
             .unwrap();
         assert!(report.succeeded());

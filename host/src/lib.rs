@@ -4,13 +4,15 @@
 //! - [`runtime`]: the plugin runtime (wasmtime, capabilities, limits, secrets).
 //! - [`plugins`]: where plugins come from (built in, or a pinned `.wasm` file).
 //! - [`run`]: the executor: dependency order, strategies, health analysis, rollback.
-//! - [`state`]: runs, checkpoints, revision history and locks, in SQLite.
+//! - [`state`]: runs, checkpoints, revision history and locks, in SQLite or PostgreSQL.
+//! - [`report`]: live progress, event lines, JSON events, JUnit and CI annotations.
 //! - [`cli`]: the `engine` command line, a thin layer over the above.
 
 pub mod cli;
 pub mod config;
 pub mod graph;
 pub mod plugins;
+pub mod report;
 pub mod run;
 pub mod runtime;
 pub mod state;

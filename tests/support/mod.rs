@@ -116,3 +116,4 @@ impl Drop for TestServer {
         }
     }
 }
+pub mod postgres;

@@ -1,7 +1,7 @@
 //! `engine rollback SERVICE` and `engine destroy`.
 
-use super::CommandError;
 use super::run::{locked_store, prepare, release};
+use super::{CommandError, Scope};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,12 +15,8 @@ pub struct RollbackArgs {
     /// The pipeline file
     #[arg(long, short = 'p', default_value = "pipeline.toml")]
     pipeline: PathBuf,
-    /// The environment
-    #[arg(long = "env", value_name = "NAME")]
-    environment: Option<String>,
-    /// The state database [default: .engine/state.db beside the pipeline]
-    #[arg(long, value_name = "PATH")]
-    state: Option<PathBuf>,
+    #[command(flatten)]
+    scope: Scope,
     /// If another run holds the pipeline's lock, wait this long for it
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     lock_wait: Option<Duration>,
@@ -31,32 +27,29 @@ pub struct DestroyArgs {
     /// The pipeline file
     #[arg(default_value = "pipeline.toml")]
     pipeline: PathBuf,
-    /// The environment
-    #[arg(long = "env", value_name = "NAME")]
-    environment: Option<String>,
+    #[command(flatten)]
+    scope: Scope,
     /// Only list what would be destroyed, in order
     #[arg(long)]
     dry_run: bool,
-    /// The state database [default: .engine/state.db beside the pipeline]
-    #[arg(long, value_name = "PATH")]
-    state: Option<PathBuf>,
     /// If another run holds the pipeline's lock, wait this long for it
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     lock_wait: Option<Duration>,
 }
 
 pub async fn rollback(cli: &super::Cli, args: &RollbackArgs) -> Result<(), CommandError> {
-    let (pipeline, plugins) =
-        prepare(cli, &args.pipeline, args.environment.as_deref(), false).await?;
+    let (pipeline, plugins) = prepare(
+        cli,
+        &args.pipeline,
+        args.scope.environment.as_deref(),
+        false,
+    )
+    .await?;
     pipeline
         .service(&args.service)
         .map_err(CommandError::usage)?;
-    let (store, lock, path) = locked_store(
-        &args.pipeline,
-        args.state.as_deref(),
-        &pipeline,
-        args.lock_wait,
-    )?;
+    let (store, lock) =
+        locked_store(&args.pipeline, &args.scope, &pipeline, args.lock_wait).await?;
     let result = crate::run::admin::rollback(
         &pipeline,
         &plugins,
@@ -65,7 +58,7 @@ pub async fn rollback(cli: &super::Cli, args: &RollbackArgs) -> Result<(), Comma
         args.to.as_deref(),
     )
     .await;
-    release(&path, lock);
+    release(&store, lock).await;
     let revision = result
         .map_err(|e| CommandError::failure(format!("cannot roll `{}` back: {e}", args.service)))?;
     println!("{}: all traffic to {revision}", args.service);
@@ -76,18 +69,14 @@ pub async fn destroy(cli: &super::Cli, args: &DestroyArgs) -> Result<(), Command
     let (pipeline, plugins) = prepare(
         cli,
         &args.pipeline,
-        args.environment.as_deref(),
+        args.scope.environment.as_deref(),
         args.dry_run,
     )
     .await?;
-    let (store, lock, path) = locked_store(
-        &args.pipeline,
-        args.state.as_deref(),
-        &pipeline,
-        args.lock_wait,
-    )?;
+    let (store, lock) =
+        locked_store(&args.pipeline, &args.scope, &pipeline, args.lock_wait).await?;
     let results = crate::run::admin::destroy(&pipeline, &plugins, &store, args.dry_run).await;
-    release(&path, lock);
+    release(&store, lock).await;
     let mut failed = Vec::new();
     for (service, result) in &results {
         match result {

@@ -2,7 +2,7 @@
 
 use super::{CommandError, exit};
 use crate::config;
-use crate::state::Store;
+use crate::state::{Location, Store};
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -12,12 +12,8 @@ pub struct StateArgs {
     /// The pipeline file
     #[arg(long, short = 'p', default_value = "pipeline.toml")]
     pipeline: PathBuf,
-    /// The environment
-    #[arg(long = "env", value_name = "NAME")]
-    environment: Option<String>,
-    /// The state database [default: .engine/state.db beside the pipeline]
-    #[arg(long, value_name = "PATH")]
-    state: Option<PathBuf>,
+    #[command(flatten)]
+    scope: super::Scope,
 }
 
 #[derive(Debug, clap::Args)]
@@ -34,22 +30,24 @@ fn time(ms: i64) -> String {
 }
 
 /// The pipeline (validated, for its name and services) and its state database.
-fn open(args: &StateArgs) -> Result<(config::Pipeline, String, Store), CommandError> {
-    let pipeline = config::load(&args.pipeline, args.environment.as_deref()).map_err(|e| {
-        eprintln!("{e}");
-        CommandError::reported(exit::USAGE)
-    })?;
-    let path = args
-        .state
-        .clone()
-        .unwrap_or_else(|| Store::default_path(&args.pipeline));
-    if !path.exists() {
+async fn open(args: &StateArgs) -> Result<(config::Pipeline, String, Store), CommandError> {
+    let pipeline =
+        config::load(&args.pipeline, args.scope.environment.as_deref()).map_err(|e| {
+            eprintln!("{e}");
+            CommandError::reported(exit::USAGE)
+        })?;
+    let location = args.scope.location(&args.pipeline);
+    if let Location::Sqlite(path) = &location
+        && !path.exists()
+    {
         return Err(CommandError::failure(format!(
             "no state at {}: this pipeline has not been run from here (or pass --state)",
             path.display()
         )));
     }
-    let store = Store::open(&path).map_err(CommandError::failure)?;
+    let store = Store::connect(&location)
+        .await
+        .map_err(CommandError::failure)?;
     let environment = pipeline
         .environment
         .clone()
@@ -57,11 +55,12 @@ fn open(args: &StateArgs) -> Result<(config::Pipeline, String, Store), CommandEr
     Ok((pipeline, environment, store))
 }
 
-pub fn status(args: &StateArgs) -> Result<(), CommandError> {
-    let (pipeline, environment, store) = open(args)?;
+pub async fn status(args: &StateArgs) -> Result<(), CommandError> {
+    let (pipeline, environment, store) = open(args).await?;
     println!("pipeline `{}`, environment `{environment}`", pipeline.name);
     match store
         .lock_holder(&pipeline.name, &environment)
+        .await
         .map_err(CommandError::failure)?
     {
         Some((h, since)) => println!(
@@ -75,6 +74,7 @@ pub fn status(args: &StateArgs) -> Result<(), CommandError> {
     }
     match store
         .runs(&pipeline.name, &environment, 1)
+        .await
         .map_err(CommandError::failure)?
         .first()
     {
@@ -97,6 +97,7 @@ pub fn status(args: &StateArgs) -> Result<(), CommandError> {
     for service in &pipeline.services {
         let history = store
             .history(&pipeline.name, &environment, &service.name)
+            .await
             .map_err(CommandError::failure)?;
         rows.push(match history.first() {
             Some(r) => vec![
@@ -119,13 +120,14 @@ pub fn status(args: &StateArgs) -> Result<(), CommandError> {
     Ok(())
 }
 
-pub fn history(args: &HistoryArgs) -> Result<(), CommandError> {
-    let (pipeline, environment, store) = open(&args.state)?;
+pub async fn history(args: &HistoryArgs) -> Result<(), CommandError> {
+    let (pipeline, environment, store) = open(&args.state).await?;
     pipeline
         .service(&args.service)
         .map_err(CommandError::usage)?;
     let records = store
         .history(&pipeline.name, &environment, &args.service)
+        .await
         .map_err(CommandError::failure)?;
     let mut rows = vec![
         ["WHEN", "REVISION", "OUTCOME", "TRAFFIC", "RUN", "DETAIL"]

@@ -23,6 +23,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// Another run holds the pipeline's lock.
     pub const LOCK_BUSY: u8 = 3;
+    /// A rollout waits for `engine promote` or `engine abort`; nothing failed.
+    pub const AWAITING_APPROVAL: u8 = 4;
 }
 
 /// `engine --version`: the engine, the plugin contract it implements and the wasmtime under it.
@@ -76,6 +78,10 @@ enum Command {
     Status(history::StateArgs),
     /// Show a service's revisions, newest first
     History(history::HistoryArgs),
+    /// Approve a rollout waiting for approval, and resume the run
+    Promote(run::DecisionArgs),
+    /// Reject a rollout (waiting for approval or interrupted), roll it back, and resume the run
+    Abort(run::DecisionArgs),
     /// Send all of a service's traffic back to an earlier revision
     Rollback(admin::RollbackArgs),
     /// Remove every service of the pipeline, dependents first
@@ -84,6 +90,28 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Print the JSON Schema of pipeline.toml, for editor completion
     Schema,
+}
+
+/// Which environment of a pipeline, and where its state lives: shared by every command that
+/// reads or writes the state.
+#[derive(Debug, clap::Args)]
+pub struct Scope {
+    /// The environment whose variables and overrides apply
+    #[arg(long = "env", value_name = "NAME")]
+    pub environment: Option<String>,
+    /// The state: a SQLite file, or a postgres:// URL shared by several CI machines
+    /// [default: .engine/state.db beside the pipeline]
+    #[arg(long, env = "ENGINE_STATE", value_name = "PATH|URL")]
+    pub state: Option<String>,
+}
+
+impl Scope {
+    pub fn location(&self, pipeline_file: &std::path::Path) -> crate::state::Location {
+        match &self.state {
+            Some(text) => crate::state::Location::parse(text),
+            None => crate::state::Location::beside(pipeline_file),
+        }
+    }
 }
 
 /// Output format of commands that print data.
@@ -142,8 +170,10 @@ pub fn main() -> ExitCode {
             Command::Plugins(cmd) => plugins::run(&cli, cmd).await,
             Command::Run(args) => run::run(&cli, args).await,
             Command::Plan(args) => plan::run(&cli, args).await,
-            Command::Status(args) => history::status(args),
-            Command::History(args) => history::history(args),
+            Command::Promote(args) => run::decide(&cli, args, false).await,
+            Command::Abort(args) => run::decide(&cli, args, true).await,
+            Command::Status(args) => history::status(args).await,
+            Command::History(args) => history::history(args).await,
             Command::Rollback(args) => admin::rollback(&cli, args).await,
             Command::Destroy(args) => admin::destroy(&cli, args).await,
             Command::Validate(args) => validate::run(&cli, args).await,

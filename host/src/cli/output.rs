@@ -3,7 +3,16 @@
 
 use crate::runtime::secrets::redactor;
 use std::io::Write;
+use std::sync::RwLock;
 use tracing_subscriber::EnvFilter;
+
+/// While live progress is drawn, log lines go above it instead of through it.
+static PROGRESS: RwLock<Option<indicatif::MultiProgress>> = RwLock::new(None);
+
+/// Routes log lines above `progress` (or straight to stderr again, with `None`).
+pub fn log_above(progress: Option<indicatif::MultiProgress>) {
+    *PROGRESS.write().unwrap_or_else(|e| e.into_inner()) = progress;
+}
 
 /// Prints `error: message` to stderr, continuation lines indented, secrets redacted.
 pub fn error(message: &str) {
@@ -30,7 +39,10 @@ impl Write for RedactingStderr {
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.0.is_empty() {
             let text = redactor().redact(&String::from_utf8_lossy(&self.0));
-            std::io::stderr().lock().write_all(text.as_bytes())?;
+            match &*PROGRESS.read().unwrap_or_else(|e| e.into_inner()) {
+                Some(progress) => progress.println(text.trim_end_matches('\n'))?,
+                None => std::io::stderr().lock().write_all(text.as_bytes())?,
+            }
             self.0.clear();
         }
         Ok(())
@@ -43,9 +55,14 @@ impl Drop for RedactingStderr {
     }
 }
 
-/// Sends `tracing` output to stderr at `level` (or per `ENGINE_LOG` directives).
+/// Sends `tracing` output to stderr at `level` (or per `ENGINE_LOG` directives). What plugins
+/// and hooks say at `info` is shown unless the level asks for less.
 pub fn init_logging(level: &str) {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let directives = match level {
+        "warn" => "warn,plugin=info,hook=info",
+        other => other,
+    };
+    let filter = EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -77,36 +77,7 @@ async fn list(runtime: &Runtime, format: Format) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// Lays rows out in aligned columns separated by two spaces.
-pub(super) fn table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, cell)| {
-                if i + 1 == row.len() {
-                    cell.clone()
-                } else {
-                    format!("{cell:<w$}", w = widths[i])
-                }
-            })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
+pub(super) use crate::report::table;
 
 fn source_for(argument: &str) -> Result<PluginSource, CommandError> {
     if find_embedded(argument).is_some() {
@@ -252,18 +223,4 @@ fn inspect_text(plugin: &LoadedPlugin, source: &PluginSource, schema: &Value) ->
         ));
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::table;
-
-    #[test]
-    fn tables_align_and_trim() {
-        let rows = vec![
-            vec!["NAME".to_string(), "KIND".to_string()],
-            vec!["all-at-once".to_string(), "strategy".to_string()],
-        ];
-        assert_eq!(table(&rows), "NAME         KIND\nall-at-once  strategy\n");
-    }
 }

@@ -175,6 +175,14 @@ pub fn parse(
 }
 
 impl Pipeline {
+    /// The directory of the pipeline file: hooks run there, and relative paths start there.
+    pub fn directory(&self) -> &Path {
+        match Path::new(&self.origin.file).parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        }
+    }
+
     /// Services grouped into deployment waves (indices into `services`); validation has
     /// rejected cycles, so every service is in one.
     pub fn waves(&self) -> crate::graph::Waves {

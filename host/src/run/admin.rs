@@ -1,5 +1,6 @@
-//! Operations on deployed services outside a rollout: rolling a service back to an earlier
-//! revision, and destroying the pipeline's services in reverse dependency order.
+//! Operations on services outside the executor's loop: rolling a service back to an earlier
+//! revision, destroying the pipeline's services in reverse dependency order, and recording a
+//! person's approval or rejection of a rollout.
 
 use super::{retry, verify_split};
 use crate::config::Pipeline;
@@ -15,7 +16,7 @@ fn target(service: &crate::config::Service) -> ServiceRef {
     }
 }
 
-fn record(
+async fn record(
     store: &Store,
     pipeline: &Pipeline,
     service: &str,
@@ -33,7 +34,10 @@ fn record(
         outcome: outcome.into(),
         detail,
     };
-    if let Err(e) = store.record_revision(&pipeline.name, environment, service, None, &r) {
+    if let Err(e) = store
+        .record_revision(&pipeline.name, environment, service, None, &r)
+        .await
+    {
         tracing::error!("cannot record the history of `{service}`: {e}");
     }
 }
@@ -62,6 +66,7 @@ pub async fn rollback(
         Some(r) => r.to_string(),
         None => store
             .history(&pipeline.name, environment, service_name)
+            .await
             .map_err(|e| e.to_string())?
             .into_iter()
             .filter(|r| r.outcome == "promoted" && Some(&r.revision) != serving.as_ref())
@@ -84,7 +89,8 @@ pub async fn rollback(
         100,
         "rolled-back-to",
         detail,
-    );
+    )
+    .await;
     Ok(chosen)
 }
 
@@ -110,9 +116,94 @@ pub async fn destroy(
             Err(e) => Err(e.to_string()),
         };
         if result.is_ok() {
-            record(store, pipeline, &service.name, "-", 0, "destroyed", None);
+            record(store, pipeline, &service.name, "-", 0, "destroyed", None).await;
         }
         results.push((service.name.clone(), result));
     }
     results
+}
+
+/// A person's answer to a rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Approval {
+    /// `engine promote SERVICE`: the rollout waiting for approval goes on.
+    Approve,
+    /// `engine abort SERVICE`: the rollout is rolled back, with this reason.
+    Reject(String),
+}
+
+/// Records `approval` in the checkpoint of `service` in the pipeline's open run, for the run
+/// that resumes it to act on: the strategy is told `approved` or `rejected`, or, for a rollout
+/// that was not waiting for approval (one interrupted mid-way), the host rolls it back.
+/// Returns what the service was waiting for, or where its rollout was.
+pub async fn decide(
+    store: &Store,
+    pipeline: &Pipeline,
+    service: &str,
+    approval: &Approval,
+) -> Result<String, String> {
+    pipeline.service(service)?;
+    let environment = pipeline.environment.as_deref().unwrap_or("default");
+    let verb = match approval {
+        Approval::Approve => "promote",
+        Approval::Reject(_) => "abort",
+    };
+    let run = store
+        .open_run(&pipeline.name, environment)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "no run of pipeline `{}` (environment `{environment}`) is in progress, so `{service}` has no rollout to {verb}; `engine status` shows the last run",
+                pipeline.name
+            )
+        })?;
+    let mut cp = super::load_checkpoint(store, run, service).await?;
+    if let Some(done) = &cp.outcome {
+        let outcome: super::Outcome = done.clone().into();
+        return Err(format!(
+            "`{service}` already finished in run {run} ({}); to return to an earlier revision use `engine rollback {service}`",
+            outcome.label()
+        ));
+    }
+    let what = match (approval, cp.awaiting_approval.take()) {
+        (Approval::Approve, Some(what)) => {
+            cp.pending = Some(super::checkpoint::Observed::Approved);
+            what
+        }
+        (Approval::Reject(reason), Some(what)) => {
+            cp.pending = Some(super::checkpoint::Observed::Rejected {
+                reason: reason.clone(),
+            });
+            what
+        }
+        (Approval::Approve, None) => {
+            return Err(match &cp.candidate {
+                Some(c) => format!(
+                    "`{service}` is not waiting for approval: its rollout of {c} is in progress at {}% (run {run}); `engine run` resumes it",
+                    cp.traffic
+                ),
+                None => format!(
+                    "`{service}` is not waiting for approval: it has not started in run {run}"
+                ),
+            });
+        }
+        (Approval::Reject(reason), None) => match &cp.candidate {
+            Some(c) => {
+                cp.abort_requested = Some(reason.clone());
+                format!("rollout of {c} at {}%", cp.traffic)
+            }
+            None => {
+                return Err(format!(
+                    "`{service}` has not started in run {run}: there is nothing to abort"
+                ));
+            }
+        },
+    };
+    let text = serde_json::to_string(&cp).expect("checkpoints serialise");
+    store
+        .save_checkpoint(run, service, &text)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(what)
 }

@@ -24,6 +24,24 @@ pub struct Checkpoint {
     pub traffic: u8,
     /// Set when the service is finished in this run.
     pub outcome: Option<Finished>,
+    /// The end of a wait the strategy asked for (ms since the epoch), so a resumed run waits
+    /// only for what is left of it.
+    #[serde(default)]
+    pub wait_until_ms: Option<u64>,
+    /// What a person is asked to approve (`engine promote` / `engine abort`), while the rollout
+    /// waits for it.
+    #[serde(default)]
+    pub awaiting_approval: Option<String>,
+    /// Set by `engine abort` on a rollout that was not waiting for approval: the next run rolls
+    /// it back instead of going on.
+    #[serde(default)]
+    pub abort_requested: Option<String>,
+    /// The service's pre hooks ran and succeeded in this run.
+    #[serde(default)]
+    pub pre_hooks_done: bool,
+    /// The service did not exist before this run, so aborting removes it.
+    #[serde(default)]
+    pub new_service: bool,
 }
 
 /// A finished service, as stored.
@@ -137,9 +155,20 @@ mod tests {
             }),
             traffic: 100,
             outcome: Some(Finished::RolledBack("checks failed".into())),
+            wait_until_ms: Some(1_700_000_000_000),
+            awaiting_approval: Some("promote api-r3 to 100%".into()),
+            abort_requested: None,
+            pre_hooks_done: true,
+            new_service: false,
         };
         let text = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<Checkpoint>(&text).unwrap(), c);
+        let old = r#"{"candidate":null,"stable":null,"previous_split":[],"strategy_state":null,"pending":null,"traffic":0,"outcome":null}"#;
+        assert_eq!(
+            serde_json::from_str::<Checkpoint>(old).unwrap(),
+            Checkpoint::default(),
+            "checkpoints written before the newer fields still load"
+        );
         assert!(
             matches!(c.pending.unwrap().to_wit(), wit::Observation::Analysed(v) if v[0].verdict == Verdict::Unhealthy)
         );

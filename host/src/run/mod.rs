@@ -12,7 +12,7 @@
 //! ```no_run
 //! use engine::run::{Event, Observer, RunOptions};
 //! use engine::runtime::{Runtime, RuntimeOptions};
-//! use engine::state::{Holder, Store};
+//! use engine::state::{Holder, Location, Store};
 //! use std::path::Path;
 //!
 //! struct Log;
@@ -27,16 +27,19 @@
 //! let pipeline = engine::config::load(file, Some("staging"))?; // every problem, with spans
 //! let runtime = Runtime::new(RuntimeOptions::default())?;
 //! let plugins = engine::config::check_plugins(&pipeline, &runtime).await?;
-//! let mut store = Store::open(&Store::default_path(file))?;
-//! let lock = store.lock(&pipeline.name, "staging", &Holder::this_process("my CI runner"))?;
-//! let report = engine::run::execute(&pipeline, &plugins, store, &Log, &RunOptions::default()).await?;
-//! Store::open(&Store::default_path(file))?.unlock(lock)?;
+//! // Or Location::parse("postgres://…") for state shared by several CI machines.
+//! let store = Store::connect(&Location::beside(file)).await?;
+//! let lock = store.lock(&pipeline.name, "staging", &Holder::this_process("my CI runner")).await?;
+//! let report = engine::run::execute(&pipeline, &plugins, &store, &Log, &RunOptions::default()).await;
+//! store.unlock(lock).await?; // whatever happened
+//! let report = report?;
 //! println!("succeeded: {}", report.succeeded());
 //! # Ok(()) }
 //! ```
 
 pub mod admin;
 pub mod checkpoint;
+mod hooks;
 pub mod plan;
 
 use crate::config::{Pipeline, Service};
@@ -50,7 +53,6 @@ use checkpoint::{
 };
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How to run.
@@ -62,6 +64,8 @@ pub struct RunOptions {
     pub fail_fast: bool,
     /// Longest wait a strategy may ask for in one step.
     pub max_wait: Duration,
+    /// Longest a pre or post hook may run.
+    pub hook_timeout: Duration,
 }
 
 impl Default for RunOptions {
@@ -70,6 +74,7 @@ impl Default for RunOptions {
             concurrency: 4,
             fail_fast: false,
             max_wait: Duration::from_secs(3600),
+            hook_timeout: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -87,6 +92,8 @@ pub enum Outcome {
     Failed(String),
     /// Not attempted, because a dependency did not deploy (or `--fail-fast`).
     Skipped(String),
+    /// Paused until a person runs `engine promote` or `engine abort`; says what to approve.
+    AwaitingApproval(String),
 }
 
 impl Outcome {
@@ -101,12 +108,16 @@ impl Outcome {
             Outcome::RolledBack(_) => "rolled-back",
             Outcome::Failed(_) => "failed",
             Outcome::Skipped(_) => "skipped",
+            Outcome::AwaitingApproval(_) => "awaiting-approval",
         }
     }
 
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Outcome::RolledBack(r) | Outcome::Failed(r) | Outcome::Skipped(r) => Some(r),
+            Outcome::RolledBack(r)
+            | Outcome::Failed(r)
+            | Outcome::Skipped(r)
+            | Outcome::AwaitingApproval(r) => Some(r),
             _ => None,
         }
     }
@@ -137,7 +148,27 @@ impl RunReport {
     pub fn succeeded(&self) -> bool {
         self.services.iter().all(|s| s.outcome.succeeded())
     }
+
+    /// Some services failed, were rolled back or skipped for a reason other than waiting.
+    pub fn failed(&self) -> bool {
+        self.services.iter().any(|s| {
+            !s.outcome.succeeded()
+                && !matches!(s.outcome, Outcome::AwaitingApproval(_))
+                && !matches!(&s.outcome, Outcome::Skipped(r) if r.ends_with(WAITING_DEPENDENCY))
+        })
+    }
+
+    /// Services paused for approval (the run stays open, and resumes after `engine promote`).
+    pub fn awaiting_approval(&self) -> Vec<&ServiceReport> {
+        self.services
+            .iter()
+            .filter(|s| matches!(s.outcome, Outcome::AwaitingApproval(_)))
+            .collect()
+    }
 }
+
+/// The end of a skip reason when the dependency is only waiting for approval.
+const WAITING_DEPENDENCY: &str = "is awaiting approval";
 
 /// Something that happened during a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,7 +217,7 @@ pub enum RunError {
 pub async fn execute(
     pipeline: &Pipeline,
     plugins: &BTreeMap<String, LoadedPlugin>,
-    store: Store,
+    store: &Store,
     observer: &dyn Observer,
     options: &RunOptions,
 ) -> Result<RunReport, RunError> {
@@ -204,7 +235,7 @@ pub async fn execute(
         .environment
         .clone()
         .unwrap_or_else(|| "default".into());
-    let (run_id, resumed) = store.begin_run(&pipeline.name, &environment)?;
+    let (run_id, resumed) = store.begin_run(&pipeline.name, &environment).await?;
     observer.event(&Event::Started {
         run_id,
         resumed,
@@ -213,7 +244,7 @@ pub async fn execute(
     let executor = Executor {
         pipeline,
         plugins,
-        store: Mutex::new(store),
+        store,
         observer,
         options,
         run_id,
@@ -242,6 +273,9 @@ pub async fn execute(
             started.insert(service.name.clone());
             let blocked = deps.iter().find(|d| !d.outcome.succeeded());
             let skip = match (blocked, failed_any && options.fail_fast) {
+                (Some(d), _) if matches!(d.outcome, Outcome::AwaitingApproval(_)) => {
+                    Some(format!("dependency `{}` {WAITING_DEPENDENCY}", d.service))
+                }
                 (Some(d), _) => Some(format!("dependency `{}` {}", d.service, d.outcome.label())),
                 (None, true) => {
                     Some("an earlier service failed and --fail-fast is set".to_string())
@@ -258,7 +292,8 @@ pub async fn execute(
         }
         match running.next().await {
             Some(report) => {
-                failed_any |= !report.outcome.succeeded();
+                failed_any |= !report.outcome.succeeded()
+                    && !matches!(report.outcome, Outcome::AwaitingApproval(_));
                 observer.event(&Event::Finished(report.clone()));
                 reports.insert(report.service.clone(), report);
             }
@@ -288,18 +323,16 @@ pub async fn execute(
             .map(|s| reports.remove(&s.name).expect("every service reported"))
             .collect(),
     };
-    let store = executor
-        .store
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner());
-    store.finish_run(
-        run_id,
-        if report.succeeded() {
+    // A run with a rollout waiting for approval stays open: the next `engine run` (or
+    // `engine promote`) resumes it.
+    if report.awaiting_approval().is_empty() {
+        let outcome = if report.succeeded() {
             "deployed"
         } else {
             "failed"
-        },
-    )?;
+        };
+        executor.store.finish_run(run_id, outcome).await?;
+    }
     Ok(report)
 }
 
@@ -318,7 +351,7 @@ fn skipped(service: &Service, reason: String) -> ServiceReport {
 struct Executor<'a> {
     pipeline: &'a Pipeline,
     plugins: &'a BTreeMap<String, LoadedPlugin>,
-    store: Mutex<Store>,
+    store: &'a Store,
     observer: &'a dyn Observer,
     options: &'a RunOptions,
     run_id: i64,
@@ -332,28 +365,23 @@ struct Tally {
     checks_run: u32,
 }
 
+/// A rollout's result: how it ended and its last checkpoint, or why it could not go on.
+type RolloutResult = Result<(Outcome, Checkpoint), (String, Checkpoint)>;
+
 impl Executor<'_> {
-    fn save(&self, service: &str, checkpoint: &Checkpoint) -> Result<(), String> {
+    async fn save(&self, service: &str, checkpoint: &Checkpoint) -> Result<(), String> {
         let text = serde_json::to_string(checkpoint).expect("checkpoints serialise");
-        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-        store
+        self.store
             .save_checkpoint(self.run_id, service, &text)
+            .await
             .map_err(|e| e.to_string())
     }
 
-    fn load(&self, service: &str) -> Result<Checkpoint, String> {
-        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-        match store
-            .checkpoint(self.run_id, service)
-            .map_err(|e| e.to_string())?
-        {
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|e| format!("unreadable checkpoint of `{service}`: {e}")),
-            None => Ok(Checkpoint::default()),
-        }
+    async fn load(&self, service: &str) -> Result<Checkpoint, String> {
+        load_checkpoint(self.store, self.run_id, service).await
     }
 
-    fn record(
+    async fn record(
         &self,
         service: &str,
         revision: &str,
@@ -361,7 +389,6 @@ impl Executor<'_> {
         outcome: &str,
         detail: Option<String>,
     ) {
-        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
         let record = RevisionRecord {
             revision: revision.into(),
             run_id: Some(self.run_id),
@@ -370,13 +397,17 @@ impl Executor<'_> {
             outcome: outcome.into(),
             detail,
         };
-        if let Err(e) = store.record_revision(
-            &self.pipeline.name,
-            &self.environment,
-            service,
-            Some(self.run_id),
-            &record,
-        ) {
+        if let Err(e) = self
+            .store
+            .record_revision(
+                &self.pipeline.name,
+                &self.environment,
+                service,
+                Some(self.run_id),
+                &record,
+            )
+            .await
+        {
             tracing::error!("cannot record the history of `{service}`: {e}");
         }
     }
@@ -387,6 +418,46 @@ impl Executor<'_> {
             phase: phase.into(),
             traffic,
         });
+    }
+
+    /// Ends a service with `finished`, stored so a resumed run reports it without redoing it.
+    async fn finish(&self, service: &str, mut cp: Checkpoint, finished: Finished) -> RolloutResult {
+        cp.outcome = Some(finished.clone());
+        cp.pending = None;
+        self.save(service, &cp).await.map_err(|e| (e, cp.clone()))?;
+        Ok((finished.into(), cp))
+    }
+
+    /// Runs one stage of a service's hooks, in order, stopping at the first failure.
+    async fn hooks(&self, service: &Service, stage: &str, cp: &Checkpoint) -> Result<(), String> {
+        let commands = if stage == "pre" {
+            &service.pre_hooks
+        } else {
+            &service.post_hooks
+        };
+        let context = hooks::HookContext {
+            pipeline: &self.pipeline.name,
+            environment: &self.environment,
+            service: &service.name,
+            run_id: self.run_id,
+            stable: cp.stable.as_deref(),
+            candidate: cp.candidate.as_deref(),
+        };
+        for command in commands {
+            self.phase(
+                &service.name,
+                &format!("{stage} hook: {command}"),
+                cp.traffic,
+            );
+            hooks::run(
+                command,
+                self.pipeline.directory(),
+                &context,
+                self.options.hook_timeout,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn service(&self, service: &Service) -> ServiceReport {
@@ -408,21 +479,14 @@ impl Executor<'_> {
     }
 
     /// Plan, deploy and drive the strategy, resuming from the service's checkpoint.
-    async fn rollout(
-        &self,
-        service: &Service,
-        tally: &mut Tally,
-    ) -> Result<(Outcome, Checkpoint), (String, Checkpoint)> {
+    async fn rollout(&self, service: &Service, tally: &mut Tally) -> RolloutResult {
         let name = service.name.as_str();
-        let mut cp = self.load(name).map_err(|e| (e, Checkpoint::default()))?;
-        if let Some(done) = &cp.outcome {
-            let outcome = match done {
-                Finished::Deployed => Outcome::Deployed,
-                Finished::Unchanged => Outcome::Unchanged,
-                Finished::RolledBack(r) => Outcome::RolledBack(r.clone()),
-                Finished::Failed(r) => Outcome::Failed(r.clone()),
-            };
-            return Ok((outcome, cp));
+        let mut cp = self
+            .load(name)
+            .await
+            .map_err(|e| (e, Checkpoint::default()))?;
+        if let Some(done) = cp.outcome.clone() {
+            return Ok((done.into(), cp));
         }
         let provider_plugin = &self.plugins[&service.provider];
         let provider = provider_plugin
@@ -442,6 +506,7 @@ impl Executor<'_> {
             let plan = retry(|| provider.plan(&spec, current.as_ref()))
                 .await
                 .map_err(|e| (e, cp.clone()))?;
+            cp.new_service = current.is_none();
             if let Some(current) = &current {
                 cp.previous_split = split_pairs(&current.traffic);
                 cp.stable = current
@@ -452,9 +517,15 @@ impl Executor<'_> {
             }
             if plan.action == crate::runtime::bindings::types::PlanAction::NoChange {
                 cp.traffic = 100;
-                cp.outcome = Some(Finished::Unchanged);
-                self.save(name, &cp).map_err(|e| (e, cp.clone()))?;
-                return Ok((Outcome::Unchanged, cp));
+                return self.finish(name, cp, Finished::Unchanged).await;
+            }
+            if !cp.pre_hooks_done {
+                if let Err(e) = self.hooks(service, "pre", &cp).await {
+                    let reason = format!("{e}\nnothing was deployed");
+                    return self.finish(name, cp, Finished::Failed(reason)).await;
+                }
+                cp.pre_hooks_done = true;
+                self.save(name, &cp).await.map_err(|e| (e, cp.clone()))?;
             }
             self.phase(name, "deploying", 0);
             let deployment_id = format!("r{}", self.run_id);
@@ -463,8 +534,8 @@ impl Executor<'_> {
                 .map_err(|e| (e, cp.clone()))?;
             cp.candidate = Some(revision.id.clone());
             cp.pending = Some(Observed::Start);
-            self.save(name, &cp).map_err(|e| (e, cp.clone()))?;
-            self.record(name, &revision.id, 0, "deployed", None);
+            self.save(name, &cp).await.map_err(|e| (e, cp.clone()))?;
+            self.record(name, &revision.id, 0, "deployed", None).await;
         }
         let candidate = cp
             .candidate
@@ -482,6 +553,23 @@ impl Executor<'_> {
             config: service.strategy_config.to_string(),
         };
         loop {
+            // What an earlier run or a person left for this one.
+            if let Some(reason) = cp.abort_requested.clone() {
+                let reason = format!("aborted by `engine abort`: {reason}");
+                return self.abort(service, &provider, &target, cp, reason).await;
+            }
+            if let Some(what) = cp.awaiting_approval.clone() {
+                self.phase(name, "awaiting approval", cp.traffic);
+                return Ok((Outcome::AwaitingApproval(what), cp));
+            }
+            if let Some(until) = cp.wait_until_ms {
+                let left = until.saturating_sub(now_ms() as u64);
+                tokio::time::sleep(Duration::from_millis(left)).await;
+                cp.wait_until_ms = None;
+                cp.pending = Some(Observed::Waited);
+                self.save(name, &cp).await.map_err(|e| (e, cp.clone()))?;
+            }
+
             let observation = cp.pending.clone().unwrap_or(Observed::Start);
             let step = match strategy
                 .step(
@@ -494,18 +582,12 @@ impl Executor<'_> {
             {
                 Ok(step) => step,
                 Err(e) => {
-                    return self
-                        .abort(
-                            service,
-                            &provider,
-                            &target,
-                            cp,
-                            format!("strategy failed: {e}"),
-                        )
-                        .await;
+                    let reason = format!("strategy failed: {e}");
+                    return self.abort(service, &provider, &target, cp, reason).await;
                 }
             };
             self.phase(name, &step.phase, cp.traffic);
+            cp.strategy_state = Some(step.state);
             let next = match step.decision {
                 Decision::SetTraffic(split) => {
                     match self.set_traffic(&provider, &target, &split).await {
@@ -514,16 +596,23 @@ impl Executor<'_> {
                                 .iter()
                                 .find(|t| t.revision == candidate)
                                 .map_or(0, |t| t.percent);
-                            Observed::TrafficSet {
+                            Some(Observed::TrafficSet {
                                 split: split_pairs(&split),
-                            }
+                            })
                         }
                         Err(e) => return self.abort(service, &provider, &target, cp, e).await,
                     }
                 }
+                // Waits and approvals are stored first and carried out at the top of the loop,
+                // where a resumed run picks them up too.
                 Decision::Wait(ms) => {
-                    tokio::time::sleep(Duration::from_millis(ms).min(self.options.max_wait)).await;
-                    Observed::Waited
+                    let ms = ms.min(self.options.max_wait.as_millis() as u64);
+                    cp.wait_until_ms = Some(now_ms() as u64 + ms);
+                    None
+                }
+                Decision::AwaitApproval(what) => {
+                    cp.awaiting_approval = Some(what);
+                    None
                 }
                 Decision::Analyse(request) => {
                     let checks = self
@@ -536,13 +625,7 @@ impl Executor<'_> {
                             tally,
                         )
                         .await;
-                    Observed::Analysed { checks }
-                }
-                Decision::AwaitApproval(what) => {
-                    let reason = format!(
-                        "the strategy asks for approval ({what}), and approvals (`engine promote`) are not available yet"
-                    );
-                    return self.abort(service, &provider, &target, cp, reason).await;
+                    Some(Observed::Analysed { checks })
                 }
                 Decision::Promote => {
                     let split = [TrafficTarget {
@@ -553,30 +636,33 @@ impl Executor<'_> {
                         return self.abort(service, &provider, &target, cp, e).await;
                     }
                     cp.traffic = 100;
-                    self.record(name, &candidate, 100, "promoted", None);
-                    Observed::Promoted
+                    self.record(name, &candidate, 100, "promoted", None).await;
+                    Some(Observed::Promoted)
                 }
                 Decision::Retire(revision) => {
                     if let Err(e) = retry(|| provider.retire(&target, &revision)).await {
                         return self.abort(service, &provider, &target, cp, e).await;
                     }
-                    self.record(name, &revision, 0, "retired", None);
-                    Observed::Retired { revision }
+                    self.record(name, &revision, 0, "retired", None).await;
+                    Some(Observed::Retired { revision })
                 }
                 Decision::Abort(reason) => {
                     return self.abort(service, &provider, &target, cp, reason).await;
                 }
                 Decision::Done => {
-                    cp.outcome = Some(Finished::Deployed);
-                    cp.strategy_state = Some(step.state);
-                    cp.pending = None;
-                    self.save(name, &cp).map_err(|e| (e, cp.clone()))?;
-                    return Ok((Outcome::Deployed, cp));
+                    // A failing post hook does not undo a promotion that already took the
+                    // traffic: it fails the service and says how to go back.
+                    if let Err(e) = self.hooks(service, "post", &cp).await {
+                        let reason = format!(
+                            "{e}\n{candidate} was promoted and serves the traffic; `engine rollback {name}` returns to the previous revision"
+                        );
+                        return self.finish(name, cp, Finished::Failed(reason)).await;
+                    }
+                    return self.finish(name, cp, Finished::Deployed).await;
                 }
             };
-            cp.strategy_state = Some(step.state);
-            cp.pending = Some(next);
-            self.save(name, &cp).map_err(|e| (e, cp.clone()))?;
+            cp.pending = next;
+            self.save(name, &cp).await.map_err(|e| (e, cp.clone()))?;
         }
     }
 
@@ -654,7 +740,8 @@ impl Executor<'_> {
         seen
     }
 
-    /// Restores the previous split, retires the candidate, records why.
+    /// Puts the service back as it was before the run: the previous split restored and the
+    /// candidate retired, or, for a service this run created, the service removed.
     async fn abort(
         &self,
         service: &Service,
@@ -662,26 +749,39 @@ impl Executor<'_> {
         target: &ServiceRef,
         mut cp: Checkpoint,
         reason: String,
-    ) -> Result<(Outcome, Checkpoint), (String, Checkpoint)> {
+    ) -> RolloutResult {
         let name = service.name.as_str();
         self.phase(name, "rolling back", cp.traffic);
         let mut problems = Vec::new();
-        if !cp.previous_split.is_empty()
-            && let Err(e) = self
-                .set_traffic(provider, target, &split_targets(&cp.previous_split))
-                .await
-        {
-            problems.push(format!("restoring the previous traffic failed: {e}"));
-        }
+        let mut notes = Vec::new();
         if let Some(candidate) = cp.candidate.clone() {
-            if cp.previous_split.is_empty() {
-                // A first deployment has nothing to go back to; the candidate keeps no traffic
-                // only if the platform can route none, so it is left as it is and reported.
-                problems.push("no previous revision to restore".into());
-            } else if let Err(e) = retry(|| provider.retire(target, &candidate)).await {
-                problems.push(format!("retiring {candidate} failed: {e}"));
+            if cp.new_service {
+                // Nothing served before this run: going back means removing what it created.
+                match retry(|| provider.destroy(target)).await {
+                    Ok(()) => {
+                        cp.traffic = 0;
+                        notes.push(format!(
+                            "`{name}` did not exist before this run, so it was removed"
+                        ));
+                    }
+                    Err(e) => problems.push(format!("removing the new service failed: {e}")),
+                }
             } else {
-                cp.traffic = 0;
+                if !cp.previous_split.is_empty()
+                    && let Err(e) = self
+                        .set_traffic(provider, target, &split_targets(&cp.previous_split))
+                        .await
+                {
+                    problems.push(format!("restoring the previous traffic failed: {e}"));
+                }
+                if problems.is_empty() {
+                    match retry(|| provider.retire(target, &candidate)).await {
+                        Ok(()) => cp.traffic = 0,
+                        Err(e) => problems.push(format!("retiring {candidate} failed: {e}")),
+                    }
+                } else {
+                    problems.push(format!("{candidate} was left in place"));
+                }
             }
             self.record(
                 name,
@@ -689,26 +789,52 @@ impl Executor<'_> {
                 cp.traffic,
                 "aborted",
                 Some(reason.clone()),
-            );
+            )
+            .await;
         }
-        let full = if problems.is_empty() {
-            reason
+        let mut full = reason;
+        for extra in notes.iter().chain(&problems) {
+            full.push_str("; ");
+            full.push_str(extra);
+        }
+        cp.awaiting_approval = None;
+        cp.abort_requested = None;
+        cp.wait_until_ms = None;
+        let finished = if problems.is_empty() {
+            Finished::RolledBack(full)
         } else {
-            format!("{reason}; {}", problems.join("; "))
+            // The platform is not where it was: say so instead of claiming a rollback.
+            Finished::Failed(full)
         };
-        let finished = if cp.previous_split.is_empty() {
-            Finished::Failed(full.clone())
-        } else {
-            Finished::RolledBack(full.clone())
-        };
-        cp.outcome = Some(finished.clone());
-        cp.pending = None;
-        self.save(name, &cp).map_err(|e| (e, cp.clone()))?;
-        let outcome = match finished {
+        self.finish(name, cp, finished).await
+    }
+}
+
+/// A service's checkpoint in a run (the default one when it has not started).
+pub(crate) async fn load_checkpoint(
+    store: &Store,
+    run_id: i64,
+    service: &str,
+) -> Result<Checkpoint, String> {
+    match store
+        .checkpoint(run_id, service)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| format!("unreadable checkpoint of `{service}`: {e}")),
+        None => Ok(Checkpoint::default()),
+    }
+}
+
+impl From<Finished> for Outcome {
+    fn from(finished: Finished) -> Outcome {
+        match finished {
+            Finished::Deployed => Outcome::Deployed,
+            Finished::Unchanged => Outcome::Unchanged,
+            Finished::RolledBack(r) => Outcome::RolledBack(r),
             Finished::Failed(r) => Outcome::Failed(r),
-            _ => Outcome::RolledBack(full),
-        };
-        Ok((outcome, cp))
+        }
     }
 }
 

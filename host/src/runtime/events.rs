@@ -125,11 +125,17 @@ impl EventSink for TracingSink {
                     .map(|(k, v)| format!(" {k}={v}"))
                     .collect::<String>();
                 match level {
-                    LogLevel::Trace => tracing::trace!(plugin, "{message}{fields}"),
-                    LogLevel::Debug => tracing::debug!(plugin, "{message}{fields}"),
-                    LogLevel::Info => tracing::info!(plugin, "{message}{fields}"),
-                    LogLevel::Warn => tracing::warn!(plugin, "{message}{fields}"),
-                    LogLevel::Error => tracing::error!(plugin, "{message}{fields}"),
+                    LogLevel::Trace => {
+                        tracing::trace!(target: "plugin", plugin, "{message}{fields}")
+                    }
+                    LogLevel::Debug => {
+                        tracing::debug!(target: "plugin", plugin, "{message}{fields}")
+                    }
+                    LogLevel::Info => tracing::info!(target: "plugin", plugin, "{message}{fields}"),
+                    LogLevel::Warn => tracing::warn!(target: "plugin", plugin, "{message}{fields}"),
+                    LogLevel::Error => {
+                        tracing::error!(target: "plugin", plugin, "{message}{fields}")
+                    }
                 }
             }
             PluginEvent::Output {

@@ -1,0 +1,353 @@
+//! The state store's behaviour, each on both backends: a SQLite file and a real PostgreSQL
+//! server (see support/postgres.rs).
+
+mod support;
+
+use engine::state::{Holder, Location, RevisionRecord, StateError, Store, now_ms};
+use std::future::Future;
+
+/// Runs `check` against a fresh SQLite file.
+async fn on_sqlite<F, Fut>(check: F)
+where
+    F: FnOnce(Location) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    check(Location::Sqlite(dir.path().join(".engine/state.db"))).await;
+}
+
+/// Runs `check` against a fresh PostgreSQL database.
+async fn on_postgres<F, Fut>(check: F)
+where
+    F: FnOnce(Location) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    check(Location::Postgres(support::postgres::database().await)).await;
+}
+
+/// Declares one test per backend for an `async fn(Location)`.
+macro_rules! on_both_backends {
+    ($($check:ident),* $(,)?) => {
+        $(
+            mod $check {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::on_sqlite(super::$check).await;
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    super::on_postgres(super::$check).await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends!(
+    a_second_holder_finds_the_lock_busy_and_is_told_who_holds_it,
+    of_many_racing_runs_exactly_one_takes_the_lock,
+    an_unfinished_run_is_resumed,
+    checkpoints_replace_each_other_and_survive_reopening,
+    stored_text_is_redacted,
+    history_is_newest_first_per_service,
+);
+
+async fn a_second_holder_finds_the_lock_busy_and_is_told_who_holds_it(at: Location) {
+    let first = Store::connect(&at).await.unwrap();
+    let second = Store::connect(&at).await.unwrap();
+    let me = Holder::this_process("engine run (job 1)");
+    let lock = first.lock("shop", "production", &me).await.unwrap();
+    match second
+        .lock(
+            "shop",
+            "production",
+            &Holder::this_process("engine run (job 2)"),
+        )
+        .await
+    {
+        Err(StateError::LockBusy {
+            holder, host, pid, ..
+        }) => {
+            assert_eq!(
+                (holder.as_str(), host.as_str(), pid),
+                ("engine run (job 1)", me.host.as_str(), me.pid)
+            );
+        }
+        other => panic!("expected a busy lock, got {other:?}"),
+    }
+    let staging = second.lock("shop", "staging", &me).await;
+    assert!(staging.is_ok(), "another environment has its own lock");
+    first.unlock(lock).await.unwrap();
+    let again = second.lock("shop", "production", &me).await;
+    assert!(again.is_ok(), "released locks can be taken: {again:?}");
+}
+
+async fn of_many_racing_runs_exactly_one_takes_the_lock(at: Location) {
+    let mut stores = Vec::new();
+    for _ in 0..8 {
+        stores.push(Store::connect(&at).await.unwrap());
+    }
+    let attempts = stores.iter().enumerate().map(|(i, store)| async move {
+        store
+            .lock("shop", "prod", &Holder::this_process(format!("run {i}")))
+            .await
+    });
+    let results = futures::future::join_all(attempts).await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r, Err(StateError::LockBusy { .. })))
+        .count();
+    assert_eq!((won, busy), (1, 7), "{results:?}");
+}
+
+async fn an_unfinished_run_is_resumed(at: Location) {
+    let store = Store::connect(&at).await.unwrap();
+    let (first, resumed) = store.begin_run("shop", "prod").await.unwrap();
+    assert!(!resumed);
+    assert_eq!(store.open_run("shop", "prod").await.unwrap(), Some(first));
+    assert_eq!(
+        store.begin_run("shop", "prod").await.unwrap(),
+        (first, true)
+    );
+    assert_ne!(store.begin_run("shop", "staging").await.unwrap().0, first);
+    store.finish_run(first, "deployed").await.unwrap();
+    assert_eq!(store.open_run("shop", "prod").await.unwrap(), None);
+    let (second, resumed) = store.begin_run("shop", "prod").await.unwrap();
+    assert!(!resumed && second != first);
+    let runs = store.runs("shop", "prod", 10).await.unwrap();
+    assert_eq!(
+        runs.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [second, first]
+    );
+    assert_eq!(runs[1].outcome.as_deref(), Some("deployed"));
+    assert!(runs[1].finished_ms.is_some() && runs[0].finished_ms.is_none());
+}
+
+async fn checkpoints_replace_each_other_and_survive_reopening(at: Location) {
+    let store = Store::connect(&at).await.unwrap();
+    let (run, _) = store.begin_run("shop", "prod").await.unwrap();
+    assert_eq!(store.checkpoint(run, "api").await.unwrap(), None);
+    store
+        .save_checkpoint(run, "api", r#"{"step":1}"#)
+        .await
+        .unwrap();
+    store
+        .save_checkpoint(run, "api", r#"{"step":2}"#)
+        .await
+        .unwrap();
+    drop(store);
+    let store = Store::connect(&at).await.unwrap();
+    assert_eq!(
+        store.checkpoint(run, "api").await.unwrap().as_deref(),
+        Some(r#"{"step":2}"#)
+    );
+}
+
+async fn stored_text_is_redacted(at: Location) {
+    let store = Store::connect(&at).await.unwrap();
+    engine::runtime::secrets::redactor().register("state-test-secret-value");
+    let (run, _) = store.begin_run("shop", "prod").await.unwrap();
+    store
+        .save_checkpoint(run, "api", "token=state-test-secret-value")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.checkpoint(run, "api").await.unwrap().as_deref(),
+        Some("token=[REDACTED]")
+    );
+    let record = RevisionRecord {
+        revision: "api-2".into(),
+        run_id: Some(run),
+        recorded_ms: now_ms(),
+        traffic: 0,
+        outcome: "aborted".into(),
+        detail: Some("health check saw state-test-secret-value".into()),
+    };
+    store
+        .record_revision("shop", "prod", "api", Some(run), &record)
+        .await
+        .unwrap();
+    let history = store.history("shop", "prod", "api").await.unwrap();
+    assert_eq!(
+        history[0].detail.as_deref(),
+        Some("health check saw [REDACTED]")
+    );
+}
+
+async fn history_is_newest_first_per_service(at: Location) {
+    let store = Store::connect(&at).await.unwrap();
+    for (revision, outcome, traffic) in [
+        ("api-1", "promoted", 100),
+        ("api-2", "aborted", 0),
+        ("api-3", "promoted", 100),
+    ] {
+        let r = RevisionRecord {
+            revision: revision.into(),
+            run_id: None,
+            recorded_ms: now_ms(),
+            traffic,
+            outcome: outcome.into(),
+            detail: None,
+        };
+        store
+            .record_revision("shop", "prod", "api", None, &r)
+            .await
+            .unwrap();
+    }
+    let history = store.history("shop", "prod", "api").await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|r| (r.revision.as_str(), r.traffic, r.run_id))
+            .collect::<Vec<_>>(),
+        [
+            ("api-3", 100, None),
+            ("api-2", 0, None),
+            ("api-1", 100, None)
+        ]
+    );
+    assert!(
+        store
+            .history("shop", "prod", "web")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .history("shop", "staging", "api")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_breaks_the_lock_of_a_dead_local_process_but_not_of_a_remote_one() {
+    on_sqlite(|at| async move {
+        let store = Store::connect(&at).await.unwrap();
+        let here = Holder::this_process("x").host;
+        let dead_pid = 4_000_000; // above Linux's pid_max, so no such process
+        let crashed = Holder {
+            name: "crashed run".into(),
+            host: here,
+            pid: dead_pid,
+        };
+        let _ = store.lock("shop", "prod", &crashed).await.unwrap();
+        let new = store
+            .lock("shop", "prod", &Holder::this_process("new run"))
+            .await;
+        assert!(new.is_ok(), "a crashed holder's lock is broken: {new:?}");
+
+        let elsewhere = Holder {
+            name: "run elsewhere".into(),
+            host: "another-machine".into(),
+            pid: dead_pid,
+        };
+        let _ = store.lock("other", "prod", &elsewhere).await.unwrap();
+        let err = store
+            .lock("other", "prod", &Holder::this_process("new run"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "is locked by run elsewhere, running on another-machine as process 4000000"
+            ),
+            "{err}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_frees_the_lock_when_the_holders_session_ends() {
+    on_postgres(|at| async move {
+        let crashed = Store::connect(&at).await.unwrap();
+        // A holder on another machine: only its session says whether it is alive.
+        let elsewhere = Holder {
+            name: "run elsewhere".into(),
+            host: "another-machine".into(),
+            pid: 42,
+        };
+        let _lock = crashed.lock("shop", "prod", &elsewhere).await.unwrap();
+        let other = Store::connect(&at).await.unwrap();
+        let busy = other
+            .lock("shop", "prod", &Holder::this_process("new run"))
+            .await
+            .unwrap_err();
+        assert!(
+            busy.to_string().contains("locked by run elsewhere"),
+            "{busy}"
+        );
+        drop(crashed); // the connection closes, as when the process is killed
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match other
+                .lock("shop", "prod", &Holder::this_process("new run"))
+                .await
+            {
+                Ok(_) => break,
+                Err(StateError::LockBusy { .. }) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("the lock of a closed session was not freed: {e}"),
+            }
+        }
+        let holder = other.lock_holder("shop", "prod").await.unwrap().unwrap().0;
+        assert_eq!(holder.name, "new run");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_engine_is_refused() {
+    on_sqlite(|at| async move {
+        drop(Store::connect(&at).await.unwrap());
+        let Location::Sqlite(path) = &at else {
+            unreachable!()
+        };
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = Store::connect(&at).await.err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("written by a newer engine (schema 99"),
+            "{err}"
+        );
+    })
+    .await;
+    on_postgres(|at| async move {
+        drop(Store::connect(&at).await.unwrap());
+        let Location::Postgres(url) = &at else {
+            unreachable!()
+        };
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute("UPDATE engine_schema SET version = 99")
+            .await
+            .unwrap();
+        let err = Store::connect(&at).await.err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("written by a newer engine (schema 99"),
+            "{err}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_postgres_server_that_is_not_there_gives_a_clear_error() {
+    let at = Location::parse("postgres://engine:hunter2@127.0.0.1:1/nothing");
+    let err = Store::connect(&at).await.err().unwrap().to_string();
+    assert!(
+        err.starts_with("state database postgres://engine:***@127.0.0.1:1/nothing:"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}
