@@ -65,6 +65,17 @@ provider = "test"
         self.command(args).output().unwrap()
     }
 
+    /// Any subcommand that takes `--pipeline` (promote, abort, status, history…).
+    fn engine(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args(args)
+            .arg("--pipeline")
+            .arg(self.path("pipeline.toml"))
+            .env("ENGINE_CACHE_DIR", support::cache_dir())
+            .output()
+            .unwrap()
+    }
+
     fn edit(&self, from: &str, to: &str) {
         let path = self.path("pipeline.toml");
         let text = std::fs::read_to_string(&path).unwrap();
@@ -588,4 +599,298 @@ fn junit_reports_and_github_annotations_show_the_failed_gate() {
         xml.contains(r#"<skipped message="dependency `api` rolled-back" type="skipped"/>"#),
         "{xml}"
     );
+}
+
+/// The events of one service, as (type, phase or outcome) pairs.
+fn service_events(events: &[Value], service: &str) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e["service"] == service)
+        .map(|e| {
+            let what = match e["type"].as_str() {
+                Some("phase") => e["phase"].as_str().unwrap_or_default().to_string(),
+                Some("service-finished") => e["outcome"].as_str().unwrap_or_default().to_string(),
+                _ => e["verdict"].as_str().unwrap_or_default().to_string(),
+            };
+            (e["type"].as_str().unwrap_or_default().to_string(), what)
+        })
+        .collect()
+}
+
+const CANARY_WITH_APPROVAL: &str = r#"
+[services.api]
+image = "api:1"
+strategy = "canary"
+strategy_config = { steps = [50], pause = "0s", approval = true }
+
+[[services.api.checks]]
+plugin = "health"
+config = {}
+
+[services.web]
+image = "web:1"
+depends_on = ["api"]
+"#;
+
+#[test]
+fn a_rollout_waits_for_approval_then_promote_or_abort_resumes_the_run() {
+    let project = Project::new(CANARY_WITH_APPROVAL);
+
+    // A first deployment waits for approval at 100 % (there is nothing to split with).
+    let out = project.run(&["--output", "json"]);
+    assert_exit(&out, 4);
+    let events = json_lines(&out);
+    let api = service_events(&events, "api");
+    assert_eq!(
+        api.last().unwrap(),
+        &(
+            "service-finished".to_string(),
+            "awaiting-approval".to_string()
+        ),
+        "{api:?}"
+    );
+    let web = events
+        .iter()
+        .find(|e| e["service"] == "web" && e["type"] == "service-finished")
+        .unwrap();
+    assert_eq!(web["outcome"], "skipped");
+    assert_eq!(web["reason"], "dependency `api` is awaiting approval");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("waiting for approval: api"), "{stderr}");
+
+    let status = project.engine(&["status"]);
+    assert_exit(&status, 0);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("awaiting approval: promote api-r1 of `api` to 100% of the traffic"),
+        "{text}"
+    );
+
+    // Approval resumes the same run: api is promoted, then web deploys.
+    let out = project.engine(&["promote", "api", "--output", "json"]);
+    assert_exit(&out, 0);
+    let events = json_lines(&out);
+    assert_eq!(events[0]["resumed"], true);
+    assert_eq!(
+        project.platform("api")["traffic"],
+        serde_json::json!([["api-r1", 100]])
+    );
+    assert_eq!(
+        project.platform("web")["traffic"],
+        serde_json::json!([["web-r1", 100]])
+    );
+
+    // v2 waits at 50 %; `engine abort` rolls it back and says why.
+    project.edit("image = \"api:1\"", "image = \"api:2\"");
+    let out = project.run(&[]);
+    assert_exit(&out, 4);
+    assert_eq!(
+        project.platform("api")["traffic"],
+        serde_json::json!([["api-r2", 50], ["api-r1", 50]])
+    );
+    let out = project.engine(&["abort", "api", "--reason", "p99 doubled"]);
+    assert_exit(&out, 1);
+    let platform = project.platform("api");
+    assert_eq!(platform["traffic"], serde_json::json!([["api-r1", 100]]));
+    let r2 = platform["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "api-r2")
+        .unwrap();
+    assert_eq!(r2["retired"], true, "the rejected revision is retired");
+    let history = String::from_utf8_lossy(&project.engine(&["history", "api"]).stdout).to_string();
+    assert!(
+        history.contains("aborted") && history.contains("rejected: p99 doubled"),
+        "{history}"
+    );
+
+    // Nothing is waiting any more: a clear error, not a silent success.
+    let out = project.engine(&["promote", "api"]);
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no run of pipeline `shop` (environment `default`) is in progress, so `api` has no rollout to promote"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn promote_refuses_a_service_that_is_not_waiting() {
+    let project = Project::new(SYSTEM);
+    assert_exit(&project.run(&[]), 0);
+    let out = project.engine(&["promote", "nope"]);
+    assert_exit(&out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no service `nope`"));
+    let out = project.engine(&["promote", "api", "--reason", "x"]);
+    assert_exit(&out, 2);
+}
+
+#[test]
+fn hooks_run_around_the_rollout_and_a_failing_pre_hook_deploys_nothing() {
+    let project = Project::new(
+        r#"
+[services.api]
+image = "api:1"
+hooks = { pre = ["echo pre $ENGINE_SERVICE stable=$ENGINE_STABLE_REVISION >> hooks.log"], post = ["echo post $ENGINE_REVISION >> hooks.log"] }
+"#,
+    );
+    assert_exit(&project.run(&[]), 0);
+    project.edit("image = \"api:1\"", "image = \"api:2\"");
+    assert_exit(&project.run(&[]), 0);
+    let log = std::fs::read_to_string(project.path("hooks.log")).unwrap();
+    assert_eq!(
+        log, "pre api stable=\npost api-r1\npre api stable=api-r1\npost api-r2\n",
+        "hooks run in the pipeline's directory, in order, with the rollout's revisions"
+    );
+
+    project.edit("echo pre", "echo 'migration failed' >&2; exit 3; echo");
+    project.edit("image = \"api:2\"", "image = \"api:3\"");
+    let out = project.run(&[]);
+    assert_exit(&out, 1);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ended with exit code 3"), "{stdout}");
+    assert!(stdout.contains("migration failed"), "{stdout}");
+    assert!(stdout.contains("nothing was deployed"), "{stdout}");
+    assert_eq!(project.platform("api")["calls"]["deploy-created"], 2);
+}
+
+#[test]
+fn a_first_deployment_that_fails_its_gate_is_removed() {
+    let project = Project::new(
+        r#"
+[services.api]
+image = "api:1"
+
+[[services.api.checks]]
+plugin = "health"
+config = { unhealthy_revisions = ["api-r1"] }
+"#,
+    );
+    let out = project.run(&["--output", "json"]);
+    assert_exit(&out, 1);
+    let events = json_lines(&out);
+    let finished = events
+        .iter()
+        .find(|e| e["type"] == "service-finished")
+        .unwrap();
+    assert_eq!(finished["outcome"], "rolled-back");
+    assert!(
+        finished["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`api` did not exist before this run, so it was removed"),
+        "{finished}"
+    );
+    assert!(
+        !project.path("platform/api.json").exists(),
+        "no orphaned deployment is left on the platform"
+    );
+}
+
+#[test]
+fn a_run_killed_during_a_wait_resumes_with_what_is_left_of_it() {
+    let project = Project::new(
+        r#"
+[services.api]
+image = "api:1"
+"#,
+    );
+    assert_exit(&project.run(&[]), 0);
+    project.edit(
+        "image = \"api:1\"",
+        "image = \"api:2\"\nstrategy = \"canary\"\nstrategy_config = { steps = [50], pause = \"8s\" }",
+    );
+    let mut child = project
+        .command(&[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once the wait is checkpointed.
+    let db = project.path(".engine/state.db");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let saved: Option<String> = rusqlite::Connection::open(&db)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT data FROM checkpoints WHERE service = 'api' ORDER BY run_id DESC LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .ok();
+        if saved.is_some_and(|d| d.contains("\"wait_until_ms\":1")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the canary never paused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = project.run(&["--output", "json"]);
+    assert_exit(&out, 0);
+    let events = json_lines(&out);
+    assert_eq!(events[0]["resumed"], true);
+    let phases: Vec<String> = service_events(&events, "api")
+        .into_iter()
+        .filter(|(t, _)| t == "phase")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(
+        phases.first().map(String::as_str),
+        Some("analysing at 50%"),
+        "the resumed run finishes the stored wait instead of asking the strategy again: {phases:?}"
+    );
+    assert_eq!(project.platform("api")["calls"]["deploy-created"], 2);
+    assert_eq!(
+        project.platform("api")["traffic"],
+        serde_json::json!([["api-r2", 100]])
+    );
+}
+
+#[test]
+fn state_shared_through_postgresql() {
+    let url = block_on(support::postgres::database());
+    let project = Project::new(SYSTEM);
+    let out = project.run(&["--state", &url, "--output", "json"]);
+    assert_exit(&out, 0);
+    assert!(
+        !project.path(".engine/state.db").exists(),
+        "nothing is written beside the pipeline"
+    );
+
+    // Another machine's run holds the lock: this one is told who, with exit code 3.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = runtime
+        .block_on(engine::state::Store::connect(
+            &engine::state::Location::parse(&url),
+        ))
+        .unwrap();
+    let holder = engine::state::Holder {
+        name: "engine run on ci-9".into(),
+        host: "ci-runner-9".into(),
+        pid: 77,
+    };
+    let lock = runtime
+        .block_on(store.lock("shop", "default", &holder))
+        .unwrap();
+    let out = project.run(&["--state", &url]);
+    assert_exit(&out, 3);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("locked by engine run on ci-9, running on ci-runner-9")
+    );
+    runtime.block_on(store.unlock(lock)).unwrap();
+
+    // The CLI reads the same database (here through ENGINE_STATE).
+    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["history", "api", "--pipeline"])
+        .arg(project.path("pipeline.toml"))
+        .env("ENGINE_STATE", &url)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("api-r1"));
 }

@@ -72,12 +72,11 @@ pub async fn status(args: &StateArgs) -> Result<(), CommandError> {
         ),
         None => println!("not locked"),
     }
-    match store
+    let last = store
         .runs(&pipeline.name, &environment, 1)
         .await
-        .map_err(CommandError::failure)?
-        .first()
-    {
+        .map_err(CommandError::failure)?;
+    match last.first() {
         Some(run) => println!(
             "last run: {} started {}, {}",
             run.id,
@@ -88,6 +87,19 @@ pub async fn status(args: &StateArgs) -> Result<(), CommandError> {
             }
         ),
         None => println!("no runs yet"),
+    }
+    if let Some(run) = last.first().filter(|r| r.finished_ms.is_none()) {
+        for service in &pipeline.services {
+            let cp = crate::run::load_checkpoint(&store, run.id, &service.name)
+                .await
+                .map_err(CommandError::failure)?;
+            if let Some(what) = cp.awaiting_approval {
+                println!(
+                    "{}: awaiting approval: {what} (`engine promote {0}` or `engine abort {0}`)",
+                    service.name
+                );
+            }
+        }
     }
     let mut rows = vec![
         ["SERVICE", "REVISION", "OUTCOME", "TRAFFIC", "WHEN"]

@@ -108,10 +108,12 @@ impl Printer {
             return;
         }
         print!("{}", redactor().redact(&summary_table(report)));
+        // Timestamped lines already gave each reason; the live display has been cleared.
+        let reasons = matches!(self.style, Style::Live(_));
         for s in report
             .services
             .iter()
-            .filter(|s| s.outcome.reason().is_some())
+            .filter(|s| reasons && s.outcome.reason().is_some())
         {
             out(&format!(
                 "{}: {}: {}",

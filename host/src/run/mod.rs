@@ -559,7 +559,6 @@ impl Executor<'_> {
                 return self.abort(service, &provider, &target, cp, reason).await;
             }
             if let Some(what) = cp.awaiting_approval.clone() {
-                self.phase(name, "awaiting approval", cp.traffic);
                 return Ok((Outcome::AwaitingApproval(what), cp));
             }
             if let Some(until) = cp.wait_until_ms {
@@ -811,7 +810,7 @@ impl Executor<'_> {
 }
 
 /// A service's checkpoint in a run (the default one when it has not started).
-pub(crate) async fn load_checkpoint(
+pub async fn load_checkpoint(
     store: &Store,
     run_id: i64,
     service: &str,

@@ -129,6 +129,11 @@ async fn plan_service(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // Hooks are the author's own commands, outside the sandbox: a dry run lists, never runs them.
+    for command in &service.pre_hooks {
+        out.timeline
+            .push(format!("run pre hook (not run in a plan): {command}"));
+    }
     let mut state: Option<String> = None;
     let mut observation = Observation::Start;
     let mut now = now_ms() as u64;
@@ -193,6 +198,10 @@ async fn plan_service(
                 return Ok(());
             }
             Decision::Done => {
+                for command in &service.post_hooks {
+                    out.timeline
+                        .push(format!("run post hook (not run in a plan): {command}"));
+                }
                 out.timeline.push("done".into());
                 return Ok(());
             }

@@ -126,14 +126,6 @@ pub struct Lock {
 const ADVISORY_KEY: &str = "hashtextextended('engine:' || $1 || '/' || $2, 0)";
 
 impl Store {
-    /// The default location for a pipeline file: `.engine/state.db` beside it.
-    pub fn default_path(pipeline_file: &Path) -> std::path::PathBuf {
-        match Location::beside(pipeline_file) {
-            Location::Sqlite(path) => path,
-            Location::Postgres(_) => unreachable!("the default is a file"),
-        }
-    }
-
     /// Opens (creating and migrating if needed) the SQLite file at `path`.
     pub async fn open(path: &Path) -> Result<Store, StateError> {
         Store::connect(&Location::Sqlite(path.to_path_buf())).await

@@ -1,0 +1,461 @@
+//! The `canary` strategy: the new revision takes a growing share of the traffic in steps (such
+//! as 10/25/50/100), with a pause and a health analysis at every step. A failed analysis is
+//! measured again after the pause until more than `failure_limit` have failed, then the rollout
+//! is aborted (the host restores the previous split). After the last step the rollout waits for
+//! a person if `approval` is set, is promoted, and the previous revision is retired.
+//!
+//! A first deployment (no stable revision) has nothing to split with: it takes 100 % at once and
+//! is analysed before promotion.
+//!
+//! Every step is a pure function of (configuration, state, observation): the host checkpoints
+//! after each and may resume from any.
+
+use engine_sdk::strategy::{
+    AnalysisRequest, CheckOutcome, Decision, Observation, Rollout, StepResult,
+};
+use engine_sdk::{
+    Capabilities, Diagnostic, Error, ErrorExt, PluginInfo, Severity, Strategy, TrafficTarget,
+    Verdict,
+};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The plugin's configuration (`strategy_config` of a service in pipeline.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The candidate's share of traffic at each step, increasing, each 1 to 100.
+    pub steps: Vec<u8>,
+    /// How long each step runs before its analysis (and between re-analyses), such as `30s`.
+    pub pause: String,
+    /// Failed analyses tolerated over the whole rollout before it is aborted.
+    pub failure_limit: u32,
+    /// Count an inconclusive analysis (no data yet) as failed.
+    pub fail_on_inconclusive: bool,
+    /// Wait for `engine promote` after the last step, before promotion.
+    pub approval: bool,
+    /// Retire the previous revision once the candidate is promoted.
+    pub retire_previous: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            steps: vec![25, 50, 100],
+            pause: "30s".into(),
+            failure_limit: 0,
+            fail_on_inconclusive: false,
+            approval: false,
+            retire_previous: true,
+        }
+    }
+}
+
+pub const CONFIG_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "title": "canary strategy",
+  "type": "object",
+  "properties": {
+    "steps": { "type": "array", "items": { "type": "integer", "minimum": 1, "maximum": 100 }, "minItems": 1, "default": [25, 50, 100], "description": "The new revision's share of traffic at each step, increasing." },
+    "pause": { "type": "string", "default": "30s", "description": "How long each step runs before it is analysed, such as 30s, 5m or 1h 30m." },
+    "failure_limit": { "type": "integer", "minimum": 0, "default": 0, "description": "Failed analyses tolerated before the rollout is aborted." },
+    "fail_on_inconclusive": { "type": "boolean", "default": false, "description": "Count an inconclusive analysis as failed." },
+    "approval": { "type": "boolean", "default": false, "description": "Wait for `engine promote` after the last step." },
+    "retire_previous": { "type": "boolean", "default": true, "description": "Retire the previous revision after promotion." }
+  },
+  "additionalProperties": false
+}"#;
+
+/// A configuration, checked beyond its schema.
+pub fn parse_config(text: &str) -> Result<(Config, Duration), Error> {
+    let text = if text.trim().is_empty() { "{}" } else { text };
+    let config: Config = serde_json::from_str(text)
+        .map_err(|e| Error::invalid_config(format!("canary configuration: {e}")))?;
+    let pause = humantime::parse_duration(&config.pause).map_err(|e| {
+        Error::invalid_config(format!(
+            "canary `pause` {:?}: {e}; write it like 30s, 5m or 1h 30m",
+            config.pause
+        ))
+    })?;
+    if config.steps.is_empty() {
+        return Err(Error::invalid_config(
+            "canary `steps` is empty; give the traffic percentages, such as [10, 25, 50, 100]",
+        ));
+    }
+    if let Some(bad) = config.steps.iter().find(|p| !(1..=100).contains(*p)) {
+        return Err(Error::invalid_config(format!(
+            "canary step {bad}% is outside 1 to 100"
+        )));
+    }
+    if let Some(w) = config.steps.windows(2).find(|w| w[0] >= w[1]) {
+        return Err(Error::invalid_config(format!(
+            "canary `steps` must increase, but {}% is followed by {}%",
+            w[0], w[1]
+        )));
+    }
+    Ok((config, pause))
+}
+
+/// What the host was last asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// The split of the current step was asked for.
+    Shifting,
+    /// The pause before the current step's analysis was asked for.
+    Pausing,
+    /// The current step's analysis was asked for.
+    Analysing,
+    /// Approval was asked for.
+    AwaitingApproval,
+    /// Promotion was asked for.
+    Promoting,
+    /// Retiring the previous revision was asked for.
+    Retiring,
+    /// Finished (done or aborted).
+    Done,
+}
+
+/// The state the host stores between steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub phase: Phase,
+    /// Index into the steps in use.
+    pub step: usize,
+    /// Failed analyses so far.
+    pub failures: u32,
+}
+
+/// The steps of this rollout: the configured ones, or 100 % at once for a first deployment.
+fn steps(config: &Config, rollout: &Rollout) -> Vec<u8> {
+    if rollout.stable.is_none() {
+        vec![100]
+    } else {
+        config.steps.clone()
+    }
+}
+
+fn split(rollout: &Rollout, percent: u8) -> Vec<TrafficTarget> {
+    let mut split = vec![TrafficTarget {
+        revision: rollout.candidate.clone(),
+        percent,
+    }];
+    if let Some(stable) = &rollout.stable
+        && percent < 100
+    {
+        split.push(TrafficTarget {
+            revision: stable.clone(),
+            percent: 100 - percent,
+        });
+    }
+    split
+}
+
+fn emit(state: State, decision: Decision, label: String) -> Result<StepResult, Error> {
+    Ok(StepResult {
+        state: serde_json::to_string(&state).expect("a state always serialises"),
+        decision,
+        phase: label,
+    })
+}
+
+fn analyse(rollout: &Rollout) -> Decision {
+    Decision::Analyse(AnalysisRequest {
+        revision: rollout.candidate.clone(),
+        checks: Vec::new(),
+    })
+}
+
+/// The failing checks of an analysis under this configuration, if any.
+fn failures(config: &Config, outcomes: &[CheckOutcome]) -> Option<String> {
+    let failing: Vec<String> = outcomes
+        .iter()
+        .filter(|o| match o.verdict {
+            Verdict::Healthy => false,
+            Verdict::Unhealthy => true,
+            Verdict::Inconclusive => config.fail_on_inconclusive,
+        })
+        .map(|o| format!("{} ({})", o.name, o.message))
+        .collect();
+    (!failing.is_empty()).then(|| failing.join("; "))
+}
+
+/// After the last step passed: approval, or promotion.
+fn finish_steps(config: &Config, rollout: &Rollout, state: State) -> Result<StepResult, Error> {
+    if config.approval {
+        emit(
+            State {
+                phase: Phase::AwaitingApproval,
+                ..state
+            },
+            Decision::AwaitApproval(format!(
+                "promote {} of `{}` to 100% of the traffic",
+                rollout.candidate, rollout.service
+            )),
+            "awaiting approval".into(),
+        )
+    } else {
+        emit(
+            State {
+                phase: Phase::Promoting,
+                ..state
+            },
+            Decision::Promote,
+            "promoting".into(),
+        )
+    }
+}
+
+/// One step of the state machine.
+pub fn step(
+    rollout: &Rollout,
+    state: Option<&str>,
+    observation: &Observation,
+) -> Result<StepResult, Error> {
+    let (config, pause) = parse_config(&rollout.config)?;
+    let steps = steps(&config, rollout);
+    let state: Option<State> = state
+        .map(|s| {
+            serde_json::from_str(s)
+                .map_err(|e| Error::fatal(format!("canary: unreadable checkpoint {s:?}: {e}")))
+        })
+        .transpose()?;
+    let percent = |s: &State| steps.get(s.step).copied().unwrap_or(100);
+    let wait = || Decision::Wait(pause.as_millis() as u64);
+    match (state, observation) {
+        (_, Observation::Rejected(reason)) => {
+            let s = state.unwrap_or(State {
+                phase: Phase::Done,
+                step: 0,
+                failures: 0,
+            });
+            emit(
+                State {
+                    phase: Phase::Done,
+                    ..s
+                },
+                Decision::Abort(format!("rejected: {reason}")),
+                "aborted".into(),
+            )
+        }
+        (None, Observation::Start) => {
+            let s = State {
+                phase: Phase::Shifting,
+                step: 0,
+                failures: 0,
+            };
+            emit(
+                s,
+                Decision::SetTraffic(split(rollout, steps[0])),
+                format!("canary {}%", steps[0]),
+            )
+        }
+        (
+            Some(
+                s @ State {
+                    phase: Phase::Shifting,
+                    ..
+                },
+            ),
+            Observation::TrafficSet(_),
+        ) => {
+            if pause.is_zero() {
+                emit(
+                    State {
+                        phase: Phase::Analysing,
+                        ..s
+                    },
+                    analyse(rollout),
+                    format!("analysing at {}%", percent(&s)),
+                )
+            } else {
+                emit(
+                    State {
+                        phase: Phase::Pausing,
+                        ..s
+                    },
+                    wait(),
+                    format!("pausing at {}%", percent(&s)),
+                )
+            }
+        }
+        (
+            Some(
+                s @ State {
+                    phase: Phase::Pausing,
+                    ..
+                },
+            ),
+            Observation::Waited,
+        ) => emit(
+            State {
+                phase: Phase::Analysing,
+                ..s
+            },
+            analyse(rollout),
+            format!("analysing at {}%", percent(&s)),
+        ),
+        (
+            Some(
+                s @ State {
+                    phase: Phase::Analysing,
+                    ..
+                },
+            ),
+            Observation::Analysed(outcomes),
+        ) => {
+            match failures(&config, outcomes) {
+                Some(failing) => {
+                    let failures = s.failures + 1;
+                    if failures > config.failure_limit {
+                        emit(
+                            State {
+                                phase: Phase::Done,
+                                failures,
+                                ..s
+                            },
+                            Decision::Abort(format!(
+                                "health checks failed at {}%: {failing}",
+                                percent(&s)
+                            )),
+                            "aborted".into(),
+                        )
+                    } else {
+                        // Tolerated: measure again after the pause.
+                        emit(
+                            State {
+                                phase: Phase::Pausing,
+                                failures,
+                                ..s
+                            },
+                            wait(),
+                            format!(
+                                "re-checking at {}% ({failures} of {} failures tolerated)",
+                                percent(&s),
+                                config.failure_limit
+                            ),
+                        )
+                    }
+                }
+                None if s.step + 1 < steps.len() => {
+                    let next = State {
+                        phase: Phase::Shifting,
+                        step: s.step + 1,
+                        ..s
+                    };
+                    emit(
+                        next,
+                        Decision::SetTraffic(split(rollout, steps[next.step])),
+                        format!("canary {}%", steps[next.step]),
+                    )
+                }
+                None => finish_steps(&config, rollout, s),
+            }
+        }
+        (
+            Some(
+                s @ State {
+                    phase: Phase::AwaitingApproval,
+                    ..
+                },
+            ),
+            Observation::Approved,
+        ) => emit(
+            State {
+                phase: Phase::Promoting,
+                ..s
+            },
+            Decision::Promote,
+            "promoting".into(),
+        ),
+        (
+            Some(
+                s @ State {
+                    phase: Phase::Promoting,
+                    ..
+                },
+            ),
+            Observation::Promoted,
+        ) => match (&rollout.stable, config.retire_previous) {
+            (Some(stable), true) if *stable != rollout.candidate => emit(
+                State {
+                    phase: Phase::Retiring,
+                    ..s
+                },
+                Decision::Retire(stable.clone()),
+                format!("retiring {stable}"),
+            ),
+            _ => emit(
+                State {
+                    phase: Phase::Done,
+                    ..s
+                },
+                Decision::Done,
+                "done".into(),
+            ),
+        },
+        (
+            Some(
+                s @ State {
+                    phase: Phase::Retiring,
+                    ..
+                },
+            ),
+            Observation::Retired(_),
+        ) => emit(
+            State {
+                phase: Phase::Done,
+                ..s
+            },
+            Decision::Done,
+            "done".into(),
+        ),
+        (state, observation) => Err(Error::fatal(format!(
+            "canary: observation {observation:?} does not fit state {state:?}"
+        ))),
+    }
+}
+
+pub struct Canary;
+
+impl Strategy for Canary {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "canary".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Shifts traffic to the new revision in steps, checking its health at each; optional approval before promotion".into(),
+            config_schema: CONFIG_SCHEMA.into(),
+            features: Vec::new(),
+            capabilities: Capabilities::none(),
+        }
+    }
+
+    fn validate(config: String) -> Vec<Diagnostic> {
+        match parse_config(&config) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![Diagnostic {
+                severity: Severity::Error,
+                path: String::new(),
+                message: e.describe(),
+                hint: Some(
+                    "keys: steps, pause, failure_limit, fail_on_inconclusive, approval, retire_previous"
+                        .into(),
+                ),
+            }],
+        }
+    }
+
+    fn step(
+        rollout: Rollout,
+        state: Option<String>,
+        observation: Observation,
+        _now_ms: u64,
+    ) -> Result<StepResult, Error> {
+        step(&rollout, state.as_deref(), &observation)
+    }
+}
+
+engine_sdk::export_strategy!(Canary);
+
+#[cfg(test)]
+mod tests;
