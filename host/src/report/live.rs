@@ -23,8 +23,13 @@ impl Live {
     /// Progress drawn on stderr. The engine's log lines are printed above it (see
     /// [`Live::multi`]) instead of tearing it.
     pub fn new() -> Live {
+        Live::drawing_to(ProgressDrawTarget::stderr())
+    }
+
+    /// Progress drawn somewhere else (a test's in-memory terminal).
+    pub fn drawing_to(target: ProgressDrawTarget) -> Live {
         Live {
-            bars: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            bars: MultiProgress::with_draw_target(target),
             services: Mutex::default(),
         }
     }
@@ -105,5 +110,64 @@ impl Live {
 impl Default for Live {
     fn default() -> Self {
         Live::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::ServiceReport;
+    use indicatif::InMemoryTerm;
+
+    fn phase(service: &str, phase: &str, traffic: u8) -> Event {
+        Event::Phase {
+            service: service.into(),
+            phase: phase.into(),
+            traffic,
+        }
+    }
+
+    #[test]
+    fn each_service_has_a_line_with_phase_traffic_and_checks() {
+        let term = InMemoryTerm::new(10, 100);
+        let live = Live::drawing_to(ProgressDrawTarget::term_like(Box::new(term.clone())));
+        live.event(&phase("db", "deploying", 0));
+        live.event(&phase("api", "canary 25%", 25));
+        live.event(&Event::Check {
+            service: "api".into(),
+            check: "errors".into(),
+            verdict: "healthy".into(),
+            message: "0.1%".into(),
+        });
+        live.event(&phase("api", "analysing at 25%", 25));
+        live.event(&Event::Finished(ServiceReport {
+            service: "db".into(),
+            outcome: Outcome::Deployed,
+            revision: Some("db-r1".into()),
+            traffic: 100,
+            checks_passed: 0,
+            checks_run: 0,
+            elapsed: Duration::from_secs(1),
+        }));
+        let screen = term.contents();
+        let lines: Vec<&str> = screen.lines().map(str::trim_end).collect();
+        assert!(
+            lines[0].starts_with("✔ db")
+                && lines[0].contains("deployed")
+                && lines[0].contains("traffic 100%"),
+            "{screen}"
+        );
+        assert!(lines[1].contains("api"), "{screen}");
+        assert!(
+            lines[1].contains("analysing at 25%")
+                && lines[1].contains("traffic  25%")
+                && lines[1].contains("checks 1/1"),
+            "{screen}"
+        );
+        live.clear();
+        assert!(
+            term.contents().trim().is_empty(),
+            "cleared before the final table"
+        );
     }
 }
