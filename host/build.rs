@@ -29,14 +29,20 @@ struct PluginCrate {
 fn main() {
     let host_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = host_dir.parent().unwrap().to_path_buf();
-    for watched in ["plugins", "sdk", "wit", "Cargo.lock"] {
+    for watched in [
+        "plugins",
+        "sdk",
+        "wit",
+        "examples/demo-service",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+    let target_root = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("plugins");
+        .unwrap_or_else(|| root.join("target"));
+    let target_dir = target_root.join("plugins");
     let crates = discover(&root.join("plugins"));
     for plugin in &crates {
         build(&root, &target_dir, plugin);
@@ -66,6 +72,54 @@ fn main() {
         "cargo:rustc-env=ENGINE_WASMTIME_VERSION={}",
         locked_version(&root, "wasmtime")
     );
+
+    // The quickstart's demo service: a native program the local platform runs. Built here, in
+    // release mode, so the engine's tests and benchmarks (and the quickstart, whose pipeline
+    // points at `target/demo/release/demo-service`) have it without a second command.
+    let demo_dir = target_root.join("demo");
+    let status = nested_cargo(&root)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "demo-service",
+            "--bin",
+            "demo-service",
+        ])
+        .arg("--target-dir")
+        .arg(&demo_dir)
+        .status()
+        .expect("cannot run cargo to build the demo service");
+    assert!(
+        status.success(),
+        "building examples/demo-service failed (see the errors above)"
+    );
+    println!(
+        "cargo:rustc-env=ENGINE_DEMO_SERVICE={}",
+        demo_dir.join("release").join("demo-service").display()
+    );
+}
+
+/// A cargo command for a nested build: the outer build's flags are for the engine, not for
+/// what is built here (and clippy's wrapper would lint it a second time), so it starts clean.
+fn nested_cargo(root: &Path) -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root);
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
 }
 
 /// The version of a dependency as Cargo.lock resolved it, for `engine --version`.
@@ -114,34 +168,18 @@ fn discover(plugins: &Path) -> Vec<PluginCrate> {
 }
 
 fn build(root: &Path, target_dir: &Path, plugin: &PluginCrate) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(root)
-        .args([
-            "rustc",
-            "--quiet",
-            "--release",
-            "--lib",
-            "--crate-type",
-            "cdylib",
-        ])
-        .args(["--target", WASM_TARGET, "-p", &plugin.package])
-        .arg("--target-dir")
-        .arg(target_dir);
-    // The outer build's flags are for the host, not for wasm (and clippy's wrapper would lint
-    // the plugins a second time); the nested build starts clean.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTC_WRAPPER",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_PRIMARY_PACKAGE",
-    ] {
-        cmd.env_remove(var);
-    }
+    let mut cmd = nested_cargo(root);
+    cmd.args([
+        "rustc",
+        "--quiet",
+        "--release",
+        "--lib",
+        "--crate-type",
+        "cdylib",
+    ])
+    .args(["--target", WASM_TARGET, "-p", &plugin.package])
+    .arg("--target-dir")
+    .arg(target_dir);
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo to build plugin {}: {e}", plugin.name));

@@ -43,6 +43,8 @@ pub(crate) struct Origin {
     pub services: BTreeMap<String, tree::Table>,
     /// Where each `[plugins.NAME]` table starts.
     pub plugin_keys: BTreeMap<String, std::ops::Range<usize>>,
+    /// The directory relative paths start from (the pipeline file's).
+    pub base: PathBuf,
 }
 
 impl Origin {
@@ -171,15 +173,17 @@ pub fn parse(
         })?;
     pipeline.origin.file = file.to_string();
     pipeline.origin.source = source.to_string();
+    pipeline.origin.base = base.to_path_buf();
     Ok(pipeline)
 }
 
 impl Pipeline {
     /// The directory of the pipeline file: hooks run there, and relative paths start there.
     pub fn directory(&self) -> &Path {
-        match Path::new(&self.origin.file).parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
+        if self.origin.base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            &self.origin.base
         }
     }
 
@@ -255,10 +259,17 @@ impl Service {
 
 /// The directory plugin paths are resolved against.
 pub fn resolve_path(base: &Path, path: &str) -> PathBuf {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
+    let joined = base.join(path); // an absolute `path` replaces `base`
+    // Lexically drop `.` and `..`, so paths read well in plans, history and errors.
+    let mut clean = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir if clean.file_name().is_some() => {
+                clean.pop();
+            }
+            other => clean.push(other),
+        }
     }
+    clean
 }

@@ -390,7 +390,7 @@ pub fn pipeline(
         if let Some(deps) = merged.get("depends_on") {
             dependency_spans.insert(key.name.clone(), deps.span.clone());
         }
-        if let Some(s) = service(&mut c, key, &merged) {
+        if let Some(s) = service(&mut c, key, &merged, base) {
             services.push((s, merged));
         }
     }
@@ -676,7 +676,7 @@ fn memory_mib(c: &mut Checker, node: &Node) -> Option<u32> {
     }
 }
 
-fn service(c: &mut Checker, key: &Key, t: &Table) -> Option<Service> {
+fn service(c: &mut Checker, key: &Key, t: &Table, base: &Path) -> Option<Service> {
     let name = key.name.clone();
     let provider = match t.get("provider") {
         Some(n) => c.string(n, "`provider`"),
@@ -691,7 +691,9 @@ fn service(c: &mut Checker, key: &Key, t: &Table) -> Option<Service> {
     };
     let artifact = match (t.get("image"), t.get("artifact")) {
         (Some(i), None) => c.string(i, "`image`").map(Artifact::Image),
-        (None, Some(a)) => c.string(a, "`artifact`").map(Artifact::Path),
+        (None, Some(a)) => c
+            .string(a, "`artifact`")
+            .map(|path| Artifact::Path(resolve_artifact(base, &path))),
         (Some(_), Some(a)) => {
             c.error(
                 format!("service `{name}` sets both `image` and `artifact`"),
@@ -842,4 +844,21 @@ fn service(c: &mut Checker, key: &Key, t: &Table) -> Option<Service> {
     };
     // Returned even with an invalid optional field, so its references are checked too.
     Some(service)
+}
+
+/// A relative artifact path (one with a `/`) starts from the pipeline's directory, so runs from
+/// any working directory deploy the same file; a bare name (`python3`) is a program the platform
+/// looks up on its `PATH`.
+fn resolve_artifact(base: &Path, path: &str) -> String {
+    if !path.contains('/') {
+        return path.to_string();
+    }
+    let resolved = super::resolve_path(base, path);
+    // Absolute, because the platform that runs it may have another working directory.
+    match std::env::current_dir() {
+        Ok(cwd) if resolved.is_relative() => super::resolve_path(&cwd, &resolved.to_string_lossy()),
+        _ => resolved,
+    }
+    .display()
+    .to_string()
 }
