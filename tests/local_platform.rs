@@ -27,6 +27,7 @@ fn demo(release: &str, error_rate: f64, instances: u32) -> RevisionRequest {
         artifact: format!("demo {release}"),
         spec: serde_json::json!({ "release": release }),
         ready_timeout_ms: 20_000,
+        front_port: None,
     }
 }
 

@@ -291,6 +291,23 @@ impl RequestBuilder<'_> {
         })
     }
 
+    /// Sends the request once and returns the response whatever its status: for probes and
+    /// checks that judge the status themselves. Only a request that got no answer (refused,
+    /// timed out, denied by the sandbox) is an error.
+    pub fn send_once(self) -> Result<Response, Error> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let raw = RawRequest {
+            method: &self.method,
+            url: &self.url,
+            headers: &self.headers,
+            body: self.body.as_deref(),
+            timeout: self.client.timeout,
+        };
+        transport::send(&raw).map_err(|e| e.into_error(&self.method, &self.url))
+    }
+
     /// Sends and parses the JSON response.
     pub fn send_json<T: DeserializeOwned>(self) -> Result<T, Error> {
         self.send()?.json()

@@ -3,6 +3,7 @@
 
 mod admin;
 mod history;
+mod local;
 mod output;
 mod plan;
 mod plugins;
@@ -88,6 +89,9 @@ enum Command {
     Destroy(admin::DestroyArgs),
     /// Check a pipeline file completely, without deploying anything
     Validate(validate::ValidateArgs),
+    /// Run the local platform: services as local processes behind weighted front doors
+    #[command(subcommand)]
+    Local(local::LocalCommand),
     /// Print the JSON Schema of pipeline.toml, for editor completion
     Schema,
 }
@@ -177,6 +181,7 @@ pub fn main() -> ExitCode {
             Command::Rollback(args) => admin::rollback(&cli, args).await,
             Command::Destroy(args) => admin::destroy(&cli, args).await,
             Command::Validate(args) => validate::run(&cli, args).await,
+            Command::Local(cmd) => local::run(cmd).await,
             Command::Schema => {
                 print!("{}", crate::config::SCHEMA);
                 Ok(())

@@ -62,6 +62,8 @@ pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> 
             eprintln!("{}", redactor().redact(&e.to_string()));
             CommandError::reported(exit::USAGE)
         })?;
+    // Reading what is deployed needs the platform; starting an empty one changes nothing.
+    super::local::ensure_for(&pipeline).await?;
     let plans = crate::run::plan::plan(&pipeline, &plugins).await;
     let would_call = sink
         .would_call

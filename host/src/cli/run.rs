@@ -117,6 +117,7 @@ pub(super) async fn prepare(
     let plugins = config::check_plugins(&pipeline, &runtime)
         .await
         .map_err(report_config)?;
+    super::local::ensure_for(&pipeline).await?;
     Ok((pipeline, plugins))
 }
 

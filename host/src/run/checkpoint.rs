@@ -42,6 +42,10 @@ pub struct Checkpoint {
     /// The service did not exist before this run, so aborting removes it.
     #[serde(default)]
     pub new_service: bool,
+    /// When the current traffic split was applied (ms since the epoch): health checks that
+    /// read metrics look at the window since then.
+    #[serde(default)]
+    pub window_start_ms: Option<u64>,
 }
 
 /// A finished service, as stored.
@@ -160,6 +164,7 @@ mod tests {
             abort_requested: None,
             pre_hooks_done: true,
             new_service: false,
+            window_start_ms: Some(1_700_000_000_000),
         };
         let text = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<Checkpoint>(&text).unwrap(), c);

@@ -44,7 +44,9 @@ pub mod plan;
 
 use crate::config::{Pipeline, Service};
 use crate::runtime::bindings::health::exports::engine::plugin::health::Target;
-use crate::runtime::bindings::strategy::exports::engine::plugin::strategy::{Decision, Rollout};
+use crate::runtime::bindings::strategy::exports::engine::plugin::strategy::{
+    AnalysisRequest, Decision, Rollout,
+};
 use crate::runtime::bindings::types::{ServiceRef, TrafficTarget, Verdict};
 use crate::runtime::{CallError, LoadedPlugin, PluginError};
 use crate::state::{RevisionRecord, StateError, Store, now_ms};
@@ -534,6 +536,7 @@ impl Executor<'_> {
                 .map_err(|e| (e, cp.clone()))?;
             cp.candidate = Some(revision.id.clone());
             cp.pending = Some(Observed::Start);
+            cp.window_start_ms = Some(now_ms() as u64);
             self.save(name, &cp).await.map_err(|e| (e, cp.clone()))?;
             self.record(name, &revision.id, 0, "deployed", None).await;
         }
@@ -591,6 +594,7 @@ impl Executor<'_> {
                 Decision::SetTraffic(split) => {
                     match self.set_traffic(&provider, &target, &split).await {
                         Ok(()) => {
+                            cp.window_start_ms = Some(now_ms() as u64);
                             cp.traffic = split
                                 .iter()
                                 .find(|t| t.revision == candidate)
@@ -619,8 +623,8 @@ impl Executor<'_> {
                             service,
                             &provider,
                             &target,
-                            &request.revision,
-                            &request.checks,
+                            &request,
+                            cp.window_start_ms.unwrap_or(now_ms() as u64),
                             tally,
                         )
                         .await;
@@ -635,6 +639,7 @@ impl Executor<'_> {
                         return self.abort(service, &provider, &target, cp, e).await;
                     }
                     cp.traffic = 100;
+                    cp.window_start_ms = Some(now_ms() as u64);
                     self.record(name, &candidate, 100, "promoted", None).await;
                     Some(Observed::Promoted)
                 }
@@ -682,10 +687,11 @@ impl Executor<'_> {
         service: &Service,
         provider: &crate::runtime::Provider<'_>,
         target: &ServiceRef,
-        revision: &str,
-        wanted: &[String],
+        request: &AnalysisRequest,
+        since_ms: u64,
         tally: &mut Tally,
     ) -> Vec<CheckSeen> {
+        let (revision, wanted) = (request.revision.as_str(), &request.checks);
         let endpoints = match retry(|| provider.endpoints(target, Some(revision))).await {
             Ok(e) => e,
             Err(e) => {
@@ -706,7 +712,7 @@ impl Executor<'_> {
                         service: service.name.clone(),
                         revision: Some(revision.into()),
                         endpoints: endpoints.clone(),
-                        since_ms: now_ms() as u64,
+                        since_ms,
                     };
                     h.check(&check.config.to_string(), &t)
                         .await

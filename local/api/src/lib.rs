@@ -55,6 +55,10 @@ pub struct RevisionRequest {
     /// How long to wait for every instance to accept connections, in milliseconds.
     #[serde(default = "ready_timeout")]
     pub ready_timeout_ms: u64,
+    /// The port of the service's front door, when the service is created by this request;
+    /// none for any free port.
+    #[serde(default)]
+    pub front_port: Option<u16>,
 }
 
 fn one() -> u32 {

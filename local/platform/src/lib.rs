@@ -211,13 +211,25 @@ impl Platform {
     }
 
     /// The service, created with its front door if it is new.
-    async fn service_or_create(self: &Arc<Self>, name: &str) -> Result<Arc<Service>, Refusal> {
+    async fn service_or_create(
+        self: &Arc<Self>,
+        name: &str,
+        port: Option<u16>,
+    ) -> Result<Arc<Service>, Refusal> {
         if let Some(s) = self.service(name) {
             return Ok(s);
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port.unwrap_or(0)))
             .await
-            .map_err(|e| refuse(500, format!("cannot open a front door: {e}")))?;
+            .map_err(|e| {
+                refuse(
+                    409,
+                    format!(
+                        "cannot open the front door of `{name}` on 127.0.0.1:{}: {e}",
+                        port.unwrap_or(0)
+                    ),
+                )
+            })?;
         let front_port = listener
             .local_addr()
             .map_err(|e| refuse(500, e.to_string()))?
@@ -259,7 +271,7 @@ impl Platform {
         if !(1..=64).contains(&request.instances) {
             return Err(refuse(422, "instances must be between 1 and 64"));
         }
-        let svc = self.service_or_create(service).await?;
+        let svc = self.service_or_create(service, request.front_port).await?;
         if let Some(existing) = svc.revision(id) {
             return Ok((existing.view(), false));
         }
@@ -319,21 +331,21 @@ impl Platform {
         // Wait until ready or failed.
         let deadline =
             std::time::Instant::now() + std::time::Duration::from_millis(request.ready_timeout_ms);
-        loop {
+        let refusal = loop {
             match revision.state() {
                 local_api::RevisionState::Ready => return Ok((revision.view(), true)),
                 local_api::RevisionState::Failed => {
                     let view = revision.view();
-                    return Err(refuse(
+                    break refuse(
                         422,
                         format!(
                             "revision {id} of `{service}` could not start: {}",
                             view.message.unwrap_or_default()
                         ),
-                    ));
+                    );
                 }
                 _ if std::time::Instant::now() >= deadline => {
-                    return Err(refuse(
+                    break refuse(
                         422,
                         format!(
                             "revision {id} of `{service}` did not accept connections within {} ms; the end of its log ({}):\n{}",
@@ -341,11 +353,18 @@ impl Platform {
                             log.display(),
                             supervisor::log_tail(&log, 10)
                         ),
-                    ));
+                    );
                 }
                 _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             }
+        };
+        // A revision that cannot start is not kept (its log is); a service it created goes too.
+        lock(&svc.revisions).retain(|r| r.id != id);
+        revision.stop().await;
+        if lock(&svc.revisions).is_empty() && lock(&svc.split).weights().is_empty() {
+            self.destroy(service).await;
         }
+        Err(refusal)
     }
 
     pub fn set_traffic(&self, service: &str, weights: &[Weight]) -> Result<ServiceView, Refusal> {

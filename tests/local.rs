@@ -1,0 +1,350 @@
+//! The local platform end to end: the `engine` binary, the built-in `local` provider, `canary`
+//! strategy and `http`/`metrics` checks, real demo-service processes and real HTTP through the
+//! front doors. Each test runs its own platform on a free admin port. No timed assertions:
+//! every wait is on a condition, with a generous bound.
+
+mod support;
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A quickstart-shaped pipeline in a temporary directory, with its own platform.
+struct Quickstart {
+    dir: tempfile::TempDir,
+    admin: String,
+    orders_port: u16,
+}
+
+impl Quickstart {
+    fn new(extra: &str) -> Quickstart {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = format!("http://localhost:{}", free_port());
+        let orders_port = free_port();
+        let text = format!(
+            r#"name = "quickstart"
+
+[variables]
+release = "v1"
+error_rate = "0"
+
+[plugins.local]
+allow_http = ["{admin}"]
+
+[plugins.http]
+allow_http = ["http://localhost:*"]
+
+[plugins.metrics]
+allow_http = ["{admin}"]
+
+[defaults]
+provider = "local"
+provider_config = {{ admin = "{admin}" }}
+artifact = "{demo}"
+
+[[defaults.checks]]
+name = "ready"
+plugin = "http"
+config = {{ path = "/healthz" }}
+
+[services.catalog]
+args = ["--name", "catalog", "--release", "${{release}}"]
+
+[services.orders]
+depends_on = ["catalog"]
+args = ["--name", "orders", "--release", "${{release}}", "--error-rate", "${{error_rate}}"]
+provider_config = {{ port = {orders_port} }}
+strategy = "canary"
+strategy_config = {{ steps = [25, 50, 100], pause = "4s" }}
+
+[[services.orders.checks]]
+name = "ready"
+plugin = "http"
+config = {{ path = "/healthz" }}
+
+[[services.orders.checks]]
+name = "errors"
+plugin = "metrics"
+config = {{ admin = "{admin}", max_error_rate_percent = 1, min_requests = 20 }}
+
+[services.web]
+depends_on = ["orders"]
+args = ["--name", "web", "--release", "${{release}}"]
+{extra}"#,
+            demo = env!("ENGINE_DEMO_SERVICE"),
+        );
+        std::fs::write(dir.path().join("pipeline.toml"), text).unwrap();
+        Quickstart {
+            dir,
+            admin,
+            orders_port,
+        }
+    }
+
+    fn pipeline(&self) -> PathBuf {
+        self.dir.path().join("pipeline.toml")
+    }
+
+    fn engine(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_engine"));
+        cmd.args(args)
+            .env("ENGINE_CACHE_DIR", support::cache_dir())
+            .env("ENGINE_LOCAL_ADMIN", &self.admin);
+        cmd
+    }
+
+    fn run(&self, extra: &[&str]) -> Output {
+        self.engine(&["run"])
+            .arg(self.pipeline())
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
+    fn set(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(self.pipeline()).unwrap();
+        assert!(text.contains(from), "{from}");
+        std::fs::write(self.pipeline(), text.replace(from, to)).unwrap();
+    }
+
+    fn service(&self, name: &str) -> Option<Value> {
+        let r = ureq::get(&format!("{}/v1/services/{name}", self.admin))
+            .call()
+            .ok()?;
+        r.into_body().read_json().ok()
+    }
+
+    fn traffic(&self, name: &str) -> Vec<(String, u64)> {
+        self.service(name).map_or(Vec::new(), |s| {
+            s["traffic"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| {
+                    (
+                        w["revision"].as_str().unwrap().to_string(),
+                        w["percent"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// Who answers `n` requests at the orders front door: versions, or `500`.
+    fn sample(&self, n: usize) -> Vec<String> {
+        (0..n).map(|_| answer(self.orders_port)).collect()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        let all: Value = ureq::get(&format!("{}/v1/services", self.admin))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_json()
+            .unwrap();
+        all.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["revisions"].as_array().unwrap().clone())
+            .flat_map(|r| r["instances"].as_array().unwrap().clone())
+            .filter_map(|i| i["pid"].as_u64().map(|p| p as u32))
+            .collect()
+    }
+
+    fn down(&self) {
+        let out = self.engine(&["local", "down"]).output().unwrap();
+        assert_exit(&out, 0);
+    }
+}
+
+fn answer(port: u16) -> String {
+    match ureq::get(&format!("http://localhost:{port}/")).call() {
+        Ok(r) => {
+            let v: Value = r.into_body().read_json().unwrap();
+            v["version"].as_str().unwrap().to_string()
+        }
+        Err(ureq::Error::StatusCode(code)) => code.to_string(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn count(answers: &[String], what: &str) -> usize {
+    answers.iter().filter(|a| *a == what).count()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[test]
+fn a_canary_moves_real_traffic_and_a_bad_release_is_rolled_back_by_its_metrics() {
+    let q = Quickstart::new("");
+    // v1: the run starts the platform itself.
+    let out = q.run(&[]);
+    assert_exit(&out, 0);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("local platform started on"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(q.sample(10), vec!["v1"; 10]);
+
+    // v2 by canary: sample the front door at each step while the run goes on.
+    q.set("release = \"v1\"", "release = \"v2\"");
+    let mut child = q
+        .engine(&["run"])
+        .arg(q.pipeline())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut observed: Vec<(u64, usize, usize)> = Vec::new(); // (v2 %, v2 answers, of n)
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the v2 run did not finish");
+        let before = q.traffic("orders");
+        let v2 = before
+            .iter()
+            .find(|(r, _)| r == "orders-r2")
+            .map_or(0, |w| w.1);
+        if (v2 == 25 || v2 == 50) && !observed.iter().any(|o| o.0 == v2) {
+            let answers = q.sample(200);
+            if q.traffic("orders") == before {
+                observed.push((v2, count(&answers, "v2"), answers.len()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(child.wait().unwrap().success(), "the v2 rollout failed");
+    assert_eq!(
+        observed.len(),
+        2,
+        "both canary steps were observed: {observed:?}"
+    );
+    for (percent, v2, n) in &observed {
+        // Tolerance: 2 points of the requests (the front door's split is exact per 100).
+        let expected = *n as f64 * *percent as f64 / 100.0;
+        assert!(
+            (*v2 as f64 - expected).abs() <= *n as f64 * 0.02,
+            "at {percent}% v2 answered {v2} of {n}"
+        );
+    }
+    assert_eq!(q.sample(20), vec!["v2"; 20], "promoted");
+
+    // v3 fails 30% of its requests: under real load the metrics gate aborts it at 25%.
+    q.set("release = \"v2\"", "release = \"v3\"");
+    q.set("error_rate = \"0\"", "error_rate = \"0.3\"");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, port) = (stop.clone(), q.orders_port);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                answer(port);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let out = q.run(&["--output", "json"]);
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert_exit(&out, 1);
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let orders = events
+        .iter()
+        .find(|e| e["type"] == "service-finished" && e["service"] == "orders")
+        .unwrap();
+    assert_eq!(orders["outcome"], "rolled-back");
+    let reason = orders["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("health checks failed at 25%") && reason.contains("error rate"),
+        "{reason}"
+    );
+    assert_eq!(
+        q.traffic("orders"),
+        [("orders-r2".to_string(), 100)],
+        "v2 takes all traffic again"
+    );
+    assert_eq!(q.sample(50), vec!["v2"; 50]);
+    let revisions: Vec<String> = q.service("orders").unwrap()["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        revisions,
+        ["orders-r2"],
+        "v3 was retired, v1 after v2's promotion"
+    );
+
+    // Teardown leaves nothing running.
+    let pids = q.pids();
+    assert!(!pids.is_empty());
+    let out = q.engine(&["destroy"]).arg(q.pipeline()).output().unwrap();
+    assert_exit(&out, 0);
+    assert!(q.pids().is_empty(), "destroy removed every service");
+    q.down();
+    assert!(
+        pids.iter().all(|p| !alive(*p)),
+        "no demo process is left after `engine local down`"
+    );
+}
+
+#[test]
+fn a_revision_that_crashes_on_start_fails_its_service_and_the_platform_lives_on() {
+    let q = Quickstart::new(
+        r#"
+[services.broken]
+artifact = "sh"
+args = ["-c", "echo 'cannot read config.yaml' >&2; exit 1"]
+"#,
+    );
+    let out = q.run(&["--output", "json"]);
+    assert_exit(&out, 1);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let broken = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["type"] == "service-finished" && e["service"] == "broken")
+        .unwrap();
+    assert_eq!(broken["outcome"], "failed");
+    let reason = broken["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("exited 3 times before accepting connections")
+            && reason.contains("cannot read config.yaml"),
+        "{reason}"
+    );
+    assert!(
+        q.service("broken").is_none(),
+        "a revision that cannot start leaves nothing behind on the platform"
+    );
+    // The other services deployed, and the platform still serves them.
+    assert_eq!(q.sample(3), vec!["v1"; 3]);
+    let status = q.engine(&["local", "status"]).output().unwrap();
+    assert_exit(&status, 0);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("orders-r1"));
+    q.down();
+}
