@@ -348,3 +348,64 @@ args = ["-c", "echo 'cannot read config.yaml' >&2; exit 1"]
     assert!(String::from_utf8_lossy(&status.stdout).contains("orders-r1"));
     q.down();
 }
+
+#[test]
+fn blue_green_sends_no_user_traffic_to_the_new_revision_before_the_switch() {
+    let port = free_port();
+    let q = Quickstart::new(&format!(
+        r#"
+[services.shop]
+args = ["--name", "shop", "--release", "${{release}}"]
+provider_config = {{ port = {port} }}
+strategy = "blue-green"
+strategy_config = {{ approval = true, bake = "1s" }}
+"#
+    ));
+    assert_exit(&q.run(&[]), 0);
+    q.set("release = \"v1\"", "release = \"v2\"");
+    // Only shop matters here; the canary of orders would take its time, so make it quick.
+    q.set("pause = \"4s\"", "pause = \"0s\"");
+    let out = q.run(&[]);
+    assert_exit(&out, 4);
+    let shop = q.service("shop").unwrap();
+    let green = shop["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "shop-r2")
+        .expect("green is deployed")
+        .clone();
+    assert_eq!(green["state"], "ready");
+    let front: Vec<String> = (0..100).map(|_| answer(port)).collect();
+    assert_eq!(
+        front,
+        vec!["v1"; 100],
+        "users only reach blue before the switch"
+    );
+    let green_port: u16 = green["url"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(answer(green_port), "v2", "green answers on its own URL");
+
+    let out = q
+        .engine(&["promote", "shop", "--pipeline"])
+        .arg(q.pipeline())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let front: Vec<String> = (0..50).map(|_| answer(port)).collect();
+    assert_eq!(front, vec!["v2"; 50], "all traffic switched");
+    let ids: Vec<String> = q.service("shop").unwrap()["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["shop-r2"], "blue is retired after the bake");
+    q.down();
+}

@@ -1,0 +1,199 @@
+use super::*;
+
+fn rollout(config: &str, stable: Option<&str>) -> Rollout {
+    Rollout {
+        service: "api".into(),
+        stable: stable.map(String::from),
+        candidate: "api-2".into(),
+        features: Vec::new(),
+        config: config.into(),
+    }
+}
+
+fn outcome(verdict: Verdict) -> CheckOutcome {
+    CheckOutcome {
+        name: "ready".into(),
+        verdict,
+        message: "GET /healthz".into(),
+        measurements: Vec::new(),
+    }
+}
+
+/// Drives the machine to its end from (state, observation), answering checks with `verdicts`
+/// in turn (the last repeats) and approval with `approve`; returns each (state, observation)
+/// stepped with and the decisions.
+fn drive_from(
+    r: &Rollout,
+    mut state: Option<String>,
+    mut observation: Observation,
+    verdicts: &[Verdict],
+    mut checks: usize,
+    approve: bool,
+) -> (Vec<(Option<String>, Observation, usize)>, Vec<Decision>) {
+    let (mut inputs, mut decisions) = (Vec::new(), Vec::new());
+    loop {
+        let out = step(r, state.as_deref(), &observation).unwrap();
+        assert_eq!(
+            out,
+            step(r, state.as_deref(), &observation).unwrap(),
+            "pure"
+        );
+        inputs.push((state.clone(), observation.clone(), checks));
+        decisions.push(out.decision.clone());
+        observation = match &out.decision {
+            Decision::SetTraffic(s) => Observation::TrafficSet(s.clone()),
+            Decision::Wait(_) => Observation::Waited,
+            Decision::Analyse(_) => {
+                let v = verdicts[checks.min(verdicts.len() - 1)];
+                checks += 1;
+                Observation::Analysed(vec![outcome(v)])
+            }
+            Decision::AwaitApproval(_) if approve => Observation::Approved,
+            Decision::AwaitApproval(_) => Observation::Rejected("not today".into()),
+            Decision::Promote => Observation::Promoted,
+            Decision::Retire(r) => Observation::Retired(r.clone()),
+            Decision::Done | Decision::Abort(_) => return (inputs, decisions),
+        };
+        state = Some(out.state);
+    }
+}
+
+/// The whole rollout, checked to resume identically from every checkpoint.
+fn drive(config: &str, stable: Option<&str>, verdicts: &[Verdict], approve: bool) -> Vec<Decision> {
+    let r = rollout(config, stable);
+    let (inputs, decisions) = drive_from(&r, None, Observation::Start, verdicts, 0, approve);
+    for (i, (state, observation, checks)) in inputs.into_iter().enumerate() {
+        let (_, rest) = drive_from(&r, state, observation, verdicts, checks, approve);
+        assert_eq!(
+            rest,
+            decisions[i..],
+            "resuming from checkpoint {i} changed the rollout"
+        );
+    }
+    decisions
+}
+
+fn split(pairs: &[(&str, u8)]) -> Decision {
+    Decision::SetTraffic(
+        pairs
+            .iter()
+            .map(|(r, p)| TrafficTarget {
+                revision: r.to_string(),
+                percent: *p,
+            })
+            .collect(),
+    )
+}
+
+fn check() -> Decision {
+    Decision::Analyse(AnalysisRequest {
+        revision: "api-2".into(),
+        checks: vec![],
+    })
+}
+
+#[test]
+fn green_is_checked_at_zero_percent_then_bakes_with_all_traffic_and_blue_is_retired() {
+    assert_eq!(
+        drive("{}", Some("api-1"), &[Verdict::Healthy], true),
+        vec![
+            split(&[("api-1", 100), ("api-2", 0)]),
+            check(),
+            split(&[("api-2", 100)]),
+            Decision::Wait(30_000),
+            check(),
+            Decision::Promote,
+            Decision::Retire("api-1".into()),
+            Decision::Done,
+        ]
+    );
+}
+
+#[test]
+fn a_failed_preview_aborts_before_any_user_traffic_moves() {
+    let decisions = drive("{}", Some("api-1"), &[Verdict::Unhealthy], true);
+    assert_eq!(decisions.len(), 3);
+    assert!(
+        matches!(&decisions[2], Decision::Abort(r) if r.starts_with("the preview failed its checks: ready"))
+    );
+}
+
+#[test]
+fn a_failure_after_the_switch_aborts_so_the_host_restores_blue() {
+    let decisions = drive(
+        "{}",
+        Some("api-1"),
+        &[Verdict::Healthy, Verdict::Unhealthy],
+        true,
+    );
+    assert!(
+        matches!(decisions.last(), Some(Decision::Abort(r)) if r.starts_with("checks failed after the switch"))
+    );
+}
+
+#[test]
+fn approval_comes_before_the_switch_and_a_rejection_aborts() {
+    let approved = drive(
+        r#"{"approval": true, "bake": "0s"}"#,
+        Some("api-1"),
+        &[Verdict::Healthy],
+        true,
+    );
+    assert_eq!(
+        approved[2],
+        Decision::AwaitApproval("switch all traffic of `api` to api-2".into())
+    );
+    assert_eq!(approved[3], split(&[("api-2", 100)]));
+    assert_eq!(approved[4], check(), "no bake: checked at once");
+    let rejected = drive(
+        r#"{"approval": true}"#,
+        Some("api-1"),
+        &[Verdict::Healthy],
+        false,
+    );
+    assert_eq!(
+        rejected.last(),
+        Some(&Decision::Abort("rejected: not today".into()))
+    );
+}
+
+#[test]
+fn a_first_deployment_takes_all_traffic_and_is_checked() {
+    assert_eq!(
+        drive(
+            r#"{"check_after_switch": false}"#,
+            None,
+            &[Verdict::Healthy],
+            true
+        ),
+        vec![
+            split(&[("api-2", 100)]),
+            check(),
+            Decision::Promote,
+            Decision::Done
+        ]
+    );
+}
+
+#[test]
+fn bad_configurations_and_out_of_order_observations_are_errors() {
+    let d = BlueGreen::validate(r#"{"bake": "a while"}"#.into());
+    assert!(
+        d[0].message.contains("write it like 0s, 2m or 1h"),
+        "{}",
+        d[0].message
+    );
+    assert!(
+        BlueGreen::validate(r#"{"keep": "1m"}"#.into())[0]
+            .message
+            .contains("unknown field")
+    );
+    let state = serde_json::to_string(&Phase::Preview).unwrap();
+    let err = step(
+        &rollout("{}", Some("api-1")),
+        Some(&state),
+        &Observation::Promoted,
+    )
+    .unwrap_err();
+    assert!(err.describe().contains("does not fit phase"));
+}
