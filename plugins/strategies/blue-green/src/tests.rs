@@ -19,6 +19,9 @@ fn outcome(verdict: Verdict) -> CheckOutcome {
     }
 }
 
+/// A checkpoint the host could hold: state, the observation not yet told, checks answered so far.
+type Checkpoint = (Option<String>, Observation, usize);
+
 /// Drives the machine to its end from (state, observation), answering checks with `verdicts`
 /// in turn (the last repeats) and approval with `approve`; returns each (state, observation)
 /// stepped with and the decisions.
@@ -29,7 +32,7 @@ fn drive_from(
     verdicts: &[Verdict],
     mut checks: usize,
     approve: bool,
-) -> (Vec<(Option<String>, Observation, usize)>, Vec<Decision>) {
+) -> (Vec<Checkpoint>, Vec<Decision>) {
     let (mut inputs, mut decisions) = (Vec::new(), Vec::new());
     loop {
         let out = step(r, state.as_deref(), &observation).unwrap();
