@@ -168,6 +168,13 @@ args = ["--name", "web", "--release", "${{release}}"]
     }
 }
 
+/// A test that fails half-way still stops its platform (which outlives the engine processes).
+impl Drop for Quickstart {
+    fn drop(&mut self) {
+        let _ = ureq::post(&format!("{}/v1/shutdown", self.admin)).send_empty();
+    }
+}
+
 fn answer(port: u16) -> String {
     match ureq::get(&format!("http://localhost:{port}/")).call() {
         Ok(r) => {
