@@ -63,11 +63,42 @@ pub use bindings::strategy::exports::engine::plugin::strategy::Guest as Strategy
 /// The trait a health-check plugin implements.
 pub use bindings::health::exports::engine::plugin::health::Guest as Health;
 
-/// Types used only by strategies: the rollout, observations, decisions.
+/// Types used only by strategies: the rollout, observations, decisions; and the judgement
+/// every strategy makes of an analysis.
 pub mod strategy {
     pub use crate::bindings::strategy::exports::engine::plugin::strategy::{
         AnalysisRequest, CheckOutcome, Decision, Observation, Rollout, StepResult,
     };
+
+    /// The checks of an analysis that fail it, as `name (message)` joined by `; `, or `None`
+    /// when it passes. An inconclusive check fails only with `fail_on_inconclusive`.
+    pub fn failing_checks(outcomes: &[CheckOutcome], fail_on_inconclusive: bool) -> Option<String> {
+        use crate::Verdict;
+        let failing: Vec<String> = outcomes
+            .iter()
+            .filter(|o| match o.verdict {
+                Verdict::Healthy => false,
+                Verdict::Unhealthy => true,
+                Verdict::Inconclusive => fail_on_inconclusive,
+            })
+            .map(|o| format!("{} ({})", o.name, o.message))
+            .collect();
+        (!failing.is_empty()).then(|| failing.join("; "))
+    }
+}
+
+/// What `validate` returns for a configuration that parsed (`Ok`) or did not (`Err`): nothing,
+/// or one error diagnostic for the whole configuration with an optional hint.
+pub fn config_diagnostics<T>(parsed: Result<T, Error>, hint: Option<&str>) -> Vec<Diagnostic> {
+    match parsed {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![Diagnostic {
+            severity: Severity::Error,
+            path: String::new(),
+            message: e.describe(),
+            hint: hint.map(String::from),
+        }],
+    }
 }
 
 /// Types used only by health checks: the target and the result.

@@ -7,7 +7,7 @@ use engine_sdk::health::{CheckResult, Target};
 use engine_sdk::http::{Client, RetryPolicy};
 use engine_sdk::{
     Capabilities, Diagnostic, EndpointKind, Error, ErrorExt, Health, Measurement, PluginInfo,
-    Severity, Verdict,
+    Verdict,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -212,15 +212,7 @@ impl Health for HttpCheck {
     }
 
     fn validate(config: String) -> Vec<Diagnostic> {
-        match parse(&config) {
-            Ok(_) => Vec::new(),
-            Err(e) => vec![Diagnostic {
-                severity: Severity::Error,
-                path: String::new(),
-                message: e.describe(),
-                hint: None,
-            }],
-        }
+        engine_sdk::config_diagnostics(parse(&config), None)
     }
 
     fn check(config: String, target: Target) -> Result<CheckResult, Error> {

@@ -6,7 +6,7 @@
 use engine_sdk::health::{CheckResult, Target};
 use engine_sdk::http::Client;
 use engine_sdk::{
-    Capabilities, Diagnostic, Error, ErrorExt, Health, Measurement, PluginInfo, Severity, Verdict,
+    Capabilities, Diagnostic, Error, ErrorExt, Health, Measurement, PluginInfo, Verdict,
 };
 use local_api::Metrics;
 use serde::Deserialize;
@@ -142,15 +142,7 @@ impl Health for MetricsCheck {
     }
 
     fn validate(config: String) -> Vec<Diagnostic> {
-        match parse(&config) {
-            Ok(_) => Vec::new(),
-            Err(e) => vec![Diagnostic {
-                severity: Severity::Error,
-                path: String::new(),
-                message: e.describe(),
-                hint: None,
-            }],
-        }
+        engine_sdk::config_diagnostics(parse(&config), None)
     }
 
     fn check(config: String, target: Target) -> Result<CheckResult, Error> {

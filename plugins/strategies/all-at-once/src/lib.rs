@@ -10,8 +10,7 @@ use engine_sdk::strategy::{
     AnalysisRequest, CheckOutcome, Decision, Observation, Rollout, StepResult,
 };
 use engine_sdk::{
-    Capabilities, Diagnostic, Error, ErrorExt, PluginInfo, Severity, Strategy, TrafficTarget,
-    Verdict,
+    Capabilities, Diagnostic, Error, ErrorExt, PluginInfo, Strategy, TrafficTarget, Verdict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -165,15 +164,10 @@ impl Strategy for AllAtOnce {
     }
 
     fn validate(config: String) -> Vec<Diagnostic> {
-        match parse_config(&config) {
-            Ok(_) => Vec::new(),
-            Err(e) => vec![Diagnostic {
-                severity: Severity::Error,
-                path: String::new(),
-                message: e.describe(),
-                hint: Some("allowed keys: skip_analysis, fail_on_inconclusive".into()),
-            }],
-        }
+        engine_sdk::config_diagnostics(
+            parse_config(&config),
+            Some("allowed keys: skip_analysis, fail_on_inconclusive"),
+        )
     }
 
     fn step(

@@ -11,12 +11,9 @@
 //! after each and may resume from any.
 
 use engine_sdk::strategy::{
-    AnalysisRequest, CheckOutcome, Decision, Observation, Rollout, StepResult,
+    AnalysisRequest, Decision, Observation, Rollout, StepResult, failing_checks,
 };
-use engine_sdk::{
-    Capabilities, Diagnostic, Error, ErrorExt, PluginInfo, Severity, Strategy, TrafficTarget,
-    Verdict,
-};
+use engine_sdk::{Capabilities, Diagnostic, Error, ErrorExt, PluginInfo, Strategy, TrafficTarget};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -112,19 +109,6 @@ fn all_to(revision: &str) -> Decision {
     }])
 }
 
-fn failures(config: &Config, outcomes: &[CheckOutcome]) -> Option<String> {
-    let failing: Vec<String> = outcomes
-        .iter()
-        .filter(|o| match o.verdict {
-            Verdict::Healthy => false,
-            Verdict::Unhealthy => true,
-            Verdict::Inconclusive => config.fail_on_inconclusive,
-        })
-        .map(|o| format!("{} ({})", o.name, o.message))
-        .collect();
-    (!failing.is_empty()).then(|| failing.join("; "))
-}
-
 /// After the preview passed: approval, or the switch.
 fn switch(config: &Config, rollout: &Rollout) -> Result<StepResult, Error> {
     if config.approval {
@@ -189,7 +173,7 @@ pub fn step(
             emit(Phase::CheckingPreview, check(rollout), "checking preview")
         }
         (Some(Phase::CheckingPreview), Observation::Analysed(outcomes)) => {
-            match failures(&config, outcomes) {
+            match failing_checks(outcomes, config.fail_on_inconclusive) {
                 Some(f) => abort(format!("the preview failed its checks: {f}")),
                 None => switch(&config, rollout),
             }
@@ -214,7 +198,7 @@ pub fn step(
             emit(Phase::CheckingLive, check(rollout), "checking live")
         }
         (Some(Phase::CheckingLive), Observation::Analysed(outcomes)) => {
-            match failures(&config, outcomes) {
+            match failing_checks(outcomes, config.fail_on_inconclusive) {
                 Some(f) => abort(format!("checks failed after the switch: {f}")),
                 None => emit(Phase::Promoting, Decision::Promote, "promoting"),
             }
@@ -244,15 +228,10 @@ impl Strategy for BlueGreen {
     }
 
     fn validate(config: String) -> Vec<Diagnostic> {
-        match parse_config(&config) {
-            Ok(_) => Vec::new(),
-            Err(e) => vec![Diagnostic {
-                severity: Severity::Error,
-                path: String::new(),
-                message: e.describe(),
-                hint: Some("keys: approval, check_after_switch, bake, fail_on_inconclusive".into()),
-            }],
-        }
+        engine_sdk::config_diagnostics(
+            parse_config(&config),
+            Some("keys: approval, check_after_switch, bake, fail_on_inconclusive"),
+        )
     }
 
     fn step(

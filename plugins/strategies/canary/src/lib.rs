@@ -11,12 +11,9 @@
 //! after each and may resume from any.
 
 use engine_sdk::strategy::{
-    AnalysisRequest, CheckOutcome, Decision, Observation, Rollout, StepResult,
+    AnalysisRequest, Decision, Observation, Rollout, StepResult, failing_checks,
 };
-use engine_sdk::{
-    Capabilities, Diagnostic, Error, ErrorExt, PluginInfo, Severity, Strategy, TrafficTarget,
-    Verdict,
-};
+use engine_sdk::{Capabilities, Diagnostic, Error, ErrorExt, PluginInfo, Strategy, TrafficTarget};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -166,20 +163,6 @@ fn analyse(rollout: &Rollout) -> Decision {
     })
 }
 
-/// The failing checks of an analysis under this configuration, if any.
-fn failures(config: &Config, outcomes: &[CheckOutcome]) -> Option<String> {
-    let failing: Vec<String> = outcomes
-        .iter()
-        .filter(|o| match o.verdict {
-            Verdict::Healthy => false,
-            Verdict::Unhealthy => true,
-            Verdict::Inconclusive => config.fail_on_inconclusive,
-        })
-        .map(|o| format!("{} ({})", o.name, o.message))
-        .collect();
-    (!failing.is_empty()).then(|| failing.join("; "))
-}
-
 /// After the last step passed: approval, or promotion.
 fn finish_steps(config: &Config, rollout: &Rollout, state: State) -> Result<StepResult, Error> {
     if config.approval {
@@ -304,7 +287,7 @@ pub fn step(
             ),
             Observation::Analysed(outcomes),
         ) => {
-            match failures(&config, outcomes) {
+            match failing_checks(outcomes, config.fail_on_inconclusive) {
                 Some(failing) => {
                     let failures = s.failures + 1;
                     if failures > config.failure_limit {
@@ -431,18 +414,12 @@ impl Strategy for Canary {
     }
 
     fn validate(config: String) -> Vec<Diagnostic> {
-        match parse_config(&config) {
-            Ok(_) => Vec::new(),
-            Err(e) => vec![Diagnostic {
-                severity: Severity::Error,
-                path: String::new(),
-                message: e.describe(),
-                hint: Some(
-                    "keys: steps, pause, failure_limit, fail_on_inconclusive, approval, retire_previous"
-                        .into(),
-                ),
-            }],
-        }
+        engine_sdk::config_diagnostics(
+            parse_config(&config),
+            Some(
+                "keys: steps, pause, failure_limit, fail_on_inconclusive, approval, retire_previous",
+            ),
+        )
     }
 
     fn step(

@@ -7,11 +7,10 @@
 //! Every step is a pure function of (configuration, state, observation).
 
 use engine_sdk::strategy::{
-    AnalysisRequest, CheckOutcome, Decision, Observation, Rollout, StepResult,
+    AnalysisRequest, Decision, Observation, Rollout, StepResult, failing_checks,
 };
 use engine_sdk::{
-    Capabilities, Diagnostic, Error, ErrorExt, Feature, PluginInfo, Severity, Strategy,
-    TrafficTarget, Verdict,
+    Capabilities, Diagnostic, Error, ErrorExt, Feature, PluginInfo, Strategy, TrafficTarget,
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -97,19 +96,6 @@ fn emit(state: State, decision: Decision, label: String) -> Result<StepResult, E
         decision,
         phase: label,
     })
-}
-
-fn failures(config: &Config, outcomes: &[CheckOutcome]) -> Option<String> {
-    let failing: Vec<String> = outcomes
-        .iter()
-        .filter(|o| match o.verdict {
-            Verdict::Healthy => false,
-            Verdict::Unhealthy => true,
-            Verdict::Inconclusive => config.fail_on_inconclusive,
-        })
-        .map(|o| format!("{} ({})", o.name, o.message))
-        .collect();
-    (!failing.is_empty()).then(|| failing.join("; "))
 }
 
 pub fn step(
@@ -220,7 +206,7 @@ pub fn step(
                 },
             ),
             Observation::Analysed(outcomes),
-        ) => match failures(&config, outcomes) {
+        ) => match failing_checks(outcomes, config.fail_on_inconclusive) {
             Some(f) => emit(
                 State {
                     phase: Phase::Done,
@@ -307,15 +293,10 @@ impl Strategy for Rolling {
     }
 
     fn validate(config: String) -> Vec<Diagnostic> {
-        match parse_config(&config) {
-            Ok(_) => Vec::new(),
-            Err(e) => vec![Diagnostic {
-                severity: Severity::Error,
-                path: String::new(),
-                message: e.describe(),
-                hint: Some("keys: batches, interval, fail_on_inconclusive".into()),
-            }],
-        }
+        engine_sdk::config_diagnostics(
+            parse_config(&config),
+            Some("keys: batches, interval, fail_on_inconclusive"),
+        )
     }
 
     fn step(

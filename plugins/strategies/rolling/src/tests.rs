@@ -1,4 +1,6 @@
 use super::*;
+use engine_sdk::Verdict;
+use engine_sdk::strategy::CheckOutcome;
 
 fn rollout(config: &str, stable: Option<&str>, features: Vec<Feature>) -> Rollout {
     Rollout {
