@@ -87,6 +87,31 @@ pub mod strategy {
     }
 }
 
+/// The plan for an existing service, comparing the deployed form the provider stored
+/// (`service-status.deployed`, JSON) with the desired one, field by field: `no-change` when
+/// every listed field is equal, otherwise `update` with one [`Change`] per field that differs.
+pub fn update_plan(deployed: &str, desired: &serde_json::Value, fields: &[&str]) -> DeploymentPlan {
+    let before: serde_json::Value = serde_json::from_str(deployed).unwrap_or_default();
+    let changes: Vec<Change> = fields
+        .iter()
+        .filter(|f| before.get(**f) != desired.get(**f))
+        .map(|f| Change {
+            field: f.to_string(),
+            before: before.get(*f).map(|v| v.to_string()),
+            after: desired.get(*f).map(|v| v.to_string()),
+        })
+        .collect();
+    DeploymentPlan {
+        action: if changes.is_empty() {
+            PlanAction::NoChange
+        } else {
+            PlanAction::Update
+        },
+        summary: format!("{} change(s)", changes.len()),
+        changes,
+    }
+}
+
 /// What `validate` returns for a configuration that parsed (`Ok`) or did not (`Err`): nothing,
 /// or one error diagnostic for the whole configuration with an optional hint.
 pub fn config_diagnostics<T>(parsed: Result<T, Error>, hint: Option<&str>) -> Vec<Diagnostic> {

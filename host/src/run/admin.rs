@@ -200,10 +200,6 @@ pub async fn decide(
             }
         },
     };
-    let text = serde_json::to_string(&cp).expect("checkpoints serialise");
-    store
-        .save_checkpoint(run, service, &text)
-        .await
-        .map_err(|e| e.to_string())?;
+    super::save_checkpoint(store, run, service, &cp).await?;
     Ok(what)
 }

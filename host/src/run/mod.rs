@@ -372,11 +372,7 @@ type RolloutResult = Result<(Outcome, Checkpoint), (String, Checkpoint)>;
 
 impl Executor<'_> {
     async fn save(&self, service: &str, checkpoint: &Checkpoint) -> Result<(), String> {
-        let text = serde_json::to_string(checkpoint).expect("checkpoints serialise");
-        self.store
-            .save_checkpoint(self.run_id, service, &text)
-            .await
-            .map_err(|e| e.to_string())
+        save_checkpoint(self.store, self.run_id, service, checkpoint).await
     }
 
     async fn load(&self, service: &str) -> Result<Checkpoint, String> {
@@ -830,6 +826,20 @@ pub async fn load_checkpoint(
             .map_err(|e| format!("unreadable checkpoint of `{service}`: {e}")),
         None => Ok(Checkpoint::default()),
     }
+}
+
+/// Stores a service's checkpoint in a run, replacing the previous one.
+pub(crate) async fn save_checkpoint(
+    store: &Store,
+    run_id: i64,
+    service: &str,
+    checkpoint: &Checkpoint,
+) -> Result<(), String> {
+    let text = serde_json::to_string(checkpoint).expect("checkpoints serialise");
+    store
+        .save_checkpoint(run_id, service, &text)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl From<Finished> for Outcome {

@@ -8,9 +8,9 @@
 
 use engine_sdk::http::Client;
 use engine_sdk::{
-    Artifact, Capabilities, Change, DeploymentPlan, Diagnostic, Endpoint, EndpointKind, Error,
-    ErrorExt, Feature, PlanAction, PluginInfo, Provider, Revision, ServiceRef, ServiceSpec,
-    ServiceStatus, Severity, TrafficTarget,
+    Artifact, Capabilities, DeploymentPlan, Diagnostic, Endpoint, EndpointKind, Error, ErrorExt,
+    Feature, PlanAction, PluginInfo, Provider, Revision, ServiceRef, ServiceSpec, ServiceStatus,
+    Severity, TrafficTarget,
 };
 use local_api::{RevisionRequest, RevisionState, RevisionView, ServiceView, Weight};
 use serde::Deserialize;
@@ -226,25 +226,11 @@ impl Provider for Local {
                 summary: format!("create {} on the local platform", desired.name),
             });
         };
-        let before: serde_json::Value = serde_json::from_str(&current.deployed).unwrap_or_default();
-        let changes: Vec<Change> = ["artifact", "args", "env", "instances"]
-            .iter()
-            .filter(|f| before.get(**f) != after.get(**f))
-            .map(|f| Change {
-                field: f.to_string(),
-                before: before.get(*f).map(|v| v.to_string()),
-                after: after.get(*f).map(|v| v.to_string()),
-            })
-            .collect();
-        Ok(DeploymentPlan {
-            action: if changes.is_empty() {
-                PlanAction::NoChange
-            } else {
-                PlanAction::Update
-            },
-            summary: format!("{} change(s)", changes.len()),
-            changes,
-        })
+        Ok(engine_sdk::update_plan(
+            &current.deployed,
+            &after,
+            &["artifact", "args", "env", "instances"],
+        ))
     }
 
     fn deploy(spec: ServiceSpec, deployment_id: String) -> Result<Revision, Error> {

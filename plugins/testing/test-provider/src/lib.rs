@@ -8,8 +8,8 @@
 //! two `set-traffic` calls fail with a transient error, each call taking 50 ms.
 
 use engine_sdk::{
-    Artifact, Capabilities, Change, DeploymentPlan, Diagnostic, DirNeed, Endpoint, EndpointKind,
-    Error, ErrorExt, Feature, PlanAction, PluginInfo, Provider, Revision, ServiceRef, ServiceSpec,
+    Artifact, Capabilities, DeploymentPlan, Diagnostic, DirNeed, Endpoint, EndpointKind, Error,
+    ErrorExt, Feature, PlanAction, PluginInfo, Provider, Revision, ServiceRef, ServiceSpec,
     ServiceStatus, Severity, TrafficTarget,
 };
 use serde::{Deserialize, Serialize};
@@ -243,26 +243,11 @@ impl Provider for TestProvider {
                 summary: format!("create {}", desired.name),
             });
         };
-        let before: serde_json::Value = serde_json::from_str(&current.deployed).unwrap_or_default();
-        let changes: Vec<Change> = ["artifact", "env", "args", "port"]
-            .iter()
-            .filter(|f| before.get(**f) != after.get(**f))
-            .map(|f| Change {
-                field: f.to_string(),
-                before: before.get(*f).map(|v| v.to_string()),
-                after: after.get(*f).map(|v| v.to_string()),
-            })
-            .collect();
-        let action = if changes.is_empty() {
-            PlanAction::NoChange
-        } else {
-            PlanAction::Update
-        };
-        Ok(DeploymentPlan {
-            action,
-            summary: format!("{} change(s)", changes.len()),
-            changes,
-        })
+        Ok(engine_sdk::update_plan(
+            &current.deployed,
+            &after,
+            &["artifact", "env", "args", "port"],
+        ))
     }
 
     fn deploy(spec: ServiceSpec, deployment_id: String) -> Result<Revision, Error> {
