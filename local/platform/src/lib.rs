@@ -81,11 +81,14 @@ impl Revision {
 
     /// The port of a ready instance, taking them in turn.
     pub fn next_ready_port(&self) -> Option<u16> {
-        let statuses = self.statuses();
-        let ready: Vec<u16> = statuses
+        // On every proxied request: read the ports, without cloning whole statuses.
+        let ready: Vec<u16> = self
+            .instances
             .iter()
-            .filter(|s| s.ready)
-            .map(|s| s.port)
+            .filter_map(|i| {
+                let status = lock(i);
+                status.ready.then_some(status.port)
+            })
             .collect();
         if ready.is_empty() {
             return None;

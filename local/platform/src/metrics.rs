@@ -19,9 +19,15 @@ struct Sample {
 /// One revision's requests.
 #[derive(Debug, Default)]
 pub struct Recorder {
-    samples: Mutex<Vec<Sample>>,
+    /// One lock for both, taken once per proxied request.
+    records: Mutex<Records>,
+}
+
+#[derive(Debug, Default)]
+struct Records {
+    samples: Vec<Sample>,
     /// Totals since the revision started, for the Prometheus counters (never dropped).
-    totals: Mutex<BTreeMap<&'static str, u64>>,
+    totals: BTreeMap<&'static str, u64>,
 }
 
 pub fn now_ms() -> u64 {
@@ -57,30 +63,24 @@ impl Recorder {
             status,
             latency_us: latency.as_micros().min(u32::MAX as u128) as u32,
         };
-        {
-            let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-            if samples.len() >= KEEP {
-                samples.drain(..KEEP / 2);
-            }
-            samples.push(sample);
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if records.samples.len() >= KEEP {
+            records.samples.drain(..KEEP / 2);
         }
-        *self
-            .totals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(class(status))
-            .or_default() += 1;
+        records.samples.push(sample);
+        *records.totals.entry(class(status)).or_default() += 1;
     }
 
     /// Requests that finished at or after `since_ms`.
     pub fn summary(&self, since_ms: u64) -> Metrics {
-        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        let window: Vec<Sample> = samples
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let window: Vec<Sample> = records
+            .samples
             .iter()
             .filter(|s| s.at_ms >= since_ms)
             .copied()
             .collect();
-        drop(samples);
+        drop(records);
         let mut status: BTreeMap<String, u64> = BTreeMap::new();
         for s in &window {
             *status.entry(class(s.status).to_string()).or_default() += 1;
@@ -106,9 +106,10 @@ impl Recorder {
 
     /// Requests by status class since the revision started.
     pub fn totals(&self) -> BTreeMap<&'static str, u64> {
-        self.totals
+        self.records
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .totals
             .clone()
     }
 }
