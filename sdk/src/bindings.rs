@@ -1,6 +1,6 @@
 //! Bindings generated from the WIT package in `wit/`.
 //!
-//! The host imports (types, log, clock, secrets) are generated once, from the `host-imports`
+//! The host imports (types, log, clock, secrets, tcp) are generated once, from the `host-imports`
 //! world, and each plugin world reuses them through `with`, so a type such as `ServiceSpec` is
 //! the same Rust type whichever kind of plugin uses it. The WASI interfaces come from the
 //! `wasip2` crate, the Bytecode Alliance's bindings for the same WASI release as `wit/deps`.
@@ -68,6 +68,7 @@ pub mod health {
             "engine:plugin/log@0.1.0": crate::bindings::engine::plugin::log,
             "engine:plugin/clock@0.1.0": crate::bindings::engine::plugin::clock,
             "engine:plugin/secrets@0.1.0": crate::bindings::engine::plugin::secrets,
+            "engine:plugin/tcp@0.1.0": crate::bindings::engine::plugin::tcp,
             "wasi:http/outgoing-handler@0.2.12": wasip2::http::outgoing_handler,
             "wasi:http/types@0.2.12": wasip2::http::types,
             "wasi:io/poll@0.2.12": wasip2::io::poll,

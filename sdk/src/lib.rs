@@ -39,16 +39,18 @@
 //!
 //! and builds it with `cargo build --release --target wasm32-wasip2`.
 //!
-//! The host imports have Rust wrappers here: [`log`], [`clock`], [`secrets`] and an HTTP
-//! client with retries in [`http`]. Each also works outside WebAssembly, so the plugin's logic
-//! can be tested natively with `cargo test` (see [`testing`]).
+//! The host imports have Rust wrappers here: [`log`], [`clock`], [`secrets`], [`tcp`] (health
+//! checks only) and an HTTP client with retries in [`http`]. Each also works outside
+//! WebAssembly, so the plugin's logic can be tested natively with `cargo test` (see [`testing`]).
 
 pub mod bindings;
 pub mod clock;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod log;
 pub mod secrets;
+pub mod tcp;
 pub mod testing;
 
 pub use bindings::engine::plugin::types::*;
@@ -124,11 +126,6 @@ pub fn config_diagnostics<T>(parsed: Result<T, Error>, hint: Option<&str>) -> Ve
             hint: hint.map(String::from),
         }],
     }
-}
-
-/// Types used only by health checks: the target and the result.
-pub mod health {
-    pub use crate::bindings::health::exports::engine::plugin::health::{CheckResult, Target};
 }
 
 /// The version of the WIT package this SDK implements.

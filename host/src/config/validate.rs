@@ -24,6 +24,7 @@ const PLUGIN_KEYS: &[&str] = &[
     "source",
     "sha256",
     "allow_http",
+    "allow_tcp",
     "allow_env",
     "dirs",
     "secrets",

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 pub enum Capability {
     /// Outbound HTTP to a destination not in `allow_http` (or not declared by the plugin).
     Http,
+    /// A TCP connect to a destination not in `allow_tcp` (or not declared by the plugin).
+    Tcp,
     /// A destination whose address is private, loopback, link-local or a metadata service.
     Address,
     /// A secret that is not granted, or not granted for the destination it was sent to.
@@ -24,6 +26,7 @@ impl fmt::Display for Capability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Capability::Http => "http",
+            Capability::Tcp => "tcp",
             Capability::Address => "address",
             Capability::Secret => "secret",
             Capability::Env => "env",

@@ -1,8 +1,9 @@
 //! What the pipeline grants a plugin (`[plugins.NAME]` in pipeline.toml), parsed and checked.
 //!
-//! Deny by default: a plugin gets outbound HTTP only to the `allow_http` patterns, the
-//! environment variables in `allow_env`, the directories in `dirs` and the secrets in `secrets`,
-//! and only those of them it also declares in its `info`.
+//! Deny by default: a plugin gets outbound HTTP only to the `allow_http` patterns, TCP connects
+//! (health checks) only to the `allow_tcp` ones, the environment variables in `allow_env`, the
+//! directories in `dirs` and the secrets in `secrets`, and only those of them it also declares
+//! in its `info`.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -18,6 +19,9 @@ pub struct GrantsConfig {
     /// Outbound HTTP destinations, `scheme://host[:port]` with `*` wildcards.
     #[serde(default)]
     pub allow_http: Vec<String>,
+    /// TCP destinations for health checks, `host:port` with `*` wildcards.
+    #[serde(default)]
+    pub allow_tcp: Vec<String>,
     /// Environment variables passed to the plugin, by name.
     #[serde(default)]
     pub allow_env: Vec<String>,
@@ -88,6 +92,8 @@ pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
 #[derive(Debug, Clone, Default)]
 pub struct Grants {
     pub http: Vec<HttpPattern>,
+    /// `tcp://host:port` patterns, parsed from `allow_tcp`.
+    pub tcp: Vec<HttpPattern>,
     pub env: Vec<String>,
     pub dirs: Vec<DirGrant>,
     pub secrets: BTreeMap<String, SecretGrant>,
@@ -123,7 +129,22 @@ impl GrantsConfig {
         let http = self
             .allow_http
             .iter()
-            .map(|p| HttpPattern::parse(p).map_err(|m| grant_error("allow_http", m)))
+            .map(|p| {
+                if let Some(destination) = p.strip_prefix("tcp://") {
+                    return Err(grant_error(
+                        "allow_http",
+                        format!(
+                            "{p:?} is a TCP destination; grant it as \"{destination}\" in allow_tcp"
+                        ),
+                    ));
+                }
+                HttpPattern::parse(p).map_err(|m| grant_error("allow_http", m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tcp = self
+            .allow_tcp
+            .iter()
+            .map(|p| HttpPattern::parse_tcp(p).map_err(|m| grant_error("allow_tcp", m)))
             .collect::<Result<Vec<_>, _>>()?;
         for name in &self.allow_env {
             if name.is_empty() || name.contains('=') {
@@ -190,6 +211,7 @@ impl GrantsConfig {
         }
         Ok(Grants {
             http,
+            tcp,
             env: self.allow_env.clone(),
             dirs: self.dirs.clone(),
             secrets,
@@ -209,8 +231,9 @@ fn parse_size(key: &str, text: &str) -> Result<u64, GrantError> {
         })
 }
 
-/// `scheme://host[:port]` with wildcards: scheme `*`, host `*` or `*.suffix`, port `*`.
-/// Without a port the pattern matches the scheme's default port only.
+/// `scheme://host[:port]` with wildcards: scheme `*` (http or https), host `*` or `*.suffix`,
+/// port `*`. Without a port the pattern matches the scheme's default port only. Scheme `tcp`
+/// (port required) is for the host's TCP connects, never for HTTP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpPattern {
     scheme: Option<String>,
@@ -250,10 +273,10 @@ impl HttpPattern {
             .ok_or_else(|| format!("{text:?} has no scheme; {hint}"))?;
         let scheme = match scheme {
             "*" => None,
-            "http" | "https" => Some(scheme.to_string()),
+            "http" | "https" | "tcp" => Some(scheme.to_string()),
             other => {
                 return Err(format!(
-                    "{text:?}: scheme {other:?} is not http, https or *"
+                    "{text:?}: scheme {other:?} is not http, https, * or tcp"
                 ));
             }
         };
@@ -285,6 +308,11 @@ impl HttpPattern {
         if port == PortPattern::Default && scheme.is_none() {
             return Err(format!("{text:?}: with scheme * give a port or :*"));
         }
+        if port == PortPattern::Default && scheme.as_deref() == Some("tcp") {
+            return Err(format!(
+                "{text:?}: a TCP destination needs a port, such as \"tcp://localhost:5432\" or \"tcp://localhost:*\""
+            ));
+        }
         let host = host.to_ascii_lowercase();
         let host = if host == "*" {
             HostPattern::Any
@@ -310,9 +338,25 @@ impl HttpPattern {
         })
     }
 
+    /// An `allow_tcp` entry, `host:port`, as the pattern `tcp://host:port`.
+    pub fn parse_tcp(text: &str) -> Result<HttpPattern, String> {
+        if text.contains("://") {
+            return Err(format!(
+                "{text:?}: write a TCP destination as host:port, such as \"localhost:5432\" or \"*.internal:*\""
+            ));
+        }
+        let mut pattern = HttpPattern::parse(&format!("tcp://{text}"))?;
+        pattern.text = text.to_string();
+        Ok(pattern)
+    }
+
     /// Whether a request to `scheme://host:port` matches. `host` is lower case, without brackets.
+    /// Scheme `*` stands for http and https only: a TCP destination must be named as such.
     pub fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
-        let scheme_ok = self.scheme.as_deref().is_none_or(|s| s == scheme);
+        let scheme_ok = match self.scheme.as_deref() {
+            Some(s) => s == scheme,
+            None => scheme == "http" || scheme == "https",
+        };
         let host_ok = match &self.host {
             HostPattern::Any => true,
             HostPattern::Exact(h) => h == host,
@@ -396,6 +440,37 @@ mod tests {
         assert!(pat.matches("http", "localhost", 1));
         assert!(pat.matches("https", "localhost", 65535));
         assert!(!pat.matches("http", "127.0.0.1", 80));
+    }
+
+    #[test]
+    fn tcp_destinations_are_their_own_scheme() {
+        let tcp = HttpPattern::parse_tcp("db.internal:5432").unwrap();
+        assert!(tcp.matches("tcp", "db.internal", 5432));
+        assert!(!tcp.matches("http", "db.internal", 5432));
+        assert_eq!(tcp.to_string(), "db.internal:5432");
+        // `*` stands for http and https only, so an HTTP grant never opens TCP.
+        assert!(!p("*://*:*").matches("tcp", "db.internal", 5432));
+        assert!(p("tcp://*:*").matches("tcp", "db.internal", 5432));
+        assert!(
+            HttpPattern::parse_tcp("db.internal")
+                .unwrap_err()
+                .contains("needs a port")
+        );
+        assert!(
+            HttpPattern::parse_tcp("tcp://db:1")
+                .unwrap_err()
+                .contains("host:port")
+        );
+        let config = GrantsConfig {
+            allow_http: vec!["tcp://db:5432".into()],
+            ..GrantsConfig::default()
+        };
+        let e = config.parse().unwrap_err();
+        assert_eq!(e.key, "allow_http");
+        assert!(
+            e.message.contains("grant it as \"db:5432\" in allow_tcp"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -48,8 +48,11 @@ impl PluginKind {
                 | "wasi:sockets",
             ) => true,
             (PluginKind::Provider | PluginKind::Health, "wasi:http") => true,
-            (PluginKind::Provider | PluginKind::Health, WIT_PACKAGE) => {
+            (PluginKind::Provider, WIT_PACKAGE) => {
                 matches!(interface, "types" | "log" | "clock" | "secrets")
+            }
+            (PluginKind::Health, WIT_PACKAGE) => {
+                matches!(interface, "types" | "log" | "clock" | "secrets" | "tcp")
             }
             (PluginKind::Strategy, WIT_PACKAGE) => matches!(interface, "types" | "log"),
             _ => false,
@@ -246,5 +249,7 @@ mod tests {
         assert!(!PluginKind::Strategy.may_import(WIT_PACKAGE, "secrets"));
         assert!(PluginKind::Provider.may_import("wasi:http", "outgoing-handler"));
         assert!(!PluginKind::Provider.may_import("acme:other", "thing"));
+        assert!(PluginKind::Health.may_import(WIT_PACKAGE, "tcp"));
+        assert!(!PluginKind::Provider.may_import(WIT_PACKAGE, "tcp"));
     }
 }

@@ -29,6 +29,7 @@ pub mod inspect;
 pub mod plugin;
 pub mod secrets;
 pub mod store;
+pub mod tcp;
 
 pub use error::{CallError, LoadError, PluginError};
 pub use events::{Denial, EventSink, MemorySink, PluginEvent, TracingSink};
@@ -110,6 +111,12 @@ fn linker(engine: &Engine, kind: PluginKind) -> wasmtime::Result<Linker<PluginSt
         clock::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
         secrets::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    }
+    if kind == PluginKind::Health {
+        bindings::health::engine::plugin::tcp::add_to_linker::<PluginState, HasSelf<PluginState>>(
+            &mut linker,
+            |s| s,
+        )?;
     }
     Ok(linker)
 }
@@ -236,13 +243,14 @@ impl Runtime {
         &self,
         name: &str,
         grants: &Grants,
-        declared_http: Vec<HttpPattern>,
+        declared: Vec<HttpPattern>,
         secrets: Arc<PluginSecrets>,
     ) -> Result<Arc<Sandbox>, LoadError> {
+        let tcp = tcp::TcpPolicy::new(name, grants.tcp.clone(), declared.clone(), &self.shared);
         let egress = egress::EgressPolicy::new(
             name,
             grants.http.clone(),
-            declared_http,
+            declared,
             secrets.clone(),
             grants.limits.max_response_bytes,
             &self.shared,
@@ -269,6 +277,7 @@ impl Runtime {
             limits: grants.limits,
             secrets,
             egress: Arc::new(egress),
+            tcp: Arc::new(tcp),
             sink: self.shared.sink.clone(),
         }))
     }
@@ -291,20 +300,41 @@ impl Runtime {
             plugin: name.to_string(),
             message,
         };
-        let declared_http: Vec<HttpPattern> = declared
+        let declared_patterns: Vec<HttpPattern> = declared
             .http
             .iter()
             .filter_map(|p| HttpPattern::parse(p).ok())
             .collect();
-        if grants.http.is_empty() && !declared.http.is_empty() {
+        let (declared_tcp, declared_http): (Vec<&String>, Vec<&String>) =
+            declared.http.iter().partition(|p| p.starts_with("tcp://"));
+        let list = |patterns: &[&String]| {
+            patterns
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if grants.http.is_empty() && !declared_http.is_empty() {
             warn(format!(
                 "declares outbound HTTP to {} but [plugins.{name}] grants none; add allow_http = [...] for the destinations it needs",
-                declared.http.join(", ")
+                list(&declared_http)
+            ));
+        }
+        if grants.tcp.is_empty() && !declared_tcp.is_empty() {
+            warn(format!(
+                "declares TCP connects to {} but [plugins.{name}] grants none; add allow_tcp = [\"host:port\", ...] for the destinations it checks",
+                list(&declared_tcp)
+            ));
+        }
+        if !grants.tcp.is_empty() && declared_tcp.is_empty() {
+            warn(format!(
+                "[plugins.{name}] grants allow_tcp, but the plugin declares no TCP destination; it cannot use it"
             ));
         }
 
         let mut effective = Grants {
             http: grants.http.clone(),
+            tcp: grants.tcp.clone(),
             limits: grants.limits,
             ..Grants::default()
         };
@@ -372,6 +402,6 @@ impl Runtime {
             ));
         }
         let secrets = PluginSecrets::resolve(&effective.secrets).map_err(sandbox_error)?;
-        self.sandbox(name, &effective, declared_http, Arc::new(secrets))
+        self.sandbox(name, &effective, declared_patterns, Arc::new(secrets))
     }
 }

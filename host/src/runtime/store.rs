@@ -3,11 +3,13 @@
 //! A fresh store is made for every call, so nothing a plugin leaves in memory survives into the
 //! next call, and a call that traps or is stopped takes only its own store down.
 
+use super::bindings::health::engine::plugin::tcp;
 use super::bindings::provider::engine::plugin::{clock, log, secrets, types};
 use super::egress::{EgressHooks, EgressPolicy};
 use super::events::{Capability, Denial, EventSink, LogLevel, PluginEvent};
 use super::grants::{DirGrant, Limits};
 use super::secrets::{PluginSecrets, SecretHandle, redactor};
+use super::tcp::TcpPolicy;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -27,6 +29,7 @@ pub struct Sandbox {
     pub limits: Limits,
     pub secrets: Arc<PluginSecrets>,
     pub egress: Arc<EgressPolicy>,
+    pub tcp: Arc<TcpPolicy>,
     pub sink: Arc<dyn EventSink>,
 }
 
@@ -224,5 +227,19 @@ impl secrets::HostSecret for PluginState {
     async fn drop(&mut self, handle: Resource<SecretHandle>) -> wasmtime::Result<()> {
         self.table.delete(handle)?;
         Ok(())
+    }
+}
+
+impl tcp::Host for PluginState {
+    async fn connect(
+        &mut self,
+        host: String,
+        port: u16,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<tcp::Connected, tcp::ConnectError>> {
+        // Never past the call's own deadline: a connect that hangs must not turn into a trap.
+        let timeout = std::time::Duration::from_millis(u64::from(timeout_ms))
+            .min(self.deadline.saturating_duration_since(Instant::now()));
+        Ok(self.sandbox.tcp.connect(&host, port, timeout).await)
     }
 }

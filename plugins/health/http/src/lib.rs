@@ -3,18 +3,12 @@
 //! each probe passing when the status is expected and the body matches; `success_threshold`
 //! passes in a row make it healthy, `failure_threshold` failures in a row unhealthy.
 
-use engine_sdk::health::{CheckResult, Target};
+use engine_sdk::health::{CheckResult, Probe, Probing, Reach, Target};
 use engine_sdk::http::{Client, RetryPolicy};
-use engine_sdk::{
-    Capabilities, Diagnostic, EndpointKind, Error, ErrorExt, Health, Measurement, PluginInfo,
-    Verdict,
-};
+use engine_sdk::{Capabilities, Diagnostic, Error, ErrorExt, Health, PluginInfo};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
-
-/// The longest a whole check may take: under the host's per-call deadline (30 s by default).
-const BUDGET: Duration = Duration::from_secs(25);
+use std::time::Instant;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -87,52 +81,34 @@ pub const CONFIG_SCHEMA: &str = r#"{
 }"#;
 
 /// A configuration with its durations parsed, checked beyond the schema.
-pub struct Probe {
+pub struct Parsed {
     pub config: Config,
-    pub timeout: Duration,
-    pub interval: Duration,
+    pub reach: Reach,
+    pub probing: Probing,
 }
 
-pub fn parse(text: &str) -> Result<Probe, Error> {
+pub fn parse(text: &str) -> Result<Parsed, Error> {
     let text = if text.trim().is_empty() { "{}" } else { text };
     let config: Config = serde_json::from_str(text)
         .map_err(|e| Error::invalid_config(format!("http check configuration: {e}")))?;
-    let duration = |name: &str, v: &str| {
-        humantime::parse_duration(v).map_err(|e| {
-            Error::invalid_config(format!(
-                "http check `{name}` {v:?}: {e}; write it like 500ms or 2s"
-            ))
-        })
-    };
-    let timeout = duration("timeout", &config.timeout)?;
-    let interval = duration("interval", &config.interval)?;
     if !config.path.starts_with('/') {
         return Err(Error::invalid_config(format!(
             "http check `path` {:?} must start with /",
             config.path
         )));
     }
-    if !matches!(config.target.as_str(), "revision" | "service") {
-        return Err(Error::invalid_config(format!(
-            "http check `target` {:?}: use \"revision\" or \"service\"",
-            config.target
-        )));
-    }
-    if config.success_threshold == 0 || config.failure_threshold == 0 {
-        return Err(Error::invalid_config("http check thresholds start at 1"));
-    }
-    let worst = (config.success_threshold + config.failure_threshold) as u32 * (timeout + interval);
-    if worst > BUDGET {
-        return Err(Error::invalid_config(format!(
-            "http check could take {} (thresholds × (timeout + interval)), more than the {} a check may run; lower them",
-            humantime::format_duration(worst),
-            humantime::format_duration(BUDGET)
-        )));
-    }
-    Ok(Probe {
+    let reach = Reach::parse("http", &config.target)?;
+    let probing = Probing::parse(
+        "http",
+        &config.timeout,
+        &config.interval,
+        config.success_threshold,
+        config.failure_threshold,
+    )?;
+    Ok(Parsed {
         config,
-        timeout,
-        interval,
+        reach,
+        probing,
     })
 }
 
@@ -163,31 +139,6 @@ pub fn judge(config: &Config, status: u16, body: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The URL to probe.
-fn url(config: &Config, target: &Target) -> Result<String, Error> {
-    let pick = |kind: EndpointKind| {
-        target.endpoints.iter().find(|e| {
-            e.kind == kind && (kind == EndpointKind::Service || e.revision == target.revision)
-        })
-    };
-    let endpoint = if config.target == "revision" {
-        pick(EndpointKind::Revision).or_else(|| pick(EndpointKind::Service))
-    } else {
-        pick(EndpointKind::Service)
-    };
-    let base = endpoint
-        .ok_or_else(|| {
-            Error::not_found(format!(
-                "the provider gave no {} URL for `{}`",
-                config.target, target.service
-            ))
-        })?
-        .url
-        .trim_end_matches('/')
-        .to_string();
-    Ok(format!("{base}{}", config.path))
-}
-
 pub struct HttpCheck;
 
 impl Health for HttpCheck {
@@ -216,21 +167,26 @@ impl Health for HttpCheck {
     }
 
     fn check(config: String, target: Target) -> Result<CheckResult, Error> {
-        let probe = parse(&config)?;
-        let url = url(&probe.config, &target)?;
-        let secret = match &probe.config.bearer_secret {
+        let Parsed {
+            config,
+            reach,
+            probing,
+        } = parse(&config)?;
+        let base = engine_sdk::health::endpoint(&target, reach)?
+            .url
+            .trim_end_matches('/');
+        let url = format!("{base}{}", config.path);
+        let secret = match &config.bearer_secret {
             Some(name) => Some(engine_sdk::secrets::Secret::open(name)?),
             None => None,
         };
         // One attempt per probe: the thresholds are the retries.
         let client = Client::new()
-            .with_timeout(probe.timeout)
+            .with_timeout(probing.timeout)
             .with_retry(RetryPolicy::none());
-        let (mut passes, mut failures) = (0u32, 0u32);
-        let started = Instant::now();
-        loop {
+        Ok(probing.run(|| {
             let mut request = client.get(&url);
-            for (k, v) in &probe.config.headers {
+            for (k, v) in &config.headers {
                 request = request.header(k, v.clone());
             }
             if let Some(s) = &secret {
@@ -238,54 +194,16 @@ impl Health for HttpCheck {
             }
             let sent = Instant::now();
             let outcome = match request.send_once() {
-                Ok(response) => judge(&probe.config, response.status, &response.text()),
+                Ok(response) => judge(&config, response.status, &response.text()),
                 Err(e) => Err(e.describe()),
             };
-            let latency_ms = sent.elapsed().as_secs_f64() * 1000.0;
-            let last = match outcome {
-                Ok(()) => {
-                    passes += 1;
-                    failures = 0;
-                    format!("GET {url} passed")
-                }
-                Err(why) => {
-                    failures += 1;
-                    passes = 0;
-                    format!("GET {url}: {why}")
-                }
-            };
-            let measurements = vec![Measurement {
-                name: "latency".into(),
-                value: latency_ms,
-                unit: "ms".into(),
-            }];
-            if passes >= probe.config.success_threshold {
-                return Ok(CheckResult {
-                    verdict: Verdict::Healthy,
-                    message: last,
-                    measurements,
-                });
+            Probe {
+                outcome: outcome
+                    .map(|()| format!("GET {url} passed"))
+                    .map_err(|why| format!("GET {url}: {why}")),
+                latency: sent.elapsed(),
             }
-            if failures >= probe.config.failure_threshold {
-                let message = format!("{last} ({failures} failure(s) in a row)");
-                return Ok(CheckResult {
-                    verdict: Verdict::Unhealthy,
-                    message,
-                    measurements,
-                });
-            }
-            if started.elapsed() + probe.interval + probe.timeout > BUDGET {
-                return Ok(CheckResult {
-                    verdict: Verdict::Inconclusive,
-                    message: format!(
-                        "undecided after {}: {last}",
-                        humantime::format_duration(started.elapsed())
-                    ),
-                    measurements,
-                });
-            }
-            std::thread::sleep(probe.interval);
-        }
+        }))
     }
 }
 
