@@ -17,6 +17,9 @@ pub trait ErrorExt {
     fn is_retryable(&self) -> bool;
     /// `kind: message`, for people.
     fn describe(&self) -> String;
+    /// The same error (same case, so the host acts the same) with `what` put before the
+    /// message: `what: message`.
+    fn context(self, what: impl Into<String>) -> Self;
 }
 
 impl ErrorExt for Error {
@@ -70,6 +73,22 @@ impl ErrorExt for Error {
                 Some(ms) => format!("rate-limited (retry after {ms} ms): {}", r.message),
                 None => format!("rate-limited: {}", r.message),
             },
+        }
+    }
+    fn context(self, what: impl Into<String>) -> Self {
+        let what = what.into();
+        let prefix = |m: String| format!("{what}: {m}");
+        match self {
+            Error::InvalidConfig(m) => Error::InvalidConfig(prefix(m)),
+            Error::Unauthorized(m) => Error::Unauthorized(prefix(m)),
+            Error::NotFound(m) => Error::NotFound(prefix(m)),
+            Error::Conflict(m) => Error::Conflict(prefix(m)),
+            Error::RateLimited(r) => Error::RateLimited(RateLimit {
+                message: prefix(r.message),
+                ..r
+            }),
+            Error::Transient(m) => Error::Transient(prefix(m)),
+            Error::Fatal(m) => Error::Fatal(prefix(m)),
         }
     }
 }

@@ -117,3 +117,4 @@ impl Drop for TestServer {
     }
 }
 pub mod postgres;
+pub mod prometheus;

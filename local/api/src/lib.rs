@@ -12,7 +12,7 @@
 //! | `PUT /v1/services/{service}/traffic` | `[`[`Weight`]`]` | [`ServiceView`]; 409 for an unknown or unready revision, 422 unless the weights add up to 100 |
 //! | `DELETE /v1/services/{service}` | | 204 (stops every revision) |
 //! | `GET /v1/services/{service}/revisions/{revision}/metrics?since_ms=N` | | [`Metrics`] |
-//! | `GET /metrics` | | every revision's counters in the Prometheus text format |
+//! | `GET /metrics` | | every revision's request counters and latency histogram, OpenMetrics text for Prometheus |
 //! | `POST /v1/shutdown` | | 202; the platform stops its processes and exits |
 //!
 //! Errors are [`ApiError`] with a fitting status code.

@@ -130,7 +130,10 @@ async fn metrics(
 
 async fn prometheus(State(p): Shared) -> impl IntoResponse {
     (
-        [("content-type", "text/plain; version=0.0.4")],
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         p.prometheus(),
     )
 }

@@ -42,6 +42,8 @@ pub struct Platform {
     client: Client,
     /// Set to true to stop the platform.
     shutdown: watch::Sender<bool>,
+    /// Every revision's request metrics, for `GET /metrics`.
+    exporter: Arc<metrics::Exporter>,
 }
 
 /// One service: its front door and revisions.
@@ -198,6 +200,7 @@ impl Platform {
             dir: dir.to_path_buf(),
             client,
             shutdown,
+            exporter: Arc::default(),
         })
     }
 
@@ -299,7 +302,7 @@ impl Platform {
             created_at_ms: metrics::now_ms(),
             log: log.clone(),
             port,
-            metrics: Recorder::default(),
+            metrics: Recorder::exported(&self.exporter, service, id),
             instances: instances.clone(),
             next: AtomicUsize::new(0),
             stop,
@@ -448,22 +451,9 @@ impl Platform {
         let _ = self.shutdown.send(true);
     }
 
-    /// Every revision's totals in the Prometheus text format.
+    /// Every revision's request counters and latency histogram, in OpenMetrics text.
     pub fn prometheus(&self) -> String {
-        let mut out = String::from(
-            "# HELP engine_local_requests_total Requests answered per revision and status class.\n# TYPE engine_local_requests_total counter\n",
-        );
-        for svc in self.services() {
-            for rev in lock(&svc.revisions).iter() {
-                for (class, n) in rev.metrics.totals() {
-                    out.push_str(&format!(
-                        "engine_local_requests_total{{service=\"{}\",revision=\"{}\",code=\"{class}\"}} {n}\n",
-                        svc.name, rev.id
-                    ));
-                }
-            }
-        }
-        out
+        self.exporter.encode()
     }
 }
 

@@ -1,24 +1,42 @@
 //! The `metrics` health check: thresholds on the revision's error rate and p95/p99 latency over
 //! the analysis window (since the last traffic change), such as the seeds' "error rate > 1 %"
-//! and "p95 > 500 ms" gates. Today it reads the local platform's per-revision metrics; too few
-//! requests in the window make the verdict inconclusive rather than a guess.
+//! and "p95 > 500 ms" gates. The numbers come from the local platform's admin API
+//! (`source = "local"`) or from any Prometheus-compatible query API (`source = "prometheus"`:
+//! Prometheus, Thanos, Mimir, Google Managed Prometheus…) through PromQL queries. Too few
+//! requests in the window, or a query without data, make the verdict inconclusive rather than
+//! a guess.
+
+mod prometheus;
 
 use engine_sdk::health::{CheckResult, Target};
 use engine_sdk::http::Client;
 use engine_sdk::{
     Capabilities, Diagnostic, Error, ErrorExt, Health, Measurement, PluginInfo, Verdict,
 };
-use local_api::Metrics;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+pub use prometheus::Queries;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Where the metrics come from: `local` (the local platform's admin API).
+    /// Where the metrics come from: `local` or `prometheus`.
     pub source: String,
-    /// The local platform's admin API.
+    /// The local platform's admin API (`source = "local"`).
     pub admin: String,
+    /// The Prometheus-compatible API's base URL, such as `http://localhost:9090`.
+    pub prometheus: Option<String>,
+    /// PromQL for each number, with `{{service}}`, `{{revision}}` and `{{window}}` filled in.
+    pub queries: Queries,
+    /// The shortest range `{{window}}` stands for, so a window shorter than a few scrape
+    /// intervals still has samples.
+    pub min_window: String,
+    /// Headers sent to the Prometheus API (a tenant header, say).
+    pub headers: BTreeMap<String, String>,
+    /// A granted secret sent to the Prometheus API as `Authorization: Bearer …`.
+    pub bearer_secret: Option<String>,
     /// Unhealthy above this share of 5xx answers, in percent.
     pub max_error_rate_percent: Option<f64>,
     /// Unhealthy above this 95th percentile latency, in milliseconds.
@@ -34,6 +52,11 @@ impl Default for Config {
         Config {
             source: "local".into(),
             admin: local_api::DEFAULT_ADMIN.into(),
+            prometheus: None,
+            queries: Queries::default(),
+            min_window: "30s".into(),
+            headers: BTreeMap::new(),
+            bearer_secret: None,
             max_error_rate_percent: None,
             max_p95_ms: None,
             max_p99_ms: None,
@@ -47,8 +70,23 @@ pub const CONFIG_SCHEMA: &str = r#"{
   "title": "metrics health check",
   "type": "object",
   "properties": {
-    "source": { "enum": ["local"], "default": "local", "description": "Where the metrics come from." },
-    "admin": { "type": "string", "default": "http://localhost:7700", "description": "The local platform's admin API." },
+    "source": { "enum": ["local", "prometheus"], "default": "local", "description": "Where the metrics come from." },
+    "admin": { "type": "string", "default": "http://localhost:7700", "description": "The local platform's admin API (source local)." },
+    "prometheus": { "type": "string", "description": "The Prometheus-compatible API's base URL (source prometheus), such as http://localhost:9090." },
+    "queries": {
+      "type": "object",
+      "description": "PromQL per number; {{service}}, {{revision}} and {{window}} are filled in. Defaults read the local platform's metrics.",
+      "properties": {
+        "requests": { "type": "string" },
+        "error_rate_percent": { "type": "string" },
+        "p95_ms": { "type": "string" },
+        "p99_ms": { "type": "string" }
+      },
+      "additionalProperties": false
+    },
+    "min_window": { "type": "string", "default": "30s", "description": "The shortest range {{window}} stands for." },
+    "headers": { "type": "object", "additionalProperties": { "type": "string" }, "description": "Headers sent to the Prometheus API." },
+    "bearer_secret": { "type": "string", "description": "A granted secret sent to the Prometheus API as Authorization: Bearer." },
     "max_error_rate_percent": { "type": "number", "minimum": 0, "maximum": 100, "description": "Unhealthy above this share of 5xx answers." },
     "max_p95_ms": { "type": "number", "exclusiveMinimum": 0, "description": "Unhealthy above this p95 latency." },
     "max_p99_ms": { "type": "number", "exclusiveMinimum": 0, "description": "Unhealthy above this p99 latency." },
@@ -57,15 +95,33 @@ pub const CONFIG_SCHEMA: &str = r#"{
   "additionalProperties": false
 }"#;
 
-pub fn parse(text: &str) -> Result<Config, Error> {
+/// A checked configuration.
+pub struct Parsed {
+    pub config: Config,
+    pub min_window: Duration,
+}
+
+pub fn parse(text: &str) -> Result<Parsed, Error> {
     let text = if text.trim().is_empty() { "{}" } else { text };
     let config: Config = serde_json::from_str(text)
         .map_err(|e| Error::invalid_config(format!("metrics check configuration: {e}")))?;
-    if config.source != "local" {
-        return Err(Error::invalid_config(format!(
-            "metrics check `source` {:?}: only \"local\" is supported so far",
-            config.source
-        )));
+    match (config.source.as_str(), &config.prometheus) {
+        ("local", None) | ("prometheus", Some(_)) => {}
+        ("local", Some(_)) => {
+            return Err(Error::invalid_config(
+                "metrics check: `prometheus` is set but `source` is \"local\"; add source = \"prometheus\"",
+            ));
+        }
+        ("prometheus", None) => {
+            return Err(Error::invalid_config(
+                "metrics check: source \"prometheus\" needs `prometheus`, the API's base URL, such as \"http://localhost:9090\"",
+            ));
+        }
+        (other, _) => {
+            return Err(Error::invalid_config(format!(
+                "metrics check `source` {other:?}: use \"local\" or \"prometheus\""
+            )));
+        }
     }
     if config.max_error_rate_percent.is_none()
         && config.max_p95_ms.is_none()
@@ -75,49 +131,131 @@ pub fn parse(text: &str) -> Result<Config, Error> {
             "the metrics check has no threshold: set max_error_rate_percent, max_p95_ms or max_p99_ms",
         ));
     }
-    Ok(config)
+    let min_window = humantime::parse_duration(&config.min_window).map_err(|e| {
+        Error::invalid_config(format!(
+            "metrics check `min_window` {:?}: {e}; write it like 30s or 2m",
+            config.min_window
+        ))
+    })?;
+    if config.source == "prometheus" {
+        config.queries.check()?;
+    }
+    Ok(Parsed { config, min_window })
+}
+
+/// What a window's metrics say. `None` is a number the source has no data for.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Window {
+    pub requests: u64,
+    pub error_rate_percent: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl From<&local_api::Metrics> for Window {
+    fn from(m: &local_api::Metrics) -> Window {
+        Window {
+            requests: m.requests,
+            error_rate_percent: Some(m.error_rate_percent),
+            p95_ms: Some(m.p95_ms),
+            p99_ms: Some(m.p99_ms),
+        }
+    }
 }
 
 /// The verdict and its reason for a window's metrics.
-pub fn judge(config: &Config, m: &Metrics) -> (Verdict, String) {
-    let seen = format!(
-        "{} requests, error rate {:.1}%, p95 {:.0} ms, p99 {:.0} ms",
-        m.requests, m.error_rate_percent, m.p95_ms, m.p99_ms
-    );
-    let counted = format!("{} requests in the window", m.requests);
-    if m.requests < config.min_requests {
+pub fn judge(config: &Config, w: &Window) -> (Verdict, String) {
+    if w.requests < config.min_requests {
         return (
             Verdict::Inconclusive,
             format!(
                 "only {} requests since the step began (need {})",
-                m.requests, config.min_requests
+                w.requests, config.min_requests
             ),
         );
     }
-    let mut broken = Vec::new();
-    if let Some(max) = config.max_error_rate_percent
-        && m.error_rate_percent > max
-    {
-        broken.push(format!("error rate {:.1}% > {max}%", m.error_rate_percent));
+    let gates = [
+        (
+            "error rate",
+            "%",
+            config.max_error_rate_percent,
+            w.error_rate_percent,
+        ),
+        ("p95", " ms", config.max_p95_ms, w.p95_ms),
+        ("p99", " ms", config.max_p99_ms, w.p99_ms),
+    ];
+    let (mut broken, mut missing, mut seen) = (Vec::new(), Vec::new(), Vec::new());
+    for (name, unit, max, value) in gates {
+        let show = |v: f64| {
+            if unit == "%" {
+                format!("{v:.1}{unit}")
+            } else {
+                format!("{v:.0}{unit}")
+            }
+        };
+        match (max, value) {
+            (Some(max), Some(v)) if v > max => {
+                broken.push(format!("{name} {} > {max}{unit}", show(v)))
+            }
+            (Some(_), None) => missing.push(name),
+            (_, Some(v)) => seen.push(format!("{name} {}", show(v))),
+            (None, None) => {}
+        }
     }
-    if let Some(max) = config.max_p95_ms
-        && m.p95_ms > max
-    {
-        broken.push(format!("p95 {:.0} ms > {max} ms", m.p95_ms));
-    }
-    if let Some(max) = config.max_p99_ms
-        && m.p99_ms > max
-    {
-        broken.push(format!("p99 {:.0} ms > {max} ms", m.p99_ms));
-    }
-    if broken.is_empty() {
-        (Verdict::Healthy, seen)
-    } else {
+    let counted = format!("{} requests in the window", w.requests);
+    if !broken.is_empty() {
         (
             Verdict::Unhealthy,
             format!("{} ({counted})", broken.join(", ")),
         )
+    } else if !missing.is_empty() {
+        (
+            Verdict::Inconclusive,
+            format!("no data for {} ({counted})", missing.join(", ")),
+        )
+    } else {
+        (Verdict::Healthy, format!("{counted}, {}", seen.join(", ")))
     }
+}
+
+fn measurements(w: &Window) -> Vec<Measurement> {
+    let mut out = vec![Measurement {
+        name: "requests".into(),
+        value: w.requests as f64,
+        unit: "count".into(),
+    }];
+    for (name, unit, value) in [
+        ("error-rate", "percent", w.error_rate_percent),
+        ("latency-p95", "ms", w.p95_ms),
+        ("latency-p99", "ms", w.p99_ms),
+    ] {
+        if let Some(value) = value {
+            out.push(Measurement {
+                name: name.into(),
+                value,
+                unit: unit.into(),
+            });
+        }
+    }
+    out
+}
+
+/// The local platform's summary of the revision's requests since `since_ms`.
+fn local_window(
+    config: &Config,
+    service: &str,
+    revision: &str,
+    since_ms: u64,
+) -> Result<Window, Error> {
+    let url = format!(
+        "{}/v1/services/{service}/revisions/{revision}/metrics?since_ms={since_ms}",
+        config.admin.trim_end_matches('/'),
+    );
+    let m: local_api::Metrics = Client::new()
+        .with_timeout(Duration::from_secs(10))
+        .get(&url)
+        .send_json()?;
+    Ok(Window::from(&m))
 }
 
 pub struct MetricsCheck;
@@ -133,9 +271,12 @@ impl Health for MetricsCheck {
             config_schema: CONFIG_SCHEMA.into(),
             features: Vec::new(),
             capabilities: Capabilities {
-                http: vec!["http://localhost:*".into()],
+                // The local platform's admin API or a Prometheus API anywhere: the pipeline
+                // grants which one (allow_http).
+                http: vec!["*://*:*".into()],
                 env: Vec::new(),
                 dirs: Vec::new(),
+                // Named by `bearer_secret` in the configuration; the pipeline grants it.
                 secrets: Vec::new(),
             },
         }
@@ -146,46 +287,25 @@ impl Health for MetricsCheck {
     }
 
     fn check(config: String, target: Target) -> Result<CheckResult, Error> {
-        let config = parse(&config)?;
+        let Parsed { config, min_window } = parse(&config)?;
         let revision = target.revision.as_deref().ok_or_else(|| {
             Error::invalid_config("the metrics check needs a revision to look at")
         })?;
-        let url = format!(
-            "{}/v1/services/{}/revisions/{revision}/metrics?since_ms={}",
-            config.admin.trim_end_matches('/'),
-            target.service,
-            target.since_ms
-        );
-        let m: Metrics = Client::new()
-            .with_timeout(Duration::from_secs(10))
-            .get(&url)
-            .send_json()?;
-        let (verdict, message) = judge(&config, &m);
+        let window = match config.source.as_str() {
+            "prometheus" => prometheus::window(
+                &config,
+                min_window,
+                &target.service,
+                revision,
+                target.since_ms,
+            )?,
+            _ => local_window(&config, &target.service, revision, target.since_ms)?,
+        };
+        let (verdict, message) = judge(&config, &window);
         Ok(CheckResult {
             verdict,
             message,
-            measurements: vec![
-                Measurement {
-                    name: "requests".into(),
-                    value: m.requests as f64,
-                    unit: "count".into(),
-                },
-                Measurement {
-                    name: "error-rate".into(),
-                    value: m.error_rate_percent,
-                    unit: "percent".into(),
-                },
-                Measurement {
-                    name: "latency-p95".into(),
-                    value: m.p95_ms,
-                    unit: "ms".into(),
-                },
-                Measurement {
-                    name: "latency-p99".into(),
-                    value: m.p99_ms,
-                    unit: "ms".into(),
-                },
-            ],
+            measurements: measurements(&window),
         })
     }
 }
@@ -196,40 +316,85 @@ engine_sdk::export_health!(MetricsCheck);
 mod tests {
     use super::*;
 
-    fn metrics(requests: u64, error_rate: f64, p95: f64) -> Metrics {
-        Metrics {
+    fn window(requests: u64, error_rate: f64, p95: f64) -> Window {
+        Window {
             requests,
-            error_rate_percent: error_rate,
-            p50_ms: p95 / 2.0,
-            p95_ms: p95,
-            p99_ms: p95 * 1.2,
-            ..Default::default()
+            error_rate_percent: Some(error_rate),
+            p95_ms: Some(p95),
+            p99_ms: Some(p95 * 1.2),
         }
+    }
+
+    fn config(text: &str) -> Config {
+        parse(text).unwrap().config
     }
 
     #[test]
     fn thresholds_decide_and_say_why() {
-        let c = parse(r#"{"max_error_rate_percent": 1, "max_p95_ms": 500}"#).unwrap();
-        assert_eq!(judge(&c, &metrics(200, 0.5, 120.0)).0, Verdict::Healthy);
-        let (v, why) = judge(&c, &metrics(200, 12.5, 620.0));
-        assert_eq!(v, Verdict::Unhealthy);
-        assert!(
-            why.starts_with("error rate 12.5% > 1%, p95 620 ms > 500 ms"),
-            "{why}"
+        let c = config(r#"{"max_error_rate_percent": 1, "max_p95_ms": 500}"#);
+        let (v, why) = judge(&c, &window(200, 0.5, 120.0));
+        assert_eq!(v, Verdict::Healthy);
+        assert_eq!(
+            why,
+            "200 requests in the window, error rate 0.5%, p95 120 ms, p99 144 ms"
         );
-        let (v, why) = judge(&c, &metrics(3, 100.0, 9000.0));
+        let (v, why) = judge(&c, &window(200, 12.5, 620.0));
+        assert_eq!(v, Verdict::Unhealthy);
+        assert_eq!(
+            why,
+            "error rate 12.5% > 1%, p95 620 ms > 500 ms (200 requests in the window)"
+        );
+        let (v, why) = judge(&c, &window(3, 100.0, 9000.0));
         assert_eq!(v, Verdict::Inconclusive, "too few requests to judge");
         assert!(why.contains("only 3 requests"));
     }
 
     #[test]
-    fn a_check_without_a_threshold_is_refused() {
-        assert!(
-            parse("{}")
-                .unwrap_err()
-                .describe()
-                .contains("has no threshold")
-        );
-        assert!(parse(r#"{"source": "prometheus", "max_p95_ms": 1}"#).is_err());
+    fn a_gated_number_without_data_is_inconclusive_unless_another_gate_fails() {
+        let c = config(r#"{"max_error_rate_percent": 1, "max_p95_ms": 500}"#);
+        let no_latency = Window {
+            p95_ms: None,
+            ..window(200, 0.0, 0.0)
+        };
+        let (v, why) = judge(&c, &no_latency);
+        assert_eq!(v, Verdict::Inconclusive);
+        assert_eq!(why, "no data for p95 (200 requests in the window)");
+        let failing = Window {
+            p95_ms: None,
+            ..window(200, 30.0, 0.0)
+        };
+        assert_eq!(judge(&c, &failing).0, Verdict::Unhealthy);
+    }
+
+    #[test]
+    fn bad_configurations_say_what_to_fix() {
+        for (text, expected) in [
+            ("{}", "has no threshold"),
+            (
+                r#"{"source": "prometheus", "max_p95_ms": 1}"#,
+                "needs `prometheus`",
+            ),
+            (
+                r#"{"prometheus": "http://p:9090", "max_p95_ms": 1}"#,
+                "add source = \"prometheus\"",
+            ),
+            (
+                r#"{"source": "datadog", "max_p95_ms": 1}"#,
+                "use \"local\" or \"prometheus\"",
+            ),
+            (
+                r#"{"max_p95_ms": 1, "min_window": "a while"}"#,
+                "write it like 30s",
+            ),
+            (
+                r#"{"source": "prometheus", "prometheus": "http://p:9090", "max_p95_ms": 1, "queries": {"p95_ms": "x{{svc}}"}}"#,
+                "uses {{svc}}",
+            ),
+        ] {
+            let e = parse(text)
+                .err()
+                .unwrap_or_else(|| panic!("{text} should fail"));
+            assert!(e.describe().contains(expected), "{text}: {}", e.describe());
+        }
     }
 }
