@@ -345,10 +345,14 @@ fn a_second_run_finds_the_lock_busy() {
 
 #[test]
 fn a_run_killed_mid_rollout_resumes_without_deploying_twice() {
+    // api's deploy creates its revision, then takes 3 s more to return: the kill below lands in
+    // that gap, after the platform has the revision and before the engine stored it. The
+    // resumed run must deploy again with the same id (finding the revision) rather than read
+    // the platform afresh and take its own new revision for the serving one.
     let project = Project::new(SYSTEM);
     project.edit(
-        "provider = \"test\"",
-        "provider = \"test\"\nprovider_config = { latency_ms = 150 }",
+        "image = \"api:1\"",
+        "image = \"api:1\"\nprovider_config = { hold_after_deploy_ms = 3000 }",
     );
     let mut child = project
         .command(&[])
@@ -356,7 +360,7 @@ fn a_run_killed_mid_rollout_resumes_without_deploying_twice() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Kill it once api is deployed but before the run ends.
+    // Kill it once api's revision exists, while its deploy call is still running.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let api = project.path("platform/api.json");

@@ -46,6 +46,12 @@ pub struct Checkpoint {
     /// read metrics look at the window since then.
     #[serde(default)]
     pub window_start_ms: Option<u64>,
+    /// Set (and stored) just before the provider's `deploy`: a run that stopped between that
+    /// call and storing its result calls `deploy` again with the same deployment id (providers
+    /// make it idempotent) instead of reading and planning again, which would see its own new
+    /// revision as the one serving.
+    #[serde(default)]
+    pub deploy_started: bool,
 }
 
 /// A finished service, as stored.
@@ -165,6 +171,7 @@ mod tests {
             pre_hooks_done: true,
             new_service: false,
             window_start_ms: Some(1_700_000_000_000),
+            deploy_started: true,
         };
         let text = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<Checkpoint>(&text).unwrap(), c);

@@ -496,7 +496,7 @@ impl Executor<'_> {
         };
         let spec = service.spec();
 
-        if cp.candidate.is_none() {
+        if cp.candidate.is_none() && !cp.deploy_started {
             self.phase(name, "planning", 0);
             let current = retry(|| provider.read(&target))
                 .await
@@ -523,8 +523,11 @@ impl Executor<'_> {
                     return self.finish(name, cp, Finished::Failed(reason)).await;
                 }
                 cp.pre_hooks_done = true;
-                self.save(name, &cp).await.map_err(|e| (e, cp.clone()))?;
             }
+            cp.deploy_started = true;
+            self.save(name, &cp).await.map_err(|e| (e, cp.clone()))?;
+        }
+        if cp.candidate.is_none() {
             self.phase(name, "deploying", 0);
             let deployment_id = format!("r{}", self.run_id);
             let revision = retry(|| provider.deploy(&spec, &deployment_id))

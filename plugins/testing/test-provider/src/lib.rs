@@ -30,6 +30,10 @@ pub struct Config {
     /// How many times each failing verb fails before it succeeds; unlimited when absent.
     #[serde(default)]
     pub fail_times: Option<u32>,
+    /// How long `deploy` keeps going after it created a revision (like a platform whose
+    /// operation finishes late), so a test can stop the engine in exactly that gap.
+    #[serde(default)]
+    pub hold_after_deploy_ms: u64,
     /// Where the platform directory is; the default is the granted `/platform`.
     #[serde(default)]
     pub dir: Option<String>,
@@ -42,6 +46,7 @@ pub const CONFIG_SCHEMA: &str = r#"{
     "latency_ms": { "type": "integer", "minimum": 0 },
     "fail": { "type": "object", "additionalProperties": { "enum": ["transient", "fatal", "rate-limited", "conflict", "unauthorized"] } },
     "fail_times": { "type": "integer", "minimum": 0 },
+    "hold_after_deploy_ms": { "type": "integer", "minimum": 0 },
     "dir": { "type": "string" }
   },
   "additionalProperties": false
@@ -267,6 +272,11 @@ impl Provider for TestProvider {
                 record.traffic.push((id.clone(), 0));
             }
             store(&config, &spec.name, &record)?;
+            if config.hold_after_deploy_ms > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(
+                    config.hold_after_deploy_ms,
+                ));
+            }
         }
         Ok(Revision {
             id,
