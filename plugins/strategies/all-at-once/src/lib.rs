@@ -1,29 +1,27 @@
 //! The `all-at-once` strategy: the new revision takes all traffic in one step, the service's
 //! health checks run against it, and it is promoted when they pass or the rollout is aborted
-//! (the host then restores the previous split) when they fail.
+//! (the host then restores the previous split) when they fail. The previous revision stays, idle,
+//! for an instant `engine rollback`, unless `retire_previous = true`.
 //!
-//! States, in order: `shifting` → `analysing` → `promoting` → done. Every step is a pure
+//! States, in order: `shifting` → `analysing` → `promoting` → `retiring` → done. Every step is a pure
 //! function of (configuration, state, observation), so the host can checkpoint after any step
 //! and resume from it.
 
-use engine_sdk::strategy::{
-    AnalysisRequest, CheckOutcome, Decision, Observation, Rollout, StepResult,
-};
-use engine_sdk::{
-    Capabilities, Diagnostic, Error, ErrorExt, PluginInfo, Strategy, TrafficTarget, Verdict,
-};
+use engine_sdk::strategy::{AnalysisRequest, Decision, Observation, Rollout, StepResult};
+use engine_sdk::{Capabilities, Diagnostic, Error, ErrorExt, PluginInfo, Strategy, TrafficTarget};
 use serde::{Deserialize, Serialize};
 
 /// The plugin's configuration (`strategy_config` of a service in pipeline.toml).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Skip the health analysis and promote at once.
-    #[serde(default)]
     pub skip_analysis: bool,
     /// Treat an inconclusive analysis (no data yet) as a failure instead of a pass.
-    #[serde(default)]
     pub fail_on_inconclusive: bool,
+    /// Retire the previous revision once the new one is promoted (by default it is kept, idle,
+    /// for an instant rollback).
+    pub retire_previous: bool,
 }
 
 /// Where the rollout is; stored by the host between steps.
@@ -36,6 +34,8 @@ pub enum Phase {
     Analysing,
     /// Promotion was asked for.
     Promoting,
+    /// Retiring the previous revision was asked for.
+    Retiring,
     /// Finished.
     Done,
 }
@@ -46,7 +46,8 @@ pub const CONFIG_SCHEMA: &str = r#"{
   "type": "object",
   "properties": {
     "skip_analysis": { "type": "boolean", "default": false, "description": "Promote without running the service's health checks." },
-    "fail_on_inconclusive": { "type": "boolean", "default": false, "description": "Abort when the analysis is inconclusive instead of treating it as a pass." }
+    "fail_on_inconclusive": { "type": "boolean", "default": false, "description": "Abort when the analysis is inconclusive instead of treating it as a pass." },
+    "retire_previous": { "type": "boolean", "default": false, "description": "Retire the previous revision after promotion instead of keeping it for an instant rollback." }
   },
   "additionalProperties": false
 }"#;
@@ -84,24 +85,6 @@ fn unexpected(phase: Option<Phase>, observation: &Observation) -> Error {
     ))
 }
 
-/// Whether an analysis passes under this configuration, and why not.
-fn judge(config: &Config, outcomes: &[CheckOutcome]) -> Result<(), String> {
-    let failing: Vec<String> = outcomes
-        .iter()
-        .filter(|o| match o.verdict {
-            Verdict::Healthy => false,
-            Verdict::Unhealthy => true,
-            Verdict::Inconclusive => config.fail_on_inconclusive,
-        })
-        .map(|o| format!("{} ({})", o.name, o.message))
-        .collect();
-    if failing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("health checks failed: {}", failing.join("; ")))
-    }
-}
-
 /// One step of the state machine.
 pub fn step(
     rollout: &Rollout,
@@ -130,12 +113,25 @@ pub fn step(
             }),
             "analysing",
         ),
-        (Some(Phase::Analysing), Observation::Analysed(outcomes)) => match judge(&config, outcomes)
-        {
-            Ok(()) => emit(Phase::Promoting, Decision::Promote, "promoting"),
-            Err(reason) => emit(Phase::Done, Decision::Abort(reason), "aborted"),
+        (Some(Phase::Analysing), Observation::Analysed(outcomes)) => {
+            match engine_sdk::strategy::failing_checks(outcomes, config.fail_on_inconclusive) {
+                None => emit(Phase::Promoting, Decision::Promote, "promoting"),
+                Some(failing) => emit(
+                    Phase::Done,
+                    Decision::Abort(format!("health checks failed: {failing}")),
+                    "aborted",
+                ),
+            }
+        }
+        (Some(Phase::Promoting), Observation::Promoted) => match &rollout.stable {
+            Some(stable) if config.retire_previous && *stable != rollout.candidate => emit(
+                Phase::Retiring,
+                Decision::Retire(stable.clone()),
+                &format!("retiring {stable}"),
+            ),
+            _ => emit(Phase::Done, Decision::Done, "done"),
         },
-        (Some(Phase::Promoting), Observation::Promoted) => {
+        (Some(Phase::Retiring), Observation::Retired(_)) => {
             emit(Phase::Done, Decision::Done, "done")
         }
         (_, Observation::Rejected(reason)) => emit(
@@ -166,7 +162,7 @@ impl Strategy for AllAtOnce {
     fn validate(config: String) -> Vec<Diagnostic> {
         engine_sdk::config_diagnostics(
             parse_config(&config),
-            Some("allowed keys: skip_analysis, fail_on_inconclusive"),
+            Some("allowed keys: skip_analysis, fail_on_inconclusive, retire_previous"),
         )
     }
 
@@ -185,52 +181,34 @@ engine_sdk::export_strategy!(AllAtOnce);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engine_sdk::Verdict;
+    use engine_sdk::testing::{HostAnswers, drive_strategy};
 
-    fn rollout(config: &str) -> Rollout {
+    fn rollout(config: &str, stable: Option<&str>) -> Rollout {
         Rollout {
             service: "api".into(),
-            stable: Some("api-1".into()),
+            stable: stable.map(String::from),
             candidate: "api-2".into(),
             features: Vec::new(),
             config: config.into(),
         }
     }
 
-    fn outcome(verdict: Verdict) -> CheckOutcome {
-        CheckOutcome {
-            name: "http".into(),
-            verdict,
-            message: "GET /healthz".into(),
-            measurements: Vec::new(),
-        }
-    }
-
-    /// Runs the machine to its end, feeding each decision's natural observation, and returns
-    /// the decisions in order; also checks that resuming from every checkpoint repeats the step.
-    fn drive(config: &str, verdict: Verdict) -> Vec<Decision> {
-        let r = rollout(config);
-        let mut state: Option<String> = None;
-        let mut observation = Observation::Start;
-        let mut decisions = Vec::new();
-        loop {
-            let out = step(&r, state.as_deref(), &observation).unwrap();
-            let again = step(&r, state.as_deref(), &observation).unwrap();
-            assert_eq!(out, again, "a step must be a pure function of its inputs");
-            decisions.push(out.decision.clone());
-            observation = match &out.decision {
-                Decision::SetTraffic(split) => Observation::TrafficSet(split.clone()),
-                Decision::Analyse(_) => Observation::Analysed(vec![outcome(verdict)]),
-                Decision::Promote => Observation::Promoted,
-                Decision::Done | Decision::Abort(_) => return decisions,
-                other => panic!("all-at-once never decides {other:?}"),
-            };
-            state = Some(out.state);
-        }
+    /// The whole rollout's decisions, checked for purity and resumption by the SDK.
+    fn drive(config: &str, stable: Option<&str>, verdict: Verdict) -> Vec<Decision> {
+        let r = rollout(config, stable);
+        drive_strategy(
+            |state, observation| step(&r, state, observation),
+            &HostAnswers::verdicts(&[verdict]),
+        )
+        .into_iter()
+        .map(|s| s.decision)
+        .collect()
     }
 
     #[test]
-    fn healthy_rollout_shifts_analyses_promotes() {
-        let decisions = drive("{}", Verdict::Healthy);
+    fn healthy_rollout_shifts_analyses_promotes_and_keeps_the_old_revision() {
+        let decisions = drive("{}", Some("api-1"), Verdict::Healthy);
         assert_eq!(
             decisions,
             vec![
@@ -249,12 +227,28 @@ mod tests {
     }
 
     #[test]
+    fn the_previous_revision_is_retired_when_asked_and_there_is_one() {
+        let config = r#"{"retire_previous": true}"#;
+        let retired = drive(config, Some("api-1"), Verdict::Healthy);
+        assert_eq!(
+            retired[2..],
+            [
+                Decision::Promote,
+                Decision::Retire("api-1".into()),
+                Decision::Done
+            ]
+        );
+        let first = drive(config, None, Verdict::Healthy);
+        assert_eq!(first[2..], [Decision::Promote, Decision::Done]);
+    }
+
+    #[test]
     fn unhealthy_analysis_aborts_with_the_failing_check() {
-        let decisions = drive("{}", Verdict::Unhealthy);
+        let decisions = drive("{}", Some("api-1"), Verdict::Unhealthy);
         assert_eq!(
             decisions.last(),
             Some(&Decision::Abort(
-                "health checks failed: http (GET /healthz)".into()
+                "health checks failed: ready (GET /healthz)".into()
             ))
         );
     }
@@ -262,28 +256,42 @@ mod tests {
     #[test]
     fn inconclusive_passes_unless_configured_to_fail() {
         assert_eq!(
-            drive("{}", Verdict::Inconclusive).last(),
+            drive("{}", Some("api-1"), Verdict::Inconclusive).last(),
             Some(&Decision::Done)
         );
         assert!(matches!(
-            drive(r#"{"fail_on_inconclusive": true}"#, Verdict::Inconclusive).last(),
+            drive(
+                r#"{"fail_on_inconclusive": true}"#,
+                Some("api-1"),
+                Verdict::Inconclusive
+            )
+            .last(),
             Some(Decision::Abort(_))
         ));
     }
 
     #[test]
     fn skip_analysis_promotes_right_after_the_shift() {
-        let decisions = drive(r#"{"skip_analysis": true}"#, Verdict::Unhealthy);
+        let decisions = drive(
+            r#"{"skip_analysis": true}"#,
+            Some("api-1"),
+            Verdict::Unhealthy,
+        );
         assert_eq!(decisions.len(), 3);
         assert_eq!(decisions[1], Decision::Promote);
     }
 
     #[test]
     fn rejection_aborts_from_any_phase() {
-        for phase in [Phase::Shifting, Phase::Analysing, Phase::Promoting] {
+        for phase in [
+            Phase::Shifting,
+            Phase::Analysing,
+            Phase::Promoting,
+            Phase::Retiring,
+        ] {
             let state = serde_json::to_string(&phase).unwrap();
             let out = step(
-                &rollout("{}"),
+                &rollout("{}", Some("api-1")),
                 Some(&state),
                 &Observation::Rejected("no".into()),
             )
@@ -294,14 +302,15 @@ mod tests {
 
     #[test]
     fn observation_out_of_order_is_an_error() {
+        let r = rollout("{}", Some("api-1"));
         let state = serde_json::to_string(&Phase::Shifting).unwrap();
-        let err = step(&rollout("{}"), Some(&state), &Observation::Promoted).unwrap_err();
+        let err = step(&r, Some(&state), &Observation::Promoted).unwrap_err();
         assert!(
             err.describe().contains("does not fit phase"),
             "{}",
             err.describe()
         );
-        let err = step(&rollout("{}"), Some("garbage"), &Observation::Waited).unwrap_err();
+        let err = step(&r, Some("garbage"), &Observation::Waited).unwrap_err();
         assert!(err.describe().contains("unreadable checkpoint"));
     }
 

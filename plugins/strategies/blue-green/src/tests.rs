@@ -1,6 +1,6 @@
 use super::*;
 use engine_sdk::Verdict;
-use engine_sdk::strategy::CheckOutcome;
+use engine_sdk::testing::{HostAnswers, drive_strategy};
 
 fn rollout(config: &str, stable: Option<&str>) -> Rollout {
     Rollout {
@@ -12,70 +12,21 @@ fn rollout(config: &str, stable: Option<&str>) -> Rollout {
     }
 }
 
-fn outcome(verdict: Verdict) -> CheckOutcome {
-    CheckOutcome {
-        name: "ready".into(),
-        verdict,
-        message: "GET /healthz".into(),
-        measurements: Vec::new(),
-    }
-}
-
-/// A checkpoint the host could hold: state, the observation not yet told, checks answered so far.
-type Checkpoint = (Option<String>, Observation, usize);
-
-/// Drives the machine to its end from (state, observation), answering checks with `verdicts`
-/// in turn (the last repeats) and approval with `approve`; returns each (state, observation)
-/// stepped with and the decisions.
-fn drive_from(
-    r: &Rollout,
-    mut state: Option<String>,
-    mut observation: Observation,
-    verdicts: &[Verdict],
-    mut checks: usize,
-    approve: bool,
-) -> (Vec<Checkpoint>, Vec<Decision>) {
-    let (mut inputs, mut decisions) = (Vec::new(), Vec::new());
-    loop {
-        let out = step(r, state.as_deref(), &observation).unwrap();
-        assert_eq!(
-            out,
-            step(r, state.as_deref(), &observation).unwrap(),
-            "pure"
-        );
-        inputs.push((state.clone(), observation.clone(), checks));
-        decisions.push(out.decision.clone());
-        observation = match &out.decision {
-            Decision::SetTraffic(s) => Observation::TrafficSet(s.clone()),
-            Decision::Wait(_) => Observation::Waited,
-            Decision::Analyse(_) => {
-                let v = verdicts[checks.min(verdicts.len() - 1)];
-                checks += 1;
-                Observation::Analysed(vec![outcome(v)])
-            }
-            Decision::AwaitApproval(_) if approve => Observation::Approved,
-            Decision::AwaitApproval(_) => Observation::Rejected("not today".into()),
-            Decision::Promote => Observation::Promoted,
-            Decision::Retire(r) => Observation::Retired(r.clone()),
-            Decision::Done | Decision::Abort(_) => return (inputs, decisions),
-        };
-        state = Some(out.state);
-    }
-}
-
-/// The whole rollout, checked to resume identically from every checkpoint.
+/// The whole rollout's decisions (checked for purity and for resuming from every checkpoint by
+/// the SDK), answering checks with `verdicts` in turn (the last repeats) and approval with
+/// `approve`.
 fn drive(config: &str, stable: Option<&str>, verdicts: &[Verdict], approve: bool) -> Vec<Decision> {
     let r = rollout(config, stable);
-    let (inputs, decisions) = drive_from(&r, None, Observation::Start, verdicts, 0, approve);
-    for (i, (state, observation, checks)) in inputs.into_iter().enumerate() {
-        let (_, rest) = drive_from(&r, state, observation, verdicts, checks, approve);
-        assert_eq!(
-            rest,
-            decisions[i..],
-            "resuming from checkpoint {i} changed the rollout"
-        );
-    }
-    decisions
+    let answers = HostAnswers::verdicts(verdicts);
+    let answers = if approve {
+        answers
+    } else {
+        answers.rejecting("not today")
+    };
+    drive_strategy(|state, observation| step(&r, state, observation), &answers)
+        .into_iter()
+        .map(|s| s.decision)
+        .collect()
 }
 
 fn split(pairs: &[(&str, u8)]) -> Decision {

@@ -1,6 +1,6 @@
 use super::*;
 use engine_sdk::Verdict;
-use engine_sdk::strategy::CheckOutcome;
+use engine_sdk::testing::{HostAnswers, drive_strategy};
 
 fn rollout(config: &str, stable: Option<&str>) -> Rollout {
     Rollout {
@@ -9,15 +9,6 @@ fn rollout(config: &str, stable: Option<&str>) -> Rollout {
         candidate: "api-2".into(),
         features: Vec::new(),
         config: config.into(),
-    }
-}
-
-fn outcome(verdict: Verdict) -> CheckOutcome {
-    CheckOutcome {
-        name: "errors".into(),
-        verdict,
-        message: "error rate 0.2%".into(),
-        measurements: Vec::new(),
     }
 }
 
@@ -49,77 +40,25 @@ enum Answer {
     Reject,
 }
 
-/// A walk through the machine: every (state, observation) it was stepped with, and each
-/// decision.
+/// A rollout's decisions, from start to end.
 struct Walk {
-    inputs: Vec<(Option<String>, Observation)>,
     decisions: Vec<Decision>,
 }
 
-/// Drives the machine from `state` + `observation` to its end, answering analyses with
-/// `verdicts` in turn (the last one repeats) and approvals with `answer`.
-fn drive_from(
-    r: &Rollout,
-    mut state: Option<String>,
-    mut observation: Observation,
-    verdicts: &[Verdict],
-    mut analyses: usize,
-    answer: Answer,
-) -> Walk {
-    let mut walk = Walk {
-        inputs: Vec::new(),
-        decisions: Vec::new(),
-    };
-    loop {
-        let out = step(r, state.as_deref(), &observation).unwrap();
-        let again = step(r, state.as_deref(), &observation).unwrap();
-        assert_eq!(out, again, "a step must be a pure function of its inputs");
-        walk.inputs.push((state.clone(), observation.clone()));
-        walk.decisions.push(out.decision.clone());
-        observation = match &out.decision {
-            Decision::SetTraffic(split) => Observation::TrafficSet(split.clone()),
-            Decision::Wait(_) => Observation::Waited,
-            Decision::Analyse(_) => {
-                let v = verdicts[analyses.min(verdicts.len() - 1)];
-                analyses += 1;
-                Observation::Analysed(vec![outcome(v)])
-            }
-            Decision::AwaitApproval(_) => match answer {
-                Answer::Approve => Observation::Approved,
-                Answer::Reject => Observation::Rejected("looks wrong".into()),
-            },
-            Decision::Promote => Observation::Promoted,
-            Decision::Retire(r) => Observation::Retired(r.clone()),
-            Decision::Done | Decision::Abort(_) => return walk,
-        };
-        state = Some(out.state);
-    }
-}
-
+/// Drives the machine to its end (checked for purity and for resuming from every checkpoint by
+/// the SDK), answering analyses with `verdicts` in turn (the last one repeats) and approvals
+/// with `answer`.
 fn drive(config: &str, stable: Option<&str>, verdicts: &[Verdict], answer: Answer) -> Walk {
     let r = rollout(config, stable);
-    let walk = drive_from(&r, None, Observation::Start, verdicts, 0, answer);
-    // Resuming from every checkpoint the host could hold gives the rest of the same rollout.
-    for (i, (state, observation)) in walk.inputs.iter().enumerate() {
-        let analyses_before = walk.decisions[..i]
-            .iter()
-            .filter(|d| matches!(d, Decision::Analyse(_)))
-            .count();
-        let resumed = drive_from(
-            &r,
-            state.clone(),
-            observation.clone(),
-            verdicts,
-            analyses_before,
-            answer,
-        );
-        assert_eq!(
-            resumed.decisions,
-            walk.decisions[i..],
-            "resuming from checkpoint {i} changed the rollout"
-        );
+    let answers = HostAnswers::verdicts(verdicts).check("errors", "error rate 0.2%");
+    let answers = match answer {
+        Answer::Approve => answers,
+        Answer::Reject => answers.rejecting("looks wrong"),
+    };
+    let steps = drive_strategy(|state, observation| step(&r, state, observation), &answers);
+    Walk {
+        decisions: steps.into_iter().map(|s| s.decision).collect(),
     }
-    walk
 }
 
 #[test]

@@ -1,6 +1,6 @@
 use super::*;
 use engine_sdk::Verdict;
-use engine_sdk::strategy::CheckOutcome;
+use engine_sdk::testing::{HostAnswers, drive_strategy};
 
 fn rollout(config: &str, stable: Option<&str>, features: Vec<Feature>) -> Rollout {
     Rollout {
@@ -12,64 +12,12 @@ fn rollout(config: &str, stable: Option<&str>, features: Vec<Feature>) -> Rollou
     }
 }
 
-fn outcome(verdict: Verdict) -> CheckOutcome {
-    CheckOutcome {
-        name: "ready".into(),
-        verdict,
-        message: "GET /healthz".into(),
-        measurements: Vec::new(),
-    }
-}
-
-/// A checkpoint the host could hold: state, the observation not yet told, checks answered.
-type Checkpoint = (Option<String>, Observation, usize);
-
-fn drive_from(
-    r: &Rollout,
-    mut state: Option<String>,
-    mut observation: Observation,
-    verdicts: &[Verdict],
-    mut checks: usize,
-) -> (Vec<Checkpoint>, Vec<StepResult>) {
-    let (mut inputs, mut steps) = (Vec::new(), Vec::new());
-    loop {
-        let out = step(r, state.as_deref(), &observation).unwrap();
-        assert_eq!(
-            out,
-            step(r, state.as_deref(), &observation).unwrap(),
-            "pure"
-        );
-        inputs.push((state.clone(), observation.clone(), checks));
-        steps.push(out.clone());
-        observation = match &out.decision {
-            Decision::SetTraffic(s) => Observation::TrafficSet(s.clone()),
-            Decision::Wait(_) => Observation::Waited,
-            Decision::Analyse(_) => {
-                let v = verdicts[checks.min(verdicts.len() - 1)];
-                checks += 1;
-                Observation::Analysed(vec![outcome(v)])
-            }
-            Decision::Promote => Observation::Promoted,
-            Decision::Retire(r) => Observation::Retired(r.clone()),
-            Decision::Done | Decision::Abort(_) => return (inputs, steps),
-            other => panic!("rolling never decides {other:?}"),
-        };
-        state = Some(out.state);
-    }
-}
-
-/// The rollout's steps, checked to resume identically from every checkpoint.
+/// The rollout's steps, checked for purity and for resuming from every checkpoint by the SDK.
 fn drive(r: &Rollout, verdicts: &[Verdict]) -> Vec<StepResult> {
-    let (inputs, steps) = drive_from(r, None, Observation::Start, verdicts, 0);
-    for (i, (state, observation, checks)) in inputs.into_iter().enumerate() {
-        let (_, rest) = drive_from(r, state, observation, verdicts, checks);
-        assert_eq!(
-            rest,
-            steps[i..],
-            "resuming from checkpoint {i} changed the rollout"
-        );
-    }
-    steps
+    drive_strategy(
+        |state, observation| step(r, state, observation),
+        &HostAnswers::verdicts(verdicts),
+    )
 }
 
 fn splits(steps: &[StepResult]) -> Vec<Vec<(String, u8)>> {
