@@ -541,7 +541,29 @@ fn rollback_returns_to_the_previous_revision_and_destroy_goes_in_reverse_order()
     assert_exit(&out, 1);
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("`web` has no earlier promoted revision to go back to; name one with --to")
+            .contains("`web` has no earlier promoted revision that still exists to go back to")
+    );
+
+    // A strategy that retires the previous revision leaves nothing to roll back to.
+    project.edit(
+        "image = \"worker:1\"",
+        "image = \"worker:2\"\nstrategy_config = { retire_previous = true }",
+    );
+    assert_exit(&project.run(&[]), 0);
+    let out = engine(&["rollback", "worker"]);
+    assert_exit(&out, 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no earlier promoted revision that still exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = engine(&["rollback", "worker", "--to", "worker-r1"]);
+    assert_exit(&out, 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("worker-r1 was retired"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     let out = engine(&["destroy", "--dry-run"]);

@@ -62,17 +62,37 @@ pub async fn rollback(
         .max_by_key(|t| t.percent)
         .map(|t| t.revision.clone());
     let environment = pipeline.environment.as_deref().unwrap_or("default");
+    let history = store
+        .history(&pipeline.name, environment, service_name)
+        .await
+        .map_err(|e| e.to_string())?;
+    // A revision whose latest record says it was retired no longer exists on the platform.
+    let mut latest: BTreeMap<&str, &str> = BTreeMap::new();
+    for r in &history {
+        latest.entry(&r.revision).or_insert(&r.outcome);
+    }
+    let retired = |revision: &str| latest.get(revision) == Some(&"retired");
     let chosen = match to {
+        Some(r) if retired(r) => {
+            return Err(format!(
+                "{r} was retired (see `engine history`), so it is gone from the platform; deploy it again with `engine run`"
+            ));
+        }
         Some(r) => r.to_string(),
-        None => store
-            .history(&pipeline.name, environment, service_name)
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .filter(|r| r.outcome == "promoted" && Some(&r.revision) != serving.as_ref())
-            .map(|r| r.revision)
+        None => history
+            .iter()
+            .filter(|r| {
+                r.outcome == "promoted"
+                    && Some(&r.revision) != serving.as_ref()
+                    && !retired(&r.revision)
+            })
+            .map(|r| r.revision.clone())
             .next()
-            .ok_or_else(|| format!("`{service_name}` has no earlier promoted revision to go back to; name one with --to"))?,
+            .ok_or_else(|| {
+                format!(
+                    "`{service_name}` has no earlier promoted revision that still exists to go back to (retired ones are gone); name one with --to"
+                )
+            })?,
     };
     let split = [TrafficTarget {
         revision: chosen.clone(),
