@@ -163,6 +163,7 @@ fn demo(release: &str, error_rate: f64, latency_ms: u64) -> RevisionRequest {
             latency_ms.to_string(),
         ],
         env: Default::default(),
+        secrets: Default::default(),
         instances: 1,
         artifact: format!("demo {release}"),
         spec: serde_json::json!({ "release": release }),

@@ -23,6 +23,7 @@ fn demo(release: &str, error_rate: f64, instances: u32) -> RevisionRequest {
             error_rate.to_string(),
         ],
         env: Default::default(),
+        secrets: Default::default(),
         instances,
         artifact: format!("demo {release}"),
         spec: serde_json::json!({ "release": release }),
@@ -307,6 +308,70 @@ async fn the_platform_survives_commands_that_fail_and_revisions_that_crash() {
     .await;
     let url = h.service("api").await.url;
     assert_eq!(h.versions(&url, 2).await, ["v4"; 2]);
+    h.platform_down().await;
+}
+
+#[tokio::test]
+async fn secrets_are_read_by_the_platform_and_only_their_references_cross_the_api() {
+    let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("token");
+    std::fs::write(&secret, "s3cret-value\n").unwrap();
+    let seen = dir.path().join("seen");
+    // A wrapper that writes what the process received, then serves as the demo.
+    let mut request = demo("v1", 0.0, 1);
+    request.args = vec![
+        "-c".into(),
+        format!(
+            "printf %s \"$API_TOKEN\" > {}; exec {} --name api --release v1",
+            seen.display(),
+            demo_service().display()
+        ),
+    ];
+    request.command = "sh".into();
+    request.secrets = [(
+        "API_TOKEN".to_string(),
+        format!("file:{}", secret.display()),
+    )]
+    .into();
+    let r = h.deploy("api", "api-r1", &request).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), "s3cret-value");
+    let view = h
+        .http
+        .get(format!("{}/v1/services/api", h.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !view.contains("s3cret-value"),
+        "the value is served: {view}"
+    );
+
+    // A reference the platform cannot read is refused before anything starts.
+    let mut missing = demo("v2", 0.0, 1);
+    missing.secrets = [(
+        "DB_PASSWORD".to_string(),
+        "env:ENGINE_TEST_SURELY_UNSET_VARIABLE".to_string(),
+    )]
+    .into();
+    let r = h.deploy("api", "api-r2", &missing).await;
+    assert_eq!(r.status(), 422);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("secret DB_PASSWORD: environment variable ENGINE_TEST_SURELY_UNSET_VARIABLE is not set for the local platform"),
+        "{text}"
+    );
+    assert!(
+        h.service("api")
+            .await
+            .revisions
+            .iter()
+            .all(|r| r.id != "api-r2")
+    );
     h.platform_down().await;
 }
 

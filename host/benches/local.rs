@@ -51,6 +51,7 @@ fn main() {
             command: env!("ENGINE_DEMO_SERVICE").into(),
             args: vec!["--release".into(), "v1".into()],
             env: Default::default(),
+            secrets: Default::default(),
             instances: 1,
             artifact: "demo".into(),
             spec: serde_json::Value::Null,

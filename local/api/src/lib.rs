@@ -43,6 +43,11 @@ pub struct RevisionRequest {
     /// Environment variables, on top of `PORT` (the instance's port) and `ENGINE_REVISION`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values the platform reads itself when it starts the revision:
+    /// variable name → `env:NAME` (the platform's own environment) or `file:/absolute/path`
+    /// (trailing newline removed). Only references cross the API; values never do.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
     /// Copies of the process, each on its own port, behind the revision's URL.
     #[serde(default = "one")]
     pub instances: u32,
@@ -147,4 +152,39 @@ pub struct Metrics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// Reads a secret reference (`env:NAME` or `file:/absolute/path`) in the platform's process.
+/// The error says what is missing and how to provide it.
+pub fn resolve_secret(reference: &str) -> Result<String, String> {
+    if let Some(name) = reference.strip_prefix("env:") {
+        return std::env::var(name).map_err(|_| {
+            format!(
+                "environment variable {name} is not set for the local platform (it has the environment of the `engine local up` or first `engine run` that started it; restart it with `engine local down` after setting {name})"
+            )
+        });
+    }
+    if let Some(path) = reference.strip_prefix("file:") {
+        if !path.starts_with('/') {
+            return Err(format!(
+                "{reference:?}: the file must be an absolute path, such as file:/run/secrets/token"
+            ));
+        }
+        return std::fs::read_to_string(path)
+            .map(|v| v.strip_suffix('\n').unwrap_or(&v).to_string())
+            .map_err(|e| format!("cannot read {path}: {e}"));
+    }
+    Err(format!(
+        "{reference:?} is not a local secret reference; write env:NAME or file:/absolute/path"
+    ))
+}
+
+/// Whether a reference has a form [`resolve_secret`] understands (without reading it).
+pub fn is_secret_reference(reference: &str) -> bool {
+    reference
+        .strip_prefix("env:")
+        .is_some_and(|n| !n.is_empty())
+        || reference
+            .strip_prefix("file:")
+            .is_some_and(|p| p.starts_with('/'))
 }

@@ -281,6 +281,13 @@ impl Platform {
         if let Some(existing) = svc.revision(id) {
             return Ok((existing.view(), false));
         }
+        let mut secrets = Vec::new();
+        for (name, reference) in &request.secrets {
+            let value = local_api::resolve_secret(reference)
+                .map_err(|e| refuse(422, format!("secret {name}: {e}")))?;
+            secrets.push((name.clone(), value));
+        }
+        let secrets = Arc::new(secrets);
         let log_dir = self.logs_dir().join(service);
         std::fs::create_dir_all(&log_dir)
             .map_err(|e| refuse(500, format!("cannot create {}: {e}", log_dir.display())))?;
@@ -327,6 +334,7 @@ impl Platform {
             let task = supervisor::InstanceTask {
                 revision: id.to_string(),
                 request: request.clone(),
+                secrets: secrets.clone(),
                 log: log.clone(),
                 status,
                 stop: stop_rx.clone(),

@@ -74,6 +74,8 @@ fn signal_group(pid: u32, signal: nix::sys::signal::Signal) {
 pub struct InstanceTask {
     pub revision: String,
     pub request: RevisionRequest,
+    /// The secrets' values, resolved when the revision was created (never logged or served).
+    pub secrets: std::sync::Arc<Vec<(String, String)>>,
     pub log: PathBuf,
     pub status: std::sync::Arc<Mutex<InstanceStatus>>,
     pub stop: watch::Receiver<bool>,
@@ -178,6 +180,7 @@ impl InstanceTask {
         command
             .args(&args)
             .envs(&self.request.env)
+            .envs(self.secrets.iter().map(|(k, v)| (k, v)))
             .env("PORT", port.to_string())
             .env("ENGINE_REVISION", &self.revision)
             .stdin(Stdio::null())

@@ -138,12 +138,25 @@ fn deployed_form(spec: &ServiceSpec) -> serde_json::Value {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    serde_json::json!({
+    let mut form = serde_json::json!({
         "artifact": match &spec.artifact { Artifact::Path(p) | Artifact::Image(p) => p },
         "args": spec.args,
         "env": env,
         "instances": spec.scaling.min_instances.unwrap_or(1).max(1),
-    })
+    });
+    // Only when there are some, so services deployed before secrets existed plan no change.
+    if !spec.secrets.is_empty() {
+        form["secrets"] = serde_json::json!(secret_references(spec));
+    }
+    form
+}
+
+/// Variable name → reference; the platform reads the values, this plugin never sees them.
+fn secret_references(spec: &ServiceSpec) -> BTreeMap<String, String> {
+    spec.secrets
+        .iter()
+        .map(|s| (s.name.clone(), s.reference.clone()))
+        .collect()
 }
 
 pub struct Local;
@@ -186,14 +199,20 @@ impl Provider for Local {
         if let Err(e) = program(&spec) {
             error("", e, Some("the quickstart's demo service is an example"));
         }
-        if let Some(s) = spec.secrets.first() {
+        for s in spec
+            .secrets
+            .iter()
+            .filter(|s| !local_api::is_secret_reference(&s.reference))
+        {
             error(
                 "",
                 Error::invalid_config(format!(
-                    "the local platform has no secret store, so secret `{}` cannot be resolved",
-                    s.name
+                    "secret `{}`: the local platform reads secrets from its own environment or a file, and {:?} is neither",
+                    s.name, s.reference
                 )),
-                Some("pass local values through `env` in a local environment override"),
+                Some(
+                    "write env:VARIABLE or file:/absolute/path, for example in a local environment override",
+                ),
             );
         }
         problems
@@ -229,7 +248,7 @@ impl Provider for Local {
         Ok(engine_sdk::update_plan(
             &current.deployed,
             &after,
-            &["artifact", "args", "env", "instances"],
+            &["artifact", "args", "env", "secrets", "instances"],
         ))
     }
 
@@ -240,6 +259,7 @@ impl Provider for Local {
             command: program(&spec)?,
             args: spec.args.clone(),
             env: spec.env.iter().cloned().collect(),
+            secrets: secret_references(&spec),
             instances: spec.scaling.min_instances.unwrap_or(1).max(1),
             artifact: match &spec.artifact {
                 Artifact::Path(p) | Artifact::Image(p) => p.clone(),
@@ -354,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn images_and_secrets_are_refused_with_a_hint() {
+    fn images_and_unknown_secret_references_are_refused_with_a_hint() {
         let spec = ServiceSpec {
             name: "api".into(),
             artifact: Artifact::Image("api:1".into()),
@@ -378,9 +398,32 @@ mod tests {
             labels: vec![],
             config: "{}".into(),
         };
-        let problems = Local::validate(spec);
+        let problems = Local::validate(spec.clone());
         assert_eq!(problems.len(), 2);
         assert!(problems[0].message.contains("not container images"));
-        assert!(problems[1].message.contains("no secret store"));
+        assert!(
+            problems[1].message.contains("\"x\" is neither"),
+            "{}",
+            problems[1].message
+        );
+        let local = ServiceSpec {
+            artifact: Artifact::Path("/bin/true".into()),
+            secrets: vec![
+                engine_sdk::SecretEnv {
+                    name: "DB".into(),
+                    reference: "env:DB_PASSWORD".into(),
+                },
+                engine_sdk::SecretEnv {
+                    name: "KEY".into(),
+                    reference: "file:/run/secrets/key".into(),
+                },
+            ],
+            ..spec
+        };
+        assert!(Local::validate(local.clone()).is_empty());
+        assert_eq!(
+            deployed_form(&local)["secrets"],
+            serde_json::json!({ "DB": "env:DB_PASSWORD", "KEY": "file:/run/secrets/key" })
+        );
     }
 }
