@@ -383,8 +383,11 @@ impl Runtime {
                 need.path, need.purpose, need.path, need.writable
             ));
         }
+        // `*`: the plugin opens secrets its configuration names (an `http` check's
+        // `bearer_secret`), so whatever the pipeline grants is available to it.
+        let any_secret = declared.secrets.iter().any(|s| s == "*");
         for (secret, grant) in &grants.secrets {
-            if declared.secrets.contains(secret) {
+            if any_secret || declared.secrets.contains(secret) {
                 effective.secrets.insert(secret.clone(), grant.clone());
             } else {
                 warn(format!(
@@ -395,7 +398,7 @@ impl Runtime {
         for secret in declared
             .secrets
             .iter()
-            .filter(|s| !grants.secrets.contains_key(*s))
+            .filter(|s| *s != "*" && !grants.secrets.contains_key(*s))
         {
             warn(format!(
                 "declares secret '{secret}'; grant it under [plugins.{name}.secrets] if it should use it"

@@ -157,7 +157,8 @@ impl Health for HttpCheck {
                 http: vec!["*://*:*".into()],
                 env: Vec::new(),
                 dirs: Vec::new(),
-                secrets: Vec::new(),
+                // `bearer_secret` names one; the pipeline grants which.
+                secrets: vec!["*".into()],
             },
         }
     }

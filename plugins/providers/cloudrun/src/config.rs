@@ -1,0 +1,148 @@
+//! The provider's configuration (`provider_config` of a service, usually set per environment).
+
+use engine_sdk::{Error, ErrorExt};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Google Cloud project id.
+    pub project: String,
+    /// One region, such as `europe-west1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Several regions: the service is deployed to each, in lockstep (same revisions, same
+    /// split).
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// The API's base URL; only a test server needs another.
+    #[serde(default = "default_endpoint")]
+    pub endpoint: String,
+    /// `all`, `internal` or `internal-and-cloud-load-balancing`; by default from the service's
+    /// `ingress` (public → all, internal → internal).
+    #[serde(default)]
+    pub ingress: Option<String>,
+    /// The revision's identity, `name@project.iam.gserviceaccount.com`.
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// The longest a request may take, such as `300s`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// A Serverless VPC Access connector, `projects/P/locations/L/connectors/NAME`.
+    #[serde(default)]
+    pub vpc_connector: Option<String>,
+    /// `all-traffic` or `private-ranges-only` through the connector.
+    #[serde(default)]
+    pub vpc_egress: Option<String>,
+    /// Who may invoke the service (`roles/run.invoker`): members such as
+    /// `serviceAccount:gateway@p.iam.gserviceaccount.com`. `allUsers` makes it public. The
+    /// provider keeps the binding exactly this list.
+    #[serde(default)]
+    pub invokers: Option<Vec<String>>,
+    /// `gen1` or `gen2`.
+    #[serde(default)]
+    pub execution_environment: Option<String>,
+    /// Seconds between polls of a long-running operation.
+    #[serde(default = "default_poll")]
+    pub poll_interval_ms: u64,
+}
+
+fn default_endpoint() -> String {
+    "https://run.googleapis.com".into()
+}
+
+fn default_poll() -> u64 {
+    1000
+}
+
+pub const CONFIG_SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "title": "cloudrun provider",
+  "type": "object",
+  "properties": {
+    "project": { "type": "string", "description": "The Google Cloud project id." },
+    "region": { "type": "string", "description": "The region, such as europe-west1." },
+    "regions": { "type": "array", "items": { "type": "string" }, "description": "Several regions, deployed in lockstep." },
+    "endpoint": { "type": "string", "default": "https://run.googleapis.com", "description": "The Cloud Run Admin API; only a test server needs another." },
+    "ingress": { "enum": ["all", "internal", "internal-and-cloud-load-balancing"], "description": "Who can reach the service; default from the service's ingress." },
+    "service_account": { "type": "string", "description": "The revision's service account." },
+    "timeout": { "type": "string", "description": "The request timeout, such as 300s." },
+    "vpc_connector": { "type": "string", "description": "projects/P/locations/L/connectors/NAME" },
+    "vpc_egress": { "enum": ["all-traffic", "private-ranges-only"] },
+    "invokers": { "type": "array", "items": { "type": "string" }, "description": "Members granted roles/run.invoker; allUsers makes the service public." },
+    "execution_environment": { "enum": ["gen1", "gen2"] },
+    "poll_interval_ms": { "type": "integer", "minimum": 10, "default": 1000 }
+  },
+  "required": ["project"],
+  "additionalProperties": false
+}"#;
+
+impl Config {
+    pub fn parse(text: &str) -> Result<Config, Error> {
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        let config: Config = serde_json::from_str(text)
+            .map_err(|e| Error::invalid_config(format!("cloudrun provider configuration: {e}")))?;
+        let valid_id = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        };
+        if !valid_id(&config.project) {
+            return Err(Error::invalid_config(format!(
+                "cloudrun `project` {:?} is not a project id (lowercase letters, digits, hyphens)",
+                config.project
+            )));
+        }
+        match (&config.region, config.regions.is_empty()) {
+            (None, true) => {
+                return Err(Error::invalid_config(
+                    "cloudrun needs `region = \"europe-west1\"` or `regions = [...]`",
+                ));
+            }
+            (Some(_), false) => {
+                return Err(Error::invalid_config(
+                    "cloudrun: set `region` or `regions`, not both",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(region) = config.regions().iter().find(|r| !valid_id(r)) {
+            return Err(Error::invalid_config(format!(
+                "cloudrun region {region:?} is not a region name such as europe-west1"
+            )));
+        }
+        if let Some(t) = &config.timeout {
+            humantime::parse_duration(t).map_err(|e| {
+                Error::invalid_config(format!(
+                    "cloudrun `timeout` {t:?}: {e}; write it like 300s or 5m"
+                ))
+            })?;
+        }
+        if !config.endpoint.starts_with("https://")
+            && !config.endpoint.starts_with("http://127.0.0.1:")
+            && !config.endpoint.starts_with("http://localhost:")
+        {
+            return Err(Error::invalid_config(format!(
+                "cloudrun `endpoint` {:?} must be https (plain http only for a test server on loopback)",
+                config.endpoint
+            )));
+        }
+        Ok(config)
+    }
+
+    /// The regions, in order; the first is where reads look first.
+    pub fn regions(&self) -> Vec<String> {
+        match &self.region {
+            Some(r) => vec![r.clone()],
+            None => self.regions.clone(),
+        }
+    }
+
+    /// The request timeout as the API writes durations (`300s`).
+    pub fn timeout_text(&self) -> Option<String> {
+        self.timeout
+            .as_deref()
+            .and_then(|t| humantime::parse_duration(t).ok())
+            .map(|d| format!("{}s", d.as_secs()))
+    }
+}

@@ -1,0 +1,325 @@
+//! Service bodies for the API, built from the engine's spec, and the flat "form" `plan`
+//! compares: the same fields read from the desired spec and from the deployed service, so the
+//! diff is field by field and also catches changes made outside the engine.
+
+use super::config::Config;
+use engine_sdk::{Artifact, Error, ErrorExt, Ingress, ServiceSpec};
+use serde_json::{Map, Value, json};
+
+/// Fields of a v2 `Service` the API fills in and refuses in requests (output only).
+const OUTPUT_ONLY: &[&str] = &[
+    "conditions",
+    "createTime",
+    "creator",
+    "deleteTime",
+    "expireTime",
+    "generation",
+    "lastModifier",
+    "latestCreatedRevision",
+    "latestReadyRevision",
+    "observedGeneration",
+    "reconciling",
+    "satisfiesPzs",
+    "terminalCondition",
+    "threatDetectionEnabled",
+    "trafficStatuses",
+    "uid",
+    "updateTime",
+    "uri",
+    "urls",
+];
+
+/// A deployed service as a request body: its writable fields only.
+pub fn writable(service: &Value) -> Value {
+    let mut body = service.clone();
+    if let Some(o) = body.as_object_mut() {
+        for key in OUTPUT_ONLY {
+            o.remove(*key);
+        }
+    }
+    body
+}
+
+fn ingress(config: &Config, spec: &ServiceSpec) -> &'static str {
+    match config.ingress.as_deref() {
+        Some("internal") => "INGRESS_TRAFFIC_INTERNAL_ONLY",
+        Some("internal-and-cloud-load-balancing") => "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER",
+        Some(_) => "INGRESS_TRAFFIC_ALL",
+        None => match spec.ingress {
+            Ingress::Public => "INGRESS_TRAFFIC_ALL",
+            Ingress::Internal => "INGRESS_TRAFFIC_INTERNAL_ONLY",
+            Ingress::None => "INGRESS_TRAFFIC_NONE",
+        },
+    }
+}
+
+/// A secret reference as Secret Manager names it: `projects/P/secrets/NAME/versions/V`,
+/// `NAME:VERSION` or `NAME` (latest).
+pub fn secret_ref(reference: &str) -> Result<(String, String), Error> {
+    if let Some(rest) = reference.strip_prefix("projects/") {
+        let parts: Vec<&str> = rest.split('/').collect();
+        return match parts.as_slice() {
+            [_, "secrets", name, "versions", version] => {
+                Ok((name.to_string(), version.to_string()))
+            }
+            [_, "secrets", name] => Ok((name.to_string(), "latest".into())),
+            _ => Err(Error::invalid_config(format!(
+                "secret reference {reference:?}: write projects/P/secrets/NAME/versions/VERSION, NAME:VERSION or NAME"
+            ))),
+        };
+    }
+    let (name, version) = reference.split_once(':').unwrap_or((reference, "latest"));
+    if name.is_empty() || name.contains('/') || version.is_empty() {
+        return Err(Error::invalid_config(format!(
+            "secret reference {reference:?}: write projects/P/secrets/NAME/versions/VERSION, NAME:VERSION or NAME"
+        )));
+    }
+    Ok((name.to_string(), version.to_string()))
+}
+
+/// `1000` millicores → `"1"`, `500` → `"500m"`.
+fn cpu(millis: u32) -> String {
+    if millis.is_multiple_of(1000) {
+        (millis / 1000).to_string()
+    } else {
+        format!("{millis}m")
+    }
+}
+
+/// The revision template for a spec, named `revision`.
+pub fn template(config: &Config, spec: &ServiceSpec, revision: &str) -> Result<Value, Error> {
+    let Artifact::Image(image) = &spec.artifact else {
+        return Err(Error::invalid_config(
+            "Cloud Run runs container images; set `image = \"REGISTRY/REPOSITORY:TAG\"` instead of `artifact`",
+        ));
+    };
+    let mut env: Vec<Value> = spec
+        .env
+        .iter()
+        .map(|(k, v)| json!({ "name": k, "value": v }))
+        .collect();
+    for s in &spec.secrets {
+        let (secret, version) = secret_ref(&s.reference)?;
+        env.push(json!({ "name": s.name, "valueSource": { "secretKeyRef": { "secret": secret, "version": version } } }));
+    }
+    let mut container = json!({ "image": image, "env": env });
+    if !spec.args.is_empty() {
+        container["args"] = json!(spec.args);
+    }
+    if let Some(port) = spec.port {
+        container["ports"] = json!([{ "containerPort": port }]);
+    }
+    let mut limits = Map::new();
+    if let Some(c) = spec.resources.cpu_millis {
+        limits.insert("cpu".into(), json!(cpu(c)));
+    }
+    if let Some(m) = spec.resources.memory_mib {
+        limits.insert("memory".into(), json!(format!("{m}Mi")));
+    }
+    if !limits.is_empty() {
+        container["resources"] = json!({ "limits": limits });
+    }
+    let mut template = json!({ "revision": revision, "containers": [container] });
+    let mut scaling = Map::new();
+    if let Some(n) = spec.scaling.min_instances {
+        scaling.insert("minInstanceCount".into(), json!(n));
+    }
+    if let Some(n) = spec.scaling.max_instances {
+        scaling.insert("maxInstanceCount".into(), json!(n));
+    }
+    if !scaling.is_empty() {
+        template["scaling"] = json!(scaling);
+    }
+    if let Some(n) = spec.scaling.concurrency {
+        template["maxInstanceRequestConcurrency"] = json!(n);
+    }
+    if let Some(t) = config.timeout_text() {
+        template["timeout"] = json!(t);
+    }
+    if let Some(sa) = &config.service_account {
+        template["serviceAccount"] = json!(sa);
+    }
+    if let Some(connector) = &config.vpc_connector {
+        let egress = match config.vpc_egress.as_deref() {
+            Some("all-traffic") => "ALL_TRAFFIC",
+            _ => "PRIVATE_RANGES_ONLY",
+        };
+        template["vpcAccess"] = json!({ "connector": connector, "egress": egress });
+    }
+    if let Some(env) = &config.execution_environment {
+        template["executionEnvironment"] = json!(format!(
+            "EXECUTION_ENVIRONMENT_{}",
+            env.to_ascii_uppercase()
+        ));
+    }
+    let labels: Map<String, Value> = spec
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    if !labels.is_empty() {
+        template["labels"] = json!(labels);
+    }
+    Ok(template)
+}
+
+/// A whole service body: labels, ingress, the template and a traffic list.
+pub fn service(
+    config: &Config,
+    spec: &ServiceSpec,
+    revision: &str,
+    traffic: Value,
+) -> Result<Value, Error> {
+    let labels: Map<String, Value> = spec
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    let mut body = json!({
+        "ingress": ingress(config, spec),
+        "template": template(config, spec, revision)?,
+        "traffic": traffic,
+    });
+    if !labels.is_empty() {
+        body["labels"] = json!(labels);
+    }
+    Ok(body)
+}
+
+/// The fields `plan` compares, from a service body (desired or deployed). The template's
+/// revision name is left out: every deployment names a new one.
+pub fn form(service: &Value, invokers: Option<&[String]>) -> Value {
+    let t = &service["template"];
+    let c = &t["containers"][0];
+    let env: Map<String, Value> = c["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let value = match e.get("valueSource") {
+                Some(s) => json!(format!(
+                    "secret {}:{}",
+                    s["secretKeyRef"]["secret"].as_str().unwrap_or(""),
+                    s["secretKeyRef"]["version"].as_str().unwrap_or("latest")
+                )),
+                None => e["value"].clone(),
+            };
+            (e["name"].as_str().unwrap_or("").to_string(), value)
+        })
+        .collect();
+    let mut form = json!({
+        "image": c["image"],
+        "args": c["args"],
+        "env": env,
+        "port": c["ports"][0]["containerPort"],
+        "cpu": c["resources"]["limits"]["cpu"],
+        "memory": c["resources"]["limits"]["memory"],
+        "min_instances": t["scaling"]["minInstanceCount"],
+        "max_instances": t["scaling"]["maxInstanceCount"],
+        "concurrency": t["maxInstanceRequestConcurrency"],
+        "timeout": t["timeout"],
+        "service_account": t["serviceAccount"],
+        "vpc": t["vpcAccess"],
+        "ingress": service["ingress"],
+        "labels": service["labels"],
+    });
+    if let Some(invokers) = invokers {
+        let mut sorted = invokers.to_vec();
+        sorted.sort();
+        form["invokers"] = json!(sorted);
+    }
+    form
+}
+
+/// The fields `plan` lists, in order.
+pub const FORM_FIELDS: &[&str] = &[
+    "image",
+    "args",
+    "env",
+    "port",
+    "cpu",
+    "memory",
+    "min_instances",
+    "max_instances",
+    "concurrency",
+    "timeout",
+    "service_account",
+    "vpc",
+    "ingress",
+    "labels",
+    "invokers",
+];
+
+/// The members of `roles/run.invoker` in a policy, sorted.
+pub fn invokers(policy: &Value) -> Vec<String> {
+    let mut members: Vec<String> = policy["bindings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["role"] == "roles/run.invoker")
+        .flat_map(|b| b["members"].as_array().cloned().unwrap_or_default())
+        .filter_map(|m| m.as_str().map(String::from))
+        .collect();
+    members.sort();
+    members
+}
+
+/// `policy` with `roles/run.invoker` granted to exactly `members` (other roles untouched).
+pub fn with_invokers(policy: &Value, members: &[String]) -> Value {
+    let mut out = policy.clone();
+    let mut bindings: Vec<Value> = policy["bindings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["role"] != "roles/run.invoker")
+        .cloned()
+        .collect();
+    if !members.is_empty() {
+        let mut sorted = members.to_vec();
+        sorted.sort();
+        bindings.push(json!({ "role": "roles/run.invoker", "members": sorted }));
+    }
+    out["bindings"] = json!(bindings);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_references_in_every_accepted_form() {
+        assert_eq!(
+            secret_ref("projects/p/secrets/db/versions/3").unwrap(),
+            ("db".into(), "3".into())
+        );
+        assert_eq!(
+            secret_ref("projects/p/secrets/db").unwrap(),
+            ("db".into(), "latest".into())
+        );
+        assert_eq!(secret_ref("db:7").unwrap(), ("db".into(), "7".into()));
+        assert_eq!(secret_ref("db").unwrap(), ("db".into(), "latest".into()));
+        assert!(secret_ref("projects/p/db").is_err());
+        assert!(secret_ref("a/b").is_err());
+    }
+
+    #[test]
+    fn invoker_bindings_are_replaced_and_other_roles_kept() {
+        let policy = json!({ "etag": "e1", "bindings": [
+            { "role": "roles/run.invoker", "members": ["user:old@example.com"] },
+            { "role": "roles/run.developer", "members": ["group:devs@example.com"] },
+        ] });
+        let new = with_invokers(
+            &policy,
+            &["serviceAccount:web@p.iam.gserviceaccount.com".into()],
+        );
+        assert_eq!(
+            invokers(&new),
+            ["serviceAccount:web@p.iam.gserviceaccount.com"]
+        );
+        assert_eq!(new["etag"], "e1");
+        assert_eq!(new["bindings"][0]["role"], "roles/run.developer");
+        assert_eq!(cpu(1000), "1");
+        assert_eq!(cpu(500), "500m");
+    }
+}
