@@ -134,6 +134,18 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
+/// A request that passed the checks: its plain headers, the headers still holding secret
+/// placeholders (with the secrets they name), and its origin (an identity token's audience).
+struct Authorized {
+    headers: HeaderMap,
+    pending: Vec<(
+        http::HeaderName,
+        String,
+        Vec<Arc<super::secrets::ResolvedSecret>>,
+    )>,
+    origin: String,
+}
+
 /// Everything the send hook needs about one loaded plugin; shared by all its calls.
 pub struct EgressPolicy {
     plugin: String,
@@ -197,8 +209,10 @@ impl EgressPolicy {
         }
     }
 
-    /// Checks a request and returns the headers to send, placeholders replaced.
-    fn authorize(&self, request: &http::Request<WasiBody>) -> Result<HeaderMap, HttpError> {
+    /// Checks a request and returns the headers to send, with the secrets to put in place of
+    /// their placeholders (filled in by [`fill_secrets`], since a Google token may have to be
+    /// minted first).
+    fn authorize(&self, request: &http::Request<WasiBody>) -> Result<Authorized, HttpError> {
         let uri = request.uri();
         let attempted = format!("{} {}", request.method(), uri);
         let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
@@ -257,6 +271,7 @@ impl EgressPolicy {
         }
 
         let mut headers = HeaderMap::with_capacity(request.headers().len());
+        let mut pending = Vec::new();
         for (name, value) in request.headers() {
             if name == http::header::HOST {
                 continue; // the client sets it from the URL
@@ -269,14 +284,17 @@ impl EgressPolicy {
                 headers.append(name, value.clone());
                 continue;
             }
-            let mut replaced = text.to_string();
+            let mut secrets = Vec::new();
             for secret in self.secrets.placeholders_in(text) {
+                // An access token goes to Google's APIs only, unless its grant names hosts.
+                let google_api = host == "googleapis.com" || host.ends_with(".googleapis.com");
                 let allowed = secret
                     .hosts
                     .as_deref()
                     .unwrap_or(&self.granted)
                     .iter()
-                    .any(|p| p.matches(&scheme, &host, port));
+                    .any(|p| p.matches(&scheme, &host, port))
+                    && (secret.hosts.is_some() || google_api || !secret.value.google_apis_only());
                 if !allowed {
                     return Err(self.deny(
                         Capability::Secret,
@@ -287,7 +305,42 @@ impl EgressPolicy {
                         ),
                     ));
                 }
-                replaced = replaced.replace(&secret.placeholder, &secret.value);
+                secrets.push(secret.clone());
+            }
+            pending.push((name.clone(), text.to_string(), secrets));
+        }
+        let origin = match uri.port_u16() {
+            Some(p) => format!("{scheme}://{host}:{p}"),
+            None => format!("{scheme}://{host}"),
+        };
+        Ok(Authorized {
+            headers,
+            pending,
+            origin,
+        })
+    }
+
+    /// Puts the secrets' values into the headers that carry their placeholders.
+    async fn fill_secrets(&self, authorized: Authorized) -> Result<HeaderMap, HttpError> {
+        let Authorized {
+            mut headers,
+            pending,
+            origin,
+        } = authorized;
+        for (name, text, secrets) in pending {
+            let mut replaced = text;
+            for secret in secrets {
+                let value = secret.value.for_destination(&origin).await.map_err(|e| {
+                    let message = format!("secret '{}' has no value: {e}", secret.name);
+                    self.sink.event(PluginEvent::Log {
+                        plugin: self.plugin.clone(),
+                        level: super::events::LogLevel::Error,
+                        message: redactor().redact(&message),
+                        fields: Vec::new(),
+                    });
+                    HttpError::InternalError(Some(redactor().redact(&message)))
+                })?;
+                replaced = replaced.replace(&secret.placeholder, &value);
             }
             let value =
                 HeaderValue::from_str(&replaced).map_err(|_| HttpError::HttpRequestHeaderSize {
@@ -415,7 +468,7 @@ impl WasiHttpHooks for EgressHooks {
         let policy = self.policy.clone();
         let authorized = policy.authorize(&request);
         Box::new(async move {
-            let headers = authorized?;
+            let headers = policy.fill_secrets(authorized?).await?;
             let response = policy.send(request, headers, options).await?;
             Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         })

@@ -24,6 +24,7 @@ pub mod egress;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod google;
 pub mod grants;
 pub mod inspect;
 pub mod plugin;

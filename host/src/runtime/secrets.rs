@@ -4,8 +4,10 @@
 //! a request header; the egress hook swaps the placeholder for the value only when the request
 //! goes to a destination the secret is granted for. Every value the engine resolves is also
 //! registered with the process-wide [`Redactor`], which every log line, event and stored record
-//! passes through.
+//! passes through. Google tokens ([`super::google`]) are secrets whose value the host obtains
+//! and renews itself; each new token is registered with the redactor as it is minted.
 
+use super::google::{Credential, GoogleTokens, TokenKind};
 use super::grants::{HttpPattern, SecretGrant};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,6 +20,12 @@ pub enum SecretSource {
     Env(String),
     /// `file:PATH`: a file's contents, without the trailing newline.
     File(PathBuf),
+    /// `google[:KEY]` (an access token) or `google-id-token[:KEY]` (an identity token for the
+    /// destination), from a key file or the credential chain.
+    Google {
+        kind: TokenKind,
+        key: Option<PathBuf>,
+    },
 }
 
 /// Values shorter than this could not be redacted without mangling ordinary text.
@@ -25,18 +33,37 @@ pub const MIN_SECRET_LEN: usize = 4;
 
 impl SecretSource {
     pub fn parse(text: &str) -> Result<SecretSource, String> {
+        let google = |kind, key: Option<&str>| SecretSource::Google {
+            kind,
+            key: key.map(PathBuf::from),
+        };
         match text.split_once(':') {
             Some(("env", name)) if !name.is_empty() => Ok(SecretSource::Env(name.to_string())),
             Some(("file", path)) if !path.is_empty() => Ok(SecretSource::File(path.into())),
+            Some(("google", key)) if !key.is_empty() => Ok(google(TokenKind::Access, Some(key))),
+            Some(("google-id-token", key)) if !key.is_empty() => {
+                Ok(google(TokenKind::Identity, Some(key)))
+            }
+            None if text == "google" => Ok(google(TokenKind::Access, None)),
+            None if text == "google-id-token" => Ok(google(TokenKind::Identity, None)),
             _ => Err(format!(
-                "{text:?} is not a secret source; write \"env:VARIABLE\" or \"file:/path/to/file\""
+                "{text:?} is not a secret source; write \"env:VARIABLE\", \"file:/path/to/file\", \"google\" (an access token) or \"google-id-token\" (an identity token)"
             )),
         }
     }
 
-    /// Reads the value now.
-    pub fn resolve(&self) -> Result<String, String> {
+    /// Reads the value now (for Google tokens: finds the credential; tokens come per request).
+    pub fn resolve(&self) -> Result<SecretValue, String> {
         let value = match self {
+            SecretSource::Google { kind, key } => {
+                let credential = match key {
+                    Some(path) => Credential::from_file(path)?,
+                    None => Credential::discover()?,
+                };
+                return Ok(SecretValue::Google(Arc::new(GoogleTokens::new(
+                    credential, *kind,
+                )?)));
+            }
             SecretSource::Env(name) => std::env::var(name)
                 .map_err(|_| format!("environment variable {name} is not set"))?,
             SecretSource::File(path) => std::fs::read_to_string(path)
@@ -49,7 +76,29 @@ impl SecretSource {
                 "the value is shorter than {MIN_SECRET_LEN} characters, too short to redact from logs safely"
             ));
         }
-        Ok(value)
+        Ok(SecretValue::Fixed(value))
+    }
+}
+
+/// A secret's value: fixed, or a Google token the host mints for each destination.
+#[derive(Debug, Clone)]
+pub enum SecretValue {
+    Fixed(String),
+    Google(Arc<GoogleTokens>),
+}
+
+impl SecretValue {
+    /// The value to send to `origin` (`scheme://host[:port]`, the audience of identity tokens).
+    pub async fn for_destination(&self, origin: &str) -> Result<String, String> {
+        match self {
+            SecretValue::Fixed(v) => Ok(v.clone()),
+            SecretValue::Google(tokens) => tokens.token(origin).await,
+        }
+    }
+
+    /// An access token goes only to Google's APIs unless the grant lists other hosts.
+    pub fn google_apis_only(&self) -> bool {
+        matches!(self, SecretValue::Google(t) if t.kind() == TokenKind::Access)
     }
 }
 
@@ -57,7 +106,7 @@ impl SecretSource {
 #[derive(Debug)]
 pub struct ResolvedSecret {
     pub name: String,
-    pub value: String,
+    pub value: SecretValue,
     /// Unique per load, so a placeholder cannot be guessed or reused across plugins.
     pub placeholder: String,
     /// None: any destination the plugin may reach.
@@ -82,7 +131,9 @@ impl PluginSecrets {
                 .source
                 .resolve()
                 .map_err(|e| format!("secret '{name}': {e}"))?;
-            redactor().register(&value);
+            if let SecretValue::Fixed(v) = &value {
+                redactor().register(v);
+            }
             let placeholder = format!("{PLACEHOLDER_PREFIX}{name}-{:016x}", rand::random::<u64>());
             by_name.insert(
                 name.clone(),
@@ -177,7 +228,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "s3cr3t-value\n").unwrap();
-        assert_eq!(SecretSource::File(path).resolve().unwrap(), "s3cr3t-value");
+        assert!(
+            matches!(SecretSource::File(path).resolve().unwrap(), SecretValue::Fixed(v) if v == "s3cr3t-value")
+        );
+        assert_eq!(
+            SecretSource::parse("google-id-token:/k.json").unwrap(),
+            SecretSource::Google {
+                kind: TokenKind::Identity,
+                key: Some("/k.json".into())
+            }
+        );
+        assert_eq!(
+            SecretSource::parse("google").unwrap(),
+            SecretSource::Google {
+                kind: TokenKind::Access,
+                key: None
+            }
+        );
         assert!(
             SecretSource::Env("ENGINE_TEST_SURELY_UNSET".into())
                 .resolve()
