@@ -91,14 +91,14 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn service(fake: &Fake, name: &str) -> Value {
-    fake.model().services[&format!("projects/shop/locations/europe-west1/services/{name}")]
-        .resource
-        .clone()
+/// A service by its full name, `projects/P/locations/L/services/S`.
+fn service_at(fake: &Fake, name: &str) -> Value {
+    fake.model().services[name].resource.clone()
 }
 
-fn serving(fake: &Fake, name: &str) -> Vec<(String, i64)> {
-    service(fake, name)["trafficStatuses"]
+/// The revisions that take traffic, with their percent.
+fn split_at(fake: &Fake, name: &str) -> Vec<(String, i64)> {
+    service_at(fake, name)["trafficStatuses"]
         .as_array()
         .unwrap()
         .iter()
@@ -110,6 +110,20 @@ fn serving(fake: &Fake, name: &str) -> Vec<(String, i64)> {
             )
         })
         .collect()
+}
+
+fn service(fake: &Fake, name: &str) -> Value {
+    service_at(
+        fake,
+        &format!("projects/shop/locations/europe-west1/services/{name}"),
+    )
+}
+
+fn serving(fake: &Fake, name: &str) -> Vec<(String, i64)> {
+    split_at(
+        fake,
+        &format!("projects/shop/locations/europe-west1/services/{name}"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,5 +219,288 @@ async fn deploy_plan_canary_a_failing_container_and_destroy_against_the_publishe
     let out = run(dir.path(), &["destroy", "pipeline.toml"]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(fake.model().services.is_empty());
+    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
+}
+
+// The example pipelines for the Cloud Run systems (examples/cloudrun-*), run as written except
+// for where the API is and where the token comes from: these replacements, each of which must
+// match, point them at the test server.
+
+fn example(fake: &Fake, dir: &Path, name: &str, extra: &[(&str, &str)]) {
+    let source =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{name}/pipeline.toml"));
+    let mut text = std::fs::read_to_string(&source).unwrap();
+    let url = fake.url.as_str();
+    let token = format!(r#"google = {{ from = "env:TEST_GOOGLE_TOKEN", hosts = ["{url}"] }}"#);
+    let api = format!(r#"allow_http = ["{url}"]"#);
+    let provider =
+        format!("[defaults.provider_config]\nendpoint = \"{url}\"\npoll_interval_ms = 10");
+    let mut replacements: Vec<(&str, &str)> = vec![
+        (
+            r#"allow_http = ["https://run.googleapis.com"]"#,
+            api.as_str(),
+        ),
+        (r#"google = { from = "google" }"#, token.as_str()),
+        (r#"allow_http = ["https://*.run.app"]"#, api.as_str()),
+        ("[defaults.provider_config]", provider.as_str()),
+    ];
+    replacements.extend_from_slice(extra);
+    for (from, to) in replacements {
+        assert!(
+            text.contains(from),
+            "{name}: the example no longer contains {from:?}"
+        );
+        text = text.replace(from, to);
+    }
+    std::fs::write(dir.join("pipeline.toml"), text).unwrap();
+}
+
+fn policy_members(fake: &Fake, name: &str) -> Vec<String> {
+    let model = fake.model();
+    model.services[name].policy["bindings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["role"] == "roles/run.invoker")
+        .flat_map(|b| b["members"].as_array().cloned().unwrap_or_default())
+        .map(|m| m.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agenthub_example_deploys_in_its_order_with_its_security_model() {
+    let fake = Fake::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    example(
+        &fake,
+        dir.path(),
+        "cloudrun-agenthub",
+        &[
+            (
+                r#"id-token = { from = "google-id-token" }"#,
+                r#"id-token = { from = "env:TEST_GOOGLE_TOKEN" }"#,
+            ),
+            (r#"canary_pause = "5m""#, r#"canary_pause = "0s""#),
+        ],
+    );
+    let out = run(
+        dir.path(),
+        &["plan", "pipeline.toml", "--env", "production"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("{plan}"); // shown in docs/cloudrun.md
+    assert!(
+        plan.contains("api-gateway: create (create api-gateway in us-central1)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(r#"invokers: (none) → ["allUsers"]"#),
+        "{plan}"
+    );
+
+    let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let prefix = "projects/agenthub-production/locations/us-central1/services/";
+    let names: Vec<String> = fake
+        .model()
+        .services
+        .keys()
+        .map(|k| k.trim_start_matches(prefix).to_string())
+        .collect();
+    assert_eq!(names.len(), 18, "{names:?}");
+
+    // The guide's order: infrastructure, core, domain, and the gateway last.
+    let created: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter_map(|r| r.split("services?serviceId=").nth(1).map(String::from))
+        .collect();
+    let at = |s: &str| {
+        created
+            .iter()
+            .position(|c| c == s)
+            .unwrap_or_else(|| panic!("{s} not created"))
+    };
+    assert_eq!(created.last().map(String::as_str), Some("api-gateway"));
+    for (first, then) in [
+        ("authentication-service", "agent-management-service"),
+        (
+            "database-operations-service",
+            "conversation-management-service",
+        ),
+        ("agent-management-service", "calendar-provider-service"),
+        ("embedding-generation-service", "rag-query-service"),
+    ] {
+        assert!(at(first) < at(then), "{first} before {then}: {created:?}");
+    }
+
+    // Internal-only everywhere but the gateway; the guide's sizes; invokers kept to the callers.
+    let agent_name = format!("{prefix}agent-management-service");
+    let gateway_name = format!("{prefix}api-gateway");
+    let agent = service_at(&fake, &agent_name);
+    assert_eq!(agent["ingress"], "INGRESS_TRAFFIC_INTERNAL_ONLY");
+    assert_eq!(
+        agent["template"]["serviceAccount"],
+        "agenthub-agent-management@agenthub-production.iam.gserviceaccount.com"
+    );
+    let gateway = service_at(&fake, &gateway_name);
+    assert_eq!(gateway["ingress"], "INGRESS_TRAFFIC_ALL");
+    assert_eq!(
+        gateway["template"]["scaling"],
+        serde_json::json!({ "minInstanceCount": 2, "maxInstanceCount": 100 })
+    );
+    assert_eq!(
+        gateway["template"]["containers"][0]["resources"]["limits"],
+        serde_json::json!({ "cpu": "1", "memory": "1024Mi" })
+    );
+    assert_eq!(policy_members(&fake, &gateway_name), ["allUsers"]);
+    assert_eq!(
+        policy_members(&fake, &agent_name),
+        [
+            "serviceAccount:agenthub-api-gateway@agenthub-production.iam.gserviceaccount.com",
+            "serviceAccount:agenthub-microservices@agenthub-production.iam.gserviceaccount.com",
+        ]
+    );
+    // The data plane enforces it: no token, no answer from an internal service.
+    let client = reqwest::Client::new();
+    let anonymous = client
+        .get(format!("{}/health", agent["uri"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 403);
+    let public = client
+        .get(format!("{}/health", gateway["uri"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 200);
+
+    // A new release: every service goes out as a canary, 50 % then all of it.
+    let file = dir.path().join("pipeline.toml");
+    let updated = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(r#"release = "latest""#, r#"release = "v2""#);
+    std::fs::write(&file, updated).unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "run",
+            "pipeline.toml",
+            "--env",
+            "production",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let halfway = events
+        .iter()
+        .filter(|e| e["type"] == "phase" && e["traffic"] == 50)
+        .count();
+    assert!(
+        halfway >= 18,
+        "each service spent a step at 50 %: {halfway}"
+    );
+    let all: Vec<String> = fake.model().services.keys().cloned().collect();
+    for name in &all {
+        let id = name.rsplit('/').next().unwrap();
+        assert_eq!(split_at(&fake, name), [(format!("{id}-r2"), 100)], "{name}");
+        assert_eq!(
+            service_at(&fake, name)["template"]["containers"][0]["image"],
+            format!("gcr.io/agenthub-production/{id}:v2")
+        );
+    }
+    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_atp_example_deploys_both_services_to_three_regions_in_lockstep() {
+    let fake = Fake::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    example(
+        &fake,
+        dir.path(),
+        "cloudrun-atp",
+        &[
+            (
+                r#"id-token = { from = "google-id-token" }"#,
+                r#"id-token = { from = "env:TEST_GOOGLE_TOKEN" }"#,
+            ),
+            (r#"pause = "2m""#, r#"pause = "0s""#),
+        ],
+    );
+    let out = run(
+        dir.path(),
+        &["plan", "pipeline.toml", "--env", "production"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("{plan}"); // shown in docs/cloudrun.md
+    assert!(
+        plan.contains(
+            "atp-router: create (create atp-router in us-central1, europe-west1, asia-southeast1)"
+        ),
+        "{plan}"
+    );
+
+    let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let regions = ["us-central1", "europe-west1", "asia-southeast1"];
+    for region in regions {
+        let name = format!("projects/atp-production/locations/{region}/services/atp-router");
+        let router = service_at(&fake, &name);
+        assert_eq!(split_at(&fake, &name), [("atp-router-r1".to_string(), 100)]);
+        let t = &router["template"];
+        assert_eq!(t["maxInstanceRequestConcurrency"], 1000);
+        assert_eq!(
+            t["scaling"],
+            serde_json::json!({ "minInstanceCount": 1, "maxInstanceCount": 1000 })
+        );
+        assert_eq!(t["timeout"], "300s");
+        assert_eq!(t["executionEnvironment"], "EXECUTION_ENVIRONMENT_GEN2");
+        assert_eq!(t["vpcAccess"]["egress"], "PRIVATE_RANGES_ONLY");
+        assert_eq!(
+            t["containers"][0]["resources"],
+            serde_json::json!({ "limits": { "cpu": "2", "memory": "4096Mi" }, "cpuIdle": false })
+        );
+        let env = t["containers"][0]["env"].as_array().unwrap();
+        let db = env.iter().find(|e| e["name"] == "DATABASE_URL").unwrap();
+        assert_eq!(
+            db["valueSource"]["secretKeyRef"],
+            serde_json::json!({ "secret": "atp-database-secret", "version": "latest" })
+        );
+        let gateway =
+            format!("projects/atp-production/locations/{region}/services/atp-memory-gateway");
+        assert_eq!(
+            service_at(&fake, &gateway)["template"]["maxInstanceRequestConcurrency"],
+            500
+        );
+    }
+
+    // A new release rolls out as one canary across the three regions.
+    let file = dir.path().join("pipeline.toml");
+    let updated = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(r#"release = "latest""#, r#"release = "2.1.0""#);
+    std::fs::write(&file, updated).unwrap();
+    let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    for region in regions {
+        let name = format!("projects/atp-production/locations/{region}/services/atp-router");
+        assert_eq!(
+            split_at(&fake, &name),
+            [("atp-router-r2".to_string(), 100)],
+            "{region}"
+        );
+    }
     assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
 }

@@ -42,6 +42,10 @@ pub struct Config {
     /// `gen1` or `gen2`.
     #[serde(default)]
     pub execution_environment: Option<String>,
+    /// `false` keeps the CPU allocated between requests (Cloud Run's "CPU always allocated");
+    /// by default Cloud Run throttles it.
+    #[serde(default)]
+    pub cpu_throttling: Option<bool>,
     /// Seconds between polls of a long-running operation.
     #[serde(default = "default_poll")]
     pub poll_interval_ms: u64,
@@ -71,6 +75,7 @@ pub const CONFIG_SCHEMA: &str = r#"{
     "vpc_egress": { "enum": ["all-traffic", "private-ranges-only"] },
     "invokers": { "type": "array", "items": { "type": "string" }, "description": "Members granted roles/run.invoker; allUsers makes the service public." },
     "execution_environment": { "enum": ["gen1", "gen2"] },
+    "cpu_throttling": { "type": "boolean", "description": "false keeps the CPU allocated between requests." },
     "poll_interval_ms": { "type": "integer", "minimum": 10, "default": 1000 }
   },
   "required": ["project"],

@@ -119,6 +119,9 @@ pub fn template(config: &Config, spec: &ServiceSpec, revision: &str) -> Result<V
     if !limits.is_empty() {
         container["resources"] = json!({ "limits": limits });
     }
+    if let Some(throttling) = config.cpu_throttling {
+        container["resources"]["cpuIdle"] = json!(throttling);
+    }
     let mut template = json!({ "revision": revision, "containers": [container] });
     let mut scaling = Map::new();
     if let Some(n) = spec.scaling.min_instances {
@@ -213,6 +216,7 @@ pub fn form(service: &Value, invokers: Option<&[String]>) -> Value {
         "env": env,
         "port": c["ports"][0]["containerPort"],
         "cpu": c["resources"]["limits"]["cpu"],
+        "cpu_throttling": c["resources"]["cpuIdle"],
         "memory": c["resources"]["limits"]["memory"],
         "min_instances": t["scaling"]["minInstanceCount"],
         "max_instances": t["scaling"]["maxInstanceCount"],
@@ -238,6 +242,7 @@ pub const FORM_FIELDS: &[&str] = &[
     "env",
     "port",
     "cpu",
+    "cpu_throttling",
     "memory",
     "min_instances",
     "max_instances",

@@ -257,7 +257,12 @@ impl Provider for CloudRun {
         let Some(current) = current else {
             let changes = form::FORM_FIELDS
                 .iter()
-                .filter(|f| !after[**f].is_null())
+                .filter(|f| match &after[**f] {
+                    Value::Null => false,
+                    Value::Object(o) => !o.is_empty(),
+                    Value::Array(a) => !a.is_empty(),
+                    _ => true,
+                })
                 .map(|f| engine_sdk::Change {
                     field: f.to_string(),
                     before: None,
