@@ -460,6 +460,7 @@ async fn the_atp_example_deploys_both_services_to_three_regions_in_lockstep() {
         let router = service_at(&fake, &name);
         assert_eq!(split_at(&fake, &name), [("atp-router-r1".to_string(), 100)]);
         let t = &router["template"];
+        assert_eq!(t["containers"][0]["image"], "gcr.io/atp-production/atp-router:latest");
         assert_eq!(t["maxInstanceRequestConcurrency"], 1000);
         assert_eq!(
             t["scaling"],

@@ -155,6 +155,29 @@ fn undefined_plugins_services_and_variables_are_each_reported() {
 }
 
 #[test]
+fn variables_may_use_other_variables_but_not_in_a_cycle() {
+    let text = VALID.replacen(
+        "registry = \"europe-docker.pkg.dev/shop/images\"",
+        "project = \"shop\"\nregistry = \"europe-docker.pkg.dev/${project}/images\"\nliteral = \"$${project}\"",
+        1,
+    );
+    let pipeline = parse(&text, Some("staging")).unwrap();
+    let api = pipeline.services.iter().find(|s| s.name == "api").unwrap();
+    assert_eq!(
+        api.artifact,
+        Artifact::Image("europe-docker.pkg.dev/shop/images/api:1.5.0-rc1".into())
+    );
+    let cyclic = text.replacen("project = \"shop\"", "project = \"${registry}\"", 1);
+    let out = parse(&cyclic, None).unwrap_err().to_string();
+    assert!(
+        out.contains(
+            "error: variables refer to each other in a cycle: project → registry → project"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
 fn a_dependency_cycle_is_printed() {
     let out = problems(
         "[services.db-migrate]\n",

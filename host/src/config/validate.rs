@@ -180,6 +180,74 @@ impl Checker {
         }
     }
 
+    /// Expands variables that refer to other variables (`registry = "gcr.io/${project}"`), each
+    /// after the ones it uses; a cycle is an error that names it.
+    fn resolve_variables(&mut self, span: Range<usize>) {
+        fn references(text: &str) -> Vec<String> {
+            let mut out = Vec::new();
+            let mut rest = text;
+            while let Some(pos) = rest.find('$') {
+                let after = &rest[pos + 1..];
+                if let Some(escaped) = after.strip_prefix("${") {
+                    rest = escaped;
+                } else if let Some(inner) = after.strip_prefix('{')
+                    && let Some(end) = inner.find('}')
+                {
+                    out.push(inner[..end].to_string());
+                    rest = &inner[end + 1..];
+                } else {
+                    rest = after;
+                }
+            }
+            out
+        }
+        let raw = self.variables.clone();
+        let mut order: Vec<String> = Vec::new();
+        let mut cycle: Option<Vec<String>> = None;
+        fn visit(
+            name: &str,
+            raw: &BTreeMap<String, String>,
+            stack: &mut Vec<String>,
+            order: &mut Vec<String>,
+            cycle: &mut Option<Vec<String>>,
+        ) {
+            if order.iter().any(|n| n == name) || cycle.is_some() || !raw.contains_key(name) {
+                return;
+            }
+            if let Some(start) = stack.iter().position(|n| n == name) {
+                let mut path = stack[start..].to_vec();
+                path.push(name.to_string());
+                *cycle = Some(path);
+                return;
+            }
+            stack.push(name.to_string());
+            for r in references(&raw[name]) {
+                visit(&r, raw, stack, order, cycle);
+            }
+            stack.pop();
+            order.push(name.to_string());
+        }
+        for name in raw.keys() {
+            visit(name, &raw, &mut Vec::new(), &mut order, &mut cycle);
+        }
+        if let Some(path) = cycle {
+            self.error(
+                format!(
+                    "variables refer to each other in a cycle: {}",
+                    path.join(" → ")
+                ),
+                span,
+                Some("give one of them a value that does not use the others".into()),
+            );
+            return;
+        }
+        for name in order {
+            if let Some(value) = self.expand(&raw[&name], span.clone()) {
+                self.variables.insert(name, value);
+            }
+        }
+    }
+
     fn expand(&mut self, text: &str, span: Range<usize>) -> Option<String> {
         let mut out = String::new();
         let mut rest = text;
@@ -306,6 +374,11 @@ pub fn pipeline(
         }
     }
     c.variables = variables;
+    let variables_span = root
+        .get("variables")
+        .map(|n| n.span.clone())
+        .unwrap_or(0..0);
+    c.resolve_variables(variables_span);
 
     let mut plugins = BTreeMap::new();
     let mut plugin_spans = BTreeMap::new();
