@@ -460,7 +460,10 @@ async fn the_atp_example_deploys_both_services_to_three_regions_in_lockstep() {
         let router = service_at(&fake, &name);
         assert_eq!(split_at(&fake, &name), [("atp-router-r1".to_string(), 100)]);
         let t = &router["template"];
-        assert_eq!(t["containers"][0]["image"], "gcr.io/atp-production/atp-router:latest");
+        assert_eq!(
+            t["containers"][0]["image"],
+            "gcr.io/atp-production/atp-router:latest"
+        );
         assert_eq!(t["maxInstanceRequestConcurrency"], 1000);
         assert_eq!(
             t["scaling"],
@@ -469,6 +472,10 @@ async fn the_atp_example_deploys_both_services_to_three_regions_in_lockstep() {
         assert_eq!(t["timeout"], "300s");
         assert_eq!(t["executionEnvironment"], "EXECUTION_ENVIRONMENT_GEN2");
         assert_eq!(t["vpcAccess"]["egress"], "PRIVATE_RANGES_ONLY");
+        assert_eq!(
+            t["vpcAccess"]["connector"],
+            format!("projects/atp-production/locations/{region}/connectors/atp-connector")
+        );
         assert_eq!(
             t["containers"][0]["resources"],
             serde_json::json!({ "limits": { "cpu": "2", "memory": "4096Mi" }, "cpuIdle": false })

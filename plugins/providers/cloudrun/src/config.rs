@@ -28,7 +28,8 @@ pub struct Config {
     /// The longest a request may take, such as `300s`.
     #[serde(default)]
     pub timeout: Option<String>,
-    /// A Serverless VPC Access connector, `projects/P/locations/L/connectors/NAME`.
+    /// A Serverless VPC Access connector, `projects/P/locations/L/connectors/NAME`; `{region}`
+    /// stands for each region the service is deployed to.
     #[serde(default)]
     pub vpc_connector: Option<String>,
     /// `all-traffic` or `private-ranges-only` through the connector.

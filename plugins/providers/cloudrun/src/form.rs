@@ -86,8 +86,13 @@ fn cpu(millis: u32) -> String {
     }
 }
 
-/// The revision template for a spec, named `revision`.
-pub fn template(config: &Config, spec: &ServiceSpec, revision: &str) -> Result<Value, Error> {
+/// The revision template for a spec in `region`, named `revision`.
+pub fn template(
+    config: &Config,
+    spec: &ServiceSpec,
+    region: &str,
+    revision: &str,
+) -> Result<Value, Error> {
     let Artifact::Image(image) = &spec.artifact else {
         return Err(Error::invalid_config(
             "Cloud Run runs container images; set `image = \"REGISTRY/REPOSITORY:TAG\"` instead of `artifact`",
@@ -147,6 +152,8 @@ pub fn template(config: &Config, spec: &ServiceSpec, revision: &str) -> Result<V
             Some("all-traffic") => "ALL_TRAFFIC",
             _ => "PRIVATE_RANGES_ONLY",
         };
+        // `{region}` lets one setting name each region's own connector.
+        let connector = connector.replace("{region}", region);
         template["vpcAccess"] = json!({ "connector": connector, "egress": egress });
     }
     if let Some(env) = &config.execution_environment {
@@ -170,6 +177,7 @@ pub fn template(config: &Config, spec: &ServiceSpec, revision: &str) -> Result<V
 pub fn service(
     config: &Config,
     spec: &ServiceSpec,
+    region: &str,
     revision: &str,
     traffic: Value,
 ) -> Result<Value, Error> {
@@ -180,7 +188,7 @@ pub fn service(
         .collect();
     let mut body = json!({
         "ingress": ingress(config, spec),
-        "template": template(config, spec, revision)?,
+        "template": template(config, spec, region, revision)?,
         "traffic": traffic,
     });
     if !labels.is_empty() {

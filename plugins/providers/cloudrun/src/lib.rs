@@ -205,7 +205,8 @@ impl Provider for CloudRun {
         };
         match Config::parse(&spec.config) {
             Ok(config) => {
-                if let Err(e) = form::template(&config, &spec, "planned") {
+                let region = config.regions().first().cloned().unwrap_or_default();
+                if let Err(e) = form::template(&config, &spec, &region, "planned") {
                     error(e);
                 }
             }
@@ -251,7 +252,8 @@ impl Provider for CloudRun {
 
     fn plan(desired: ServiceSpec, current: Option<ServiceStatus>) -> Result<DeploymentPlan, Error> {
         let config = Config::parse(&desired.config)?;
-        let body = form::service(&config, &desired, "planned", json!([]))?;
+        let first = config.regions().first().cloned().unwrap_or_default();
+        let body = form::service(&config, &desired, &first, "planned", json!([]))?;
         let after = form::form(&body, config.invokers.as_deref());
         let regions = config.regions().join(", ");
         let Some(current) = current else {
@@ -298,7 +300,7 @@ impl Provider for CloudRun {
                     let traffic = json!([
                         { "type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": revision, "percent": 100, "tag": tag }
                     ]);
-                    let body = form::service(&config, &spec, &revision, traffic)?;
+                    let body = form::service(&config, &spec, &region, &revision, traffic)?;
                     api.create(&location(&config, &region), &spec.name, &body)?;
                 }
                 // Deployed before (a resumed run): nothing to create.
@@ -309,7 +311,7 @@ impl Provider for CloudRun {
                         .map(|t| (t.revision, t.percent))
                         .collect();
                     let traffic = traffic(Some(&current), &pinned, Some((&revision, &tag)));
-                    let mut body = form::service(&config, &spec, &revision, traffic)?;
+                    let mut body = form::service(&config, &spec, &region, &revision, traffic)?;
                     if let Some(etag) = current.get("etag") {
                         body["etag"] = etag.clone();
                     }
