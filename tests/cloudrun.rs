@@ -242,6 +242,10 @@ fn example(fake: &Fake, dir: &Path, name: &str, extra: &[(&str, &str)]) {
         ),
         (r#"google = { from = "google" }"#, token.as_str()),
         (r#"allow_http = ["https://*.run.app"]"#, api.as_str()),
+        (
+            r#"id-token = { from = "google-id-token" }"#,
+            r#"id-token = { from = "env:TEST_GOOGLE_TOKEN" }"#,
+        ),
         ("[defaults.provider_config]", provider.as_str()),
     ];
     replacements.extend_from_slice(extra);
@@ -253,6 +257,15 @@ fn example(fake: &Fake, dir: &Path, name: &str, extra: &[(&str, &str)]) {
         text = text.replace(from, to);
     }
     std::fs::write(dir.join("pipeline.toml"), text).unwrap();
+}
+
+/// `engine plan --env production`, printed (docs/cloudrun.md shows it) and returned.
+async fn production_plan(dir: &Path) -> String {
+    let out = run(dir, &["plan", "pipeline.toml", "--env", "production"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("{plan}");
+    plan
 }
 
 fn policy_members(fake: &Fake, name: &str) -> Vec<String> {
@@ -275,22 +288,9 @@ async fn the_agenthub_example_deploys_in_its_order_with_its_security_model() {
         &fake,
         dir.path(),
         "cloudrun-agenthub",
-        &[
-            (
-                r#"id-token = { from = "google-id-token" }"#,
-                r#"id-token = { from = "env:TEST_GOOGLE_TOKEN" }"#,
-            ),
-            (r#"canary_pause = "5m""#, r#"canary_pause = "0s""#),
-        ],
+        &[(r#"canary_pause = "5m""#, r#"canary_pause = "0s""#)],
     );
-    let out = run(
-        dir.path(),
-        &["plan", "pipeline.toml", "--env", "production"],
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out));
-    let plan = String::from_utf8_lossy(&out.stdout).to_string();
-    println!("{plan}"); // shown in docs/cloudrun.md
+    let plan = production_plan(dir.path()).await;
     assert!(
         plan.contains("api-gateway: create (create api-gateway in us-central1)"),
         "{plan}"
@@ -429,22 +429,9 @@ async fn the_atp_example_deploys_both_services_to_three_regions_in_lockstep() {
         &fake,
         dir.path(),
         "cloudrun-atp",
-        &[
-            (
-                r#"id-token = { from = "google-id-token" }"#,
-                r#"id-token = { from = "env:TEST_GOOGLE_TOKEN" }"#,
-            ),
-            (r#"pause = "2m""#, r#"pause = "0s""#),
-        ],
+        &[(r#"pause = "2m""#, r#"pause = "0s""#)],
     );
-    let out = run(
-        dir.path(),
-        &["plan", "pipeline.toml", "--env", "production"],
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out));
-    let plan = String::from_utf8_lossy(&out.stdout).to_string();
-    println!("{plan}"); // shown in docs/cloudrun.md
+    let plan = production_plan(dir.path()).await;
     assert!(
         plan.contains(
             "atp-router: create (create atp-router in us-central1, europe-west1, asia-southeast1)"

@@ -45,6 +45,11 @@ fn service(image: &str, revision: &str, traffic: Value) -> Value {
     })
 }
 
+/// The message of an error answer (or of a failed operation's `error`).
+fn message(error: &Value) -> &str {
+    error["error"]["message"].as_str().unwrap_or_default()
+}
+
 /// Polls an operation until it is done, returning it.
 async fn finish(fake: &Fake, operation: &Value) -> Value {
     let name = operation["name"].as_str().unwrap();
@@ -77,22 +82,14 @@ async fn requests_that_break_the_discovery_document_are_refused_and_recorded() {
     unknown["template"]["containerz"] = json!([]);
     let (status, error) = create(unknown).await;
     assert_eq!(status, 400, "{error}");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("$.template.containerz: unknown field")
-    );
+    assert!(message(&error).contains("$.template.containerz: unknown field"));
 
     let mut wrong_type = service("img:1", "api-r1", json!([]));
     wrong_type["template"]["maxInstanceRequestConcurrency"] = json!("eighty");
     let (status, error) = create(wrong_type).await;
     assert_eq!(status, 400);
     assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("maxInstanceRequestConcurrency: expected integer (int32)"),
+        message(&error).contains("maxInstanceRequestConcurrency: expected integer (int32)"),
         "{error}"
     );
 
@@ -104,10 +101,7 @@ async fn requests_that_break_the_discovery_document_are_refused_and_recorded() {
     let (status, error) = create(missing).await;
     assert_eq!(status, 400);
     assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("$.template.containers[0].image: required field missing"),
+        message(&error).contains("$.template.containers[0].image: required field missing"),
         "{error}"
     );
 
@@ -237,12 +231,7 @@ async fn services_get_revisions_traffic_tags_and_long_running_operations() {
     )
     .await;
     assert_eq!(status, 400);
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("add up to 100")
-    );
+    assert!(message(&error).contains("add up to 100"));
 
     // A container that fails to start: the operation fails with Cloud Run's message and the
     // service keeps serving what it served.
@@ -255,12 +244,7 @@ async fn services_get_revisions_traffic_tags_and_long_running_operations() {
     .await;
     let failed = finish(&fake, &op).await;
     assert_eq!(failed["error"]["code"], 9);
-    assert!(
-        failed["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("failed to start")
-    );
+    assert!(message(&failed).contains("failed to start"));
     let (_, svc) = send(
         &fake,
         reqwest::Method::GET,
