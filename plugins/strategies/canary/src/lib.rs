@@ -53,7 +53,7 @@ pub const CONFIG_SCHEMA: &str = r#"{
   "title": "canary strategy",
   "type": "object",
   "properties": {
-    "steps": { "type": "array", "items": { "type": "integer", "minimum": 1, "maximum": 100 }, "minItems": 1, "default": [25, 50, 100], "description": "The new revision's share of traffic at each step, increasing." },
+    "steps": { "type": "array", "items": { "type": "integer", "minimum": 0, "maximum": 100 }, "minItems": 1, "default": [25, 50, 100], "description": "The new revision's share of traffic at each step, increasing." },
     "pause": { "type": "string", "default": "30s", "description": "How long each step runs before it is analysed, such as 30s, 5m or 1h 30m." },
     "failure_limit": { "type": "integer", "minimum": 0, "default": 0, "description": "Failed analyses tolerated before the rollout is aborted." },
     "fail_on_inconclusive": { "type": "boolean", "default": false, "description": "Count an inconclusive analysis as failed." },
@@ -79,9 +79,17 @@ pub fn parse_config(text: &str) -> Result<(Config, Duration), Error> {
             "canary `steps` is empty; give the traffic percentages, such as [10, 25, 50, 100]",
         ));
     }
-    if let Some(bad) = config.steps.iter().find(|p| !(1..=100).contains(*p)) {
+    // A first step of 0: the new revision is checked through its own URL before it takes any
+    // traffic (Cloud Run's --no-traffic --tag), then the percentages follow.
+    if let Some(bad) = config
+        .steps
+        .iter()
+        .enumerate()
+        .find(|(i, p)| !(1..=100).contains(*p) && !(*i == 0 && **p == 0))
+        .map(|(_, p)| p)
+    {
         return Err(Error::invalid_config(format!(
-            "canary step {bad}% is outside 1 to 100"
+            "canary step {bad}% is outside 1 to 100 (only the first step may be 0)"
         )));
     }
     if let Some(w) = config.steps.windows(2).find(|w| w[0] >= w[1]) {
@@ -242,7 +250,8 @@ pub fn step(
             ),
             Observation::TrafficSet(_),
         ) => {
-            if pause.is_zero() {
+            // Nothing to watch at 0 %: check the revision at once.
+            if pause.is_zero() || percent(&s) == 0 {
                 emit(
                     State {
                         phase: Phase::Analysing,

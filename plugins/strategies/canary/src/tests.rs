@@ -264,6 +264,41 @@ fn an_observation_out_of_order_or_a_broken_checkpoint_is_an_error() {
 }
 
 #[test]
+fn a_first_step_of_zero_checks_the_revision_before_it_takes_traffic() {
+    let walk = drive(
+        r#"{"steps": [0, 25, 100], "pause": "10m"}"#,
+        Some("api-1"),
+        &[Verdict::Healthy],
+        Answer::Approve,
+    );
+    let pause = Decision::Wait(600_000);
+    assert_eq!(
+        walk.decisions,
+        vec![
+            to(0, 100),
+            analyse(), // at once: there is no traffic to watch
+            to(25, 75),
+            pause.clone(),
+            analyse(),
+            to(100, 0),
+            pause,
+            analyse(),
+            Decision::Promote,
+            Decision::Retire("api-1".into()),
+            Decision::Done,
+        ]
+    );
+    let failed = drive(
+        r#"{"steps": [0, 25, 100]}"#,
+        Some("api-1"),
+        &[Verdict::Unhealthy],
+        Answer::Approve,
+    );
+    assert_eq!(failed.decisions.len(), 3, "aborted before any traffic moved");
+    assert!(matches!(failed.decisions[2], Decision::Abort(_)));
+}
+
+#[test]
 fn bad_configurations_say_what_is_wrong() {
     for (config, expected) in [
         (
@@ -271,7 +306,11 @@ fn bad_configurations_say_what_is_wrong() {
             "must increase, but 50% is followed by 25%",
         ),
         (r#"{"steps": []}"#, "`steps` is empty"),
-        (r#"{"steps": [0, 100]}"#, "step 0% is outside 1 to 100"),
+        (
+            r#"{"steps": [25, 0, 100]}"#,
+            "step 0% is outside 1 to 100 (only the first step may be 0)",
+        ),
+        (r#"{"steps": [0, 0, 100]}"#, "step 0% is outside 1 to 100"),
         (r#"{"pause": "soon"}"#, "write it like 30s, 5m or 1h 30m"),
         (r#"{"step": [10]}"#, "unknown field `step`"),
     ] {
