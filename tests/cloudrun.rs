@@ -63,6 +63,7 @@ fn engine(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .env("ENGINE_CACHE_DIR", support::cache_dir())
         .env("TEST_GOOGLE_TOKEN", TOKEN)
+        .env("ADMIN_API_KEY", "test-admin-key")
         .current_dir(dir)
         .output()
         .unwrap()
@@ -242,12 +243,17 @@ fn example(fake: &Fake, dir: &Path, name: &str, extra: &[(&str, &str)]) {
         ),
         (r#"google = { from = "google" }"#, token.as_str()),
         (r#"allow_http = ["https://*.run.app"]"#, api.as_str()),
+    ];
+    // Where the example has them.
+    for (from, to) in [
         (
             r#"id-token = { from = "google-id-token" }"#,
             r#"id-token = { from = "env:TEST_GOOGLE_TOKEN" }"#,
         ),
         ("[defaults.provider_config]", provider.as_str()),
-    ];
+    ] {
+        text = text.replace(from, to);
+    }
     replacements.extend_from_slice(extra);
     for (from, to) in replacements {
         assert!(
@@ -497,5 +503,170 @@ async fn the_atp_example_deploys_both_services_to_three_regions_in_lockstep() {
             "{region}"
         );
     }
+    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
+}
+
+/// Requests to `url` every 25 ms until dropped, like users of the service.
+struct Users(tokio::task::JoinHandle<()>);
+
+impl Users {
+    fn start(url: String) -> Users {
+        Users(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let _ = client.get(&url).send().await;
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for Users {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates() {
+    let fake = Fake::start().await.unwrap();
+    let prometheus = support::prometheus::Prometheus::start(&[fake.addr]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let monitoring = format!(
+        r#"prometheus = "https://monitoring.googleapis.com/v1/projects/${{project}}/location/global/prometheus""#
+    );
+    let local_prometheus = format!(r#"prometheus = "{}""#, prometheus.url);
+    let metrics_grant = format!(r#"allow_http = ["{}"]"#, prometheus.url);
+    let provider = format!(
+        "[services.convergence-api.provider_config]\nendpoint = \"{}\"\npoll_interval_ms = 10",
+        fake.url
+    );
+    example(
+        &fake,
+        dir.path(),
+        "cloudrun-data-pipeline",
+        &[
+            (
+                r#"allow_http = ["https://monitoring.googleapis.com"]"#,
+                metrics_grant.as_str(),
+            ),
+            (
+                r#"monitoring = { from = "google" }"#,
+                r#"monitoring = { from = "env:TEST_GOOGLE_TOKEN" }"#,
+            ),
+            (monitoring.as_str(), local_prometheus.as_str()),
+            (
+                "[services.convergence-api.provider_config]",
+                provider.as_str(),
+            ),
+            (r#"pause = "10m""#, r#"pause = "6s""#),
+            (r#"min_window = "2m""#, r#"min_window = "20s""#),
+        ],
+    );
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/cloudrun-data-pipeline/bootstrap.sh"),
+        dir.path().join("bootstrap.sh"),
+    )
+    .unwrap();
+    let name = "projects/gac-prod-471220/locations/us-central1/services/convergence-api";
+    let file = dir.path().join("pipeline.toml");
+    let release = |from: &str, to: &str| {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&file, text.replace(from, to)).unwrap();
+    };
+
+    // First deployment: all traffic at once (nothing to split with), smoke-checked, bootstrapped.
+    let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        split_at(&fake, name),
+        [("convergence-api-r1".to_string(), 100)]
+    );
+    let calls = fake.model().services[name].calls.clone();
+    assert!(
+        calls.contains(&(
+            "convergence-api-r1".to_string(),
+            "POST /api/v1/admin/bootstrap".to_string()
+        )),
+        "{calls:?}"
+    );
+    let _users = Users::start(format!(
+        "{}/",
+        service_at(&fake, name)["uri"].as_str().unwrap()
+    ));
+
+    // v1.2.0: dark at 0 % (checked at its tag URL), then 25, 50, 100 with the gates passing.
+    release(r#"version = "v1.1.0""#, r#"version = "v1.2.0""#);
+    let plan = production_plan(dir.path()).await;
+    assert!(
+        plan.contains("1. set traffic: convergence-api-planned 0%, convergence-api-r1 100%"),
+        "{plan}"
+    );
+    let out = run(
+        dir.path(),
+        &[
+            "run",
+            "pipeline.toml",
+            "--env",
+            "production",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let phases: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "phase")
+        .filter_map(|e| e["phase"].as_str())
+        .collect();
+    for step in ["canary 0%", "canary 25%", "canary 50%", "canary 100%"] {
+        assert!(phases.contains(&step), "{step} missing: {phases:?}");
+    }
+    assert_eq!(
+        split_at(&fake, name),
+        [("convergence-api-r2".to_string(), 100)]
+    );
+    let gate = events
+        .iter()
+        .filter(|e| e["type"] == "check" && e["check"] == "error-rate-and-latency")
+        .filter(|e| e["verdict"] == "healthy")
+        .count();
+    assert!(
+        gate >= 1,
+        "the metrics gate passed on real numbers at least once: {events:#?}"
+    );
+
+    // v1.3.0 fails a fifth of its requests: the gate stops it at 25 % and v1.2.0 serves again.
+    release(r#"version = "v1.2.0""#, r#"version = "v1.3.0""#);
+    release(
+        r#"VERSION = "${version}""#,
+        "VERSION = \"${version}\"\nFAKE_ERROR_RATE = \"0.2\"",
+    );
+    let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("error rate"), "{}", text(&out));
+    assert_eq!(
+        split_at(&fake, name),
+        [("convergence-api-r2".to_string(), 100)]
+    );
+
+    // The previous revision was kept: rolling back to it is one command.
+    let out = run(
+        dir.path(),
+        &["rollback", "convergence-api", "--env", "production"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        split_at(&fake, name),
+        [("convergence-api-r1".to_string(), 100)]
+    );
     assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
 }

@@ -92,17 +92,34 @@ pub mod strategy {
 /// The plan for an existing service, comparing the deployed form the provider stored
 /// (`service-status.deployed`, JSON) with the desired one, field by field: `no-change` when
 /// every listed field is equal, otherwise `update` with one [`Change`] per field that differs.
+/// Where both sides of a field are JSON objects (`env`, `labels`), the change is listed per key
+/// (`env.LOG_LEVEL`), so one changed variable does not print the whole map.
 pub fn update_plan(deployed: &str, desired: &serde_json::Value, fields: &[&str]) -> DeploymentPlan {
     let before: serde_json::Value = serde_json::from_str(deployed).unwrap_or_default();
-    let changes: Vec<Change> = fields
-        .iter()
-        .filter(|f| before.get(**f) != desired.get(**f))
-        .map(|f| Change {
-            field: f.to_string(),
-            before: before.get(*f).map(|v| v.to_string()),
-            after: desired.get(*f).map(|v| v.to_string()),
-        })
-        .collect();
+    let mut changes = Vec::new();
+    for field in fields {
+        let (old, new) = (before.get(*field), desired.get(*field));
+        if old == new {
+            continue;
+        }
+        match (old, new) {
+            (Some(serde_json::Value::Object(a)), Some(serde_json::Value::Object(b))) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for key in keys.into_iter().filter(|k| a.get(*k) != b.get(*k)) {
+                    changes.push(Change {
+                        field: format!("{field}.{key}"),
+                        before: a.get(key).map(|v| v.to_string()),
+                        after: b.get(key).map(|v| v.to_string()),
+                    });
+                }
+            }
+            _ => changes.push(Change {
+                field: field.to_string(),
+                before: old.map(|v| v.to_string()),
+                after: new.map(|v| v.to_string()),
+            }),
+        }
+    }
     DeploymentPlan {
         action: if changes.is_empty() {
             PlanAction::NoChange

@@ -108,3 +108,38 @@ fn logs_and_clock_work_natively() {
     testing::set_now_ms(42);
     assert_eq!(engine_sdk::clock::now_ms(), 42);
 }
+
+#[test]
+fn update_plans_list_changed_fields_and_map_keys() {
+    let deployed = r#"{"image":"api:1","env":{"LOG_LEVEL":"info","MODE":"a"},"port":8080}"#;
+    let desired = serde_json::json!({"image": "api:2", "env": {"LOG_LEVEL": "debug", "MODE": "a", "NEW": "x"}, "port": 8080});
+    let plan = engine_sdk::update_plan(deployed, &desired, &["image", "env", "port"]);
+    assert_eq!(plan.action, engine_sdk::PlanAction::Update);
+    let fields: Vec<(String, Option<String>, Option<String>)> = plan
+        .changes
+        .into_iter()
+        .map(|c| (c.field, c.before, c.after))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            (
+                "image".into(),
+                Some(r#""api:1""#.into()),
+                Some(r#""api:2""#.into())
+            ),
+            (
+                "env.LOG_LEVEL".into(),
+                Some(r#""info""#.into()),
+                Some(r#""debug""#.into())
+            ),
+            ("env.NEW".into(), None, Some(r#""x""#.into())),
+        ]
+    );
+    let same = engine_sdk::update_plan(
+        deployed,
+        &serde_json::from_str(deployed).unwrap(),
+        &["image", "env"],
+    );
+    assert_eq!(same.action, engine_sdk::PlanAction::NoChange);
+}

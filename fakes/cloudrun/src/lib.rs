@@ -11,8 +11,10 @@
 //! start (an image containing `fail-to-start`), IAM policies with etags, and the two v1 reads
 //! `gcloud run services describe` and `list` make, so gcloud can be used as an independent
 //! client. Its "data plane" answers at the services' URLs (`/_run/…`): the revision chosen by
-//! traffic weight (or by tag) answers 200 with its name, and a service that does not grant
-//! `allUsers` the invoker role wants a bearer token.
+//! traffic weight (or by tag) answers like a health endpoint (failing a share of requests when
+//! its container sets `FAKE_ERROR_RATE`), a service that does not grant `allUsers` the invoker
+//! role wants a bearer token, and `/metrics` exports the answers under the names Google's
+//! managed Prometheus gives Cloud Run's metrics.
 
 pub mod discovery;
 mod model;
@@ -155,7 +157,11 @@ async fn handle(
         .map(String::from);
 
     if let Some(rest) = path.strip_prefix("_run/") {
-        return lock(&shared.model).serve(rest, bearer.as_deref());
+        return lock(&shared.model).serve(method.as_str(), rest, bearer.as_deref());
+    }
+    if path == "metrics" {
+        let text = lock(&shared.model).metrics();
+        return ([("content-type", "text/plain; version=0.0.4")], text).into_response();
     }
 
     let shown = match uri.query() {

@@ -19,6 +19,10 @@ pub struct StoredService {
     pub policy: Value,
     /// Requests the data plane answered, per revision.
     pub served: BTreeMap<String, u64>,
+    /// Every data-plane request: (revision, `METHOD /path`).
+    pub calls: Vec<(String, String)>,
+    /// Answers per (revision, status class `2xx`/`5xx`), for `/metrics`.
+    pub answers: BTreeMap<(String, String), u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -576,7 +580,9 @@ impl Model {
             .as_ref()
             .map(|s| s.policy.clone())
             .unwrap_or_else(|| json!({ "version": 1, "etag": "BwYAAAAAAAA=" }));
-        let served = existing.map(|s| s.served).unwrap_or_default();
+        let (served, calls, answers) = existing
+            .map(|s| (s.served, s.calls, s.answers))
+            .unwrap_or_default();
         self.services.insert(
             name.to_string(),
             StoredService {
@@ -584,6 +590,8 @@ impl Model {
                 revisions,
                 policy,
                 served,
+                calls,
+                answers,
             },
         );
         Ok(match failure {
@@ -592,11 +600,16 @@ impl Model {
         })
     }
 
-    /// The data plane: `/_run/PROJECT/LOCATION/SERVICE[/_tag/TAG][/path]`.
-    pub fn serve(&mut self, rest: &str, bearer: Option<&str>) -> Response {
+    /// The data plane: `/_run/PROJECT/LOCATION/SERVICE[/_tag/TAG][/path]`. The revision
+    /// chosen by weight (or by tag) answers like a typical service's health endpoint:
+    /// `{"status": "healthy", "service", "revision", "version", "environment"}`, the last two
+    /// from its container's `VERSION` and `ENVIRONMENT` variables. A container variable
+    /// `FAKE_ERROR_RATE` (0 to 1) makes that share of its answers 500s, spread evenly.
+    pub fn serve(&mut self, method: &str, rest: &str, bearer: Option<&str>) -> Response {
+        use axum::http::StatusCode;
         let parts: Vec<&str> = rest.splitn(4, '/').collect();
         if parts.len() < 3 {
-            return (axum::http::StatusCode::NOT_FOUND, "no such service").into_response();
+            return (StatusCode::NOT_FOUND, "no such service").into_response();
         }
         let name = format!(
             "projects/{}/locations/{}/services/{}",
@@ -605,7 +618,7 @@ impl Model {
         let path = parts.get(3).copied().unwrap_or("");
         let counter = self.next();
         let Some(svc) = self.services.get_mut(&name) else {
-            return (axum::http::StatusCode::NOT_FOUND, "no such service").into_response();
+            return (StatusCode::NOT_FOUND, "no such service").into_response();
         };
         let public = svc.policy["bindings"]
             .as_array()
@@ -619,7 +632,7 @@ impl Model {
             });
         if !public && bearer.is_none() {
             return (
-                axum::http::StatusCode::FORBIDDEN,
+                StatusCode::FORBIDDEN,
                 "Your client does not have permission to get URL from this server.",
             )
                 .into_response();
@@ -628,33 +641,116 @@ impl Model {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let revision = if let Some(tag_rest) = path.strip_prefix("_tag/") {
-            let tag = tag_rest.split('/').next().unwrap_or("");
-            statuses
+        let (revision, path) = if let Some(tag_rest) = path.strip_prefix("_tag/") {
+            let (tag, path) = tag_rest.split_once('/').unwrap_or((tag_rest, ""));
+            let revision = statuses
                 .iter()
                 .find(|t| t["tag"] == tag)
-                .and_then(|t| t["revision"].as_str().map(String::from))
+                .and_then(|t| t["revision"].as_str().map(String::from));
+            (revision, path)
         } else {
             // Spread requests by weight, deterministically: request n goes to the target whose
             // cumulative percent covers n mod 100.
             let slot = (counter % 100) as i64;
             let mut acc = 0;
-            statuses.iter().find_map(|t| {
+            let revision = statuses.iter().find_map(|t| {
                 acc += t["percent"].as_i64().unwrap_or(0);
                 (slot < acc)
                     .then(|| t["revision"].as_str().map(String::from))
                     .flatten()
-            })
+            });
+            (revision, path)
         };
         let Some(revision) = revision else {
+            return (StatusCode::NOT_FOUND, "no revision serves this URL").into_response();
+        };
+        let served = {
+            let n = svc.served.entry(revision.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        svc.calls
+            .push((revision.clone(), format!("{method} /{path}")));
+        let template = svc
+            .revisions
+            .iter()
+            .find(|r| last_segment(r["name"].as_str().unwrap_or("")) == revision)
+            .cloned()
+            .unwrap_or_default();
+        let env = |key: &str| {
+            template["containers"][0]["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["name"] == key)
+                .and_then(|e| e["value"].as_str().map(String::from))
+        };
+        let error_rate: f64 = env("FAKE_ERROR_RATE")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        // Request n fails when floor(n·rate) moves past floor((n−1)·rate).
+        let fails =
+            (served as f64 * error_rate).floor() > ((served - 1) as f64 * error_rate).floor();
+        let class = if fails { "5xx" } else { "2xx" };
+        *svc.answers
+            .entry((revision.clone(), class.to_string()))
+            .or_default() += 1;
+        if fails {
             return (
-                axum::http::StatusCode::NOT_FOUND,
-                "no revision serves this URL",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "injected failure (FAKE_ERROR_RATE)",
             )
                 .into_response();
-        };
-        *svc.served.entry(revision.clone()).or_default() += 1;
-        axum::Json(json!({ "service": parts[2], "revision": revision })).into_response()
+        }
+        axum::Json(json!({
+            "status": "healthy",
+            "service": parts[2],
+            "revision": revision,
+            "version": env("VERSION"),
+            "environment": env("ENVIRONMENT"),
+        }))
+        .into_response()
+    }
+
+    /// The data plane's answers in the Prometheus text format, under the names Google Cloud
+    /// Managed Service for Prometheus gives Cloud Run's metrics
+    /// (`run_googleapis_com:request_count`, `run_googleapis_com:request_latencies`), so the
+    /// same PromQL works against a Prometheus scraping this and against Google's. Written out
+    /// here because the OpenMetrics encoder of the client library would add a `_total` suffix
+    /// those names do not have. Every answer counts as taking 1 ms.
+    pub fn metrics(&self) -> String {
+        let mut out = String::from("# TYPE run_googleapis_com:request_count counter\n");
+        let mut latencies = String::from("# TYPE run_googleapis_com:request_latencies histogram\n");
+        for (name, svc) in &self.services {
+            let service = last_segment(name);
+            let mut per_revision: BTreeMap<&str, u64> = BTreeMap::new();
+            for ((revision, class), n) in &svc.answers {
+                let labels = format!(
+                    "monitored_resource=\"cloud_run_revision\",service_name=\"{service}\",revision_name=\"{revision}\""
+                );
+                out.push_str(&format!(
+                    "run_googleapis_com:request_count{{{labels},response_code_class=\"{class}\"}} {n}\n"
+                ));
+                *per_revision.entry(revision.as_str()).or_default() += n;
+            }
+            for (revision, n) in per_revision {
+                let labels = format!(
+                    "monitored_resource=\"cloud_run_revision\",service_name=\"{service}\",revision_name=\"{revision}\""
+                );
+                for le in ["1", "5", "10", "50", "100", "250", "500", "1000", "+Inf"] {
+                    latencies.push_str(&format!(
+                        "run_googleapis_com:request_latencies_bucket{{{labels},le=\"{le}\"}} {n}\n"
+                    ));
+                }
+                latencies.push_str(&format!(
+                    "run_googleapis_com:request_latencies_sum{{{labels}}} {n}\n"
+                ));
+                latencies.push_str(&format!(
+                    "run_googleapis_com:request_latencies_count{{{labels}}} {n}\n"
+                ));
+            }
+        }
+        out + &latencies
     }
 }
 

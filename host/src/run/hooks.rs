@@ -19,6 +19,8 @@ pub struct HookContext<'a> {
     pub stable: Option<&'a str>,
     /// The new revision (post hooks only: pre hooks run before it exists).
     pub candidate: Option<&'a str>,
+    /// The service's URL, as its provider reports it (post hooks only).
+    pub url: Option<&'a str>,
 }
 
 /// How much of a failed hook's output the error quotes.
@@ -42,6 +44,7 @@ pub async fn run(
         .env("ENGINE_RUN_ID", context.run_id.to_string())
         .env("ENGINE_STABLE_REVISION", context.stable.unwrap_or(""))
         .env("ENGINE_REVISION", context.candidate.unwrap_or(""))
+        .env("ENGINE_SERVICE_URL", context.url.unwrap_or(""))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -93,6 +96,7 @@ mod tests {
             run_id: 7,
             stable: Some("api-r6"),
             candidate: None,
+            url: None,
         }
     }
 

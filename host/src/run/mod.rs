@@ -427,7 +427,13 @@ impl Executor<'_> {
     }
 
     /// Runs one stage of a service's hooks, in order, stopping at the first failure.
-    async fn hooks(&self, service: &Service, stage: &str, cp: &Checkpoint) -> Result<(), String> {
+    async fn hooks(
+        &self,
+        service: &Service,
+        stage: &str,
+        cp: &Checkpoint,
+        url: Option<&str>,
+    ) -> Result<(), String> {
         let commands = if stage == "pre" {
             &service.pre_hooks
         } else {
@@ -440,6 +446,7 @@ impl Executor<'_> {
             run_id: self.run_id,
             stable: cp.stable.as_deref(),
             candidate: cp.candidate.as_deref(),
+            url,
         };
         for command in commands {
             self.phase(
@@ -518,7 +525,7 @@ impl Executor<'_> {
                 return self.finish(name, cp, Finished::Unchanged).await;
             }
             if !cp.pre_hooks_done {
-                if let Err(e) = self.hooks(service, "pre", &cp).await {
+                if let Err(e) = self.hooks(service, "pre", &cp, None).await {
                     let reason = format!("{e}\nnothing was deployed");
                     return self.finish(name, cp, Finished::Failed(reason)).await;
                 }
@@ -655,7 +662,20 @@ impl Executor<'_> {
                 Decision::Done => {
                     // A failing post hook does not undo a promotion that already took the
                     // traffic: it fails the service and says how to go back.
-                    if let Err(e) = self.hooks(service, "post", &cp).await {
+                    let url = match service.post_hooks.is_empty() {
+                        true => None,
+                        false => retry(|| provider.endpoints(&target, None))
+                            .await
+                            .ok()
+                            .and_then(|e| {
+                                e.into_iter()
+                                    .find(|e| {
+                                        e.kind == crate::runtime::bindings::types::EndpointKind::Service
+                                    })
+                                    .map(|e| e.url)
+                            }),
+                    };
+                    if let Err(e) = self.hooks(service, "post", &cp, url.as_deref()).await {
                         let reason = format!(
                             "{e}\n{candidate} was promoted and serves the traffic; `engine rollback {name}` returns to the previous revision"
                         );

@@ -294,7 +294,11 @@ fn a_first_step_of_zero_checks_the_revision_before_it_takes_traffic() {
         &[Verdict::Unhealthy],
         Answer::Approve,
     );
-    assert_eq!(failed.decisions.len(), 3, "aborted before any traffic moved");
+    assert_eq!(
+        failed.decisions.len(),
+        3,
+        "aborted before any traffic moved"
+    );
     assert!(matches!(failed.decisions[2], Decision::Abort(_)));
 }
 
