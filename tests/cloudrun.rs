@@ -532,9 +532,7 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
     let fake = Fake::start().await.unwrap();
     let prometheus = support::prometheus::Prometheus::start(&[fake.addr]).await;
     let dir = tempfile::tempdir().unwrap();
-    let monitoring = format!(
-        r#"prometheus = "https://monitoring.googleapis.com/v1/projects/${{project}}/location/global/prometheus""#
-    );
+    let monitoring = r#"prometheus = "https://monitoring.googleapis.com/v1/projects/${project}/location/global/prometheus""#;
     let local_prometheus = format!(r#"prometheus = "{}""#, prometheus.url);
     let metrics_grant = format!(r#"allow_http = ["{}"]"#, prometheus.url);
     let provider = format!(
@@ -554,7 +552,7 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
                 r#"monitoring = { from = "google" }"#,
                 r#"monitoring = { from = "env:TEST_GOOGLE_TOKEN" }"#,
             ),
-            (monitoring.as_str(), local_prometheus.as_str()),
+            (monitoring, local_prometheus.as_str()),
             (
                 "[services.convergence-api.provider_config]",
                 provider.as_str(),
