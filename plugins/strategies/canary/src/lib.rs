@@ -85,7 +85,10 @@ pub fn parse_config(text: &str) -> Result<(Config, Duration), Error> {
         .steps
         .iter()
         .enumerate()
-        .find(|(i, p)| !(1..=100).contains(*p) && !(*i == 0 && **p == 0))
+        .find(|(i, p)| {
+            let allowed = (1..=100).contains(*p) || (*i == 0 && **p == 0);
+            !allowed
+        })
         .map(|(_, p)| p)
     {
         return Err(Error::invalid_config(format!(
