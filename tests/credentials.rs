@@ -320,3 +320,58 @@ async fn the_metadata_server_protocol() {
     );
     server.unblock();
 }
+
+#[tokio::test]
+async fn user_credentials_are_exchanged_with_their_refresh_token() {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let token_uri = format!(
+        "http://127.0.0.1:{}/token",
+        server.server_addr().to_ip().unwrap().port()
+    );
+    let srv = server.clone();
+    std::thread::spawn(move || {
+        for mut request in srv.incoming_requests() {
+            let mut body = String::new();
+            request.as_reader().read_to_string(&mut body).unwrap();
+            let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+                .into_owned()
+                .collect();
+            let expected = [
+                ("grant_type", "refresh_token"),
+                ("client_id", "client-1.apps.googleusercontent.com"),
+                ("client_secret", "client-secret-1"),
+                ("refresh_token", "1//refresh-token"),
+            ];
+            let ok = expected
+                .iter()
+                .all(|(k, v)| form.iter().any(|(n, x)| n == k && x == v));
+            let answer = if ok {
+                tiny_http::Response::from_string(
+                    r#"{"access_token":"ya29.user-token","expires_in":3599}"#,
+                )
+            } else {
+                tiny_http::Response::from_string(format!("unexpected form {form:?}"))
+                    .with_status_code(400)
+            };
+            let _ = request.respond(answer);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let adc = dir.path().join("application_default_credentials.json");
+    std::fs::write(
+        &adc,
+        json!({
+            "type": "authorized_user",
+            "client_id": "client-1.apps.googleusercontent.com",
+            "client_secret": "client-secret-1",
+            "refresh_token": "1//refresh-token",
+            "token_uri": token_uri,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let tokens =
+        GoogleTokens::new(Credential::from_file(&adc).unwrap(), TokenKind::Access).unwrap();
+    assert_eq!(tokens.token("").await.unwrap(), "ya29.user-token");
+    server.unblock();
+}
