@@ -265,6 +265,31 @@ fn example(fake: &Fake, dir: &Path, name: &str, extra: &[(&str, &str)]) {
     std::fs::write(dir.join("pipeline.toml"), text).unwrap();
 }
 
+/// `engine run --env production --output json`, which must succeed; its events.
+async fn production_run_events(dir: &Path) -> Vec<Value> {
+    let args = [
+        "run",
+        "pipeline.toml",
+        "--env",
+        "production",
+        "--output",
+        "json",
+    ];
+    let out = run(dir, &args).await;
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Replaces `from` (which must be there) with `to` in a file: a new release, say.
+fn edit(file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(from), "{} has no {from:?}", file.display());
+    std::fs::write(file, text.replace(from, to)).unwrap();
+}
+
 /// `engine plan --env production`, printed (docs/cloudrun.md shows it) and returned.
 async fn production_plan(dir: &Path) -> String {
     let out = run(dir, &["plan", "pipeline.toml", "--env", "production"]).await;
@@ -386,27 +411,8 @@ async fn the_agenthub_example_deploys_in_its_order_with_its_security_model() {
 
     // A new release: every service goes out as a canary, 50 % then all of it.
     let file = dir.path().join("pipeline.toml");
-    let updated = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace(r#"release = "latest""#, r#"release = "v2""#);
-    std::fs::write(&file, updated).unwrap();
-    let out = run(
-        dir.path(),
-        &[
-            "run",
-            "pipeline.toml",
-            "--env",
-            "production",
-            "--output",
-            "json",
-        ],
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out));
-    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    edit(&file, r#"release = "latest""#, r#"release = "v2""#);
+    let events = production_run_events(dir.path()).await;
     let halfway = events
         .iter()
         .filter(|e| e["type"] == "phase" && e["traffic"] == 50)
@@ -489,10 +495,7 @@ async fn the_atp_example_deploys_both_services_to_three_regions_in_lockstep() {
 
     // A new release rolls out as one canary across the three regions.
     let file = dir.path().join("pipeline.toml");
-    let updated = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace(r#"release = "latest""#, r#"release = "2.1.0""#);
-    std::fs::write(&file, updated).unwrap();
+    edit(&file, r#"release = "latest""#, r#"release = "2.1.0""#);
     let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
     assert!(out.status.success(), "{}", text(&out));
     for region in regions {
@@ -569,11 +572,7 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
     .unwrap();
     let name = "projects/gac-prod-471220/locations/us-central1/services/convergence-api";
     let file = dir.path().join("pipeline.toml");
-    let release = |from: &str, to: &str| {
-        let text = std::fs::read_to_string(&file).unwrap();
-        assert!(text.contains(from), "{from}");
-        std::fs::write(&file, text.replace(from, to)).unwrap();
-    };
+    let release = |from: &str, to: &str| edit(&file, from, to);
 
     // First deployment: all traffic at once (nothing to split with), smoke-checked, bootstrapped.
     let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
@@ -602,23 +601,7 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
         plan.contains("1. set traffic: convergence-api-planned 0%, convergence-api-r1 100%"),
         "{plan}"
     );
-    let out = run(
-        dir.path(),
-        &[
-            "run",
-            "pipeline.toml",
-            "--env",
-            "production",
-            "--output",
-            "json",
-        ],
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out));
-    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let events = production_run_events(dir.path()).await;
     let phases: Vec<&str> = events
         .iter()
         .filter(|e| e["type"] == "phase")
