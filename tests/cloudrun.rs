@@ -130,6 +130,8 @@ fn serving(fake: &Fake, name: &str) -> Vec<(String, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_plan_canary_a_failing_container_and_destroy_against_the_published_api() {
     let fake = Fake::start().await.unwrap();
+    // Every operation takes three polls: the provider must keep polling until it is done.
+    fake.model().operation_polls = 3;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pipeline.toml");
     std::fs::write(&file, pipeline(&fake, SERVICES)).unwrap();
@@ -570,7 +572,7 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
         dir.path().join("bootstrap.sh"),
     )
     .unwrap();
-    let name = "projects/gac-prod-471220/locations/us-central1/services/convergence-api";
+    let name = "projects/gac-prod-471220/locations/us-central1/services/convergence-api-prod";
     let file = dir.path().join("pipeline.toml");
     let release = |from: &str, to: &str| edit(&file, from, to);
 
@@ -579,12 +581,12 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         split_at(&fake, name),
-        [("convergence-api-r1".to_string(), 100)]
+        [("convergence-api-prod-r1".to_string(), 100)]
     );
     let calls = fake.model().services[name].calls.clone();
     assert!(
         calls.contains(&(
-            "convergence-api-r1".to_string(),
+            "convergence-api-prod-r1".to_string(),
             "POST /api/v1/admin/bootstrap".to_string()
         )),
         "{calls:?}"
@@ -598,7 +600,7 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
     release(r#"version = "v1.1.0""#, r#"version = "v1.2.0""#);
     let plan = production_plan(dir.path()).await;
     assert!(
-        plan.contains("1. set traffic: convergence-api-planned 0%, convergence-api-r1 100%"),
+        plan.contains("1. set traffic: convergence-api-planned 0%, convergence-api-prod-r1 100%"),
         "{plan}"
     );
     let events = production_run_events(dir.path()).await;
@@ -612,7 +614,7 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
     }
     assert_eq!(
         split_at(&fake, name),
-        [("convergence-api-r2".to_string(), 100)]
+        [("convergence-api-prod-r2".to_string(), 100)]
     );
     let gate = events
         .iter()
@@ -635,7 +637,7 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
     assert!(text(&out).contains("error rate"), "{}", text(&out));
     assert_eq!(
         split_at(&fake, name),
-        [("convergence-api-r2".to_string(), 100)]
+        [("convergence-api-prod-r2".to_string(), 100)]
     );
 
     // The previous revision was kept: rolling back to it is one command.
@@ -647,7 +649,7 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         split_at(&fake, name),
-        [("convergence-api-r1".to_string(), 100)]
+        [("convergence-api-prod-r1".to_string(), 100)]
     );
     assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
 }

@@ -121,6 +121,22 @@ impl Model {
                 if missing && q("allowMissing").as_deref() != Some("true") {
                     return Err(not_found(&service_name));
                 }
+                // Optimistic concurrency: an update based on an older read is refused.
+                if let (Some(sent), Some(current)) = (
+                    input["etag"].as_str(),
+                    self.services
+                        .get(&service_name)
+                        .and_then(|s| s.resource["etag"].as_str()),
+                ) && sent != current
+                {
+                    return Err(ApiError::new(
+                        409,
+                        "ABORTED",
+                        format!(
+                            "The service has been modified (etag {current}, request based on {sent}); read it again and retry."
+                        ),
+                    ));
+                }
                 self.apply(
                     &service_name,
                     input,

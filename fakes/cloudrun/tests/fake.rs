@@ -210,6 +210,21 @@ async fn services_get_revisions_traffic_tags_and_long_running_operations() {
         "no allUsers invoker: a token is needed"
     );
 
+    // An update based on an older read of the service is refused.
+    let mut stale = service("img:2", "api-r2", json!([]));
+    stale["etag"] = json!("\"1-stale\"");
+    let (status, error) = send(
+        &fake,
+        reqwest::Method::PATCH,
+        &format!("{PARENT}/services/api"),
+        Some(stale),
+    )
+    .await;
+    assert_eq!(
+        (status, error["error"]["status"].as_str()),
+        (409, Some("ABORTED"))
+    );
+
     // A revision that serves (or is tagged) cannot be deleted; traffic must add up to 100.
     let (status, error) = send(
         &fake,

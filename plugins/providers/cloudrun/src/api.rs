@@ -113,6 +113,27 @@ impl Api {
         }
     }
 
+    /// A revision once its Ready condition has settled (succeeded or failed): a resumed
+    /// deployment finds its revision, which may still be starting.
+    pub fn settled_revision(&self, name: &str) -> Result<Option<Value>, Error> {
+        loop {
+            let Some(revision) = self.revision(name)? else {
+                return Ok(None);
+            };
+            let state = revision["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready")
+                .and_then(|c| c["state"].as_str())
+                .unwrap_or("");
+            if matches!(state, "CONDITION_SUCCEEDED" | "CONDITION_FAILED") {
+                return Ok(Some(revision));
+            }
+            std::thread::sleep(self.poll);
+        }
+    }
+
     /// A service's revisions, newest first.
     pub fn revisions(&self, name: &str) -> Result<Vec<Value>, Error> {
         let list = self.get(&format!("{name}/revisions"))?;

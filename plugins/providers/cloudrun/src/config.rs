@@ -8,6 +8,10 @@ use serde::Deserialize;
 pub struct Config {
     /// The Google Cloud project id.
     pub project: String,
+    /// The Cloud Run service's id when it differs from the pipeline's service name (such as
+    /// `api-staging`).
+    #[serde(default)]
+    pub service_id: Option<String>,
     /// One region, such as `europe-west1`.
     #[serde(default)]
     pub region: Option<String>,
@@ -66,6 +70,7 @@ pub const CONFIG_SCHEMA: &str = r#"{
   "type": "object",
   "properties": {
     "project": { "type": "string", "description": "The Google Cloud project id." },
+    "service_id": { "type": "string", "description": "The Cloud Run service id, when it differs from the pipeline's service name." },
     "region": { "type": "string", "description": "The region, such as europe-west1." },
     "regions": { "type": "array", "items": { "type": "string" }, "description": "Several regions, deployed in lockstep." },
     "endpoint": { "type": "string", "default": "https://run.googleapis.com", "description": "The Cloud Run Admin API; only a test server needs another." },
@@ -112,6 +117,13 @@ impl Config {
             }
             _ => {}
         }
+        if let Some(id) = &config.service_id
+            && (!valid_id(id) || !id.starts_with(|c: char| c.is_ascii_lowercase()) || id.len() > 49)
+        {
+            return Err(Error::invalid_config(format!(
+                "cloudrun `service_id` {id:?}: a lowercase letter first, then lowercase letters, digits and hyphens, under 50 characters"
+            )));
+        }
         if let Some(region) = config.regions().iter().find(|r| !valid_id(r)) {
             return Err(Error::invalid_config(format!(
                 "cloudrun region {region:?} is not a region name such as europe-west1"
@@ -134,6 +146,11 @@ impl Config {
             )));
         }
         Ok(config)
+    }
+
+    /// The Cloud Run service id for the pipeline's service `name`.
+    pub fn id<'a>(&'a self, name: &'a str) -> &'a str {
+        self.service_id.as_deref().unwrap_or(name)
     }
 
     /// The regions, in order; the first is where reads look first.

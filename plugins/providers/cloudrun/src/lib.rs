@@ -31,8 +31,13 @@ fn location(config: &Config, region: &str) -> String {
     format!("projects/{}/locations/{region}", config.project)
 }
 
+/// The Cloud Run service's full name; its id is `service_id` when set, else the pipeline's name.
 fn service_name(config: &Config, region: &str, service: &str) -> String {
-    format!("{}/services/{service}", location(config, region))
+    format!(
+        "{}/services/{}",
+        location(config, region),
+        config.id(service)
+    )
 }
 
 /// The revision a deployment creates: `SERVICE-DEPLOYMENT`, lower case.
@@ -274,7 +279,7 @@ impl Provider for CloudRun {
             return Ok(DeploymentPlan {
                 action: PlanAction::Create,
                 changes,
-                summary: format!("create {} in {regions}", desired.name),
+                summary: format!("create {} in {regions}", config.id(&desired.name)),
             });
         };
         let mut plan = engine_sdk::update_plan(&current.deployed, &after, form::FORM_FIELDS);
@@ -287,8 +292,9 @@ impl Provider for CloudRun {
     fn deploy(spec: ServiceSpec, deployment_id: String) -> Result<Revision, Error> {
         let config = Config::parse(&spec.config)?;
         let api = Api::new(&config)?;
-        let revision = revision_id(&spec.name, &deployment_id);
-        let tag = tag_for(&revision, &spec.name);
+        let id = config.id(&spec.name).to_string();
+        let revision = revision_id(&id, &deployment_id);
+        let tag = tag_for(&revision, &id);
         let mut created_at_ms = None;
         for region in config.regions() {
             let name = service_name(&config, &region, &spec.name);
@@ -301,7 +307,7 @@ impl Provider for CloudRun {
                         { "type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": revision, "percent": 100, "tag": tag }
                     ]);
                     let body = form::service(&config, &spec, &region, &revision, traffic)?;
-                    api.create(&location(&config, &region), &spec.name, &body)?;
+                    api.create(&location(&config, &region), &id, &body)?;
                 }
                 // Deployed before (a resumed run): nothing to create.
                 Some(_) if api.revision(&revision_name)?.is_some() => {}
@@ -319,7 +325,7 @@ impl Provider for CloudRun {
                 }
             }
             ensure_invokers(&api, &config, &name)?;
-            let created = api.revision(&revision_name)?.ok_or_else(|| {
+            let created = api.settled_revision(&revision_name)?.ok_or_else(|| {
                 Error::fatal(format!(
                     "Cloud Run reported success but has no revision {revision_name}"
                 ))
