@@ -404,3 +404,35 @@ fn a_plugin_that_does_not_match_its_pin_is_reported_at_its_table() {
         "{stderr}"
     );
 }
+
+#[test]
+fn engine_validate_checks_a_pipeline_whose_secrets_this_machine_cannot_read() {
+    // The data pipeline example needs Google credentials and nothing else: a pull-request job
+    // without them can still validate it, with a warning; a run cannot.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/cloudrun-data-pipeline/pipeline.toml");
+    let home = tempfile::tempdir().unwrap();
+    let engine = |command: &str| {
+        Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args([command, example.to_str().unwrap(), "--env", "production"])
+            .env("ENGINE_CACHE_DIR", support::cache_dir())
+            .env("ENGINE_STATE", home.path().join("state.db"))
+            .env("HOME", home.path())
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+            .env_remove("CLOUDSDK_CONFIG")
+            .env_remove("GCE_METADATA_HOST")
+            .output()
+            .unwrap()
+    };
+    let out = engine("validate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("secret 'google': no Google credentials found")
+            && stderr.contains("a real run will need it"),
+        "{stderr}"
+    );
+    let out = engine("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no Google credentials found"));
+}

@@ -34,6 +34,7 @@ pub fn runtime_with(resolve: &[(&str, IpAddr)]) -> (Runtime, MemorySink) {
         sink: Arc::new(sink.clone()),
         resolve_overrides: overrides,
         dry_run: false,
+        check_only: false,
     })
     .expect("runtime");
     (runtime, sink)

@@ -28,7 +28,11 @@ fn report(e: config::ConfigError) -> CommandError {
 pub async fn run(cli: &super::Cli, args: &ValidateArgs) -> Result<(), CommandError> {
     let pipeline = config::load(&args.pipeline, args.environment.as_deref()).map_err(report)?;
     if !args.skip_plugins {
-        let runtime = crate::runtime::Runtime::new(cli.runtime_options())
+        let options = crate::runtime::RuntimeOptions {
+            check_only: true,
+            ..cli.runtime_options()
+        };
+        let runtime = crate::runtime::Runtime::new(options)
             .map_err(|e| CommandError::failure(format!("{e:#}")))?;
         config::check_plugins(&pipeline, &runtime)
             .await

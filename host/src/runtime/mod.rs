@@ -66,6 +66,10 @@ pub struct RuntimeOptions {
     /// reported as [`PluginEvent::WouldCall`], and granted directories are mounted read-only,
     /// so no plugin can change anything, whatever its code does.
     pub dry_run: bool,
+    /// Plugins are loaded only to be checked (`engine validate`): a secret whose source cannot
+    /// be read here (a CI variable a pull-request job lacks, no Google credentials) is reported
+    /// as a warning instead of failing the load, and the plugin simply does not get it.
+    pub check_only: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -76,6 +80,7 @@ impl Default for RuntimeOptions {
             sink: Arc::new(TracingSink),
             resolve_overrides: HashMap::new(),
             dry_run: false,
+            check_only: false,
         }
     }
 }
@@ -89,6 +94,7 @@ pub(crate) struct RuntimeShared {
     pub sink: Arc<dyn EventSink>,
     pub resolve_overrides: Arc<HashMap<String, Vec<IpAddr>>>,
     pub dry_run: bool,
+    pub check_only: bool,
     provider_linker: Linker<PluginState>,
     strategy_linker: Linker<PluginState>,
     health_linker: Linker<PluginState>,
@@ -140,6 +146,7 @@ impl Runtime {
                 sink: options.sink,
                 resolve_overrides: Arc::new(options.resolve_overrides),
                 dry_run: options.dry_run,
+                check_only: options.check_only,
             }),
         })
     }
@@ -405,7 +412,17 @@ impl Runtime {
                 "declares secret '{secret}'; grant it under [plugins.{name}.secrets] if it should use it"
             ));
         }
-        let secrets = PluginSecrets::resolve(&effective.secrets).map_err(sandbox_error)?;
+        let secrets = if self.shared.check_only {
+            let (secrets, unreadable) = PluginSecrets::resolve_available(&effective.secrets);
+            for problem in unreadable {
+                warn(format!(
+                    "{problem}; a real run will need it (not an error while only checking)"
+                ));
+            }
+            secrets
+        } else {
+            PluginSecrets::resolve(&effective.secrets).map_err(sandbox_error)?
+        };
         self.sandbox(name, &effective, declared_patterns, Arc::new(secrets))
     }
 }

@@ -148,6 +148,23 @@ impl PluginSecrets {
         Ok(PluginSecrets { by_name })
     }
 
+    /// Resolves the secrets that can be read now and says why each other one cannot: for
+    /// loading a plugin only to check it.
+    pub fn resolve_available(
+        grants: &BTreeMap<String, SecretGrant>,
+    ) -> (PluginSecrets, Vec<String>) {
+        let mut secrets = PluginSecrets::default();
+        let mut unreadable = Vec::new();
+        for (name, grant) in grants {
+            let one = BTreeMap::from([(name.clone(), grant.clone())]);
+            match PluginSecrets::resolve(&one) {
+                Ok(resolved) => secrets.by_name.extend(resolved.by_name),
+                Err(e) => unreadable.push(e),
+            }
+        }
+        (secrets, unreadable)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<ResolvedSecret>> {
         self.by_name.get(name)
     }
