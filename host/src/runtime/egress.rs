@@ -102,6 +102,25 @@ impl std::fmt::Display for AddressDenied {
 
 impl std::error::Error for AddressDenied {}
 
+/// The addresses a plugin's destination `host` (lower case) stands for: a fixed resolution
+/// from the runtime's options, the address itself, or the system resolver's answer. The
+/// address policy is applied by the caller, to whatever this returns.
+pub(crate) async fn lookup(
+    overrides: &HashMap<String, Vec<IpAddr>>,
+    host: &str,
+) -> std::io::Result<Vec<IpAddr>> {
+    if let Some(fixed) = overrides.get(host) {
+        return Ok(fixed.clone());
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    Ok(tokio::net::lookup_host((host, 0))
+        .await?
+        .map(|a| a.ip())
+        .collect())
+}
+
 /// Resolves names for the plugin's HTTP client and drops the addresses the policy forbids.
 struct GuardedResolver {
     policy: AddressPolicy,
@@ -114,13 +133,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let policy = self.policy.clone();
         let overrides = self.overrides.clone();
         Box::pin(async move {
-            let addresses: Vec<IpAddr> = match overrides.get(&host) {
-                Some(fixed) => fixed.clone(),
-                None => tokio::net::lookup_host((host.as_str(), 0))
-                    .await?
-                    .map(|a| a.ip())
-                    .collect(),
-            };
+            let addresses = lookup(&overrides, &host).await?;
             let allowed: Vec<SocketAddr> = addresses
                 .iter()
                 .filter(|ip| policy.allows(&host, **ip))
@@ -270,6 +283,8 @@ impl EgressPolicy {
             ));
         }
 
+        // An access token goes to Google's APIs only, unless its grant names hosts.
+        let google_api = host == "googleapis.com" || host.ends_with(".googleapis.com");
         let mut headers = HeaderMap::with_capacity(request.headers().len());
         let mut pending = Vec::new();
         for (name, value) in request.headers() {
@@ -286,8 +301,6 @@ impl EgressPolicy {
             }
             let mut secrets = Vec::new();
             for secret in self.secrets.placeholders_in(text) {
-                // An access token goes to Google's APIs only, unless its grant names hosts.
-                let google_api = host == "googleapis.com" || host.ends_with(".googleapis.com");
                 let allowed = secret
                     .hosts
                     .as_deref()

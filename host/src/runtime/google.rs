@@ -134,26 +134,16 @@ impl Credential {
             });
         }
         // On Google Cloud the metadata server's name resolves; elsewhere it does not.
+        use std::net::ToSocketAddrs;
         if ("metadata.google.internal", 80)
-            .to_socket_addrs_quick()
-            .is_some()
+            .to_socket_addrs()
+            .is_ok_and(|mut a| a.next().is_some())
         {
             return Ok(Credential::Metadata {
                 base: "http://metadata.google.internal".into(),
             });
         }
         Err("no Google credentials found: set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, run `gcloud auth application-default login`, or run on Google Cloud; or name a key file with from = \"google:/path/to/key.json\"".into())
-    }
-}
-
-trait QuickResolve {
-    fn to_socket_addrs_quick(&self) -> Option<std::net::SocketAddr>;
-}
-
-impl QuickResolve for (&str, u16) {
-    fn to_socket_addrs_quick(&self) -> Option<std::net::SocketAddr> {
-        use std::net::ToSocketAddrs;
-        self.to_socket_addrs().ok()?.next()
     }
 }
 
@@ -322,13 +312,11 @@ impl GoogleTokens {
             TokenKind::Identity => answer.id_token,
         }
         .ok_or_else(|| {
-            format!(
-                "the token endpoint answered without a{} token",
-                match self.kind {
-                    TokenKind::Access => "n access",
-                    TokenKind::Identity => "n identity",
-                }
-            )
+            let kind = match self.kind {
+                TokenKind::Access => "access",
+                TokenKind::Identity => "identity",
+            };
+            format!("the token endpoint answered without an {kind} token")
         })?;
         let lifetime = answer
             .expires_in

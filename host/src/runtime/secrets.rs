@@ -125,26 +125,10 @@ pub const PLACEHOLDER_PREFIX: &str = "engine-secret-";
 impl PluginSecrets {
     /// Resolves every granted secret, registering each value with the redactor.
     pub fn resolve(grants: &BTreeMap<String, SecretGrant>) -> Result<PluginSecrets, String> {
-        let mut by_name = BTreeMap::new();
-        for (name, grant) in grants {
-            let value = grant
-                .source
-                .resolve()
-                .map_err(|e| format!("secret '{name}': {e}"))?;
-            if let SecretValue::Fixed(v) = &value {
-                redactor().register(v);
-            }
-            let placeholder = format!("{PLACEHOLDER_PREFIX}{name}-{:016x}", rand::random::<u64>());
-            by_name.insert(
-                name.clone(),
-                Arc::new(ResolvedSecret {
-                    name: name.clone(),
-                    value,
-                    placeholder,
-                    hosts: grant.hosts.clone(),
-                }),
-            );
-        }
+        let by_name = grants
+            .iter()
+            .map(|(name, grant)| Ok((name.clone(), Arc::new(resolve_one(name, grant)?))))
+            .collect::<Result<_, String>>()?;
         Ok(PluginSecrets { by_name })
     }
 
@@ -156,9 +140,10 @@ impl PluginSecrets {
         let mut secrets = PluginSecrets::default();
         let mut unreadable = Vec::new();
         for (name, grant) in grants {
-            let one = BTreeMap::from([(name.clone(), grant.clone())]);
-            match PluginSecrets::resolve(&one) {
-                Ok(resolved) => secrets.by_name.extend(resolved.by_name),
+            match resolve_one(name, grant) {
+                Ok(secret) => {
+                    secrets.by_name.insert(name.clone(), Arc::new(secret));
+                }
                 Err(e) => unreadable.push(e),
             }
         }
@@ -182,6 +167,24 @@ impl PluginSecrets {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
+}
+
+/// Reads one granted secret (registering a fixed value with the redactor) and gives it a
+/// placeholder of its own.
+fn resolve_one(name: &str, grant: &SecretGrant) -> Result<ResolvedSecret, String> {
+    let value = grant
+        .source
+        .resolve()
+        .map_err(|e| format!("secret '{name}': {e}"))?;
+    if let SecretValue::Fixed(v) = &value {
+        redactor().register(v);
+    }
+    Ok(ResolvedSecret {
+        name: name.to_string(),
+        value,
+        placeholder: format!("{PLACEHOLDER_PREFIX}{name}-{:016x}", rand::random::<u64>()),
+        hosts: grant.hosts.clone(),
+    })
 }
 
 /// What a plugin holds in its resource table for an open secret.

@@ -85,7 +85,8 @@ impl TcpPolicy {
                 format!("add \"{shown}\" to allow_tcp in [plugins.{}]", self.plugin),
             ));
         }
-        let resolved = match tokio::time::timeout(timeout, self.resolve(&host)).await {
+        let lookup = super::egress::lookup(&self.resolve_overrides, &host);
+        let resolved = match tokio::time::timeout(timeout, lookup).await {
             Err(_) => return Err(ConnectError::TimedOut),
             Ok(Err(e)) => return Err(ConnectError::Unresolved(format!("{host}: {e}"))),
             Ok(Ok(addresses)) => addresses,
@@ -125,18 +126,5 @@ impl TcpPolicy {
             }
         }
         Err(last)
-    }
-
-    async fn resolve(&self, host: &str) -> std::io::Result<Vec<IpAddr>> {
-        if let Some(fixed) = self.resolve_overrides.get(host) {
-            return Ok(fixed.clone());
-        }
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(vec![ip]);
-        }
-        Ok(tokio::net::lookup_host((host, 0))
-            .await?
-            .map(|a| a.ip())
-            .collect())
     }
 }
