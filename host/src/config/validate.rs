@@ -183,24 +183,6 @@ impl Checker {
     /// Expands variables that refer to other variables (`registry = "gcr.io/${project}"`), each
     /// after the ones it uses; a cycle is an error that names it.
     fn resolve_variables(&mut self, span: Range<usize>) {
-        fn references(text: &str) -> Vec<String> {
-            let mut out = Vec::new();
-            let mut rest = text;
-            while let Some(pos) = rest.find('$') {
-                let after = &rest[pos + 1..];
-                if let Some(escaped) = after.strip_prefix("${") {
-                    rest = escaped;
-                } else if let Some(inner) = after.strip_prefix('{')
-                    && let Some(end) = inner.find('}')
-                {
-                    out.push(inner[..end].to_string());
-                    rest = &inner[end + 1..];
-                } else {
-                    rest = after;
-                }
-            }
-            out
-        }
         let raw = self.variables.clone();
         let mut order: Vec<String> = Vec::new();
         let mut cycle: Option<Vec<String>> = None;
@@ -221,8 +203,10 @@ impl Checker {
                 return;
             }
             stack.push(name.to_string());
-            for r in references(&raw[name]) {
-                visit(&r, raw, stack, order, cycle);
+            for piece in pieces(&raw[name]) {
+                if let Piece::Var(r) = piece {
+                    visit(r, raw, stack, order, cycle);
+                }
             }
             stack.pop();
             order.push(name.to_string());
@@ -250,24 +234,10 @@ impl Checker {
 
     fn expand(&mut self, text: &str, span: Range<usize>) -> Option<String> {
         let mut out = String::new();
-        let mut rest = text;
-        while let Some(pos) = rest.find('$') {
-            out.push_str(&rest[..pos]);
-            let after = &rest[pos + 1..];
-            if let Some(escaped) = after.strip_prefix("${") {
-                out.push_str("${");
-                rest = escaped;
-            } else if let Some(inner) = after.strip_prefix('{') {
-                let Some(end) = inner.find('}') else {
-                    self.error(
-                        "unclosed `${` in a string",
-                        span,
-                        Some("write `${name}`, or `$${` for a literal `${`".into()),
-                    );
-                    return None;
-                };
-                let name = &inner[..end];
-                match self.variables.get(name) {
+        for piece in pieces(text) {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Var(name) => match self.variables.get(name) {
                     Some(value) => out.push_str(value),
                     None => {
                         let names: Vec<&str> = self.variables.keys().map(String::as_str).collect();
@@ -286,16 +256,57 @@ impl Checker {
                         );
                         return None;
                     }
+                },
+                Piece::Unclosed => {
+                    self.error(
+                        "unclosed `${` in a string",
+                        span,
+                        Some("write `${name}`, or `$${` for a literal `${`".into()),
+                    );
+                    return None;
                 }
-                rest = &inner[end + 1..];
-            } else {
-                out.push('$');
-                rest = after;
             }
         }
-        out.push_str(rest);
         Some(out)
     }
+}
+
+/// A part of a string that may hold `${name}` references.
+#[derive(Debug, PartialEq)]
+enum Piece<'a> {
+    /// Text as it stands (`$${` gives a literal `${`, a lone `$` stays).
+    Text(&'a str),
+    /// `${name}`.
+    Var(&'a str),
+    /// `${` without its `}`: the rest of the string.
+    Unclosed,
+}
+
+/// Splits a string into literal text and `${name}` references, the one reading both
+/// interpolation and the ordering of variables that use each other rely on.
+fn pieces(text: &str) -> Vec<Piece<'_>> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push(Piece::Text(&rest[..pos]));
+        let after = &rest[pos + 1..];
+        if let Some(escaped) = after.strip_prefix("${") {
+            out.push(Piece::Text("${"));
+            rest = escaped;
+        } else if let Some(inner) = after.strip_prefix('{') {
+            let Some(end) = inner.find('}') else {
+                out.push(Piece::Unclosed);
+                return out;
+            };
+            out.push(Piece::Var(&inner[..end]));
+            rest = &inner[end + 1..];
+        } else {
+            out.push(Piece::Text("$"));
+            rest = after;
+        }
+    }
+    out.push(Piece::Text(rest));
+    out
 }
 
 /// Validates the whole file.
