@@ -106,6 +106,11 @@ async fn tcp_to_a_destination_not_granted_is_refused_with_the_line_to_add() {
         .await
         .expect_err("a destination outside allow_tcp");
     assert!(e.to_string().contains("unauthorized"), "{e}");
+    assert_eq!(
+        sink.denials().len(),
+        1,
+        "a refused destination is not asked again"
+    );
     let denial = &sink.denials()[0];
     assert_eq!(denial.capability, Capability::Tcp);
     assert_eq!(denial.attempted, format!("connect 127.0.0.1:{open}"));

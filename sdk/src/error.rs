@@ -75,21 +75,18 @@ impl ErrorExt for Error {
             },
         }
     }
-    fn context(self, what: impl Into<String>) -> Self {
-        let what = what.into();
-        let prefix = |m: String| format!("{what}: {m}");
-        match self {
-            Error::InvalidConfig(m) => Error::InvalidConfig(prefix(m)),
-            Error::Unauthorized(m) => Error::Unauthorized(prefix(m)),
-            Error::NotFound(m) => Error::NotFound(prefix(m)),
-            Error::Conflict(m) => Error::Conflict(prefix(m)),
-            Error::RateLimited(r) => Error::RateLimited(RateLimit {
-                message: prefix(r.message),
-                ..r
-            }),
-            Error::Transient(m) => Error::Transient(prefix(m)),
-            Error::Fatal(m) => Error::Fatal(prefix(m)),
-        }
+    fn context(mut self, what: impl Into<String>) -> Self {
+        let message = match &mut self {
+            Error::InvalidConfig(m)
+            | Error::Unauthorized(m)
+            | Error::NotFound(m)
+            | Error::Conflict(m)
+            | Error::Transient(m)
+            | Error::Fatal(m) => m,
+            Error::RateLimited(r) => &mut r.message,
+        };
+        *message = format!("{}: {message}", what.into());
+        self
     }
 }
 

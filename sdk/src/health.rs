@@ -118,12 +118,17 @@ impl Probing {
     }
 
     /// Probes until a threshold is reached or the budget runs out. The result's measurement is
-    /// the last probe's latency.
-    pub fn run(&self, mut probe: impl FnMut() -> Probe) -> CheckResult {
+    /// the last probe's latency. A probe that returns an error ends the check with it at once:
+    /// a destination the sandbox refuses is the pipeline's mistake, not the target's ill
+    /// health, and asking again would only be refused again.
+    pub fn run(
+        &self,
+        mut probe: impl FnMut() -> Result<Probe, Error>,
+    ) -> Result<CheckResult, Error> {
         let (mut passes, mut failures) = (0u32, 0u32);
         let started = Instant::now();
         loop {
-            let Probe { outcome, latency } = probe();
+            let Probe { outcome, latency } = probe()?;
             let measurements = vec![Measurement {
                 name: "latency".into(),
                 value: latency.as_secs_f64() * 1000.0,
@@ -161,11 +166,11 @@ impl Probing {
                 std::thread::sleep(self.interval);
                 continue;
             };
-            return CheckResult {
+            return Ok(CheckResult {
                 verdict,
                 message,
                 measurements,
-            };
+            });
         }
     }
 }
@@ -178,26 +183,45 @@ mod tests {
         Probing::parse("test", "1s", "0s", success, failure).unwrap()
     }
 
-    fn answers(mut results: Vec<bool>) -> impl FnMut() -> Probe {
+    fn answers(mut results: Vec<bool>) -> impl FnMut() -> Result<Probe, Error> {
         results.reverse();
-        move || Probe {
-            outcome: if results.pop().expect("probed too often") {
-                Ok("passed".into())
-            } else {
-                Err("failed".into())
-            },
-            latency: Duration::from_millis(3),
+        move || {
+            Ok(Probe {
+                outcome: if results.pop().expect("probed too often") {
+                    Ok("passed".into())
+                } else {
+                    Err("failed".into())
+                },
+                latency: Duration::from_millis(3),
+            })
         }
     }
 
     #[test]
     fn thresholds_count_passes_and_failures_in_a_row() {
-        let r = probing(2, 3).run(answers(vec![true, false, true, true]));
+        let r = probing(2, 3)
+            .run(answers(vec![true, false, true, true]))
+            .unwrap();
         assert_eq!(r.verdict, Verdict::Healthy);
-        let r = probing(2, 3).run(answers(vec![false, true, false, false, false]));
+        let r = probing(2, 3)
+            .run(answers(vec![false, true, false, false, false]))
+            .unwrap();
         assert_eq!(r.verdict, Verdict::Unhealthy);
         assert_eq!(r.message, "failed (3 failure(s) in a row)");
         assert_eq!(r.measurements[0].value, 3.0);
+    }
+
+    #[test]
+    fn a_probe_error_ends_the_check_at_once() {
+        let mut calls = 0;
+        let e = probing(1, 3)
+            .run(|| {
+                calls += 1;
+                Err(Error::unauthorized("denied"))
+            })
+            .unwrap_err();
+        assert_eq!(e.describe(), "unauthorized: denied");
+        assert_eq!(calls, 1, "not asked again");
     }
 
     #[test]

@@ -185,7 +185,7 @@ impl Health for HttpCheck {
         let client = Client::new()
             .with_timeout(probing.timeout)
             .with_retry(RetryPolicy::none());
-        Ok(probing.run(|| {
+        probing.run(|| {
             let mut request = client.get(&url);
             for (k, v) in &config.headers {
                 request = request.header(k, v.clone());
@@ -198,13 +198,13 @@ impl Health for HttpCheck {
                 Ok(response) => judge(&config, response.status, &response.text()),
                 Err(e) => Err(e.describe()),
             };
-            Probe {
+            Ok(Probe {
                 outcome: outcome
                     .map(|()| format!("GET {url} passed"))
                     .map_err(|why| format!("GET {url}: {why}")),
                 latency: sent.elapsed(),
-            }
-        }))
+            })
+        })
     }
 }
 

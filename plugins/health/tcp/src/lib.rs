@@ -180,29 +180,23 @@ impl Health for TcpCheck {
         } else {
             format!("{host}:{port}")
         };
-        let mut denied = None;
-        let result = probing.run(|| {
+        probing.run(|| {
             let started = Instant::now();
             let outcome = match tcp::connect(&host, port, probing.timeout) {
                 Ok(c) => Ok(format!("connected to {shown} ({})", c.address)),
+                // A refused grant is the pipeline's mistake, not the service's ill health.
                 Err(e @ ConnectError::Denied(_)) => {
-                    denied = Some(e.to_string());
-                    Err(format!("connect {shown}: {e}"))
+                    return Err(Error::unauthorized(format!(
+                        "tcp check cannot connect to {shown}: {e}"
+                    )));
                 }
                 Err(e) => Err(format!("connect {shown}: {e}")),
             };
-            Probe {
+            Ok(Probe {
                 outcome,
                 latency: started.elapsed(),
-            }
-        });
-        // A refused grant is the pipeline's mistake, not the service's ill health.
-        match denied {
-            Some(why) => Err(Error::unauthorized(format!(
-                "tcp check cannot connect to {shown}: {why}"
-            ))),
-            None => Ok(result),
-        }
+            })
+        })
     }
 }
 
