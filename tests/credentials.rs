@@ -151,13 +151,20 @@ async fn leak(plugin: &LoadedPlugin, url: &str) -> String {
     format!("{status:?}")
 }
 
-fn grants(server: &TestServer, from: String, hosts: Option<Vec<String>>) -> GrantsConfig {
-    GrantsConfig {
+/// The hostile test plugin, granted `server` and the secret `token` (the name it declares)
+/// from `from`, limited to `hosts` when given.
+async fn hostile_with(
+    server: &TestServer,
+    from: String,
+    hosts: Option<Vec<String>>,
+) -> (LoadedPlugin, engine::runtime::MemorySink) {
+    let (runtime, sink) = runtime();
+    let grants = GrantsConfig {
         allow_http: vec![format!("http://127.0.0.1:{}", server.port)],
-        // The hostile test plugin declares the secret `token`.
         secrets: [("token".to_string(), SecretGrantConfig { from, hosts })].into(),
         ..Default::default()
-    }
+    };
+    (load_hostile(&runtime, grants).await, sink)
 }
 
 /// The key and the token endpoint, made once per test (2048-bit keys take a moment).
@@ -176,14 +183,13 @@ fn setup(refuse: bool) -> (tempfile::TempDir, std::path::PathBuf, TokenEndpoint)
 async fn an_access_token_is_minted_with_a_signed_jwt_cached_and_never_seen_by_the_plugin() {
     let (_dir, key, endpoint) = setup(false);
     let server = TestServer::start();
-    let (runtime, sink) = runtime();
     let api = format!("http://127.0.0.1:{}", server.port);
-    let g = grants(
+    let (plugin, sink) = hostile_with(
         &server,
         format!("google:{}", key.display()),
         Some(vec![api.clone()]),
-    );
-    let plugin = load_hostile(&runtime, g).await;
+    )
+    .await;
     let first = leak(&plugin, &format!("{api}/echo")).await;
     leak(&plugin, &format!("{api}/echo")).await;
 
@@ -223,9 +229,7 @@ async fn an_access_token_is_minted_with_a_signed_jwt_cached_and_never_seen_by_th
 async fn an_access_token_goes_to_google_apis_only_unless_its_grant_names_the_host() {
     let (_dir, key, endpoint) = setup(false);
     let server = TestServer::start();
-    let (runtime, sink) = runtime();
-    let g = grants(&server, format!("google:{}", key.display()), None);
-    let plugin = load_hostile(&runtime, g).await;
+    let (plugin, sink) = hostile_with(&server, format!("google:{}", key.display()), None).await;
     leak(&plugin, &format!("http://127.0.0.1:{}/echo", server.port)).await;
     assert!(server.requests().is_empty(), "nothing was sent");
     assert!(
@@ -240,9 +244,8 @@ async fn an_access_token_goes_to_google_apis_only_unless_its_grant_names_the_hos
 async fn an_identity_token_is_minted_for_the_destination_as_its_audience() {
     let (_dir, key, endpoint) = setup(false);
     let server = TestServer::start();
-    let (runtime, _sink) = runtime();
-    let g = grants(&server, format!("google-id-token:{}", key.display()), None);
-    let plugin = load_hostile(&runtime, g).await;
+    let (plugin, _sink) =
+        hostile_with(&server, format!("google-id-token:{}", key.display()), None).await;
     leak(&plugin, &format!("http://127.0.0.1:{}/echo", server.port)).await;
     let claims = endpoint.claims.lock().unwrap().clone();
     assert_eq!(
@@ -261,14 +264,13 @@ async fn an_identity_token_is_minted_for_the_destination_as_its_audience() {
 async fn a_refused_token_request_fails_the_call_with_the_endpoints_reason() {
     let (_dir, key, _endpoint) = setup(true);
     let server = TestServer::start();
-    let (runtime, sink) = runtime();
     let api = format!("http://127.0.0.1:{}", server.port);
-    let g = grants(
+    let (plugin, sink) = hostile_with(
         &server,
         format!("google:{}", key.display()),
         Some(vec![api.clone()]),
-    );
-    let plugin = load_hostile(&runtime, g).await;
+    )
+    .await;
     leak(&plugin, &format!("{api}/echo")).await;
     assert!(server.requests().is_empty());
     let logged: Vec<String> = sink.events().iter().map(|e| format!("{e:?}")).collect();

@@ -231,11 +231,11 @@ impl Model {
                     op.resource["done"] = json!(true);
                 }
                 let mut view = op.resource.clone();
-                if view["done"] != true {
-                    view.as_object_mut().map(|o| {
-                        o.remove("response");
-                        o.remove("error")
-                    });
+                if view["done"] != true
+                    && let Some(o) = view.as_object_mut()
+                {
+                    o.remove("response");
+                    o.remove("error");
                 }
                 Ok(view)
             }
@@ -337,7 +337,9 @@ impl Model {
             },
         );
         let mut first = op;
-        first.as_object_mut().map(|o| o.remove("response"));
+        if let Some(o) = first.as_object_mut() {
+            o.remove("response");
+        }
         first
     }
 
@@ -525,9 +527,6 @@ impl Model {
                 if let Some(v) = template.get(key) {
                     revision[key] = v.clone();
                 }
-            }
-            if let Some(v) = template.get("maxInstanceRequestConcurrency") {
-                revision["maxInstanceRequestConcurrency"] = v.clone();
             }
             revisions.push(revision);
         }

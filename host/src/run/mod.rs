@@ -47,7 +47,7 @@ use crate::runtime::bindings::health::exports::engine::plugin::health::Target;
 use crate::runtime::bindings::strategy::exports::engine::plugin::strategy::{
     AnalysisRequest, Decision, Rollout,
 };
-use crate::runtime::bindings::types::{ServiceRef, TrafficTarget, Verdict};
+use crate::runtime::bindings::types::{EndpointKind, ServiceRef, TrafficTarget, Verdict};
 use crate::runtime::{CallError, LoadedPlugin, PluginError};
 use crate::state::{RevisionRecord, StateError, Store, now_ms};
 use checkpoint::{
@@ -662,18 +662,19 @@ impl Executor<'_> {
                 Decision::Done => {
                     // A failing post hook does not undo a promotion that already took the
                     // traffic: it fails the service and says how to go back.
-                    let url = match service.post_hooks.is_empty() {
-                        true => None,
-                        false => retry(|| provider.endpoints(&target, None))
+                    // The service's URL, for a post hook that calls it (a bootstrap, a smoke test).
+                    let url = if service.post_hooks.is_empty() {
+                        None
+                    } else {
+                        retry(|| provider.endpoints(&target, None))
                             .await
                             .ok()
-                            .and_then(|e| {
-                                e.into_iter()
-                                    .find(|e| {
-                                        e.kind == crate::runtime::bindings::types::EndpointKind::Service
-                                    })
+                            .and_then(|endpoints| {
+                                endpoints
+                                    .into_iter()
+                                    .find(|e| e.kind == EndpointKind::Service)
                                     .map(|e| e.url)
-                            }),
+                            })
                     };
                     if let Err(e) = self.hooks(service, "post", &cp, url.as_deref()).await {
                         let reason = format!(

@@ -23,7 +23,7 @@ use config::{CONFIG_SCHEMA, Config};
 use engine_sdk::{
     Artifact, Capabilities, DeploymentPlan, Diagnostic, Endpoint, EndpointKind, Error, ErrorExt,
     Feature, PlanAction, PluginInfo, Provider, Revision, ServiceRef, ServiceSpec, ServiceStatus,
-    Severity, TrafficTarget,
+    TrafficTarget,
 };
 use serde_json::{Value, json};
 
@@ -199,25 +199,11 @@ impl Provider for CloudRun {
     }
 
     fn validate(spec: ServiceSpec) -> Vec<Diagnostic> {
-        let mut problems = Vec::new();
-        let mut error = |e: Error| {
-            problems.push(Diagnostic {
-                severity: Severity::Error,
-                path: String::new(),
-                message: e.describe(),
-                hint: None,
-            })
-        };
-        match Config::parse(&spec.config) {
-            Ok(config) => {
-                let region = config.regions().first().cloned().unwrap_or_default();
-                if let Err(e) = form::template(&config, &spec, &region, "planned") {
-                    error(e);
-                }
-            }
-            Err(e) => error(e),
-        }
-        problems
+        let checked = Config::parse(&spec.config).and_then(|config| {
+            let region = config.regions().first().cloned().unwrap_or_default();
+            form::template(&config, &spec, &region, "planned")
+        });
+        engine_sdk::config_diagnostics(checked, None)
     }
 
     fn read(service: ServiceRef) -> Result<Option<ServiceStatus>, Error> {
