@@ -44,6 +44,7 @@ fn main() {
         .unwrap_or_else(|| root.join("target"));
     let target_dir = target_root.join("plugins");
     let crates = discover(&root.join("plugins"));
+    ensure_wasm_target();
     for plugin in &crates {
         build(&root, &target_dir, plugin);
     }
@@ -72,6 +73,7 @@ fn main() {
         "cargo:rustc-env=ENGINE_WASMTIME_VERSION={}",
         locked_version(&root, "wasmtime")
     );
+    println!("cargo:rustc-env=ENGINE_COMMIT={}", commit(&root));
 
     // The quickstart's demo service: a native program the local platform runs. Built here, in
     // release mode, so the engine's tests and benchmarks (and the quickstart, whose pipeline
@@ -120,6 +122,31 @@ fn nested_cargo(root: &Path) -> Command {
         cmd.env_remove(var);
     }
     cmd
+}
+
+/// The commit the engine is built from, for `engine --version`; "unknown" outside a git
+/// checkout (a source tarball). Rebuilt when HEAD moves.
+fn commit(root: &Path) -> String {
+    let git = root.join(".git");
+    let mut watched = vec![git.join("HEAD"), git.join("packed-refs")];
+    if let Ok(head) = std::fs::read_to_string(git.join("HEAD"))
+        && let Some(reference) = head.trim().strip_prefix("ref: ")
+    {
+        watched.push(git.join(reference));
+    }
+    // A path that does not exist would make cargo run this script on every build.
+    for path in watched.iter().filter(|p| p.exists()) {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The version of a dependency as Cargo.lock resolved it, for `engine --version`.
@@ -185,10 +212,59 @@ fn build(root: &Path, target_dir: &Path, plugin: &PluginCrate) {
         .unwrap_or_else(|e| panic!("cannot run cargo to build plugin {}: {e}", plugin.name));
     if !status.success() {
         panic!(
-            "building plugin {} ({}) for {WASM_TARGET} failed (see the errors above). \
-             If the target is missing, run `rustup target add {WASM_TARGET}` \
-             (rust-toolchain.toml asks rustup to install it on first use).",
+            "building plugin {} ({}) for {WASM_TARGET} failed (see the errors above)",
             plugin.name, plugin.package
         );
     }
+}
+
+/// Makes sure the active toolchain has the `wasm32-wasip2` standard library before any plugin
+/// is built. rust-toolchain.toml lists the target, but rustup acts on that line only when it
+/// installs the toolchain itself; with the toolchain already present (or `RUSTUP_AUTO_INSTALL=0`,
+/// as on many CI images) the target would be missing and every plugin build fail.
+fn ensure_wasm_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    if wasm_target_installed(&rustc) {
+        return;
+    }
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").ok();
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", WASM_TARGET]);
+    if let Some(toolchain) = &toolchain {
+        add.args(["--toolchain", toolchain]);
+    }
+    let shown = match &toolchain {
+        Some(toolchain) => format!("rustup target add {WASM_TARGET} --toolchain {toolchain}"),
+        None => format!("rustup target add {WASM_TARGET}"),
+    };
+    match add.output() {
+        Err(_) => panic!(
+            "the plugins need Rust's {WASM_TARGET} target, which {rustc} does not have, and rustup \
+             is not on PATH to add it. Install the target's standard library for this toolchain \
+             (with rustup: `{shown}`), then build again."
+        ),
+        Ok(out) if !out.status.success() => panic!(
+            "the plugins need Rust's {WASM_TARGET} target; `{shown}` failed:\n{}\n\
+             Run that command yourself (it needs access to rustup's download server), then build again.",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Ok(_) => println!("cargo:warning=installed the {WASM_TARGET} target for the plugins (`{shown}`)"),
+    }
+    assert!(
+        wasm_target_installed(&rustc),
+        "`{shown}` succeeded but {rustc} still has no {WASM_TARGET} standard library"
+    );
+}
+
+/// Whether `rustc`'s sysroot holds the wasm target's standard library.
+fn wasm_target_installed(rustc: &str) -> bool {
+    let Ok(out) = Command::new(rustc).args(["--print", "sysroot"]).output() else {
+        return false;
+    };
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    sysroot
+        .join("lib/rustlib")
+        .join(WASM_TARGET)
+        .join("lib")
+        .is_dir()
 }

@@ -83,12 +83,9 @@ impl Probing {
         success_threshold: u32,
         failure_threshold: u32,
     ) -> Result<Probing, Error> {
+        // The budget bounds both below; this bound only keeps the arithmetic in range.
         let duration = |name: &str, v: &str| {
-            humantime::parse_duration(v).map_err(|e| {
-                Error::invalid_config(format!(
-                    "{check} check `{name}` {v:?}: {e}; write it like 500ms or 2s"
-                ))
-            })
+            crate::duration::parse(&format!("{check} check `{name}`"), v, Self::BUDGET)
         };
         let probing = Probing {
             timeout: duration("timeout", timeout)?,

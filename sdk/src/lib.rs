@@ -45,6 +45,7 @@
 
 pub mod bindings;
 pub mod clock;
+pub mod duration;
 pub mod error;
 pub mod health;
 pub mod http;

@@ -118,4 +118,5 @@ impl Drop for TestServer {
     }
 }
 pub mod postgres;
+pub mod project;
 pub mod prometheus;

@@ -2,7 +2,6 @@
 
 use super::run::{locked_store, prepare, release};
 use super::{CommandError, Scope};
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
@@ -12,44 +11,32 @@ pub struct RollbackArgs {
     /// The revision to send all traffic to [default: the one promoted before the current one]
     #[arg(long, value_name = "REVISION")]
     to: Option<String>,
-    /// The pipeline file
-    #[arg(long, short = 'p', default_value = "pipeline.toml")]
-    pipeline: PathBuf,
     #[command(flatten)]
     scope: Scope,
-    /// If another run holds the pipeline's lock, wait this long for it
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    /// If another run holds the pipeline's lock, wait this long for it (at most 24h)
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_lock_wait)]
     lock_wait: Option<Duration>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct DestroyArgs {
-    /// The pipeline file
-    #[arg(default_value = "pipeline.toml")]
-    pipeline: PathBuf,
     #[command(flatten)]
     scope: Scope,
     /// Only list what would be destroyed, in order
     #[arg(long)]
     dry_run: bool,
-    /// If another run holds the pipeline's lock, wait this long for it
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    /// If another run holds the pipeline's lock, wait this long for it (at most 24h)
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_lock_wait)]
     lock_wait: Option<Duration>,
 }
 
 pub async fn rollback(cli: &super::Cli, args: &RollbackArgs) -> Result<(), CommandError> {
-    let (pipeline, plugins) = prepare(
-        cli,
-        &args.pipeline,
-        args.scope.environment.as_deref(),
-        false,
-    )
-    .await?;
+    let (pipeline, plugins) = prepare(cli, &args.scope.pipeline, false).await?;
     pipeline
         .service(&args.service)
         .map_err(CommandError::usage)?;
     let (store, lock) =
-        locked_store(&args.pipeline, &args.scope, &pipeline, args.lock_wait).await?;
+        locked_store(&args.scope, &pipeline, args.lock_wait).await?;
     let result = crate::run::admin::rollback(
         &pipeline,
         &plugins,
@@ -66,15 +53,9 @@ pub async fn rollback(cli: &super::Cli, args: &RollbackArgs) -> Result<(), Comma
 }
 
 pub async fn destroy(cli: &super::Cli, args: &DestroyArgs) -> Result<(), CommandError> {
-    let (pipeline, plugins) = prepare(
-        cli,
-        &args.pipeline,
-        args.scope.environment.as_deref(),
-        args.dry_run,
-    )
-    .await?;
+    let (pipeline, plugins) = prepare(cli, &args.scope.pipeline, args.dry_run).await?;
     let (store, lock) =
-        locked_store(&args.pipeline, &args.scope, &pipeline, args.lock_wait).await?;
+        locked_store(&args.scope, &pipeline, args.lock_wait).await?;
     let results = crate::run::admin::destroy(&pipeline, &plugins, &store, args.dry_run).await;
     release(&store, lock).await;
     let mut failed = Vec::new();

@@ -2,6 +2,7 @@
 //! thin layer over the library.
 
 mod admin;
+mod docs;
 mod history;
 mod local;
 mod output;
@@ -28,10 +29,13 @@ pub mod exit {
     pub const AWAITING_APPROVAL: u8 = 4;
 }
 
-/// `engine --version`: the engine, the plugin contract it implements and the wasmtime under it.
+/// `engine --version`: the engine, the plugin contract it implements, the commit it was built
+/// from and the wasmtime under it.
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    " (plugin WIT engine:plugin@0.1.0, wasmtime ",
+    " (plugin WIT engine:plugin@0.1.0, commit ",
+    env!("ENGINE_COMMIT"),
+    ", wasmtime ",
     env!("ENGINE_WASMTIME_VERSION"),
     ")"
 );
@@ -76,7 +80,7 @@ enum Command {
     /// Show what `run` would do, in a dry run no plugin can break out of
     Plan(plan::PlanArgs),
     /// Show the pipeline's lock, last run and each service's latest revision
-    Status(history::StateArgs),
+    Status(history::StatusArgs),
     /// Show a service's revisions, newest first
     History(history::HistoryArgs),
     /// Approve a rollout waiting for approval, and resume the run
@@ -94,15 +98,77 @@ enum Command {
     Local(local::LocalCommand),
     /// Print the JSON Schema of pipeline.toml, for editor completion
     Schema,
+    /// Print a shell completion script: bash, zsh, fish, powershell or elvish
+    Completions(docs::CompletionsArgs),
+    /// Print the man page, or write one page per command into a directory
+    Man(docs::ManArgs),
 }
 
-/// Which environment of a pipeline, and where its state lives: shared by every command that
-/// reads or writes the state.
+/// The pipeline a command reads: the file, the environment, and variables given from outside
+/// the file. Every command that reads a pipeline takes these, the same way.
 #[derive(Debug, clap::Args)]
-pub struct Scope {
+pub struct PipelineArgs {
+    /// The pipeline file [default: pipeline.toml]
+    #[arg(value_name = "PIPELINE")]
+    file: Option<PathBuf>,
+    /// The pipeline file, as an option (the same as PIPELINE)
+    #[arg(
+        short = 'p',
+        long = "pipeline",
+        value_name = "FILE",
+        conflicts_with = "file"
+    )]
+    file_option: Option<PathBuf>,
     /// The environment whose variables and overrides apply
     #[arg(long = "env", value_name = "NAME")]
     pub environment: Option<String>,
+    /// Set a variable the pipeline declares (repeatable); wins over ENGINE_VAR_NAME in the
+    /// environment, which wins over the file's values
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    vars: Vec<(String, String)>,
+}
+
+/// `NAME=VALUE` of `--var`.
+fn parse_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!(
+            "`{text}` is not NAME=VALUE (write it like --var tag=v1.2.0)"
+        )),
+    }
+}
+
+impl PipelineArgs {
+    pub fn path(&self) -> &std::path::Path {
+        self.file
+            .as_deref()
+            .or(self.file_option.as_deref())
+            .unwrap_or(std::path::Path::new("pipeline.toml"))
+    }
+
+    /// The environment and the outside variables: `ENGINE_VAR_*`, then `--var`.
+    pub fn inputs(&self) -> crate::config::Inputs {
+        let mut inputs =
+            crate::config::Inputs::environment(self.environment.as_deref()).with_process_env();
+        inputs.command_line = self.vars.clone();
+        inputs
+    }
+
+    /// Reads and validates the pipeline; problems are printed with their place in the file.
+    pub fn load(&self) -> Result<crate::config::Pipeline, CommandError> {
+        crate::config::load_with(self.path(), &self.inputs()).map_err(|e| {
+            output::error_report(&e.to_string());
+            CommandError::reported(exit::USAGE)
+        })
+    }
+}
+
+/// A pipeline and where its state lives: shared by every command that reads or writes the
+/// state.
+#[derive(Debug, clap::Args)]
+pub struct Scope {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
     /// The state: a SQLite file, or a postgres:// URL shared by several CI machines
     /// [default: .engine/state.db beside the pipeline]
     #[arg(long, env = "ENGINE_STATE", value_name = "PATH|URL")]
@@ -110,12 +176,25 @@ pub struct Scope {
 }
 
 impl Scope {
-    pub fn location(&self, pipeline_file: &std::path::Path) -> crate::state::Location {
+    pub fn location(&self) -> crate::state::Location {
         match &self.state {
             Some(text) => crate::state::Location::parse(text),
-            None => crate::state::Location::beside(pipeline_file),
+            None => crate::state::Location::beside(self.pipeline.path()),
         }
     }
+}
+
+/// The longest `--lock-wait`: a day (CI jobs end long before).
+pub const MAX_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// `--lock-wait DURATION`, at most [`MAX_LOCK_WAIT`].
+pub fn parse_lock_wait(text: &str) -> Result<std::time::Duration, String> {
+    let wait = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write it like 30s or 10m"))?;
+    if wait > MAX_LOCK_WAIT {
+        return Err(format!("`{text}` is longer than the longest lock wait, 24h"));
+    }
+    Ok(wait)
 }
 
 /// Output format of commands that print data.
@@ -186,6 +265,8 @@ pub fn main() -> ExitCode {
                 print!("{}", crate::config::SCHEMA);
                 Ok(())
             }
+            Command::Completions(args) => docs::completions(args),
+            Command::Man(args) => docs::man(args),
         }
     });
     match result {

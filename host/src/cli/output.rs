@@ -1,8 +1,8 @@
 //! How the CLI writes to the terminal: error lines in cargo's style, and the engine's own log
-//! lines, with every registered secret value redacted.
+//! lines, with every registered secret value redacted, and colour only where it belongs.
 
 use crate::runtime::secrets::redactor;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::RwLock;
 use tracing_subscriber::EnvFilter;
 
@@ -14,16 +14,70 @@ pub fn log_above(progress: Option<indicatif::MultiProgress>) {
     *PROGRESS.write().unwrap_or_else(|e| e.into_inner()) = progress;
 }
 
+/// Whether stderr is a terminal that shows more than plain text (not `TERM=dumb`): live
+/// progress is drawn only there.
+pub fn stderr_is_terminal() -> bool {
+    std::io::stderr().is_terminal() && std::env::var("TERM").is_ok_and(|t| t != "dumb")
+}
+
+/// Whether what goes to stderr is coloured: never when `NO_COLOR` is set (to anything but the
+/// empty string), always when `CLICOLOR_FORCE` is (to anything but `0`), otherwise only at a
+/// terminal (see [`stderr_is_terminal`]). A log file or a CI log gets no escape codes.
+pub fn colour_stderr() -> bool {
+    colour_choice(
+        std::env::var_os("NO_COLOR").as_deref(),
+        std::env::var_os("CLICOLOR_FORCE").as_deref(),
+        stderr_is_terminal(),
+    )
+}
+
+fn colour_choice(
+    no_color: Option<&std::ffi::OsStr>,
+    force: Option<&std::ffi::OsStr>,
+    terminal: bool,
+) -> bool {
+    if no_color.is_some_and(|v| !v.is_empty()) {
+        return false;
+    }
+    if force.is_some_and(|v| !v.is_empty() && v != "0") {
+        return true;
+    }
+    terminal
+}
+
+/// `error` in bold red where colour belongs, plain elsewhere.
+fn error_label() -> &'static str {
+    if colour_stderr() {
+        "\x1b[1;31merror\x1b[0m"
+    } else {
+        "error"
+    }
+}
+
 /// Prints `error: message` to stderr, continuation lines indented, secrets redacted.
 pub fn error(message: &str) {
     let message = redactor().redact(message);
     let mut lines = message.lines();
     let mut stderr = std::io::stderr().lock();
     if let Some(first) = lines.next() {
-        let _ = writeln!(stderr, "error: {first}");
+        let _ = writeln!(stderr, "{}: {first}", error_label());
     }
     for line in lines {
         let _ = writeln!(stderr, "  {line}");
+    }
+}
+
+/// Prints a report whose lines already say `error: …` (rendered diagnostics), secrets
+/// redacted.
+pub fn error_report(report: &str) {
+    let report = redactor().redact(report);
+    let label = error_label();
+    let mut stderr = std::io::stderr().lock();
+    for line in report.lines() {
+        let _ = match line.strip_prefix("error:") {
+            Some(rest) => writeln!(stderr, "{label}:{rest}"),
+            None => writeln!(stderr, "{line}"),
+        };
     }
 }
 
@@ -66,6 +120,25 @@ pub fn init_logging(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(colour_stderr())
         .with_writer(|| RedactingStderr(Vec::new()))
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour_choice;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_follows_no_color_then_clicolor_force_then_the_terminal() {
+        let v = |s: &'static str| Some(OsStr::new(s));
+        assert!(colour_choice(None, None, true));
+        assert!(!colour_choice(None, None, false));
+        assert!(!colour_choice(v("1"), None, true));
+        assert!(!colour_choice(v("1"), v("1"), true), "NO_COLOR wins");
+        assert!(colour_choice(v(""), None, true), "an empty NO_COLOR is unset");
+        assert!(colour_choice(None, v("1"), false));
+        assert!(!colour_choice(None, v("0"), false));
+    }
 }

@@ -9,15 +9,14 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
-    /// The pipeline file
-    #[arg(default_value = "pipeline.toml")]
-    pipeline: PathBuf,
-    /// The environment whose variables and overrides apply
-    #[arg(long = "env", value_name = "NAME")]
-    environment: Option<String>,
+    #[command(flatten)]
+    pipeline: super::PipelineArgs,
     /// Also write the plan as JSON to this file
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// `text` for people, `json`: the document `--out` writes, on stdout
+    #[arg(long, value_enum, default_value = "text")]
+    output: super::Format,
 }
 
 /// Keeps the blocked requests for the report and passes everything else to the log.
@@ -44,10 +43,7 @@ impl EventSink for DryRunSink {
 }
 
 pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> {
-    let pipeline = config::load(&args.pipeline, args.environment.as_deref()).map_err(|e| {
-        eprintln!("{}", redactor().redact(&e.to_string()));
-        CommandError::reported(exit::USAGE)
-    })?;
+    let pipeline = args.pipeline.load()?;
     let sink = Arc::new(DryRunSink::default());
     let options = crate::runtime::RuntimeOptions {
         dry_run: true,
@@ -59,7 +55,7 @@ pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> 
     let plugins = config::check_plugins(&pipeline, &runtime)
         .await
         .map_err(|e| {
-            eprintln!("{}", redactor().redact(&e.to_string()));
+            super::output::error_report(&e.to_string());
             CommandError::reported(exit::USAGE)
         })?;
     // Reading what is deployed needs the platform; starting an empty one changes nothing.
@@ -71,8 +67,31 @@ pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> 
         .unwrap_or_else(|e| e.into_inner())
         .clone();
 
+    let document = serde_json::json!({
+        "schema": super::history::OUTPUT_SCHEMA,
+        "pipeline": pipeline.name,
+        "environment": pipeline.environment,
+        "services": plans,
+        "would_call": would_call.iter().map(|(p, m, u)| serde_json::json!({"plugin": p, "method": m, "url": u})).collect::<Vec<_>>(),
+    });
+    match args.output {
+        super::Format::Json => super::history::print_json(&document),
+        super::Format::Text => print!("{}", redactor().redact(&plan_text(&plans, &would_call))),
+    }
+    if let Some(path) = &args.out {
+        let json = serde_json::to_string_pretty(&document).expect("JSON values always serialise");
+        std::fs::write(path, redactor().redact(&json))
+            .map_err(|e| CommandError::failure(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if plans.iter().any(|p| p.error.is_some()) {
+        return Err(CommandError::failure("some services could not be planned"));
+    }
+    Ok(())
+}
+
+fn plan_text(plans: &[crate::run::plan::ServicePlan], would_call: &[(String, String, String)]) -> String {
     let mut text = String::new();
-    for p in &plans {
+    for p in plans {
         match (&p.action, &p.error) {
             (_, Some(e)) => text.push_str(&format!("{}: cannot plan: {e}\n", p.service)),
             (Some(action), None) => {
@@ -102,27 +121,9 @@ pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> 
     }
     if !would_call.is_empty() {
         text.push_str("blocked by the dry run (a real run would call):\n");
-        for (plugin, method, url) in &would_call {
+        for (plugin, method, url) in would_call {
             text.push_str(&format!("    {plugin}: {method} {url}\n"));
         }
     }
-    print!("{}", redactor().redact(&text));
-    if let Some(path) = &args.out {
-        let json = serde_json::json!({
-            "schema": 1,
-            "pipeline": pipeline.name,
-            "environment": pipeline.environment,
-            "services": plans,
-            "would_call": would_call.iter().map(|(p, m, u)| serde_json::json!({"plugin": p, "method": m, "url": u})).collect::<Vec<_>>(),
-        });
-        std::fs::write(
-            path,
-            redactor().redact(&serde_json::to_string_pretty(&json).expect("JSON")),
-        )
-        .map_err(|e| CommandError::failure(format!("cannot write {}: {e}", path.display())))?;
-    }
-    if plans.iter().any(|p| p.error.is_some()) {
-        return Err(CommandError::failure("some services could not be planned"));
-    }
-    Ok(())
+    text
 }

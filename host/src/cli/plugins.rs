@@ -14,14 +14,16 @@ use std::sync::Arc;
 pub enum PluginsCommand {
     /// List the plugins built into this engine
     List {
-        #[arg(long, value_enum, default_value = "text")]
+        /// `text` for people, `json` for programs (`--format` is the old name)
+        #[arg(long = "output", alias = "format", value_enum, default_value = "text")]
         format: Format,
     },
     /// Show what a plugin exports, imports and asks for, and its configuration schema
     Inspect {
         /// A built-in plugin's name, or the path of a .wasm component
         plugin: String,
-        #[arg(long, value_enum, default_value = "text")]
+        /// `text` for people, `json` for programs (`--format` is the old name)
+        #[arg(long = "output", alias = "format", value_enum, default_value = "text")]
         format: Format,
     },
 }

@@ -1,15 +1,14 @@
 //! `engine run`, `engine promote` and `engine abort`: validate, load plugins, take the lock,
 //! execute (or resume) the run, report.
 
-use super::{CommandError, Scope, exit, output};
+use super::{CommandError, PipelineArgs, Scope, exit, output};
 use crate::config;
 use crate::report::{self, Printer, Style};
 use crate::run::admin::Approval;
 use crate::run::{RunOptions, RunReport};
 use crate::runtime::secrets::redactor;
 use crate::state::{Holder, Lock, StateError, Store};
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// How a deploying command runs and reports: shared by `run`, `promote` and `abort`.
@@ -23,8 +22,9 @@ pub struct Execution {
     /// Stop starting services after the first failure
     #[arg(long)]
     fail_fast: bool,
-    /// If another run holds the pipeline's lock, wait this long for it (such as `10m`)
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    /// If another run holds the pipeline's lock, wait this long for it (such as `10m`; at
+    /// most 24h)
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_lock_wait)]
     lock_wait: Option<Duration>,
     /// `text`: live progress at a terminal, timestamped lines elsewhere; `json`: one JSON event
     /// per line (schema in docs/cli.md)
@@ -37,9 +37,6 @@ pub struct Execution {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The pipeline file
-    #[arg(default_value = "pipeline.toml")]
-    pipeline: PathBuf,
     #[command(flatten)]
     execution: Execution,
 }
@@ -51,9 +48,6 @@ pub struct DecisionArgs {
     /// Why (recorded in the history; `abort` only)
     #[arg(long, value_name = "TEXT")]
     reason: Option<String>,
-    /// The pipeline file
-    #[arg(long, short = 'p', default_value = "pipeline.toml")]
-    pipeline: PathBuf,
     #[command(flatten)]
     execution: Execution,
 }
@@ -65,7 +59,7 @@ async fn lock_with_wait(
     wait: Option<Duration>,
 ) -> Result<Lock, CommandError> {
     let holder = Holder::this_process(format!("engine run {pipeline} ({env})"));
-    let deadline = wait.map(|w| Instant::now() + w);
+    let deadline = wait.and_then(|w| Instant::now().checked_add(w));
     loop {
         match store.lock(pipeline, env, &holder).await {
             Ok(lock) => return Ok(lock),
@@ -93,8 +87,7 @@ async fn lock_with_wait(
 /// Loads and validates a pipeline and its plugins: the start of every deploying command.
 pub(super) async fn prepare(
     cli: &super::Cli,
-    path: &Path,
-    environment: Option<&str>,
+    args: &PipelineArgs,
     dry_run: bool,
 ) -> Result<
     (
@@ -104,10 +97,10 @@ pub(super) async fn prepare(
     CommandError,
 > {
     let report_config = |e: config::ConfigError| {
-        eprintln!("{}", redactor().redact(&e.to_string()));
+        output::error_report(&e.to_string());
         CommandError::reported(exit::USAGE)
     };
-    let pipeline = config::load(path, environment).map_err(report_config)?;
+    let pipeline = args.load()?;
     let options = crate::runtime::RuntimeOptions {
         dry_run,
         ..cli.runtime_options()
@@ -123,12 +116,11 @@ pub(super) async fn prepare(
 
 /// Opens the state and takes the pipeline's lock.
 pub(super) async fn locked_store(
-    pipeline_file: &Path,
     scope: &Scope,
     pipeline: &config::Pipeline,
     lock_wait: Option<Duration>,
 ) -> Result<(Store, Lock), CommandError> {
-    let store = Store::connect(&scope.location(pipeline_file))
+    let store = Store::connect(&scope.location())
         .await
         .map_err(CommandError::failure)?;
     let environment = pipeline.environment.as_deref().unwrap_or("default");
@@ -144,7 +136,7 @@ pub(super) async fn release(store: &Store, lock: Lock) {
 }
 
 pub async fn run(cli: &super::Cli, args: &RunArgs) -> Result<(), CommandError> {
-    deploy(cli, &args.pipeline, &args.execution, None).await
+    deploy(cli, &args.execution, None).await
 }
 
 /// `engine promote SERVICE` (`reject` false) and `engine abort SERVICE` (`reject` true).
@@ -166,39 +158,20 @@ pub async fn decide(
     } else {
         Approval::Approve
     };
-    deploy(
-        cli,
-        &args.pipeline,
-        &args.execution,
-        Some((&args.service, approval)),
-    )
-    .await
+    deploy(cli, &args.execution, Some((&args.service, approval))).await
 }
 
 /// Runs (or resumes) the pipeline's run, first recording a person's decision if given.
 async fn deploy(
     cli: &super::Cli,
-    pipeline_file: &Path,
     execution: &Execution,
     decision: Option<(&str, Approval)>,
 ) -> Result<(), CommandError> {
-    let (pipeline, plugins) = prepare(
-        cli,
-        pipeline_file,
-        execution.scope.environment.as_deref(),
-        false,
-    )
-    .await?;
+    let (pipeline, plugins) = prepare(cli, &execution.scope.pipeline, false).await?;
     if let Some((service, _)) = &decision {
         pipeline.service(service).map_err(CommandError::usage)?;
     }
-    let (store, lock) = locked_store(
-        pipeline_file,
-        &execution.scope,
-        &pipeline,
-        execution.lock_wait,
-    )
-    .await?;
+    let (store, lock) = locked_store(&execution.scope, &pipeline, execution.lock_wait).await?;
     if let Some((service, approval)) = &decision {
         match crate::run::admin::decide(&store, &pipeline, service, approval).await {
             Ok(what) => {
@@ -216,7 +189,7 @@ async fn deploy(
     }
     let style = match execution.output {
         super::Format::Json => Style::Json,
-        super::Format::Text if std::io::stderr().is_terminal() && !dumb_terminal() => {
+        super::Format::Text if output::stderr_is_terminal() => {
             Style::Live(report::Live::new())
         }
         super::Format::Text => Style::Lines,
@@ -249,10 +222,6 @@ async fn deploy(
         }
     }
     verdict(&report)
-}
-
-fn dumb_terminal() -> bool {
-    std::env::var("TERM").is_ok_and(|t| t == "dumb")
 }
 
 /// The exit code: failures first, then rollouts waiting for a person.

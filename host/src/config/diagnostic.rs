@@ -16,17 +16,43 @@ use std::ops::Range;
 /// One problem, with the byte range of the file it points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    pub severity: Severity,
     pub message: String,
     pub span: Range<usize>,
     pub help: Option<String>,
 }
 
+/// Whether a problem stops the pipeline from being used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Error,
+    /// Worth knowing, but a run may go on (a grant the plugin does not use, say).
+    Warning,
+}
+
+impl Severity {
+    pub fn label(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
 impl Diagnostic {
     pub fn new(message: impl Into<String>, span: Range<usize>) -> Self {
         Diagnostic {
+            severity: Severity::Error,
             message: message.into(),
             span,
             help: None,
+        }
+    }
+
+    pub fn warning(message: impl Into<String>, span: Range<usize>) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::new(message, span)
         }
     }
 
@@ -34,11 +60,32 @@ impl Diagnostic {
         self.help = Some(help.into());
         self
     }
+
+    /// The diagnostic as a JSON object (`engine validate --output json`): positions are
+    /// 1-based lines and columns in characters, the end exclusive.
+    pub fn to_json(&self, file: &str, source: &str) -> serde_json::Value {
+        let (line, column) = line_col(source, self.span.start);
+        let (end_line, end_column) = line_col(source, self.span.end.max(self.span.start));
+        serde_json::json!({
+            "file": file,
+            "line": line,
+            "column": column,
+            "end_line": end_line,
+            "end_column": end_column,
+            "severity": self.severity.label(),
+            "message": self.message,
+            "hint": self.help,
+        })
+    }
 }
 
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(source.len());
+    let mut offset = offset.min(source.len());
+    // A span from a plugin's diagnostic may fall inside a character: go back to its start.
+    while !source.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let before = &source[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
@@ -62,7 +109,7 @@ pub fn render(file: &str, source: &str, d: &Diagnostic) -> String {
         }
     };
     let mut out = String::new();
-    let _ = writeln!(out, "error: {}", d.message);
+    let _ = writeln!(out, "{}: {}", d.severity.label(), d.message);
     let _ = writeln!(out, "{pad}--> {file}:{line}:{col}");
     let _ = writeln!(out, "{pad} |");
     let _ = writeln!(out, "{line} | {text}");

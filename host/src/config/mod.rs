@@ -10,15 +10,16 @@ pub mod diagnostic;
 mod plugin_check;
 mod tree;
 mod validate;
+pub mod variables;
 
-pub use plugin_check::check_plugins;
+pub use plugin_check::{PluginCheck, check_plugins, examine_plugins};
 
 use crate::plugins::PluginSource;
 use crate::runtime::grants::GrantsConfig;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use diagnostic::Diagnostic;
+pub use diagnostic::{Diagnostic, Severity};
 
 /// A pipeline after validation, for one environment.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,7 +135,11 @@ impl std::fmt::Display for ConfigError {
         for d in &self.diagnostics {
             writeln!(f, "{}", diagnostic::render(&self.file, &self.source, d))?;
         }
-        let n = self.diagnostics.len();
+        let n = self
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
         write!(
             f,
             "{n} problem{} in {}",
@@ -144,18 +149,84 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
+impl ConfigError {
+    /// The diagnostics as JSON objects (see [`Diagnostic::to_json`]).
+    pub fn diagnostics_json(&self) -> Vec<serde_json::Value> {
+        self.diagnostics
+            .iter()
+            .map(|d| d.to_json(&self.file, &self.source))
+            .collect()
+    }
+}
+
 impl std::error::Error for ConfigError {}
+
+/// The largest pipeline file the engine reads (a 30-service pipeline is about 20 KiB).
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// What a pipeline is read with besides its file: the environment and the variables given
+/// from outside it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inputs {
+    /// The environment whose variables and overrides apply (`--env`).
+    pub environment: Option<String>,
+    /// `ENGINE_VAR_NAME=VALUE` from the process environment, as (NAME, VALUE).
+    pub process_env: Vec<(String, String)>,
+    /// `--var NAME=VALUE`, in the order given (a later one wins); these win over all others.
+    pub command_line: Vec<(String, String)>,
+}
+
+/// The prefix of environment variables that set pipeline variables.
+pub const ENV_VAR_PREFIX: &str = "ENGINE_VAR_";
+
+impl Inputs {
+    /// An environment and no outside variables.
+    pub fn environment(environment: Option<&str>) -> Inputs {
+        Inputs {
+            environment: environment.map(str::to_string),
+            ..Inputs::default()
+        }
+    }
+
+    /// Takes every `ENGINE_VAR_NAME` of this process's environment (names and values that are
+    /// not UTF-8 are skipped: no pipeline variable could be named by them).
+    pub fn with_process_env(mut self) -> Inputs {
+        self.process_env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter_map(|(k, v)| Some((k.strip_prefix(ENV_VAR_PREFIX)?.to_string(), v)))
+            .filter(|(k, _)| !k.is_empty())
+            .collect();
+        self.process_env.sort();
+        self
+    }
+}
 
 /// Reads and validates a pipeline file for an environment.
 pub fn load(path: &Path, environment: Option<&str>) -> Result<Pipeline, ConfigError> {
+    load_with(path, &Inputs::environment(environment))
+}
+
+/// Reads and validates a pipeline file with an environment and outside variables.
+pub fn load_with(path: &Path, inputs: &Inputs) -> Result<Pipeline, ConfigError> {
     let file = path.display().to_string();
-    let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let unreadable = |message: String| ConfigError {
         file: file.clone(),
         source: String::new(),
-        diagnostics: vec![Diagnostic::new(format!("cannot read {file}: {e}"), 0..0)],
-    })?;
+        diagnostics: vec![Diagnostic::new(message, 0..0)],
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|e| unreadable(format!("cannot read {file}: {e}")))?
+        .len();
+    if size > MAX_FILE_BYTES {
+        return Err(unreadable(format!(
+            "{file} is {size} bytes, over the {} MiB a pipeline file may have",
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| unreadable(format!("cannot read {file}: {e}")))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    parse(&file, &source, &base, environment)
+    parse_with(&file, &source, &base, inputs)
 }
 
 /// Validates pipeline text; `base` is the directory relative plugin paths start from.
@@ -165,12 +236,36 @@ pub fn parse(
     base: &Path,
     environment: Option<&str>,
 ) -> Result<Pipeline, ConfigError> {
-    let mut pipeline =
-        validate::pipeline(source, base, environment).map_err(|diagnostics| ConfigError {
-            file: file.to_string(),
-            source: source.to_string(),
-            diagnostics,
-        })?;
+    parse_with(file, source, base, &Inputs::environment(environment))
+}
+
+/// Validates pipeline text with an environment and outside variables. This is the whole of
+/// `engine validate --skip-plugins`: it never panics, and its time and memory grow linearly
+/// with the text (variables included), whatever the text holds.
+pub fn parse_with(
+    file: &str,
+    source: &str,
+    base: &Path,
+    inputs: &Inputs,
+) -> Result<Pipeline, ConfigError> {
+    let too_big = source.len() as u64 > MAX_FILE_BYTES;
+    let result = if too_big {
+        Err(vec![Diagnostic::new(
+            format!(
+                "the pipeline is {} bytes, over the {} MiB a pipeline file may have",
+                source.len(),
+                MAX_FILE_BYTES >> 20
+            ),
+            0..0,
+        )])
+    } else {
+        validate::pipeline(source, base, inputs)
+    };
+    let mut pipeline = result.map_err(|diagnostics| ConfigError {
+        file: file.to_string(),
+        source: if too_big { String::new() } else { source.to_string() },
+        diagnostics,
+    })?;
     pipeline.origin.file = file.to_string();
     pipeline.origin.source = source.to_string();
     pipeline.origin.base = base.to_path_buf();

@@ -3,8 +3,8 @@
 //! own JSON schema and its `validate`. Problems point into pipeline.toml like the others.
 
 use super::tree::Node;
-use super::{ConfigError, Diagnostic, Pipeline};
-use crate::runtime::bindings::types::{Diagnostic as PluginDiagnostic, Severity};
+use super::{ConfigError, Diagnostic, Pipeline, Severity};
+use crate::runtime::bindings::types::{Diagnostic as PluginDiagnostic, Severity as PluginSeverity};
 use crate::runtime::{LoadedPlugin, PluginKind, Runtime};
 use std::collections::BTreeMap;
 
@@ -20,12 +20,37 @@ struct Use<'p> {
 }
 
 /// Loads every plugin the pipeline uses and checks every service's configuration against it.
-/// Returns the loaded plugins by name.
+/// Returns the loaded plugins by name; warnings are logged.
 pub async fn check_plugins(
     pipeline: &Pipeline,
     runtime: &Runtime,
 ) -> Result<BTreeMap<String, LoadedPlugin>, ConfigError> {
-    let origin = &pipeline.origin;
+    let found = examine_plugins(pipeline, runtime).await;
+    let (errors, warnings): (Vec<_>, Vec<_>) = found
+        .diagnostics
+        .into_iter()
+        .partition(|d| d.severity == Severity::Error);
+    for w in warnings {
+        tracing::warn!("{}", w.message);
+    }
+    if errors.is_empty() {
+        Ok(found.plugins)
+    } else {
+        Err(pipeline.origin.error(errors))
+    }
+}
+
+/// What loading a pipeline's plugins found.
+pub struct PluginCheck {
+    /// The plugins that loaded, by name.
+    pub plugins: BTreeMap<String, LoadedPlugin>,
+    /// Every problem, warnings included, in the order of the file.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Loads every plugin the pipeline uses and checks every service's configuration against it,
+/// keeping warnings as diagnostics (`engine validate` shows them in place).
+pub async fn examine_plugins(pipeline: &Pipeline, runtime: &Runtime) -> PluginCheck {
     let mut diagnostics = Vec::new();
     let mut loaded = BTreeMap::new();
     for (name, decl) in &pipeline.plugins {
@@ -34,13 +59,7 @@ pub async fn check_plugins(
                 loaded.insert(name.clone(), plugin);
             }
             Err(e) => {
-                let span = origin
-                    .plugin_keys
-                    .get(name)
-                    .cloned()
-                    .or_else(|| first_use_span(pipeline, name))
-                    .unwrap_or(0..0);
-                diagnostics.push(Diagnostic::new(e.to_string(), span));
+                diagnostics.push(Diagnostic::new(e.to_string(), pipeline.plugin_span(name)));
             }
         }
     }
@@ -150,7 +169,7 @@ pub async fn check_plugins(
             Ok(found) => diagnostics.extend(
                 found
                     .into_iter()
-                    .filter_map(|d| plugin_diagnostic(&what, &node, d)),
+                    .map(|d| plugin_diagnostic(&what, &node, d)),
             ),
             Err(e) => diagnostics.push(Diagnostic::new(
                 e.to_string(),
@@ -158,27 +177,22 @@ pub async fn check_plugins(
             )),
         }
     }
-    if diagnostics.is_empty() {
-        Ok(loaded)
-    } else {
-        diagnostics.sort_by_key(|d| d.span.start);
-        Err(origin.error(diagnostics))
+    diagnostics.sort_by_key(|d| d.span.start);
+    PluginCheck {
+        plugins: loaded,
+        diagnostics,
     }
 }
 
-/// Errors become diagnostics; warnings are logged, since they do not stop a deployment.
-fn plugin_diagnostic(what: &str, node: &Option<Node>, d: PluginDiagnostic) -> Option<Diagnostic> {
-    match d.severity {
-        Severity::Error => {
-            let mut out = Diagnostic::new(format!("{what}: {}", d.message), span(node, &d.path));
-            out.help = d.hint;
-            Some(out)
-        }
-        Severity::Warning => {
-            tracing::warn!("{what}: {}", d.message);
-            None
-        }
-    }
+/// A plugin's own diagnostic, pointed at the configuration it is about.
+fn plugin_diagnostic(what: &str, node: &Option<Node>, d: PluginDiagnostic) -> Diagnostic {
+    let message = format!("{what}: {}", d.message);
+    let mut out = match d.severity {
+        PluginSeverity::Error => Diagnostic::new(message, span(node, &d.path)),
+        PluginSeverity::Warning => Diagnostic::warning(message, span(node, &d.path)),
+    };
+    out.help = d.hint;
+    out
 }
 
 fn span(node: &Option<Node>, pointer: &str) -> std::ops::Range<usize> {
@@ -212,6 +226,18 @@ fn config_node(pipeline: &Pipeline, u: &Use<'_>) -> Option<Node> {
             }
             _ => None,
         },
+    }
+}
+
+impl Pipeline {
+    /// Where a plugin is declared, or first used when it is a built-in nobody declared.
+    pub fn plugin_span(&self, plugin: &str) -> std::ops::Range<usize> {
+        self.origin
+            .plugin_keys
+            .get(plugin)
+            .cloned()
+            .or_else(|| first_use_span(self, plugin))
+            .unwrap_or(0..0)
     }
 }
 

@@ -3,7 +3,10 @@
 
 use super::diagnostic::{Diagnostic, nearest};
 use super::tree::{self, Key, Node, Table, Value};
-use super::{Artifact, Check, DEFAULT_STRATEGY, Ingress, Origin, Pipeline, PluginDecl, Service};
+use super::variables::{Given, Raw, Variables};
+use super::{
+    Artifact, Check, DEFAULT_STRATEGY, Ingress, Inputs, Origin, Pipeline, PluginDecl, Service,
+};
 use crate::plugins::{PluginSource, embedded, find_embedded};
 use crate::runtime::grants::GrantsConfig;
 use serde::Deserialize;
@@ -60,7 +63,7 @@ const HOOK_KEYS: &[&str] = &["pre", "post"];
 #[derive(Default)]
 struct Checker {
     diagnostics: Vec<Diagnostic>,
-    variables: BTreeMap<String, String>,
+    variables: Variables,
 }
 
 fn as_table(node: &Node) -> Option<&Table> {
@@ -166,155 +169,29 @@ impl Checker {
         }
     }
 
-    /// Replaces `${name}` in every string of the tree; `$${` writes a literal `${`.
+    /// Replaces `${name}` in every string of the tree; `$${` writes a literal `${`. Walks
+    /// with a stack of its own, so no nesting depth can overflow the engine's.
     fn interpolate(&mut self, node: &mut Node) {
-        match &mut node.value {
-            Value::String(s) => {
-                if let Some(expanded) = self.expand(s, node.span.clone()) {
-                    *s = expanded;
-                }
-            }
-            Value::Array(items) => items.iter_mut().for_each(|n| self.interpolate(n)),
-            Value::Table(t) => t.entries.iter_mut().for_each(|(_, n)| self.interpolate(n)),
-            _ => {}
-        }
-    }
-
-    /// Expands variables that refer to other variables (`registry = "gcr.io/${project}"`), each
-    /// after the ones it uses; a cycle is an error that names it.
-    fn resolve_variables(&mut self, span: Range<usize>) {
-        let raw = self.variables.clone();
-        let mut order: Vec<String> = Vec::new();
-        let mut cycle: Option<Vec<String>> = None;
-        fn visit(
-            name: &str,
-            raw: &BTreeMap<String, String>,
-            stack: &mut Vec<String>,
-            order: &mut Vec<String>,
-            cycle: &mut Option<Vec<String>>,
-        ) {
-            if order.iter().any(|n| n == name) || cycle.is_some() || !raw.contains_key(name) {
-                return;
-            }
-            if let Some(start) = stack.iter().position(|n| n == name) {
-                let mut path = stack[start..].to_vec();
-                path.push(name.to_string());
-                *cycle = Some(path);
-                return;
-            }
-            stack.push(name.to_string());
-            for piece in pieces(&raw[name]) {
-                if let Piece::Var(r) = piece {
-                    visit(r, raw, stack, order, cycle);
-                }
-            }
-            stack.pop();
-            order.push(name.to_string());
-        }
-        for name in raw.keys() {
-            visit(name, &raw, &mut Vec::new(), &mut order, &mut cycle);
-        }
-        if let Some(path) = cycle {
-            self.error(
-                format!(
-                    "variables refer to each other in a cycle: {}",
-                    path.join(" → ")
-                ),
-                span,
-                Some("give one of them a value that does not use the others".into()),
-            );
-            return;
-        }
-        for name in order {
-            if let Some(value) = self.expand(&raw[&name], span.clone()) {
-                self.variables.insert(name, value);
-            }
-        }
-    }
-
-    fn expand(&mut self, text: &str, span: Range<usize>) -> Option<String> {
-        let mut out = String::new();
-        for piece in pieces(text) {
-            match piece {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Var(name) => match self.variables.get(name) {
-                    Some(value) => out.push_str(value),
-                    None => {
-                        let names: Vec<&str> = self.variables.keys().map(String::as_str).collect();
-                        let help = match nearest(name, names.iter().copied()) {
-                            Some(n) => format!("did you mean `${{{n}}}`?"),
-                            None if names.is_empty() => {
-                                "define it under [variables] or [environments.NAME.variables]"
-                                    .into()
-                            }
-                            None => format!("defined variables: {}", names.join(", ")),
-                        };
-                        self.error(
-                            format!("undefined variable `{name}`"),
-                            span.clone(),
-                            Some(help),
-                        );
-                        return None;
+        let mut pending = vec![node];
+        while let Some(node) = pending.pop() {
+            match &mut node.value {
+                Value::String(s) => {
+                    match self.variables.expand(s, node.span.clone(), "this value") {
+                        Ok(expanded) => *s = expanded,
+                        Err(problem) => self.diagnostics.extend(problem),
                     }
-                },
-                Piece::Unclosed => {
-                    self.error(
-                        "unclosed `${` in a string",
-                        span,
-                        Some("write `${name}`, or `$${` for a literal `${`".into()),
-                    );
-                    return None;
                 }
+                Value::Array(items) => pending.extend(items.iter_mut()),
+                Value::Table(t) => pending.extend(t.entries.iter_mut().map(|(_, n)| n)),
+                _ => {}
             }
         }
-        Some(out)
     }
-}
-
-/// A part of a string that may hold `${name}` references.
-#[derive(Debug, PartialEq)]
-enum Piece<'a> {
-    /// Text as it stands (`$${` gives a literal `${`, a lone `$` stays).
-    Text(&'a str),
-    /// `${name}`.
-    Var(&'a str),
-    /// `${` without its `}`: the rest of the string.
-    Unclosed,
-}
-
-/// Splits a string into literal text and `${name}` references, the one reading both
-/// interpolation and the ordering of variables that use each other rely on.
-fn pieces(text: &str) -> Vec<Piece<'_>> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(pos) = rest.find('$') {
-        out.push(Piece::Text(&rest[..pos]));
-        let after = &rest[pos + 1..];
-        if let Some(escaped) = after.strip_prefix("${") {
-            out.push(Piece::Text("${"));
-            rest = escaped;
-        } else if let Some(inner) = after.strip_prefix('{') {
-            let Some(end) = inner.find('}') else {
-                out.push(Piece::Unclosed);
-                return out;
-            };
-            out.push(Piece::Var(&inner[..end]));
-            rest = &inner[end + 1..];
-        } else {
-            out.push(Piece::Text("$"));
-            rest = after;
-        }
-    }
-    out.push(Piece::Text(rest));
-    out
 }
 
 /// Validates the whole file.
-pub fn pipeline(
-    source: &str,
-    base: &Path,
-    environment: Option<&str>,
-) -> Result<Pipeline, Vec<Diagnostic>> {
+pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, Vec<Diagnostic>> {
+    let environment = inputs.environment.as_deref();
     let root = match tree::parse(source) {
         Ok(node) => node,
         Err((message, span)) => {
@@ -377,19 +254,11 @@ pub fn pipeline(
             }
         },
     };
-    let mut variables = BTreeMap::new();
     let env_vars = chosen.as_ref().and_then(|t| t.get("variables")).cloned();
-    for node in root.get("variables").into_iter().chain(env_vars.as_ref()) {
-        if let Some(map) = c.string_map(node, "variables") {
-            variables.extend(map);
-        }
-    }
-    c.variables = variables;
-    let variables_span = root
-        .get("variables")
-        .map(|n| n.span.clone())
-        .unwrap_or(0..0);
-    c.resolve_variables(variables_span);
+    let given = variables(&mut c, &root, env_vars.as_ref(), inputs);
+    let (resolved, problems) = Variables::resolve(given);
+    c.variables = resolved;
+    c.diagnostics.extend(problems);
 
     let mut plugins = BTreeMap::new();
     let mut plugin_spans = BTreeMap::new();
@@ -604,6 +473,70 @@ pub fn pipeline(
         services: services.into_iter().map(|(s, _)| s).collect(),
         origin,
     })
+}
+
+/// The variables as given: the file's, the environment's on top, then those from outside the
+/// file, each of which must name a variable the file declares.
+fn variables(c: &mut Checker, root: &Table, environment: Option<&Node>, inputs: &Inputs) -> Vec<Raw> {
+    let mut given = Vec::new();
+    for node in root.get("variables").into_iter().chain(environment) {
+        let Some(table) = c.table(node, "variables") else {
+            continue;
+        };
+        for (key, value) in &table.entries {
+            if let Some(text) = c.string(value, &format!("variable `{}`", key.name)) {
+                given.push(Raw {
+                    name: key.name.clone(),
+                    text,
+                    given: Given::File(value.span.clone()),
+                });
+            }
+        }
+    }
+    let declared: Vec<String> = given.iter().map(|r| r.name.clone()).collect();
+    let outside = inputs
+        .process_env
+        .iter()
+        .map(|(n, v)| (n, v, Given::ProcessEnv))
+        .chain(
+            inputs
+                .command_line
+                .iter()
+                .map(|(n, v)| (n, v, Given::CommandLine)),
+        );
+    for (name, value, from) in outside {
+        if declared.contains(name) {
+            given.push(Raw {
+                name: name.clone(),
+                text: value.clone(),
+                given: from,
+            });
+            continue;
+        }
+        let origin = match from {
+            Given::ProcessEnv => format!("ENGINE_VAR_{name} in the environment"),
+            _ => format!("--var {name}=…"),
+        };
+        let help = match nearest(name, declared.iter().map(String::as_str)) {
+            Some(n) => format!("did you mean `{n}`?"),
+            None if declared.is_empty() => {
+                "declare it with a default under [variables], such as `tag = \"latest\"`".into()
+            }
+            None => {
+                let mut names = declared.clone();
+                names.sort();
+                names.dedup();
+                format!("declared variables: {}", names.join(", "))
+            }
+        };
+        let span = root.key("variables").map_or(0..0, |k| k.span.clone());
+        c.error(
+            format!("{origin}: the pipeline declares no variable `{name}`"),
+            span,
+            Some(help),
+        );
+    }
+    given
 }
 
 fn plugin(c: &mut Checker, key: &Key, node: &Node, base: &Path) -> Option<PluginDecl> {

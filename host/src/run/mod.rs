@@ -616,7 +616,7 @@ impl Executor<'_> {
                 // where a resumed run picks them up too.
                 Decision::Wait(ms) => {
                     let ms = ms.min(self.options.max_wait.as_millis() as u64);
-                    cp.wait_until_ms = Some(now_ms() as u64 + ms);
+                    cp.wait_until_ms = Some((now_ms() as u64).saturating_add(ms));
                     None
                 }
                 Decision::AwaitApproval(what) => {

@@ -196,6 +196,12 @@ impl GrantsConfig {
             if limits.timeout.is_zero() {
                 return Err(grant_error("timeout", "must be more than zero"));
             }
+            if limits.timeout > MAX_TIMEOUT {
+                return Err(grant_error(
+                    "timeout",
+                    format!("{t:?} is longer than the longest plugin call, 1h"),
+                ));
+            }
         }
         if let Some(m) = &self.memory {
             limits.memory_bytes = parse_size("memory", m)?;
@@ -219,6 +225,10 @@ impl GrantsConfig {
         })
     }
 }
+
+/// The longest deadline a pipeline may give one plugin call (Cloud Run's slowest operations
+/// take minutes; an hour is far past any of them).
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn parse_size(key: &str, text: &str) -> Result<u64, GrantError> {
     text.parse::<bytesize::ByteSize>()

@@ -88,6 +88,16 @@ pub struct RevisionRecord {
     pub detail: Option<String>,
 }
 
+/// The revision that serves a service's traffic, from its history (newest first): the latest
+/// one promoted or rolled back to, unless the service was destroyed since. A revision
+/// deployed and then aborted or retired never served, so it is passed over.
+pub fn serving_revision(history: &[RevisionRecord]) -> Option<&RevisionRecord> {
+    history
+        .iter()
+        .take_while(|r| r.outcome != "destroyed")
+        .find(|r| r.outcome == "promoted" || r.outcome == "rolled-back-to")
+}
+
 /// A finished or unfinished run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRecord {

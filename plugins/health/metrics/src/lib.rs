@@ -131,12 +131,12 @@ pub fn parse(text: &str) -> Result<Parsed, Error> {
             "the metrics check has no threshold: set max_error_rate_percent, max_p95_ms or max_p99_ms",
         ));
     }
-    let min_window = humantime::parse_duration(&config.min_window).map_err(|e| {
-        Error::invalid_config(format!(
-            "metrics check `min_window` {:?}: {e}; write it like 30s or 2m",
-            config.min_window
-        ))
-    })?;
+    // A window longer than a day reads more history than any gate needs.
+    let min_window = engine_sdk::duration::parse(
+        "metrics check `min_window`",
+        &config.min_window,
+        std::time::Duration::from_secs(24 * 3600),
+    )?;
     if config.source == "prometheus" {
         config.queries.check()?;
     }

@@ -130,11 +130,8 @@ impl Config {
             )));
         }
         if let Some(t) = &config.timeout {
-            humantime::parse_duration(t).map_err(|e| {
-                Error::invalid_config(format!(
-                    "cloudrun `timeout` {t:?}: {e}; write it like 300s or 5m"
-                ))
-            })?;
+            // Cloud Run's own ceiling for a request timeout.
+            engine_sdk::duration::parse("cloudrun `timeout`", t, std::time::Duration::from_secs(3600))?;
         }
         if !config.endpoint.starts_with("https://")
             && !config.endpoint.starts_with("http://127.0.0.1:")

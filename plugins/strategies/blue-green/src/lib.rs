@@ -59,12 +59,11 @@ pub fn parse_config(text: &str) -> Result<(Config, Duration), Error> {
     let text = if text.trim().is_empty() { "{}" } else { text };
     let config: Config = serde_json::from_str(text)
         .map_err(|e| Error::invalid_config(format!("blue-green configuration: {e}")))?;
-    let bake = humantime::parse_duration(&config.bake).map_err(|e| {
-        Error::invalid_config(format!(
-            "blue-green `bake` {:?}: {e}; write it like 0s, 2m or 1h",
-            config.bake
-        ))
-    })?;
+    let bake = engine_sdk::duration::parse(
+        "blue-green `bake`",
+        &config.bake,
+        engine_sdk::duration::MAX_WAIT,
+    )?;
     Ok((config, bake))
 }
 

@@ -68,12 +68,11 @@ pub fn parse_config(text: &str) -> Result<(Config, Duration), Error> {
     let text = if text.trim().is_empty() { "{}" } else { text };
     let config: Config = serde_json::from_str(text)
         .map_err(|e| Error::invalid_config(format!("canary configuration: {e}")))?;
-    let pause = humantime::parse_duration(&config.pause).map_err(|e| {
-        Error::invalid_config(format!(
-            "canary `pause` {:?}: {e}; write it like 30s, 5m or 1h 30m",
-            config.pause
-        ))
-    })?;
+    let pause = engine_sdk::duration::parse(
+        "canary `pause`",
+        &config.pause,
+        engine_sdk::duration::MAX_WAIT,
+    )?;
     if config.steps.is_empty() {
         return Err(Error::invalid_config(
             "canary `steps` is empty; give the traffic percentages, such as [10, 25, 50, 100]",

@@ -58,12 +58,11 @@ pub fn parse_config(text: &str) -> Result<(Config, Duration), Error> {
             config.batches
         )));
     }
-    let interval = humantime::parse_duration(&config.interval).map_err(|e| {
-        Error::invalid_config(format!(
-            "rolling `interval` {:?}: {e}; write it like 0s, 10s or 1m",
-            config.interval
-        ))
-    })?;
+    let interval = engine_sdk::duration::parse(
+        "rolling `interval`",
+        &config.interval,
+        engine_sdk::duration::MAX_WAIT,
+    )?;
     Ok((config, interval))
 }
 
