@@ -248,7 +248,9 @@ fn ensure_wasm_target() {
              Run that command yourself (it needs access to rustup's download server), then build again.",
             String::from_utf8_lossy(&out.stderr).trim()
         ),
-        Ok(_) => println!("cargo:warning=installed the {WASM_TARGET} target for the plugins (`{shown}`)"),
+        Ok(_) => {
+            println!("cargo:warning=installed the {WASM_TARGET} target for the plugins (`{shown}`)")
+        }
     }
     assert!(
         wasm_target_installed(&rustc),

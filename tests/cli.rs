@@ -268,7 +268,11 @@ fn variables_come_from_the_command_line_over_the_environment_over_the_file() {
 fn a_variable_the_pipeline_does_not_declare_is_an_error_that_lists_the_declared_ones() {
     let project = Project::new(TAGGED);
     for (args, env, origin) in [
-        (vec!["validate", "--var", "colour=red"], vec![], "--var colour=…"),
+        (
+            vec!["validate", "--var", "colour=red"],
+            vec![],
+            "--var colour=…",
+        ),
         (
             vec!["validate"],
             vec![("ENGINE_VAR_colour", "red")],
@@ -288,7 +292,11 @@ fn a_variable_the_pipeline_does_not_declare_is_an_error_that_lists_the_declared_
     }
     let out = engine_in(&project, &["validate", "--var", "tag"], &[]);
     assert_exit(&out, 2);
-    assert!(stderr(&out).contains("is not NAME=VALUE"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not NAME=VALUE"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -407,12 +415,15 @@ fn status_and_history_print_json_and_status_shows_the_serving_revision() {
 #[test]
 fn plan_prints_its_json_document_on_stdout() {
     let project = Project::new(TAGGED);
-    let out = engine_in(&project, &["plan", "--output", "json", "--out", "plan.json"], &[]);
+    let out = engine_in(
+        &project,
+        &["plan", "--output", "json", "--out", "plan.json"],
+        &[],
+    );
     assert_exit(&out, 0);
     let printed = json(&out);
     let written: Value =
-        serde_json::from_str(&std::fs::read_to_string(project.path("plan.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(project.path("plan.json")).unwrap()).unwrap();
     assert_eq!(printed, written);
     assert_eq!(printed["schema"], 1);
     assert_eq!(printed["services"][0]["action"], "create");
@@ -430,7 +441,10 @@ fn validate_prints_diagnostics_as_json_with_their_place() {
     assert_eq!(valid["waves"], serde_json::json!([["api"]]));
     assert_eq!(valid["diagnostics"], serde_json::json!([]));
 
-    project.edit("image = \"api:${tag}\"", "image = \"api:${tags}\"\nprovder = \"x\"");
+    project.edit(
+        "image = \"api:${tag}\"",
+        "image = \"api:${tags}\"\nprovder = \"x\"",
+    );
     let out = engine_in(&project, &["validate", "--output", "json"], &[]);
     assert_exit(&out, 2);
     let invalid = json(&out);
@@ -452,7 +466,10 @@ fn validate_prints_diagnostics_as_json_with_their_place() {
             "hint": "did you mean `${tag}`?",
         })
     );
-    assert_eq!(diagnostics[1]["message"], "unknown key `provder` in [services.api]");
+    assert_eq!(
+        diagnostics[1]["message"],
+        "unknown key `provder` in [services.api]"
+    );
     assert_eq!(diagnostics[1]["line"], line_of("provder"));
     assert_eq!(diagnostics[1]["column"], 1);
     assert_eq!(diagnostics[1]["hint"], "did you mean `provider`?");
@@ -473,12 +490,19 @@ fn validate_shows_warnings_in_place() {
     let warning = &doc["diagnostics"][0];
     assert_eq!(warning["severity"], "warning", "{doc}");
     assert!(
-        warning["message"].as_str().unwrap().starts_with("plugin `health`: "),
+        warning["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("plugin `health`: "),
         "{warning}"
     );
     let out = engine_in(&project, &["validate"], &[]);
     assert_exit(&out, 0);
-    assert!(stderr(&out).contains("warning: plugin `health`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: plugin `health`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -496,12 +520,20 @@ fn completions_and_man_pages_describe_every_command() {
     assert!(bash.contains("--lock-wait"), "bash completes options");
 
     let man = stdout(&engine(&["man"]));
-    assert!(man.starts_with(".ie \\n(.g") || man.contains(".TH engine"), "{man}");
+    assert!(
+        man.starts_with(".ie \\n(.g") || man.contains(".TH engine"),
+        "{man}"
+    );
     assert!(man.contains(".TH engine 1"), "{man}");
     let dir = tempfile::tempdir().unwrap();
     let out = engine(&["man", "--dir", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    for page in ["engine.1", "engine-run.1", "engine-validate.1", "engine-local-up.1"] {
+    for page in [
+        "engine.1",
+        "engine-run.1",
+        "engine-validate.1",
+        "engine-local-up.1",
+    ] {
         let text = std::fs::read_to_string(dir.path().join(page))
             .unwrap_or_else(|e| panic!("{page}: {e}"));
         assert!(text.contains(".TH"), "{page}");
@@ -544,11 +576,7 @@ fn colour_only_at_a_terminal_unless_forced_and_never_with_no_color() {
 #[test]
 fn huge_durations_are_refused_with_their_bound() {
     let project = Project::new(TAGGED);
-    let out = engine_in(
-        &project,
-        &["run", "--lock-wait", "300000000000years"],
-        &[],
-    );
+    let out = engine_in(&project, &["run", "--lock-wait", "300000000000years"], &[]);
     assert_exit(&out, 2);
     assert!(
         stderr(&out).contains("longer than the longest lock wait, 24h"),

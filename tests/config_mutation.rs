@@ -9,8 +9,8 @@ mod support;
 use engine::config::{self, Inputs, Pipeline};
 use engine::runtime::{MemorySink, Runtime, RuntimeOptions};
 use proptest::prelude::*;
-use std::cell::Cell;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -99,14 +99,23 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<usize>(), 1usize..200).prop_map(|(at, len)| Mutation::Duplicate { at, len }),
         (any::<usize>(), 0..TOKENS.len()).prop_map(|(at, token)| Mutation::Insert { at, token }),
         (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Byte { at, byte }),
-        (any::<usize>(), 1usize..30, 2usize..2000)
-            .prop_map(|(at, len, times)| Mutation::Repeat { at, len, times }),
+        (any::<usize>(), 1usize..30, 2usize..2000).prop_map(|(at, len, times)| Mutation::Repeat {
+            at,
+            len,
+            times
+        }),
     ]
 }
 
 /// Applies a mutation to the bytes; the result may be any bytes, as a file may.
 fn apply(text: &mut Vec<u8>, m: &Mutation) {
-    let at = |i: usize, text: &Vec<u8>| if text.is_empty() { 0 } else { i % (text.len() + 1) };
+    let at = |i: usize, text: &Vec<u8>| {
+        if text.is_empty() {
+            0
+        } else {
+            i % (text.len() + 1)
+        }
+    };
     match *m {
         Mutation::Delete { at: i, len } => {
             let start = at(i, text);
@@ -147,7 +156,10 @@ fn case(corpus_len: usize) -> impl Strategy<Value = (usize, Vec<Mutation>, Input
         ),
         proptest::option::weighted(
             0.2,
-            (prop_oneof![Just("a"), Just("c"), Just("project")], ".{0,12}"),
+            (
+                prop_oneof![Just("a"), Just("c"), Just("project")],
+                ".{0,12}",
+            ),
         ),
     )
         .prop_map(|(environment, vars)| Inputs {
@@ -196,7 +208,10 @@ fn runner(cases: u32, seed: u8) -> TestRunner {
         rng_algorithm: RngAlgorithm::ChaCha,
         ..Config::default()
     };
-    TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]))
+    TestRunner::new_with_rng(
+        config,
+        TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]),
+    )
 }
 
 fn mutated(corpus: &[String], index: usize, mutations: &[Mutation]) -> String {
@@ -265,5 +280,9 @@ fn mutated_pipelines_that_parse_go_through_the_plugins_checks_too() {
             Ok(())
         })
         .unwrap();
-    assert!(checked.get() > 100, "only {} reached the plugins", checked.get());
+    assert!(
+        checked.get() > 100,
+        "only {} reached the plugins",
+        checked.get()
+    );
 }

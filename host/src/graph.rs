@@ -62,17 +62,21 @@ pub fn waves(services: &[(&str, &[String])]) -> Result<Waves, Vec<String>> {
 /// Walks dependencies among unplaced services from `start` until one repeats.
 fn cycle_from(start: usize, deps: &[Vec<usize>], remaining: &[usize]) -> Vec<usize> {
     let mut path = vec![start];
+    // Where each service is on the path, so a long cycle is found in linear time.
+    let mut position: Vec<Option<usize>> = vec![None; deps.len()];
+    position[start] = Some(0);
     let mut current = start;
     loop {
         let next = *deps[current]
             .iter()
             .find(|&&d| remaining[d] > 0)
             .expect("an unplaced service waits on another");
-        if let Some(pos) = path.iter().position(|&p| p == next) {
+        if let Some(pos) = position[next] {
             let mut cycle = path[pos..].to_vec();
             cycle.push(next);
             return cycle;
         }
+        position[next] = Some(path.len());
         path.push(next);
         current = next;
     }

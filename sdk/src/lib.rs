@@ -37,7 +37,18 @@
 //! engine_sdk::export_strategy!(Instant);
 //! ```
 //!
-//! and builds it with `cargo build --release --target wasm32-wasip2`.
+//! and builds it as a component with
+//!
+//! ```sh
+//! rustup target add wasm32-wasip2
+//! cargo rustc --release --lib --crate-type cdylib --target wasm32-wasip2
+//! ```
+//!
+//! (a plain `cargo build --target wasm32-wasip2` builds an rlib, no component; and keep
+//! `crate-type = ["cdylib"]` out of Cargo.toml, where it breaks the native test build). The
+//! component is `target/wasm32-wasip2/release/NAME.wasm`; see docs/plugin-authoring.md.
+//!
+//! Durations in a plugin's configuration are read with [`duration::parse`], which bounds them.
 //!
 //! The host imports have Rust wrappers here: [`log`], [`clock`], [`secrets`], [`tcp`] (health
 //! checks only) and an HTTP client with retries in [`http`]. Each also works outside

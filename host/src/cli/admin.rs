@@ -35,8 +35,7 @@ pub async fn rollback(cli: &super::Cli, args: &RollbackArgs) -> Result<(), Comma
     pipeline
         .service(&args.service)
         .map_err(CommandError::usage)?;
-    let (store, lock) =
-        locked_store(&args.scope, &pipeline, args.lock_wait).await?;
+    let (store, lock) = locked_store(&args.scope, &pipeline, args.lock_wait).await?;
     let result = crate::run::admin::rollback(
         &pipeline,
         &plugins,
@@ -54,8 +53,7 @@ pub async fn rollback(cli: &super::Cli, args: &RollbackArgs) -> Result<(), Comma
 
 pub async fn destroy(cli: &super::Cli, args: &DestroyArgs) -> Result<(), CommandError> {
     let (pipeline, plugins) = prepare(cli, &args.scope.pipeline, args.dry_run).await?;
-    let (store, lock) =
-        locked_store(&args.scope, &pipeline, args.lock_wait).await?;
+    let (store, lock) = locked_store(&args.scope, &pipeline, args.lock_wait).await?;
     let results = crate::run::admin::destroy(&pipeline, &plugins, &store, args.dry_run).await;
     release(&store, lock).await;
     let mut failed = Vec::new();

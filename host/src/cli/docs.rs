@@ -37,7 +37,10 @@ pub fn man(args: &ManArgs) -> Result<(), CommandError> {
                 CommandError::failure(format!("cannot create {}: {e}", dir.display()))
             })?;
             clap_mangen::generate_to(command, dir).map_err(|e| {
-                CommandError::failure(format!("cannot write man pages into {}: {e}", dir.display()))
+                CommandError::failure(format!(
+                    "cannot write man pages into {}: {e}",
+                    dir.display()
+                ))
             })?;
             println!("wrote the man pages into {}", dir.display());
             Ok(())

@@ -121,7 +121,10 @@ pub async fn status(args: &StatusArgs) -> Result<(), CommandError> {
 }
 
 fn status_text(pipeline: &config::Pipeline, environment: &str, status: &Status) -> String {
-    let mut out = format!("pipeline `{}`, environment `{environment}`\n", pipeline.name);
+    let mut out = format!(
+        "pipeline `{}`, environment `{environment}`\n",
+        pipeline.name
+    );
     match &status.lock {
         Some((h, since)) => out.push_str(&format!(
             "locked by {} on {} (process {}) since {}\n",

@@ -192,7 +192,9 @@ pub fn parse_lock_wait(text: &str) -> Result<std::time::Duration, String> {
     let wait = humantime::parse_duration(text)
         .map_err(|e| format!("`{text}` is not a duration ({e}); write it like 30s or 10m"))?;
     if wait > MAX_LOCK_WAIT {
-        return Err(format!("`{text}` is longer than the longest lock wait, 24h"));
+        return Err(format!(
+            "`{text}` is longer than the longest lock wait, 24h"
+        ));
     }
     Ok(wait)
 }

@@ -137,7 +137,10 @@ mod tests {
         assert!(!colour_choice(None, None, false));
         assert!(!colour_choice(v("1"), None, true));
         assert!(!colour_choice(v("1"), v("1"), true), "NO_COLOR wins");
-        assert!(colour_choice(v(""), None, true), "an empty NO_COLOR is unset");
+        assert!(
+            colour_choice(v(""), None, true),
+            "an empty NO_COLOR is unset"
+        );
         assert!(colour_choice(None, v("1"), false));
         assert!(!colour_choice(None, v("0"), false));
     }

@@ -89,7 +89,10 @@ pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> 
     Ok(())
 }
 
-fn plan_text(plans: &[crate::run::plan::ServicePlan], would_call: &[(String, String, String)]) -> String {
+fn plan_text(
+    plans: &[crate::run::plan::ServicePlan],
+    would_call: &[(String, String, String)],
+) -> String {
     let mut text = String::new();
     for p in plans {
         match (&p.action, &p.error) {

@@ -189,9 +189,7 @@ async fn deploy(
     }
     let style = match execution.output {
         super::Format::Json => Style::Json,
-        super::Format::Text if output::stderr_is_terminal() => {
-            Style::Live(report::Live::new())
-        }
+        super::Format::Text if output::stderr_is_terminal() => Style::Live(report::Live::new()),
         super::Format::Text => Style::Lines,
     };
     if let Style::Live(live) = &style {

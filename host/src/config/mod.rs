@@ -263,7 +263,11 @@ pub fn parse_with(
     };
     let mut pipeline = result.map_err(|diagnostics| ConfigError {
         file: file.to_string(),
-        source: if too_big { String::new() } else { source.to_string() },
+        source: if too_big {
+            String::new()
+        } else {
+            source.to_string()
+        },
         diagnostics,
     })?;
     pipeline.origin.file = file.to_string();

@@ -350,10 +350,16 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
     }
 
     // References: plugins, dependencies, cycles.
-    let service_names: Vec<String> = services_table
+    // Looked up once per reference: sets, so a pipeline of thousands of services stays linear.
+    let service_names: std::collections::BTreeSet<&str> = services_table
         .entries
         .iter()
-        .map(|(k, _)| k.name.clone())
+        .map(|(k, _)| k.name.as_str())
+        .collect();
+    let service_keys: BTreeMap<&str, Range<usize>> = services_table
+        .entries
+        .iter()
+        .map(|(k, _)| (k.name.as_str(), k.span.clone()))
         .collect();
     for (service, table) in &services {
         let mut uses = vec![(
@@ -377,9 +383,10 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
         }
         for (role, name, kind, span) in uses {
             let span = span.unwrap_or_else(|| {
-                services_table
-                    .key(&service.name)
-                    .map_or(0..0, |k| k.span.clone())
+                service_keys
+                    .get(service.name.as_str())
+                    .cloned()
+                    .unwrap_or(0..0)
             });
             // The kind of a built-in plugin is known now; a file's only when it loads.
             let builtin = match plugins.get(name.as_str()) {
@@ -424,8 +431,8 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
         }
         for dep in &service.depends_on {
             let span = dependency_spans.get(&service.name).cloned().unwrap_or(0..0);
-            if !service_names.contains(dep) {
-                let help = nearest(dep, service_names.iter().map(String::as_str))
+            if !service_names.contains(dep.as_str()) {
+                let help = nearest(dep, service_names.iter().copied())
                     .map(|n| format!("did you mean `{n}`?"));
                 c.error(
                     format!(
@@ -477,7 +484,12 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
 
 /// The variables as given: the file's, the environment's on top, then those from outside the
 /// file, each of which must name a variable the file declares.
-fn variables(c: &mut Checker, root: &Table, environment: Option<&Node>, inputs: &Inputs) -> Vec<Raw> {
+fn variables(
+    c: &mut Checker,
+    root: &Table,
+    environment: Option<&Node>,
+    inputs: &Inputs,
+) -> Vec<Raw> {
     let mut given = Vec::new();
     for node in root.get("variables").into_iter().chain(environment) {
         let Some(table) = c.table(node, "variables") else {

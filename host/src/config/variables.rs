@@ -392,7 +392,10 @@ mod tests {
     fn doubling_values_are_stopped_at_the_cap() {
         let mut given = vec![file("v0", "xxxxxxxx")];
         for i in 1..64 {
-            given.push(file(&format!("v{i}"), &format!("${{v{0}}}${{v{0}}}", i - 1)));
+            given.push(file(
+                &format!("v{i}"),
+                &format!("${{v{0}}}${{v{0}}}", i - 1),
+            ));
         }
         let (_, problems) = Variables::resolve(given);
         // One problem, naming the first variable over the cap; those that use it are not

@@ -131,7 +131,11 @@ impl Config {
         }
         if let Some(t) = &config.timeout {
             // Cloud Run's own ceiling for a request timeout.
-            engine_sdk::duration::parse("cloudrun `timeout`", t, std::time::Duration::from_secs(3600))?;
+            engine_sdk::duration::parse(
+                "cloudrun `timeout`",
+                t,
+                std::time::Duration::from_secs(3600),
+            )?;
         }
         if !config.endpoint.starts_with("https://")
             && !config.endpoint.starts_with("http://127.0.0.1:")
