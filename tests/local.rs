@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::project::assert_exit;
+
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -184,16 +186,6 @@ fn answer(port: u16) -> String {
         Err(ureq::Error::StatusCode(code)) => code.to_string(),
         Err(e) => format!("error: {e}"),
     }
-}
-
-fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn count(answers: &[String], what: &str) -> usize {

@@ -12,11 +12,13 @@ fn validate(text: &str) -> bool {
     config::parse_with("pipeline.toml", text, Path::new("/srv"), &Inputs::default()).is_ok()
 }
 
-/// `v0 = "x"`, `v1 = "${v0}"`, … `vN = "${vN-1}"`, and a service that uses the last one.
-fn chain(n: usize) -> String {
-    let mut out = String::from("name = \"chain\"\n[variables]\nv0 = \"x\"\n");
+/// Variables `v0 = first`, then `vI` = `each` with `{}` standing for `${vI-1}`, and a service
+/// that uses the last one.
+fn variables(n: usize, first: &str, each: &str) -> String {
+    let mut out = format!("name = \"vars\"\n[variables]\nv0 = \"{first}\"\n");
     for i in 1..n {
-        let _ = writeln!(out, "v{i} = \"${{v{}}}\"", i - 1);
+        let value = each.replace("{}", &format!("${{v{}}}", i - 1));
+        let _ = writeln!(out, "v{i} = \"{value}\"");
     }
     let _ = write!(
         out,
@@ -26,18 +28,14 @@ fn chain(n: usize) -> String {
     out
 }
 
-/// `v0 = "xxxxxxxx"`, `vI = "${vI-1}${vI-1}"`: the last would be 2^n × 8 bytes.
+/// A chain: `v1 = "${v0}"`, `v2 = "${v1}"`, …
+fn chain(n: usize) -> String {
+    variables(n, "x", "{}")
+}
+
+/// Values that double at each level: the last would be 2^n × 8 bytes.
 fn doubling(n: usize) -> String {
-    let mut out = String::from("name = \"doubling\"\n[variables]\nv0 = \"xxxxxxxx\"\n");
-    for i in 1..n {
-        let _ = writeln!(out, "v{i} = \"${{v{0}}}${{v{0}}}\"", i - 1);
-    }
-    let _ = write!(
-        out,
-        "[services.api]\nprovider = \"local\"\nimage = \"api:${{v{}}}\"\n",
-        n - 1
-    );
-    out
+    variables(n, "xxxxxxxx", "{}{}")
 }
 
 /// N services, each depending on the one before, sharing defaults and a variable.

@@ -13,7 +13,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 pub fn parse(what: &str, text: &str, max: Duration) -> Result<Duration, Error> {
     let duration = humantime::parse_duration(text).map_err(|e| {
         Error::invalid_config(format!(
-            "{what} {text:?}: {e}; write it like 30s, 5m or 1h 30m"
+            "{what} {text:?}: {e}; write it like 500ms, 30s or 5m"
         ))
     })?;
     if duration > max {

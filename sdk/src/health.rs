@@ -224,7 +224,7 @@ mod tests {
     #[test]
     fn bad_probing_settings_say_what_to_fix() {
         for (timeout, interval, s, f, expected) in [
-            ("soon", "1s", 1, 1, "write it like 500ms or 2s"),
+            ("soon", "1s", 1, 1, "write it like 500ms, 30s or 5m"),
             ("0s", "1s", 1, 1, "more than zero"),
             ("1s", "1s", 0, 1, "thresholds start at 1"),
             ("2s", "10s", 1, 3, "more than the 25s a check may run"),

@@ -243,7 +243,7 @@ mod tests {
     fn bad_configurations_say_what_to_fix() {
         for (text, expected) in [
             (r#"{"path": "healthz"}"#, "must start with /"),
-            (r#"{"timeout": "soon"}"#, "write it like 500ms or 2s"),
+            (r#"{"timeout": "soon"}"#, "write it like 500ms, 30s or 5m"),
             (r#"{"target": "pod"}"#, "use \"revision\" or \"service\""),
             (
                 r#"{"interval": "10s", "failure_threshold": 3}"#,

@@ -384,7 +384,7 @@ mod tests {
             ),
             (
                 r#"{"max_p95_ms": 1, "min_window": "a while"}"#,
-                "write it like 30s",
+                "write it like",
             ),
             (
                 r#"{"source": "prometheus", "prometheus": "http://p:9090", "max_p95_ms": 1, "queries": {"p95_ms": "x{{svc}}"}}"#,

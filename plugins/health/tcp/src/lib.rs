@@ -252,7 +252,7 @@ mod tests {
             (r#"{"address": "db:0"}"#, "is not 1-65535"),
             (r#"{"address": "db:5432", "port": 1}"#, "not both"),
             (r#"{"target": "pod"}"#, "use \"revision\" or \"service\""),
-            (r#"{"timeout": "soon"}"#, "write it like 500ms or 2s"),
+            (r#"{"timeout": "soon"}"#, "write it like 500ms, 30s or 5m"),
             (r#"{"hostt": "x"}"#, "unknown field `hostt`"),
         ] {
             let e = parse(text)

@@ -82,7 +82,7 @@ pub const CONFIG_SCHEMA: &str = r#"{
     "invokers": { "type": "array", "items": { "type": "string" }, "description": "Members granted roles/run.invoker; allUsers makes the service public." },
     "execution_environment": { "enum": ["gen1", "gen2"] },
     "cpu_throttling": { "type": "boolean", "description": "false keeps the CPU allocated between requests." },
-    "poll_interval_ms": { "type": "integer", "minimum": 10, "default": 1000 }
+    "poll_interval_ms": { "type": "integer", "minimum": 10, "maximum": 60000, "default": 1000 }
   },
   "required": ["project"],
   "additionalProperties": false

@@ -135,7 +135,7 @@ fn a_first_deployment_takes_all_traffic_and_is_checked() {
 fn bad_configurations_and_out_of_order_observations_are_errors() {
     let d = BlueGreen::validate(r#"{"bake": "a while"}"#.into());
     assert!(
-        d[0].message.contains("write it like 0s, 2m or 1h"),
+        d[0].message.contains("write it like 500ms, 30s or 5m"),
         "{}",
         d[0].message
     );

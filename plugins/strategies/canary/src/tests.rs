@@ -315,7 +315,7 @@ fn bad_configurations_say_what_is_wrong() {
             "step 0% is outside 1 to 100 (only the first step may be 0)",
         ),
         (r#"{"steps": [0, 0, 100]}"#, "step 0% is outside 1 to 100"),
-        (r#"{"pause": "soon"}"#, "write it like 30s, 5m or 1h 30m"),
+        (r#"{"pause": "soon"}"#, "write it like 500ms, 30s or 5m"),
         (r#"{"step": [10]}"#, "unknown field `step`"),
     ] {
         let diagnostics = Canary::validate(config.into());
