@@ -1,12 +1,45 @@
 //! Validation of pipeline.toml (`engine validate --skip-plugins`, `engine::config::parse_with`)
 //! on ordinary and on hostile files: its time must grow linearly with the text, and the
 //! hostile shapes (long chains of variables, values that double at each level, thousands of
-//! services) must end quickly with a diagnostic. Figures and machine in docs/performance.md.
+//! services) must end quickly with a diagnostic. After criterion's figures it prints the peak
+//! heap each case takes, measured by a counting allocator. Figures and machine in
+//! docs/performance.md.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use engine::config::{self, Inputs};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The system allocator, counting the bytes in use and their peak.
+struct Counting;
+
+static IN_USE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let now = IN_USE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK.fetch_max(now, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The most heap one validation of `text` holds at once, beyond what was in use before.
+fn peak_heap(text: &str) -> usize {
+    let before = IN_USE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    validate(text);
+    PEAK.load(Ordering::Relaxed) - before
+}
 
 fn validate(text: &str) -> bool {
     config::parse_with("pipeline.toml", text, Path::new("/srv"), &Inputs::default()).is_ok()
@@ -99,9 +132,33 @@ fn hostile(c: &mut Criterion) {
     group.finish();
 }
 
+fn heap_table() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let agenthub = std::fs::read_to_string(dir.join("cloudrun-agenthub/pipeline.toml")).unwrap();
+    let cases = [
+        ("example cloudrun-agenthub", agenthub),
+        ("variable chain of 100,000", chain(100_000)),
+        ("doubling, 15 levels (fits)", doubling(15)),
+        ("doubling, 64 levels (refused)", doubling(64)),
+        ("doubling, 10,000 levels (refused)", doubling(10_000)),
+        ("5,000 services", services(5_000)),
+    ];
+    println!("\npeak heap of one validation:");
+    for (name, text) in &cases {
+        let peak = peak_heap(text);
+        println!(
+            "  {name:<36} file {:>9} B   peak {:>11} B ({:.1}× the file)",
+            text.len(),
+            peak,
+            peak as f64 / text.len() as f64
+        );
+    }
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     examples(&mut c);
     hostile(&mut c);
     c.final_summary();
+    heap_table();
 }
