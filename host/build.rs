@@ -106,8 +106,15 @@ fn main() {
 /// A cargo command for a nested build: the outer build's flags are for the engine, not for
 /// what is built here (and clippy's wrapper would lint it a second time), so it starts clean.
 fn nested_cargo(root: &Path) -> Command {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = match plugin_toolchain() {
+        Some(toolchain) => {
+            let mut cmd = tool_of(&toolchain, "cargo");
+            // The outer build's compiler is not the one to use.
+            cmd.env_remove("RUSTC");
+            cmd
+        }
+        None => Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())),
+    };
     cmd.current_dir(root);
     for var in [
         "RUSTFLAGS",
@@ -218,16 +225,43 @@ fn build(root: &Path, target_dir: &Path, plugin: &PluginCrate) {
     }
 }
 
+/// The rustup toolchain the plugins are built with when it is not the engine's own:
+/// `ENGINE_PLUGIN_TOOLCHAIN`, for builds whose toolchain cannot build them (a nightly for
+/// fuzzing, whose wasm target rustup may not serve). The plugins are the same either way.
+fn plugin_toolchain() -> Option<String> {
+    println!("cargo:rerun-if-env-changed=ENGINE_PLUGIN_TOOLCHAIN");
+    std::env::var("ENGINE_PLUGIN_TOOLCHAIN")
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+/// `rustup run TOOLCHAIN TOOL`.
+fn tool_of(toolchain: &str, tool: &str) -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", toolchain, tool]);
+    cmd
+}
+
 /// Makes sure the active toolchain has the `wasm32-wasip2` standard library before any plugin
 /// is built. rust-toolchain.toml lists the target, but rustup acts on that line only when it
 /// installs the toolchain itself; with the toolchain already present (or `RUSTUP_AUTO_INSTALL=0`,
 /// as on many CI images) the target would be missing and every plugin build fail.
 fn ensure_wasm_target() {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    if wasm_target_installed(&rustc) {
+    let override_toolchain = plugin_toolchain();
+    let rustc_command = || match &override_toolchain {
+        Some(toolchain) => tool_of(toolchain, "rustc"),
+        None => Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into())),
+    };
+    let rustc = match &override_toolchain {
+        Some(toolchain) => format!("the {toolchain} toolchain"),
+        None => std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()),
+    };
+    if wasm_target_installed(rustc_command()) {
         return;
     }
-    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").ok();
+    let toolchain = override_toolchain
+        .clone()
+        .or_else(|| std::env::var("RUSTUP_TOOLCHAIN").ok());
     let mut add = Command::new("rustup");
     add.args(["target", "add", WASM_TARGET]);
     if let Some(toolchain) = &toolchain {
@@ -253,14 +287,14 @@ fn ensure_wasm_target() {
         }
     }
     assert!(
-        wasm_target_installed(&rustc),
+        wasm_target_installed(rustc_command()),
         "`{shown}` succeeded but {rustc} still has no {WASM_TARGET} standard library"
     );
 }
 
 /// Whether `rustc`'s sysroot holds the wasm target's standard library.
-fn wasm_target_installed(rustc: &str) -> bool {
-    let Ok(out) = Command::new(rustc).args(["--print", "sysroot"]).output() else {
+fn wasm_target_installed(mut rustc: Command) -> bool {
+    let Ok(out) = rustc.args(["--print", "sysroot"]).output() else {
         return false;
     };
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
