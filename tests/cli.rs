@@ -595,3 +595,27 @@ fn huge_durations_are_refused_with_their_bound() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_closed_stdout_ends_the_engine_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    // A pipe whose reader is gone before the engine writes, as after `| head -1` has exited.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    for args in [&["completions", "bash"][..], &["plugins", "list"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args(args)
+            .env("ENGINE_CACHE_DIR", support::cache_dir())
+            .stdout(writer.try_clone().unwrap())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?} ends as other CLIs do on a closed pipe: {:?} {err}",
+            out.status
+        );
+    }
+}

@@ -225,8 +225,19 @@ impl Cli {
 
 use crate::runtime as engine_runtime;
 
+/// Lets a closed stdout end the process quietly, as it ends `cat` or `grep`: Rust ignores
+/// SIGPIPE, so `engine history api | head -1` would otherwise panic on the next line it prints.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called once at start, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Runs the command line and returns the process's exit code.
 pub fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
