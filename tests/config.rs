@@ -142,7 +142,9 @@ fn undefined_plugins_services_and_variables_are_each_reported() {
             1,
         );
     let out = parse(&text, None).unwrap_err().to_string();
-    assert!(out.contains("error: the provider of service `db-migrate` is `hostle`, which is not a declared or built-in plugin\n  --> pipeline.toml:15:12"), "{out}");
+    // Set in [defaults], it is every service's provider: one problem, at its line.
+    assert!(out.contains("error: the provider set in [defaults] is `hostle`, which is not a declared or built-in plugin\n  --> pipeline.toml:15:12"), "{out}");
+    assert_eq!(out.matches("is `hostle`").count(), 1, "{out}");
     assert!(out.contains("= help: did you mean `hostile`?"), "{out}");
     assert!(out.contains("error: undefined variable `versoin`"), "{out}");
     assert!(out.contains("= help: did you mean `${version}`?"), "{out}");

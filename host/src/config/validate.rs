@@ -356,6 +356,9 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
         .iter()
         .map(|(k, _)| k.name.as_str())
         .collect();
+    // Where [defaults]' values are (a table's own span is only its header).
+    let defaults_starts = value_starts(&defaults);
+    let mut reported_defaults = std::collections::BTreeSet::new();
     let service_keys: BTreeMap<&str, Range<usize>> = services_table
         .entries
         .iter()
@@ -388,6 +391,17 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
                     .cloned()
                     .unwrap_or(0..0)
             });
+            // A plugin named in [defaults] is every service's: a problem with it is one problem,
+            // reported once, at its line in [defaults].
+            let from_defaults = defaults_starts.contains(&span.start);
+            if from_defaults && !reported_defaults.insert((span.start, name.clone())) {
+                continue;
+            }
+            let whose = if from_defaults {
+                format!("the {role} set in [defaults]")
+            } else {
+                format!("the {role} of service `{}`", service.name)
+            };
             // The kind of a built-in plugin is known now; a file's only when it loads.
             let builtin = match plugins.get(name.as_str()) {
                 Some(PluginDecl {
@@ -408,8 +422,8 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
                 }
                 Some(b) => c.error(
                     format!(
-                        "the {role} of service `{}` is `{name}`, a {} plugin, not a {kind} plugin",
-                        service.name, b.kind
+                        "{whose} is `{name}`, a {} plugin, not a {kind} plugin",
+                        b.kind
                     ),
                     span,
                     None,
@@ -425,7 +439,11 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
                             format!("declare it in [plugins.{name}] with its source and sha256")
                         }
                     };
-                    c.error(format!("the {role} of service `{}` is `{name}`, which is not a declared or built-in plugin", service.name), span, Some(help));
+                    c.error(
+                        format!("{whose} is `{name}`, which is not a declared or built-in plugin"),
+                        span,
+                        Some(help),
+                    );
                 }
             }
         }
@@ -480,6 +498,21 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
         services: services.into_iter().map(|(s, _)| s).collect(),
         origin,
     })
+}
+
+/// The start of every value in a table, nested ones included.
+fn value_starts(table: &Table) -> std::collections::BTreeSet<usize> {
+    let mut starts = std::collections::BTreeSet::new();
+    let mut pending: Vec<&Node> = table.entries.iter().map(|(_, n)| n).collect();
+    while let Some(node) = pending.pop() {
+        starts.insert(node.span.start);
+        match &node.value {
+            Value::Array(items) => pending.extend(items),
+            Value::Table(t) => pending.extend(t.entries.iter().map(|(_, n)| n)),
+            _ => {}
+        }
+    }
+    starts
 }
 
 /// The variables as given: the file's, the environment's on top, then those from outside the
