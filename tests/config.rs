@@ -370,7 +370,7 @@ fn plugin_configuration_is_checked_against_the_plugins_own_schema() {
 
     let broken = VALID.replacen(
         "ingress = \"internal\"",
-        "ingress = \"internal\"\nstrategy_config = { skip_analysis = \"yes\", wait = true }",
+        "ingress = \"internal\"\nstrategy_config = { skip_analysis = \"yes\", retire_previos = true }",
         1,
     );
     let (_dir, file, _) = with_plugin(&broken);
@@ -383,9 +383,26 @@ fn plugin_configuration_is_checked_against_the_plugins_own_schema() {
         )),
         "{stderr}"
     );
-    assert!(stderr.contains("error: `strategy_config` of service `api`: Additional properties are not allowed ('wait' was unexpected)"), "{stderr}");
     assert!(
         stderr.contains("= help: see its schema with `engine plugins inspect all-at-once`"),
+        "{stderr}"
+    );
+    // An unknown key points at itself, with the nearest key the plugin's schema knows.
+    let column = broken
+        .lines()
+        .nth(37)
+        .and_then(|l| l.find("retire_previos"))
+        .unwrap()
+        + 1;
+    assert!(
+        stderr.contains(&format!(
+            "error: `strategy_config` of service `api`: unknown key `retire_previos`\n  --> {}:38:{column}",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("= help: did you mean `retire_previous`?"),
         "{stderr}"
     );
 }

@@ -118,20 +118,16 @@ pub async fn examine_plugins(pipeline: &Pipeline, runtime: &Runtime) -> PluginCh
             continue;
         }
         let validator = schemas.entry(u.plugin.to_string()).or_insert_with(|| {
-            serde_json::from_str(&plugin.info().config_schema)
-                .ok()
-                .and_then(|schema: serde_json::Value| jsonschema::validator_for(&schema).ok())
+            let schema: serde_json::Value =
+                serde_json::from_str(&plugin.info().config_schema).ok()?;
+            let validator = jsonschema::validator_for(&schema).ok()?;
+            Some((schema, validator))
         });
         let mut found_schema_error = false;
-        if let Some(validator) = validator {
+        if let Some((schema, validator)) = validator {
             for error in validator.iter_errors(u.config) {
                 found_schema_error = true;
-                let pointer = error.instance_path().as_str().to_string();
-                diagnostics.push(
-                    Diagnostic::new(format!("{what}: {error}"), span(&node, &pointer)).help(
-                        format!("see its schema with `engine plugins inspect {}`", u.plugin),
-                    ),
-                );
+                diagnostics.extend(schema_diagnostics(&what, u.plugin, &node, schema, &error));
             }
         } else {
             diagnostics.push(Diagnostic::new(
@@ -182,6 +178,59 @@ pub async fn examine_plugins(pipeline: &Pipeline, runtime: &Runtime) -> PluginCh
         plugins: loaded,
         diagnostics,
     }
+}
+
+/// A schema violation as diagnostics: an unknown key is pointed at its own line with the
+/// nearest key the schema knows; anything else at the value it is about.
+fn schema_diagnostics(
+    what: &str,
+    plugin: &str,
+    node: &Option<Node>,
+    schema: &serde_json::Value,
+    error: &jsonschema::ValidationError<'_>,
+) -> Vec<Diagnostic> {
+    let pointer = error.instance_path().as_str();
+    let see_schema = format!("see its schema with `engine plugins inspect {plugin}`");
+    let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } = error.kind()
+    else {
+        return vec![
+            Diagnostic::new(format!("{what}: {error}"), span(node, pointer)).help(see_schema),
+        ];
+    };
+    // The schema object whose `additionalProperties` refused them lists the keys it knows.
+    let parent = error
+        .schema_path()
+        .as_str()
+        .rsplit_once('/')
+        .map_or("", |(p, _)| p);
+    let known: Vec<&str> = schema
+        .pointer(parent)
+        .and_then(|s| s.get("properties"))
+        .and_then(|p| p.as_object())
+        .map(|p| p.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let table = node
+        .as_ref()
+        .map(|n| n.at(pointer))
+        .and_then(|n| match &n.value {
+            super::tree::Value::Table(t) => Some(t),
+            _ => None,
+        });
+    unexpected
+        .iter()
+        .map(|key| {
+            let key_span = table
+                .and_then(|t| t.key(key))
+                .map(|k| k.span.clone())
+                .unwrap_or_else(|| span(node, pointer));
+            let help = match super::diagnostic::nearest(key, known.iter().copied()) {
+                Some(n) => format!("did you mean `{n}`?"),
+                None if known.is_empty() => see_schema.clone(),
+                None => format!("valid keys here: {}", known.join(", ")),
+            };
+            Diagnostic::new(format!("{what}: unknown key `{key}`"), key_span).help(help)
+        })
+        .collect()
 }
 
 /// A plugin's own diagnostic, pointed at the configuration it is about.

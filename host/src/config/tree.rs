@@ -83,6 +83,11 @@ impl Node {
     /// The span of the value at a JSON pointer (`/steps/2`) below this node, or of the deepest
     /// part of the path that exists.
     pub fn span_at(&self, pointer: &str) -> Range<usize> {
+        self.at(pointer).span.clone()
+    }
+
+    /// The node at a JSON pointer below this one, or the deepest part of the path that exists.
+    pub fn at(&self, pointer: &str) -> &Node {
         let mut node = self;
         for segment in pointer.split('/').skip(1) {
             let segment = segment.replace("~1", "/").replace("~0", "~");
@@ -96,7 +101,7 @@ impl Node {
                 None => break,
             }
         }
-        node.span.clone()
+        node
     }
 }
 
