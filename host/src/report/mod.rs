@@ -236,7 +236,10 @@ pub fn table(rows: &[Vec<String>]) -> String {
                 if i + 1 == row.len() {
                     cell.clone()
                 } else {
-                    format!("{cell:<w$}", w = widths[i])
+                    // Padded by hand: `format!`'s width is at most 65,535, and a cell holds
+                    // whatever a plugin named its revision.
+                    let pad = widths[i].saturating_sub(cell.chars().count());
+                    format!("{cell}{}", " ".repeat(pad))
                 }
             })
             .collect();
@@ -279,6 +282,19 @@ mod tests {
     use super::*;
     use crate::run::ServiceReport;
     use std::time::Duration;
+
+    #[test]
+    fn a_cell_wider_than_formats_allow_is_still_aligned() {
+        let wide = "r".repeat(70_000);
+        let rows = vec![
+            vec!["REVISION".to_string(), "TRAFFIC".into()],
+            vec![wide.clone(), "100%".into()],
+        ];
+        let text = table(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], format!("{wide}  100%"));
+        assert_eq!(lines[0].find("TRAFFIC"), Some(70_002));
+    }
 
     fn report(outcomes: Vec<(&str, Outcome)>) -> RunReport {
         RunReport {
