@@ -14,10 +14,10 @@ pub fn log_above(progress: Option<indicatif::MultiProgress>) {
     *PROGRESS.write().unwrap_or_else(|e| e.into_inner()) = progress;
 }
 
-/// Whether stderr is a terminal that shows more than plain text (not `TERM=dumb`): live
-/// progress is drawn only there.
+/// Whether stderr is a terminal that shows more than plain text (not `TERM=dumb`; an unset
+/// `TERM` is no reason to think so): live progress is drawn only there.
 pub fn stderr_is_terminal() -> bool {
-    std::io::stderr().is_terminal() && std::env::var("TERM").is_ok_and(|t| t != "dumb")
+    std::io::stderr().is_terminal() && !std::env::var("TERM").is_ok_and(|t| t == "dumb")
 }
 
 /// Whether what goes to stderr is coloured: never when `NO_COLOR` is set (to anything but the
