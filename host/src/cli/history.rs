@@ -1,14 +1,12 @@
 //! `engine status` and `engine history SERVICE`: what the state database remembers, as text or
 //! as JSON (schemas in docs/cli.md).
 
+use super::output::{OUTPUT_SCHEMA, print_json};
 use super::{CommandError, Format};
 use crate::config;
 use crate::state::{Location, RevisionRecord, RunRecord, Store, serving_revision};
 use serde_json::{Value, json};
 use std::time::{Duration, UNIX_EPOCH};
-
-/// The version of the JSON documents `status`, `history`, `plan` and `validate` print.
-pub const OUTPUT_SCHEMA: u32 = 1;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -72,15 +70,14 @@ async fn read_status(
     pipeline: &config::Pipeline,
     environment: &str,
 ) -> Result<Status, CommandError> {
-    let fail = |e: crate::state::StateError| CommandError::failure(e);
     let lock = store
         .lock_holder(&pipeline.name, environment)
         .await
-        .map_err(fail)?;
+        .map_err(CommandError::failure)?;
     let last_run = store
         .runs(&pipeline.name, environment, 1)
         .await
-        .map_err(fail)?
+        .map_err(CommandError::failure)?
         .into_iter()
         .next();
     let mut waiting = Vec::new();
@@ -99,7 +96,7 @@ async fn read_status(
         let history = store
             .history(&pipeline.name, environment, &service.name)
             .await
-            .map_err(fail)?;
+            .map_err(CommandError::failure)?;
         services.push((service.name.clone(), history));
     }
     Ok(Status {
@@ -216,12 +213,6 @@ fn record_json(r: &RevisionRecord) -> Value {
         "when": time(r.recorded_ms),
         "detail": r.detail,
     })
-}
-
-/// Prints a JSON document on stdout, secrets redacted.
-pub(super) fn print_json(value: &Value) {
-    let text = serde_json::to_string_pretty(value).expect("JSON values always serialise");
-    println!("{}", crate::runtime::secrets::redactor().redact(&text));
 }
 
 pub async fn history(args: &HistoryArgs) -> Result<(), CommandError> {

@@ -156,10 +156,7 @@ impl PipelineArgs {
 
     /// Reads and validates the pipeline; problems are printed with their place in the file.
     pub fn load(&self) -> Result<crate::config::Pipeline, CommandError> {
-        crate::config::load_with(self.path(), &self.inputs()).map_err(|e| {
-            output::error_report(&e.to_string());
-            CommandError::reported(exit::USAGE)
-        })
+        crate::config::load_with(self.path(), &self.inputs()).map_err(output::config_failure)
     }
 }
 

@@ -67,6 +67,27 @@ pub fn error(message: &str) {
     }
 }
 
+/// The version of the JSON documents `status`, `history`, `plan` and `validate` print.
+pub const OUTPUT_SCHEMA: u32 = 1;
+
+/// A JSON document as printed or written: pretty, secrets redacted.
+pub fn json_text(value: &serde_json::Value) -> String {
+    let text = serde_json::to_string_pretty(value).expect("JSON values always serialise");
+    redactor().redact(&text)
+}
+
+/// Prints a JSON document on stdout, secrets redacted.
+pub fn print_json(value: &serde_json::Value) {
+    println!("{}", json_text(value));
+}
+
+/// Prints a pipeline's problems in place and gives the exit code for them: what every command
+/// does with a pipeline it cannot use.
+pub fn config_failure(e: crate::config::ConfigError) -> super::CommandError {
+    error_report(&e.to_string());
+    super::CommandError::reported(super::exit::USAGE)
+}
+
 /// Prints a report whose lines already say `error: …` (rendered diagnostics), secrets
 /// redacted.
 pub fn error_report(report: &str) {

@@ -1,6 +1,6 @@
 //! `engine plan`: what `engine run` would do, from a dry run the runtime enforces.
 
-use super::{CommandError, exit};
+use super::CommandError;
 use crate::config;
 use crate::runtime::events::{EventSink, PluginEvent, TracingSink};
 use crate::runtime::secrets::redactor;
@@ -54,10 +54,7 @@ pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> 
         .map_err(|e| CommandError::failure(format!("{e:#}")))?;
     let plugins = config::check_plugins(&pipeline, &runtime)
         .await
-        .map_err(|e| {
-            super::output::error_report(&e.to_string());
-            CommandError::reported(exit::USAGE)
-        })?;
+        .map_err(super::output::config_failure)?;
     // Reading what is deployed needs the platform; starting an empty one changes nothing.
     super::local::ensure_for(&pipeline).await?;
     let plans = crate::run::plan::plan(&pipeline, &plugins).await;
@@ -68,19 +65,18 @@ pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> 
         .clone();
 
     let document = serde_json::json!({
-        "schema": super::history::OUTPUT_SCHEMA,
+        "schema": super::output::OUTPUT_SCHEMA,
         "pipeline": pipeline.name,
         "environment": pipeline.environment,
         "services": plans,
         "would_call": would_call.iter().map(|(p, m, u)| serde_json::json!({"plugin": p, "method": m, "url": u})).collect::<Vec<_>>(),
     });
     match args.output {
-        super::Format::Json => super::history::print_json(&document),
+        super::Format::Json => super::output::print_json(&document),
         super::Format::Text => print!("{}", redactor().redact(&plan_text(&plans, &would_call))),
     }
     if let Some(path) = &args.out {
-        let json = serde_json::to_string_pretty(&document).expect("JSON values always serialise");
-        std::fs::write(path, redactor().redact(&json))
+        std::fs::write(path, super::output::json_text(&document))
             .map_err(|e| CommandError::failure(format!("cannot write {}: {e}", path.display())))?;
     }
     if plans.iter().any(|p| p.error.is_some()) {

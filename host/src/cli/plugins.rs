@@ -55,7 +55,7 @@ async fn list(runtime: &Runtime, format: Format) -> Result<(), CommandError> {
     match format {
         Format::Json => {
             let rows: Vec<Value> = plugins.iter().map(summary_json).collect();
-            println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
+            super::output::print_json(&Value::Array(rows));
         }
         Format::Text => {
             let mut rows = vec![
@@ -154,7 +154,7 @@ async fn inspect(runtime: &Runtime, argument: &str, format: Format) -> Result<()
             value["capabilities"] = capabilities_json(info);
             value["features"] = json!(info.features.iter().map(feature_name).collect::<Vec<_>>());
             value["config_schema"] = schema;
-            println!("{}", serde_json::to_string_pretty(&value).expect("JSON"));
+            super::output::print_json(&value);
         }
         Format::Text => print!("{}", inspect_text(&plugin, &source, &schema)),
     }

@@ -96,10 +96,6 @@ pub(super) async fn prepare(
     ),
     CommandError,
 > {
-    let report_config = |e: config::ConfigError| {
-        output::error_report(&e.to_string());
-        CommandError::reported(exit::USAGE)
-    };
     let pipeline = args.load()?;
     let options = crate::runtime::RuntimeOptions {
         dry_run,
@@ -109,7 +105,7 @@ pub(super) async fn prepare(
         .map_err(|e| CommandError::failure(format!("{e:#}")))?;
     let plugins = config::check_plugins(&pipeline, &runtime)
         .await
-        .map_err(report_config)?;
+        .map_err(output::config_failure)?;
     super::local::ensure_for(&pipeline).await?;
     Ok((pipeline, plugins))
 }

@@ -1,7 +1,7 @@
 //! `engine validate [PIPELINE] [--env NAME] [--output json]`.
 
 use super::{CommandError, Format, exit, output};
-use crate::config::{self, Diagnostic, Pipeline, Severity};
+use crate::config::{self, ConfigError, Diagnostic, Pipeline, Severity};
 use crate::runtime::events::PluginEvent;
 use crate::runtime::{MemorySink, Runtime, RuntimeOptions};
 use serde_json::json;
@@ -20,34 +20,23 @@ pub struct ValidateArgs {
     output: Format,
 }
 
-/// What validation found: the pipeline if it is usable, and every diagnostic.
+/// What validation found: every diagnostic (against its file), and the pipeline if it is
+/// usable.
 struct Found {
-    file: String,
-    source: String,
+    report: ConfigError,
     pipeline: Option<Pipeline>,
-    diagnostics: Vec<Diagnostic>,
 }
 
 pub async fn run(cli: &super::Cli, args: &ValidateArgs) -> Result<(), CommandError> {
     let found = validate(cli, args).await?;
     let valid = found.pipeline.is_some();
     match args.output {
-        Format::Json => super::history::print_json(&document(&found)),
+        Format::Json => output::print_json(&document(&found)),
         Format::Text => {
-            let rendered: String = found
-                .diagnostics
-                .iter()
-                .map(|d| config::diagnostic::render(&found.file, &found.source, d) + "\n")
-                .collect();
-            output::error_report(&rendered);
+            output::error_report(&found.report.rendered());
             match &found.pipeline {
-                Some(pipeline) => print!("{}", summary(&found.file, pipeline)),
-                None => output::error(&format!(
-                    "{} problem{} in {}",
-                    errors(&found),
-                    if errors(&found) == 1 { "" } else { "s" },
-                    found.file
-                )),
+                Some(pipeline) => print!("{}", summary(&found.report.file, pipeline)),
+                None => output::error(&found.report.tally()),
             }
         }
     }
@@ -58,36 +47,21 @@ pub async fn run(cli: &super::Cli, args: &ValidateArgs) -> Result<(), CommandErr
     }
 }
 
-fn errors(found: &Found) -> usize {
-    found
-        .diagnostics
-        .iter()
-        .filter(|d| d.severity == Severity::Error)
-        .count()
-}
-
 /// The file's checks, then (unless skipped) the plugins' checks of their configuration.
 async fn validate(cli: &super::Cli, args: &ValidateArgs) -> Result<Found, CommandError> {
-    let path = args.pipeline.path();
-    let file = path.display().to_string();
-    let pipeline = match config::load_with(path, &args.pipeline.inputs()) {
+    let pipeline = match config::load_with(args.pipeline.path(), &args.pipeline.inputs()) {
         Ok(p) => p,
-        Err(e) => {
+        Err(report) => {
             return Ok(Found {
-                file,
-                source: e.source,
+                report,
                 pipeline: None,
-                diagnostics: e.diagnostics,
             });
         }
     };
-    let source = pipeline.origin.source.clone();
     if args.skip_plugins {
         return Ok(Found {
-            file,
-            source,
+            report: pipeline.origin.error(Vec::new()),
             pipeline: Some(pipeline),
-            diagnostics: Vec::new(),
         });
     }
     // Notes the runtime makes while loading (a grant the plugin does not declare, a secret this
@@ -111,10 +85,8 @@ async fn validate(cli: &super::Cli, args: &ValidateArgs) -> Result<Found, Comman
     diagnostics.sort_by_key(|d| (d.span.start, d.severity));
     let usable = !diagnostics.iter().any(|d| d.severity == Severity::Error);
     Ok(Found {
-        file,
-        source,
+        report: pipeline.origin.error(diagnostics),
         pipeline: usable.then_some(pipeline),
-        diagnostics,
     })
 }
 
@@ -154,16 +126,12 @@ fn wave_names(pipeline: &Pipeline) -> Vec<Vec<&str>> {
 
 fn document(found: &Found) -> serde_json::Value {
     json!({
-        "schema": super::history::OUTPUT_SCHEMA,
-        "file": found.file,
+        "schema": output::OUTPUT_SCHEMA,
+        "file": found.report.file,
         "valid": found.pipeline.is_some(),
         "pipeline": found.pipeline.as_ref().map(|p| p.name.as_str()),
         "environment": found.pipeline.as_ref().and_then(|p| p.environment.as_deref()),
         "waves": found.pipeline.as_ref().map(wave_names),
-        "diagnostics": found
-            .diagnostics
-            .iter()
-            .map(|d| d.to_json(&found.file, &found.source))
-            .collect::<Vec<_>>(),
+        "diagnostics": found.report.diagnostics_json(),
     })
 }

@@ -132,24 +132,34 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for d in &self.diagnostics {
-            writeln!(f, "{}", diagnostic::render(&self.file, &self.source, d))?;
-        }
+        write!(f, "{}{}", self.rendered(), self.tally())
+    }
+}
+
+impl ConfigError {
+    /// Every diagnostic rendered against the file, as cargo renders them, each followed by a
+    /// blank line.
+    pub fn rendered(&self) -> String {
+        self.diagnostics
+            .iter()
+            .map(|d| diagnostic::render(&self.file, &self.source, d) + "\n")
+            .collect()
+    }
+
+    /// `N problems in FILE`, counting the errors (warnings do not make a problem).
+    pub fn tally(&self) -> String {
         let n = self
             .diagnostics
             .iter()
             .filter(|d| d.severity == Severity::Error)
             .count();
-        write!(
-            f,
+        format!(
             "{n} problem{} in {}",
             if n == 1 { "" } else { "s" },
             self.file
         )
     }
-}
 
-impl ConfigError {
     /// The diagnostics as JSON objects (see [`Diagnostic::to_json`]).
     pub fn diagnostics_json(&self) -> Vec<serde_json::Value> {
         self.diagnostics
