@@ -38,6 +38,7 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
+    println!("cargo:rerun-if-env-changed=ENGINE_PLUGIN_TOOLCHAIN");
 
     let target_root = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -229,7 +230,6 @@ fn build(root: &Path, target_dir: &Path, plugin: &PluginCrate) {
 /// `ENGINE_PLUGIN_TOOLCHAIN`, for builds whose toolchain cannot build them (a nightly for
 /// fuzzing, whose wasm target rustup may not serve). The plugins are the same either way.
 fn plugin_toolchain() -> Option<String> {
-    println!("cargo:rerun-if-env-changed=ENGINE_PLUGIN_TOOLCHAIN");
     std::env::var("ENGINE_PLUGIN_TOOLCHAIN")
         .ok()
         .filter(|t| !t.is_empty())

@@ -10,7 +10,8 @@ use super::{
 use crate::plugins::{PluginSource, embedded, find_embedded};
 use crate::runtime::grants::GrantsConfig;
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::Path;
 
@@ -177,7 +178,8 @@ impl Checker {
             match &mut node.value {
                 Value::String(s) => {
                     match self.variables.expand(s, node.span.clone(), "this value") {
-                        Ok(expanded) => *s = expanded,
+                        Ok(Cow::Owned(expanded)) => *s = expanded,
+                        Ok(Cow::Borrowed(_)) => {}
                         Err(problem) => self.diagnostics.extend(problem),
                     }
                 }
@@ -351,14 +353,14 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
 
     // References: plugins, dependencies, cycles.
     // Looked up once per reference: sets, so a pipeline of thousands of services stays linear.
-    let service_names: std::collections::BTreeSet<&str> = services_table
+    let service_names: BTreeSet<&str> = services_table
         .entries
         .iter()
         .map(|(k, _)| k.name.as_str())
         .collect();
     // Where [defaults]' values are (a table's own span is only its header).
     let defaults_starts = value_starts(&defaults);
-    let mut reported_defaults = std::collections::BTreeSet::new();
+    let mut reported_defaults = BTreeSet::new();
     let service_keys: BTreeMap<&str, Range<usize>> = services_table
         .entries
         .iter()
@@ -501,8 +503,8 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
 }
 
 /// The start of every value in a table, nested ones included.
-fn value_starts(table: &Table) -> std::collections::BTreeSet<usize> {
-    let mut starts = std::collections::BTreeSet::new();
+fn value_starts(table: &Table) -> BTreeSet<usize> {
+    let mut starts = BTreeSet::new();
     let mut pending: Vec<&Node> = table.entries.iter().map(|(_, n)| n).collect();
     while let Some(node) = pending.pop() {
         starts.insert(node.span.start);
@@ -538,17 +540,17 @@ fn variables(
             }
         }
     }
-    let declared: Vec<String> = given.iter().map(|r| r.name.clone()).collect();
-    let outside = inputs
+    let declared: BTreeSet<String> = given.iter().map(|r| r.name.clone()).collect();
+    let outside = (inputs
         .process_env
         .iter()
-        .map(|(n, v)| (n, v, Given::ProcessEnv))
-        .chain(
-            inputs
-                .command_line
-                .iter()
-                .map(|(n, v)| (n, v, Given::CommandLine)),
-        );
+        .map(|(n, v)| (n, v, Given::ProcessEnv)))
+    .chain(
+        inputs
+            .command_line
+            .iter()
+            .map(|(n, v)| (n, v, Given::CommandLine)),
+    );
     for (name, value, from) in outside {
         if declared.contains(name) {
             given.push(Raw {
@@ -556,32 +558,42 @@ fn variables(
                 text: value.clone(),
                 given: from,
             });
-            continue;
+        } else {
+            undeclared(c, root, &declared, name, &from);
         }
-        let origin = match from {
-            Given::ProcessEnv => format!("ENGINE_VAR_{name} in the environment"),
-            _ => format!("--var {name}=…"),
-        };
-        let help = match nearest(name, declared.iter().map(String::as_str)) {
-            Some(n) => format!("did you mean `{n}`?"),
-            None if declared.is_empty() => {
-                "declare it with a default under [variables], such as `tag = \"latest\"`".into()
-            }
-            None => {
-                let mut names = declared.clone();
-                names.sort();
-                names.dedup();
-                format!("declared variables: {}", names.join(", "))
-            }
-        };
-        let span = root.key("variables").map_or(0..0, |k| k.span.clone());
-        c.error(
-            format!("{origin}: the pipeline declares no variable `{name}`"),
-            span,
-            Some(help),
-        );
     }
     given
+}
+
+/// An outside variable the file does not declare: an error naming where it came from and the
+/// variables there are.
+fn undeclared(
+    c: &mut Checker,
+    root: &Table,
+    declared: &BTreeSet<String>,
+    name: &str,
+    from: &Given,
+) {
+    let origin = match from {
+        Given::ProcessEnv => format!("ENGINE_VAR_{name} in the environment"),
+        _ => format!("--var {name}=…"),
+    };
+    let help = match nearest(name, declared.iter().map(String::as_str)) {
+        Some(n) => format!("did you mean `{n}`?"),
+        None if declared.is_empty() => {
+            "declare it with a default under [variables], such as `tag = \"latest\"`".into()
+        }
+        None => {
+            let names: Vec<&str> = declared.iter().map(String::as_str).collect();
+            format!("declared variables: {}", names.join(", "))
+        }
+    };
+    let span = root.key("variables").map_or(0..0, |k| k.span.clone());
+    c.error(
+        format!("{origin}: the pipeline declares no variable `{name}`"),
+        span,
+        Some(help),
+    );
 }
 
 fn plugin(c: &mut Checker, key: &Key, node: &Node, base: &Path) -> Option<PluginDecl> {

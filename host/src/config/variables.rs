@@ -11,6 +11,7 @@
 //! pipeline, however hostile, can exhaust the stack, the memory or the time of the engine.
 
 use super::diagnostic::{Diagnostic, nearest};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
 
@@ -161,7 +162,7 @@ impl Variables {
                     .map(|()| r.text.clone())
                     .map_err(Some)
             } else {
-                vars.expand(&r.text, r.span(), &what)
+                vars.expand(&r.text, r.span(), &what).map(Cow::into_owned)
             };
             match value {
                 Ok(value) => {
@@ -177,15 +178,15 @@ impl Variables {
     }
 
     /// Expands the `${name}` references of `text` (found at `span`, described as `what` in
-    /// errors).
-    pub fn expand(
+    /// errors); text without any comes back as it is, not copied.
+    pub fn expand<'t>(
         &mut self,
-        text: &str,
+        text: &'t str,
         span: Range<usize>,
         what: &str,
-    ) -> Result<String, ExpandError> {
+    ) -> Result<Cow<'t, str>, ExpandError> {
         if !text.contains('$') {
-            return Ok(text.to_string());
+            return Ok(Cow::Borrowed(text));
         }
         let mut out = String::new();
         for piece in pieces(text) {
@@ -209,7 +210,7 @@ impl Variables {
             out.push_str(part);
         }
         self.charge(what, out.len(), span).map_err(Some)?;
-        Ok(out)
+        Ok(Cow::Owned(out))
     }
 
     /// Takes `bytes` from the pipeline's budget.
