@@ -120,8 +120,16 @@ args = ["--name", "web", "--release", "${{release}}"]
         std::fs::write(self.pipeline(), text.replace(from, to)).unwrap();
     }
 
+    /// The admin API's token, as the engine finds it: by the admin port.
+    fn bearer(&self) -> String {
+        let port: u16 = self.admin.rsplit(':').next().unwrap().parse().unwrap();
+        let token = local_platform::token::read(port).unwrap_or_default();
+        format!("Bearer {token}")
+    }
+
     fn service(&self, name: &str) -> Option<Value> {
         let r = ureq::get(&format!("{}/v1/services/{name}", self.admin))
+            .header("authorization", &self.bearer())
             .call()
             .ok()?;
         r.into_body().read_json().ok()
@@ -150,6 +158,7 @@ args = ["--name", "web", "--release", "${{release}}"]
 
     fn pids(&self) -> Vec<u32> {
         let all: Value = ureq::get(&format!("{}/v1/services", self.admin))
+            .header("authorization", &self.bearer())
             .call()
             .unwrap()
             .into_body()
@@ -173,7 +182,9 @@ args = ["--name", "web", "--release", "${{release}}"]
 /// A test that fails half-way still stops its platform (which outlives the engine processes).
 impl Drop for Quickstart {
     fn drop(&mut self) {
-        let _ = ureq::post(&format!("{}/v1/shutdown", self.admin)).send_empty();
+        let _ = ureq::post(&format!("{}/v1/shutdown", self.admin))
+            .header("authorization", &self.bearer())
+            .send_empty();
     }
 }
 

@@ -34,9 +34,24 @@ fn demo(release: &str, error_rate: f64, instances: u32) -> RevisionRequest {
 
 struct Harness {
     admin: String,
+    /// For the services' own URLs: carries nothing.
     http: reqwest::Client,
+    /// For the admin API: carries the platform's token.
+    api: reqwest::Client,
     _dir: tempfile::TempDir,
     running: local_platform::Running,
+}
+
+fn authorized(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 impl Harness {
@@ -48,6 +63,7 @@ impl Harness {
         Harness {
             admin: format!("http://127.0.0.1:{}", running.admin.port()),
             http: reqwest::Client::new(),
+            api: authorized(&running.token),
             _dir: dir,
             running,
         }
@@ -59,7 +75,7 @@ impl Harness {
         revision: &str,
         request: &RevisionRequest,
     ) -> reqwest::Response {
-        self.http
+        self.api
             .put(format!(
                 "{}/v1/services/{service}/revisions/{revision}",
                 self.admin
@@ -78,7 +94,7 @@ impl Harness {
                 percent: *p,
             })
             .collect();
-        self.http
+        self.api
             .put(format!("{}/v1/services/{service}/traffic", self.admin))
             .json(&weights)
             .send()
@@ -87,7 +103,7 @@ impl Harness {
     }
 
     async fn service(&self, service: &str) -> ServiceView {
-        self.http
+        self.api
             .get(format!("{}/v1/services/{service}", self.admin))
             .send()
             .await
@@ -235,7 +251,7 @@ async fn bad_requests_are_refused_with_reasons() {
     assert_eq!(r.status(), 422);
     assert_eq!(h.traffic("api", &[("api-r1", 100)]).await.status(), 200);
     let r = h
-        .http
+        .api
         .delete(format!("{}/v1/services/api/revisions/api-r1", h.admin))
         .send()
         .await
@@ -334,11 +350,27 @@ async fn secrets_are_read_by_the_platform_and_only_their_references_cross_the_ap
         format!("file:{}", secret.display()),
     )]
     .into();
+    // Only files the engine registered (those its pipeline names) are read.
+    let r = h.deploy("api", "api-r1", &request).await;
+    assert_eq!(r.status(), 422);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("is not a secret file the pipeline names"),
+        "{text}"
+    );
+    let r = h
+        .api
+        .post(format!("{}/v1/secret-files", h.admin))
+        .json(&[secret.display().to_string()])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
     let r = h.deploy("api", "api-r1", &request).await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     assert_eq!(std::fs::read_to_string(&seen).unwrap(), "s3cret-value");
     let view = h
-        .http
+        .api
         .get(format!("{}/v1/services/api", h.admin))
         .send()
         .await
@@ -410,7 +442,7 @@ async fn retiring_and_shutting_down_leave_no_process_behind() {
         .collect();
     assert_eq!(r1.len(), 2);
     let r = h
-        .http
+        .api
         .delete(format!("{}/v1/services/api/revisions/api-r1", h.admin))
         .send()
         .await
@@ -435,7 +467,7 @@ async fn retiring_and_shutting_down_leave_no_process_behind() {
 impl Harness {
     async fn platform_down(self) {
         let r = self
-            .http
+            .api
             .post(format!("{}/v1/shutdown", self.admin))
             .send()
             .await
@@ -446,4 +478,63 @@ impl Harness {
             .expect("the platform stops")
             .unwrap();
     }
+}
+
+#[tokio::test]
+async fn every_call_that_changes_or_reveals_anything_needs_the_token() {
+    let h = Harness::start().await;
+    assert_eq!(h.deploy("api", "api-r1", &demo("v1", 0.0, 1)).await.status(), 201);
+    let token_file = local_platform::token::path(h.running.admin.port());
+    assert_eq!(
+        std::fs::read_to_string(&token_file).unwrap(),
+        h.running.token,
+        "the engine finds the token by the admin port"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let shell = RevisionRequest {
+        command: "/bin/sh".into(),
+        args: vec!["-c".into(), "touch /tmp/engine-test-pwned".into()],
+        ..demo("x", 0.0, 1)
+    };
+    let wrong = authorized("0000");
+    for client in [&h.http, &wrong] {
+        let base = &h.admin;
+        let calls = [
+            client.get(format!("{base}/v1/services")),
+            client.get(format!("{base}/v1/services/api")),
+            client.put(format!("{base}/v1/services/api/revisions/evil")).json(&shell),
+            client.put(format!("{base}/v1/services/api/traffic")).json(&[Weight {
+                revision: "api-r1".into(),
+                percent: 100,
+            }]),
+            client.delete(format!("{base}/v1/services/api/revisions/api-r1")),
+            client.delete(format!("{base}/v1/services/api")),
+            client.post(format!("{base}/v1/secret-files")).json(&["/etc/passwd"]),
+            client.post(format!("{base}/v1/shutdown")),
+        ];
+        for call in calls {
+            let r = call.send().await.unwrap();
+            assert_eq!(r.status(), 401);
+            let body = r.text().await.unwrap();
+            assert!(body.contains("needs its access token"), "{body}");
+        }
+    }
+    let api = h.service("api").await;
+    assert_eq!(api.revisions.len(), 1, "nothing was deployed or removed");
+    assert!(!std::path::Path::new("/tmp/engine-test-pwned").exists());
+    // What the metrics check and Prometheus read stays open: counts, no configuration.
+    for path in ["/v1/health", "/metrics", "/v1/services/api/revisions/api-r1/metrics"] {
+        let r = h.http.get(format!("{}{path}", h.admin)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let port = h.running.admin.port();
+    h.platform_down().await;
+    assert!(
+        !local_platform::token::path(port).exists(),
+        "a stopped platform removes its token"
+    );
 }

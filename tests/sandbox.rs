@@ -344,7 +344,12 @@ async fn a_response_over_the_size_cap_is_refused() {
     .await
     .unwrap();
     assert_eq!(outcome, "err");
-    assert!(detail.contains("HttpResponseBodySize"), "{detail}");
+    // Refused at the headers when the length is announced, or as the body passes the cap.
+    assert!(
+        detail.contains("HttpResponseBodySize")
+            || detail.contains("body size exceeds limit: 1048576 bytes"),
+        "{detail}"
+    );
     assert!(sink.events().iter().any(|e| matches!(e,
         PluginEvent::LimitExceeded { message, .. } if message.contains("larger than the plugin's max_response of 1048576 bytes"))));
 }
@@ -728,4 +733,219 @@ async fn state_lives_in_the_granted_directory_across_fresh_instances() {
             .unwrap();
     assert_eq!(on_disk["calls"]["deploy"], 1);
     assert_eq!(on_disk["traffic"], json!([["api-run1", 100]]));
+}
+
+/// A runtime whose local platform admin port is `admin` (as `engine run` sets it from the
+/// pipeline).
+fn runtime_guarding(admin: u16) -> (engine::runtime::Runtime, engine::runtime::MemorySink) {
+    let sink = engine::runtime::MemorySink::default();
+    let runtime = engine::runtime::Runtime::new(engine::runtime::RuntimeOptions {
+        cache_dir: Some(cache_dir()),
+        max_concurrent_calls: 8,
+        sink: std::sync::Arc::new(sink.clone()),
+        local_admin_ports: vec![admin],
+        ..Default::default()
+    })
+    .unwrap();
+    (runtime, sink)
+}
+
+#[tokio::test]
+async fn no_wildcard_grant_reaches_the_local_platforms_admin_api_and_nothing_else_holds_its_token()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let platform = local_platform::start("127.0.0.1:0".parse().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let port = platform.admin.port();
+    let (runtime, sink) = runtime_guarding(port);
+    let grants = GrantsConfig {
+        allow_http: vec![
+            "http://localhost:*".into(),
+            "http://127.0.0.1:*".into(),
+            "http://*:*".into(),
+        ],
+        ..Default::default()
+    };
+    let plugin = load_hostile(&runtime, grants).await;
+    for host in ["localhost", "127.0.0.1", "127.1", "2130706433", "[::ffff:127.0.0.1]"] {
+        let url = format!("http://{host}:{port}/v1/services");
+        let denial = denied_get(&plugin, &sink, &url).await;
+        assert_eq!(denial.capability, Capability::Address, "{url}");
+        assert!(
+            denial.hint.contains(&format!("port {port} is the local platform's admin API")),
+            "{denial}"
+        );
+        sink.clear();
+    }
+    for mode in ["post"] {
+        let url = format!("http://localhost:{port}/v1/shutdown");
+        let (outcome, _) = probe(&plugin, json!({"mode": mode, "url": url})).await.unwrap();
+        assert_eq!(outcome, "err");
+    }
+
+    // Granted exactly, a plugin reaches the port but not the API: the token is the engine's
+    // own `local` provider's alone, and the plugin cannot open it.
+    let (runtime, sink) = runtime_guarding(port);
+    let grants = GrantsConfig {
+        allow_http: vec![format!("http://localhost:{port}")],
+        ..Default::default()
+    };
+    let plugin = load_hostile(&runtime, grants).await;
+    let url = format!("http://localhost:{port}/v1/services");
+    let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": url}))
+        .await
+        .unwrap();
+    assert_eq!(outcome, "err");
+    assert!(detail.contains("401"), "{detail}");
+    let (outcome, detail) = probe(
+        &plugin,
+        json!({"mode": "http", "url": url, "secret": local_api::SECRET_NAME}),
+    )
+    .await
+    .unwrap_err_or_report();
+    assert_eq!(outcome, "err", "{detail}");
+    let denials = sink.denials();
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    assert_eq!(denials[0].capability, Capability::Secret);
+    assert_eq!(denials[0].attempted, "open secret 'local-platform-token'");
+    assert!(platform.platform.services().is_empty());
+    platform.platform.request_shutdown();
+    platform.task.await.unwrap();
+}
+
+/// The outcome of a probe that may also fail as a call (an unopenable secret is a plugin error).
+trait ReportOrError {
+    fn unwrap_err_or_report(self) -> (String, String);
+}
+
+impl ReportOrError for Result<(String, String), CallError> {
+    fn unwrap_err_or_report(self) -> (String, String) {
+        match self {
+            Ok(report) => report,
+            Err(e) => ("err".into(), e.to_string()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_spelling_of_an_internal_address_is_refused_before_any_connection() {
+    let server = TestServer::start();
+    let port = server.port;
+    let (runtime, sink) = runtime();
+    let grants = GrantsConfig {
+        allow_http: vec!["http://*:*".into()],
+        ..Default::default()
+    };
+    let plugin = load_hostile(&runtime, grants).await;
+    for host in [
+        "0x7f.0.0.1",
+        "2130706433",
+        "0177.0.0.1",
+        "127.1",
+        "127.0.0.1.",
+        "0",
+        "0.0.0.0",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "[::127.0.0.1]",
+        "[::1]",
+        "[64:ff9b::7f00:1]",
+        "[2002:7f00:1::]",
+        "[fec0::1]",
+        "2852039166", // 169.254.169.254, the metadata address, in decimal
+        "0xa9.0xfe.0xa9.0xfe",
+    ] {
+        let url = format!("http://{host}:{port}/");
+        let denial = denied_get(&plugin, &sink, &url).await;
+        assert_eq!(denial.capability, Capability::Address, "{url}: {denial}");
+        sink.clear();
+    }
+    assert!(server.requests().is_empty(), "nothing may reach the server");
+}
+
+#[tokio::test]
+async fn a_literal_grant_opens_its_address_on_its_own_port_only() {
+    let server = TestServer::start();
+    let other = TestServer::start();
+    let (runtime, sink) = runtime();
+    let grants = GrantsConfig {
+        allow_http: vec![
+            format!("http://127.0.0.1:{}", server.port),
+            format!("http://localhost:{}", server.port),
+            "http://*:*".into(),
+        ],
+        ..Default::default()
+    };
+    let plugin = load_hostile(&runtime, grants).await;
+    for host in ["127.0.0.1", "127.1", "localhost"] {
+        let url = format!("http://{host}:{}/", server.port);
+        let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": url}))
+            .await
+            .unwrap();
+        assert_eq!((outcome.as_str(), detail.as_str()), ("ok", "200 hello"), "{url}");
+        let url = format!("http://{host}:{}/", other.port);
+        assert_eq!(denied_get(&plugin, &sink, &url).await.capability, Capability::Address);
+        sink.clear();
+    }
+    assert!(other.requests().is_empty());
+}
+
+/// The engine process's peak resident memory, from /proc.
+fn peak_resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test]
+async fn a_request_body_is_streamed_not_collected_in_the_engines_memory() {
+    let server = TestServer::start();
+    let (runtime, _) = runtime();
+    let grants = GrantsConfig {
+        allow_http: vec![format!("http://127.0.0.1:{}", server.port)],
+        memory: Some("32MiB".into()),
+        timeout: Some("5m".into()),
+        ..Default::default()
+    };
+    let plugin = load_hostile(&runtime, grants).await;
+    let before = peak_resident_bytes();
+    let url = format!("http://127.0.0.1:{}/sink", server.port);
+    let (outcome, detail) = probe(&plugin, json!({"mode": "upload", "url": url, "mib": 512}))
+        .await
+        .unwrap();
+    assert_eq!((outcome.as_str(), detail.as_str()), ("ok", "200"));
+    let grown = peak_resident_bytes().saturating_sub(before);
+    assert!(
+        grown < 192 << 20,
+        "a 512 MiB upload raised the engine's peak memory by {} MiB",
+        grown >> 20
+    );
+}
+
+#[tokio::test]
+async fn one_call_holds_at_most_sixteen_requests_open() {
+    let server = TestServer::start();
+    let (runtime, sink) = runtime();
+    let grants = GrantsConfig {
+        allow_http: vec![format!("http://127.0.0.1:{}", server.port)],
+        ..Default::default()
+    };
+    let plugin = load_hostile(&runtime, grants).await;
+    let url = format!("http://127.0.0.1:{}/", server.port);
+    let (outcome, detail) = probe(&plugin, json!({"mode": "fan-out", "url": url, "count": 40}))
+        .await
+        .unwrap();
+    assert_eq!(outcome, "ok");
+    assert!(
+        detail.starts_with("16 answered, 24 failed: ") && detail.contains("more than 16 requests open at once"),
+        "{detail}"
+    );
+    assert!(sink.events().iter().any(|e| matches!(e, PluginEvent::LimitExceeded { message, .. } if message.contains("more than 16 HTTP requests open at once"))));
+    // The limit is per call: the next call starts with none open.
+    let (_, detail) = probe(&plugin, json!({"mode": "fan-out", "url": url, "count": 16}))
+        .await
+        .unwrap();
+    assert_eq!(detail, "16 answered, 0 failed: ");
 }

@@ -33,8 +33,7 @@ pub fn runtime_with(resolve: &[(&str, IpAddr)]) -> (Runtime, MemorySink) {
         max_concurrent_calls: 8,
         sink: Arc::new(sink.clone()),
         resolve_overrides: overrides,
-        dry_run: false,
-        check_only: false,
+        ..Default::default()
     })
     .expect("runtime");
     (runtime, sink)
@@ -63,7 +62,8 @@ pub struct Received {
 }
 
 /// A real HTTP server on 127.0.0.1: `/echo` answers with the request's Authorization header,
-/// `/big` with 2 MiB, anything else with `hello`.
+/// `/big` with 2 MiB, `/sink` reads the request body and answers with its length, anything
+/// else with `hello`.
 pub struct TestServer {
     pub port: u16,
     pub received: Arc<Mutex<Vec<Received>>>,
@@ -78,7 +78,7 @@ impl TestServer {
         let received = Arc::new(Mutex::new(Vec::new()));
         let (srv, log) = (server.clone(), received.clone());
         let thread = std::thread::spawn(move || {
-            for request in srv.incoming_requests() {
+            for mut request in srv.incoming_requests() {
                 let authorization = request
                     .headers()
                     .iter()
@@ -90,6 +90,10 @@ impl TestServer {
                 });
                 let body = match request.url() {
                     "/echo" => authorization.unwrap_or_default().into_bytes(),
+                    "/sink" => {
+                        let n = std::io::copy(request.as_reader(), &mut std::io::sink());
+                        n.map_or_else(|e| e.to_string(), |n| format!("{n} bytes")).into_bytes()
+                    }
                     "/big" => vec![b'x'; 2 << 20],
                     _ => b"hello".to_vec(),
                 };

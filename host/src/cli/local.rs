@@ -60,6 +60,21 @@ fn http() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// The access token of the platform at `admin`, from its token file.
+fn token(admin: &str) -> Result<String, CommandError> {
+    local_platform::token::read(socket(admin)?.port()).map_err(CommandError::failure)
+}
+
+/// A call to the admin API with the platform's token.
+fn call(
+    admin: &str,
+    method: reqwest::Method,
+    path: &str,
+) -> Result<reqwest::RequestBuilder, CommandError> {
+    let url = format!("{}{path}", admin.trim_end_matches('/'));
+    Ok(http().request(method, url).bearer_auth(token(admin)?))
+}
+
 async fn health(admin: &str) -> Option<Health> {
     let url = format!("{}/v1/health", admin.trim_end_matches('/'));
     http().get(url).send().await.ok()?.json().await.ok()
@@ -180,8 +195,7 @@ async fn status(admin: &str) -> Result<(), CommandError> {
         h.pid, h.logs
     );
     let base = admin.trim_end_matches('/');
-    let services: Vec<ServiceView> = http()
-        .get(format!("{base}/v1/services"))
+    let services: Vec<ServiceView> = call(admin, reqwest::Method::GET, "/v1/services")?
         .send()
         .await
         .and_then(|r| r.error_for_status())
@@ -239,15 +253,14 @@ async fn status(admin: &str) -> Result<(), CommandError> {
 }
 
 async fn down(admin: &str) -> Result<(), CommandError> {
-    let base = admin.trim_end_matches('/');
     let Some(h) = health(admin).await else {
         println!("the local platform is not running on {admin}");
         return Ok(());
     };
-    http()
-        .post(format!("{base}/v1/shutdown"))
+    call(admin, reqwest::Method::POST, "/v1/shutdown")?
         .send()
         .await
+        .and_then(|r| r.error_for_status())
         .map_err(CommandError::failure)?;
     // The platform exits once every process it started is gone.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -267,10 +280,56 @@ async fn down(admin: &str) -> Result<(), CommandError> {
 /// Starts the local platform for a pipeline whose services use the `local` provider, with
 /// its logs beside the pipeline (`.engine/local`).
 pub async fn ensure_for(pipeline: &crate::config::Pipeline) -> Result<(), CommandError> {
+    let files = secret_files(pipeline);
     for admin in admins_used(pipeline) {
         ensure_running(&admin, &pipeline.directory().join(".engine").join("local")).await?;
+        if !files.is_empty() {
+            register_secret_files(&admin, &files).await?;
+        }
     }
     Ok(())
+}
+
+/// The files the pipeline's `local` services read secrets from (`file:/path` references).
+fn secret_files(pipeline: &crate::config::Pipeline) -> Vec<String> {
+    let mut files: Vec<String> = pipeline
+        .services
+        .iter()
+        .filter(|s| uses_local(pipeline, s))
+        .flat_map(|s| s.secrets.values())
+        .filter_map(|reference| reference.strip_prefix("file:"))
+        .map(str::to_string)
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// Tells the platform which files the pipeline names as secrets: the only ones it will read.
+async fn register_secret_files(admin: &str, files: &[String]) -> Result<(), CommandError> {
+    let response = call(admin, reqwest::Method::POST, "/v1/secret-files")?
+        .json(files)
+        .send()
+        .await
+        .map_err(CommandError::failure)?;
+    if response.status().is_success() {
+        return Ok(());
+    }
+    let error = response
+        .json::<local_api::ApiError>()
+        .await
+        .map(|e| e.error)
+        .unwrap_or_default();
+    Err(CommandError::failure(format!(
+        "the local platform refused the pipeline's secret files: {error}"
+    )))
+}
+
+/// Whether a service is deployed by the engine's own `local` provider.
+fn uses_local(pipeline: &crate::config::Pipeline, service: &crate::config::Service) -> bool {
+    pipeline.plugins.get(&service.provider).is_some_and(|p| {
+        matches!(&p.source, crate::plugins::PluginSource::Embedded(name) if name == "local")
+    })
 }
 
 /// The admin addresses of the `local` provider that a pipeline's services use.
@@ -278,11 +337,7 @@ pub fn admins_used(pipeline: &crate::config::Pipeline) -> Vec<String> {
     let mut admins: Vec<String> = pipeline
         .services
         .iter()
-        .filter(|s| {
-            pipeline.plugins.get(&s.provider).is_some_and(|p| {
-                matches!(&p.source, crate::plugins::PluginSource::Embedded(name) if name == "local")
-            })
-        })
+        .filter(|s| uses_local(pipeline, s))
         .map(|s| {
             s.provider_config
                 .get("admin")
@@ -294,4 +349,21 @@ pub fn admins_used(pipeline: &crate::config::Pipeline) -> Vec<String> {
     admins.sort();
     admins.dedup();
     admins
+}
+
+/// The local platform's admin ports a plugin must not reach through a wildcard grant: the
+/// default one, `ENGINE_LOCAL_ADMIN`'s, and those the pipeline's `local` services name.
+pub fn admin_ports(pipeline: Option<&crate::config::Pipeline>) -> Vec<u16> {
+    let mut admins = vec![local_api::DEFAULT_ADMIN.to_string()];
+    admins.extend(std::env::var("ENGINE_LOCAL_ADMIN").ok());
+    if let Some(pipeline) = pipeline {
+        admins.extend(admins_used(pipeline));
+    }
+    let mut ports: Vec<u16> = admins
+        .iter()
+        .filter_map(|a| reqwest::Url::parse(a).ok()?.port_or_known_default())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }

@@ -215,6 +215,7 @@ impl Cli {
                     .clone()
                     .or_else(engine_runtime::cache::CompileCache::default_dir)
             },
+            local_admin_ports: local::admin_ports(None),
             ..Default::default()
         }
     }

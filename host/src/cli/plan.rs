@@ -47,6 +47,7 @@ pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> 
     let sink = Arc::new(DryRunSink::default());
     let options = crate::runtime::RuntimeOptions {
         dry_run: true,
+        local_admin_ports: super::local::admin_ports(Some(&pipeline)),
         sink: sink.clone(),
         ..cli.runtime_options()
     };

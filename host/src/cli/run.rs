@@ -99,6 +99,7 @@ pub(super) async fn prepare(
     let pipeline = args.load()?;
     let options = crate::runtime::RuntimeOptions {
         dry_run,
+        local_admin_ports: super::local::admin_ports(Some(&pipeline)),
         ..cli.runtime_options()
     };
     let runtime = crate::runtime::Runtime::new(options)

@@ -69,6 +69,9 @@ async fn validate(cli: &super::Cli, args: &ValidateArgs) -> Result<Found, Comman
     let sink = Arc::new(MemorySink::default());
     let options = RuntimeOptions {
         check_only: true,
+        // A pull request's check: plugins may look, never touch (as in `engine plan`).
+        dry_run: true,
+        local_admin_ports: super::local::admin_ports(Some(&pipeline)),
         sink: sink.clone(),
         ..cli.runtime_options()
     };

@@ -1,87 +1,38 @@
 //! Outbound HTTP from plugins: the `wasi:http` send hook.
 //!
-//! Every request a plugin sends passes four checks before it leaves:
+//! The URL is read once, by the parser the HTTP client uses, and every check sees that
+//! reading. Every request a plugin sends passes these checks before it leaves:
 //! 1. its `scheme://host:port` matches a pattern the pipeline grants *and* one the plugin
 //!    declares;
-//! 2. every address the host name resolves to is public, unless the grant names that address
-//!    literally (or the request is to `localhost` and `localhost` is granted), so a granted
-//!    name cannot be pointed at an internal service or a cloud metadata endpoint;
+//! 2. the address rules of [`super::address`]: internal addresses only when named, on the
+//!    named ports; names that resolve to internal addresses never; the local platform's admin
+//!    port only through an exact grant;
 //! 3. secret placeholders in its headers are replaced only for destinations the secret is
 //!    granted for;
-//! 4. the response body is read up to the plugin's `max_response` limit.
+//! 4. the call has fewer than [`MAX_REQUESTS_IN_FLIGHT`] requests open.
+//!
+//! Bodies are streamed both ways, so the engine's memory holds only a bounded window of each;
+//! the response body fails once it passes the plugin's `max_response`.
 //!
 //! Redirects are not followed (a granted host could redirect anywhere) and proxies from the
 //! environment are ignored.
 
+use super::address::{AddressPolicy, CanonicalHost, Refusal};
 use super::events::{Capability, Denial, EventSink, PluginEvent};
 use super::grants::{HttpPattern, default_port, suggested_http_grant};
 use super::secrets::{PLACEHOLDER_PREFIX, PluginSecrets, redactor};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
-
-/// Whether an address belongs to a network a plugin must not reach unless granted by address:
-/// loopback, private ranges, link-local (cloud metadata at 169.254.169.254 included), carrier-
-/// grade NAT, unspecified, multicast and broadcast.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_internal_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal_v4(v4);
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local, fd00:ec2::254 (AWS metadata) among them
-                || (first & 0xffc0) == 0xfe80 // link-local
-        }
-    }
-}
-
-fn is_internal_v4(v4: Ipv4Addr) -> bool {
-    let [a, b, ..] = v4.octets();
-    v4.is_loopback()
-        || v4.is_private()
-        || v4.is_link_local()
-        || v4.is_unspecified()
-        || v4.is_broadcast()
-        || v4.is_multicast()
-        || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT, 100.64.0.0/10
-        || a == 0
-}
-
-/// Which internal addresses a plugin's grants allow.
-#[derive(Debug, Clone, Default)]
-pub struct AddressPolicy {
-    /// Addresses the grants name literally (`http://10.0.0.5:8080`).
-    literal: Vec<IpAddr>,
-    /// Whether `localhost` is granted (then loopback is allowed for `localhost` only).
-    localhost: bool,
-}
-
-impl AddressPolicy {
-    pub fn from_grants(granted: &[HttpPattern]) -> AddressPolicy {
-        AddressPolicy {
-            literal: granted.iter().filter_map(HttpPattern::literal_ip).collect(),
-            localhost: granted.iter().any(|p| p.names_host("localhost")),
-        }
-    }
-
-    /// Whether a request to `host` may connect to `ip`.
-    pub fn allows(&self, host: &str, ip: IpAddr) -> bool {
-        !is_internal(ip)
-            || self.literal.contains(&ip)
-            || (self.localhost && host == "localhost" && ip.is_loopback())
-    }
-}
 
 /// The error the guarded resolver returns; found again in the error chain to report a denial.
 #[derive(Debug)]
@@ -136,7 +87,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
             let addresses = lookup(&overrides, &host).await?;
             let allowed: Vec<SocketAddr> = addresses
                 .iter()
-                .filter(|ip| policy.allows(&host, **ip))
+                .filter(|ip| policy.allows_resolved(&host, **ip))
                 .map(|ip| SocketAddr::new(*ip, 0))
                 .collect();
             if allowed.is_empty() {
@@ -150,6 +101,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
 /// A request that passed the checks: its plain headers, the headers still holding secret
 /// placeholders (with the secrets they name), and its origin (an identity token's audience).
 struct Authorized {
+    /// The URL as the client will read it (the same parse the checks saw).
+    url: reqwest::Url,
     headers: HeaderMap,
     pending: Vec<(
         http::HeaderName,
@@ -186,7 +139,7 @@ impl EgressPolicy {
             runtime.sink.clone(),
             runtime.dry_run,
         );
-        let addresses = AddressPolicy::from_grants(&granted);
+        let addresses = AddressPolicy::new(&granted, &runtime.local_admin_ports);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
@@ -228,31 +181,30 @@ impl EgressPolicy {
     fn authorize(&self, request: &http::Request<WasiBody>) -> Result<Authorized, HttpError> {
         let uri = request.uri();
         let attempted = format!("{} {}", request.method(), uri);
-        let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
-        let host = uri
-            .host()
-            .unwrap_or_default()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        let Some(port) = uri.port_u16().or_else(|| default_port(&scheme)) else {
-            return Err(HttpError::HttpRequestUriInvalid);
+        let Destination {
+            url,
+            scheme,
+            host,
+            port,
+        } = Destination::read(uri)?;
+        let suggestion = suggested_http_grant(&scheme, &host.name, port);
+        let add_grant = || {
+            format!(
+                "add \"{suggestion}\" to allow_http in [plugins.{}]",
+                self.plugin
+            )
         };
-        let suggestion = suggested_http_grant(&scheme, &host, port);
-        if !self.granted.iter().any(|p| p.matches(&scheme, &host, port)) {
-            return Err(self.deny(
-                Capability::Http,
-                attempted,
-                format!(
-                    "add \"{suggestion}\" to allow_http in [plugins.{}]",
-                    self.plugin
-                ),
-            ));
+        if !self
+            .granted
+            .iter()
+            .any(|p| p.matches(&scheme, &host.name, port))
+        {
+            return Err(self.deny(Capability::Http, attempted, add_grant()));
         }
         if !self
             .declared
             .iter()
-            .any(|p| p.matches(&scheme, &host, port))
+            .any(|p| p.matches(&scheme, &host.name, port))
         {
             return Err(self.deny(
                 Capability::Http,
@@ -260,28 +212,32 @@ impl EgressPolicy {
                 "the plugin does not declare this destination in its capabilities, so no grant can allow it".into(),
             ));
         }
+        match self.addresses.check(&scheme, &host, port) {
+            Ok(()) => {}
+            Err(Refusal::Internal) => {
+                return Err(self.deny(Capability::Address, attempted, add_grant()));
+            }
+            Err(Refusal::AdminPort) => {
+                return Err(self.deny(
+                    Capability::Address,
+                    attempted,
+                    format!(
+                        "port {port} is the local platform's admin API, which no wildcard grant reaches; only the engine's own `local` provider may call it"
+                    ),
+                ));
+            }
+        }
         // A dry run lets plugins look but not touch: after the grant checks, so a plan still
         // reports what a real run would be denied.
         if self.dry_run && !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
             self.sink.event(PluginEvent::WouldCall {
                 plugin: self.plugin.clone(),
                 method: request.method().to_string(),
-                url: redactor().redact(&uri.to_string()),
+                url: redactor().redact(url.as_str()),
             });
             return Err(HttpError::HttpRequestDenied);
         }
-        if let Ok(ip) = host.parse::<IpAddr>()
-            && !self.addresses.allows(&host, ip)
-        {
-            return Err(self.deny(
-                Capability::Address,
-                attempted,
-                format!(
-                    "add \"{suggestion}\" to allow_http in [plugins.{}]",
-                    self.plugin
-                ),
-            ));
-        }
+        let host = host.name;
 
         // An access token goes to Google's APIs only, unless its grant names hosts.
         let google_api = host == "googleapis.com" || host.ends_with(".googleapis.com");
@@ -322,11 +278,9 @@ impl EgressPolicy {
             }
             pending.push((name.clone(), text.to_string(), secrets));
         }
-        let origin = match uri.port_u16() {
-            Some(p) => format!("{scheme}://{host}:{p}"),
-            None => format!("{scheme}://{host}"),
-        };
+        let origin = url.origin().ascii_serialization();
         Ok(Authorized {
+            url,
             headers,
             pending,
             origin,
@@ -334,8 +288,12 @@ impl EgressPolicy {
     }
 
     /// Puts the secrets' values into the headers that carry their placeholders.
-    async fn fill_secrets(&self, authorized: Authorized) -> Result<HeaderMap, HttpError> {
+    async fn fill_secrets(
+        &self,
+        authorized: Authorized,
+    ) -> Result<(reqwest::Url, HeaderMap), HttpError> {
         let Authorized {
+            url,
             mut headers,
             pending,
             origin,
@@ -362,60 +320,64 @@ impl EgressPolicy {
                 })?;
             headers.append(name, value);
         }
-        Ok(headers)
+        Ok((url, headers))
     }
 
     async fn send(
         self: Arc<Self>,
         request: http::Request<WasiBody>,
-        headers: HeaderMap,
+        (url, headers): (reqwest::Url, HeaderMap),
         options: Option<RequestOptions>,
+        permit: OwnedSemaphorePermit,
     ) -> Result<http::Response<WasiBody>, HttpError> {
         let (parts, body) = request.into_parts();
-        let body = body.collect().await?.to_bytes();
-        let url = parts.uri.to_string();
+        let shown = redactor().redact(url.as_str());
         let mut builder = self
             .client
-            .request(parts.method.clone(), &url)
+            .request(parts.method.clone(), url)
             .headers(headers)
-            .body(body);
+            .body(streamed(body));
         if let Some(timeout) = options.and_then(|o| o.first_byte_timeout) {
             builder = builder.timeout(timeout);
         }
-        let mut response = builder
+        let response = builder
             .send()
             .await
-            .map_err(|e| self.send_error(&parts.method, &url, e))?;
-
-        let mut out = http::Response::builder().status(response.status());
-        for (name, value) in response.headers() {
-            out = out.header(name, value);
-        }
-        let mut collected = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.send_error(&parts.method, &url, e))?
+            .map_err(|e| self.send_error(&parts.method, &shown, e))?;
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_response_bytes)
         {
-            if (collected.len() + chunk.len()) as u64 > self.max_response_bytes {
-                self.sink.event(PluginEvent::LimitExceeded {
-                    plugin: self.plugin.clone(),
-                    message: format!(
-                        "the response to {} {} is larger than the plugin's max_response of {} bytes; raise max_response in [plugins.{}]",
-                        parts.method, redactor().redact(&url), self.max_response_bytes, self.plugin
-                    ),
-                });
-                return Err(HttpError::HttpResponseBodySize(Some(
-                    self.max_response_bytes,
-                )));
-            }
-            collected.extend_from_slice(&chunk);
+            return Err(self.response_too_large(&parts.method, &shown));
         }
-        let body = Full::new(Bytes::from(collected))
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        out.body(body)
-            .map_err(|e| HttpError::InternalError(Some(e.to_string())))
+        let response: http::Response<reqwest::Body> = response.into();
+        let (head, body) = response.into_parts();
+        let body = Metered {
+            inner: body,
+            received: 0,
+            cap: self.max_response_bytes,
+            over: Some(OverCap {
+                policy: self.clone(),
+                what: format!("{} {shown}", parts.method),
+            }),
+            _permit: permit,
+        };
+        Ok(http::Response::from_parts(head, body.boxed_unsync()))
+    }
+
+    fn response_too_large(&self, method: &http::Method, url: &str) -> HttpError {
+        self.limit_exceeded(format!(
+            "the response to {method} {url} is larger than the plugin's max_response of {} bytes; raise max_response in [plugins.{}]",
+            self.max_response_bytes, self.plugin
+        ));
+        HttpError::HttpResponseBodySize(Some(self.max_response_bytes))
+    }
+
+    fn limit_exceeded(&self, message: String) {
+        self.sink.event(PluginEvent::LimitExceeded {
+            plugin: self.plugin.clone(),
+            message,
+        });
     }
 
     fn send_error(&self, method: &http::Method, url: &str, error: reqwest::Error) -> HttpError {
@@ -463,9 +425,24 @@ mod url {
     }
 }
 
+/// How many requests one call may have open at once: each holds a connection and its
+/// buffers in the engine's memory until the plugin has read the response or dropped it.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 16;
+
 /// The hook object in each call's store.
 pub struct EgressHooks {
     pub policy: Arc<EgressPolicy>,
+    /// This call's open requests ([`MAX_REQUESTS_IN_FLIGHT`]).
+    in_flight: Arc<Semaphore>,
+}
+
+impl EgressHooks {
+    pub fn new(policy: Arc<EgressPolicy>) -> EgressHooks {
+        EgressHooks {
+            policy,
+            in_flight: Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
+        }
+    }
 }
 
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
@@ -479,68 +456,144 @@ impl WasiHttpHooks for EgressHooks {
     ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>
     {
         let policy = self.policy.clone();
-        let authorized = policy.authorize(&request);
+        let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            policy.limit_exceeded(format!(
+                "more than {MAX_REQUESTS_IN_FLIGHT} HTTP requests open at once in one call (read or drop responses before sending more)"
+            ));
+            HttpError::InternalError(Some(format!(
+                "more than {MAX_REQUESTS_IN_FLIGHT} requests open at once"
+            )))
+        });
+        let authorized = permit.and_then(|permit| Ok((policy.authorize(&request)?, permit)));
         Box::new(async move {
-            let headers = policy.fill_secrets(authorized?).await?;
-            let response = policy.send(request, headers, options).await?;
+            let (authorized, permit) = authorized?;
+            let target = policy.fill_secrets(authorized).await?;
+            let response = policy.send(request, target, options, permit).await?;
             Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The destination of a request, read by the URL parser the HTTP client itself uses, so the
+/// checks and the connection see the same host.
+struct Destination {
+    url: reqwest::Url,
+    scheme: String,
+    host: CanonicalHost,
+    port: u16,
+}
 
-    #[test]
-    fn internal_ranges() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00:ec2::254",
-            "fe80::1",
-            "::ffff:10.0.0.1",
-            "224.0.0.1",
-        ] {
-            assert!(is_internal(ip.parse().unwrap()), "{ip} should be internal");
+impl Destination {
+    fn read(uri: &http::Uri) -> Result<Destination, HttpError> {
+        let mut url =
+            reqwest::Url::parse(&uri.to_string()).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+        // Credentials in a URL would become a Basic header no check has seen.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(HttpError::HttpRequestUriInvalid);
         }
-        for ip in [
-            "8.8.8.8",
-            "142.250.1.1",
-            "2001:4860:4860::8888",
-            "100.128.0.1",
-        ] {
-            assert!(!is_internal(ip.parse().unwrap()), "{ip} should be public");
+        let scheme = url.scheme().to_string();
+        if scheme != "http" && scheme != "https" {
+            return Err(HttpError::HttpProtocolError);
         }
+        let host = url
+            .host()
+            .map(CanonicalHost::from)
+            .ok_or(HttpError::HttpRequestUriInvalid)?;
+        let port = url
+            .port_or_known_default()
+            .ok_or(HttpError::HttpRequestUriInvalid)?;
+        url.set_fragment(None);
+        Ok(Destination {
+            url,
+            scheme,
+            host,
+            port,
+        })
     }
+}
 
-    #[test]
-    fn internal_addresses_need_a_literal_grant_or_localhost() {
-        let grants: Vec<HttpPattern> = [
-            "https://api.example.com",
-            "http://10.0.0.5:8080",
-            "http://localhost:*",
-        ]
-        .iter()
-        .map(|p| HttpPattern::parse(p).unwrap())
-        .collect();
-        let policy = AddressPolicy::from_grants(&grants);
-        assert!(policy.allows("api.example.com", "93.184.216.34".parse().unwrap()));
-        assert!(!policy.allows("api.example.com", "10.0.0.6".parse().unwrap()));
-        assert!(policy.allows("api.example.com", "10.0.0.5".parse().unwrap()));
-        assert!(policy.allows("localhost", "127.0.0.1".parse().unwrap()));
-        assert!(!policy.allows("rebound.example.com", "127.0.0.1".parse().unwrap()));
-        let none = AddressPolicy::from_grants(&[HttpPattern::parse("https://*").unwrap()]);
-        assert!(!none.allows("localhost", "127.0.0.1".parse().unwrap()));
-        assert!(!none.allows(
-            "metadata.google.internal",
-            "169.254.169.254".parse().unwrap()
-        ));
+/// The plugin's request body, handed to the client as it is written: never collected in the
+/// engine's memory (a bounded channel between the two).
+fn streamed(mut body: WasiBody) -> reqwest::Body {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::spawn(async move {
+        while let Some(frame) = body.frame().await {
+            let item = match frame.map(http_body::Frame::into_data) {
+                Ok(Ok(data)) => Ok(data),
+                Ok(Err(_trailers)) => continue,
+                Err(e) => Err(std::io::Error::other(format!("the plugin's request body: {e:?}"))),
+            };
+            let failed = item.is_err();
+            if sender.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    reqwest::Body::wrap(ChannelBody(receiver))
+}
+
+/// The receiving end of [`streamed`], as a body the client can send.
+struct ChannelBody(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|item| item.map(|chunk| chunk.map(http_body::Frame::data)))
+    }
+}
+
+/// What to report when a response passes its cap.
+struct OverCap {
+    policy: Arc<EgressPolicy>,
+    what: String,
+}
+
+/// A response body passed to the plugin as it arrives, failing once it passes the cap; holds
+/// its request's place among the call's open requests until the plugin is done with it.
+struct Metered {
+    inner: reqwest::Body,
+    received: u64,
+    cap: u64,
+    over: Option<OverCap>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Metered {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, HttpError>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                let message = redactor().redact(&e.to_string());
+                return Poll::Ready(Some(Err(HttpError::InternalError(Some(message)))));
+            }
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        if let Some(data) = frame.data_ref() {
+            self.received += data.len() as u64;
+            if self.received > self.cap {
+                if let Some(over) = self.over.take() {
+                    over.policy.limit_exceeded(format!(
+                        "the response to {} is larger than the plugin's max_response of {} bytes; raise max_response in [plugins.{}]",
+                        over.what, self.cap, over.policy.plugin
+                    ));
+                }
+                return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(self.cap)))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 }

@@ -178,6 +178,11 @@ impl MemorySink {
             .clone()
     }
 
+    /// Forgets what was recorded so far.
+    pub fn clear(&self) {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     pub fn denials(&self) -> Vec<Denial> {
         self.events()
             .into_iter()

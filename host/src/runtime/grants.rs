@@ -338,7 +338,12 @@ impl HttpPattern {
                 "{text:?}: '*' may only stand alone or as the first label; {hint}"
             ));
         } else {
-            HostPattern::Exact(host)
+            // Read as the HTTP client reads hosts, so `127.1` and `127.0.0.1` are one grant.
+            HostPattern::Exact(
+                super::address::canonical_host(&host)
+                    .map_err(|e| format!("{text:?}: {e}"))?
+                    .name,
+            )
         };
         Ok(HttpPattern {
             scheme,
@@ -386,6 +391,11 @@ impl HttpPattern {
             HostPattern::Exact(h) => h.parse().ok(),
             _ => None,
         }
+    }
+
+    /// Whether the pattern names exactly this host and this port (no wildcard in either).
+    pub fn names_exactly(&self, host: &str, port: u16) -> bool {
+        self.names_host(host) && self.port == PortPattern::Exact(port)
     }
 
     /// Whether the pattern names exactly this host (no wildcard).

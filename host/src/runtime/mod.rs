@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod address;
 pub mod bindings;
 pub mod cache;
 pub mod egress;
@@ -66,11 +67,17 @@ pub struct RuntimeOptions {
     /// reported as [`PluginEvent::WouldCall`], and granted directories are mounted read-only,
     /// so no plugin can change anything, whatever its code does.
     pub dry_run: bool,
+    /// The local platform's admin ports on this machine: no wildcard grant reaches them, and
+    /// the engine's own `local` provider gets the platform's token for them.
+    pub local_admin_ports: Vec<u16>,
     /// Plugins are loaded only to be checked (`engine validate`): a secret whose source cannot
     /// be read here (a CI variable a pull-request job lacks, no Google credentials) is reported
     /// as a warning instead of failing the load, and the plugin simply does not get it.
     pub check_only: bool,
 }
+
+/// The port of the local platform's default admin address (`local_api::DEFAULT_ADMIN`).
+pub const DEFAULT_ADMIN_PORT: u16 = 7700;
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
@@ -80,6 +87,7 @@ impl Default for RuntimeOptions {
             sink: Arc::new(TracingSink),
             resolve_overrides: HashMap::new(),
             dry_run: false,
+            local_admin_ports: vec![DEFAULT_ADMIN_PORT],
             check_only: false,
         }
     }
@@ -95,6 +103,7 @@ pub(crate) struct RuntimeShared {
     pub resolve_overrides: Arc<HashMap<String, Vec<IpAddr>>>,
     pub dry_run: bool,
     pub check_only: bool,
+    pub local_admin_ports: Vec<u16>,
     provider_linker: Linker<PluginState>,
     strategy_linker: Linker<PluginState>,
     health_linker: Linker<PluginState>,
@@ -147,6 +156,7 @@ impl Runtime {
                 resolve_overrides: Arc::new(options.resolve_overrides),
                 dry_run: options.dry_run,
                 check_only: options.check_only,
+                local_admin_ports: options.local_admin_ports,
             }),
         })
     }
@@ -208,10 +218,13 @@ impl Runtime {
         let pre = linker.instantiate_pre(&component).map_err(link_error)?;
         let pre = plugin::KindPre::new(shape.kind, pre).map_err(link_error)?;
 
-        let grants = grants.parse().map_err(|error| LoadError::Grant {
+        let mut grants = grants.parse().map_err(|error| LoadError::Grant {
             plugin: name.to_string(),
             error,
         })?;
+        if matches!(source, PluginSource::Embedded(n) if n == "local") {
+            self.broker_local_platform_token(&mut grants);
+        }
         // `info` runs with nothing granted: it must be pure.
         let bare = self.sandbox(
             name,
@@ -245,6 +258,27 @@ impl Runtime {
             }),
         };
         Ok((plugin, outcome))
+    }
+
+    /// The engine's own `local` provider gets the local platform's access token, for the
+    /// admin addresses only. No other plugin can: the source cannot be written in a pipeline.
+    fn broker_local_platform_token(&self, grants: &mut Grants) {
+        let hosts = self
+            .shared
+            .local_admin_ports
+            .iter()
+            .flat_map(|port| {
+                ["localhost", "127.0.0.1"].map(|host| format!("http://{host}:{port}"))
+            })
+            .filter_map(|pattern| HttpPattern::parse(&pattern).ok())
+            .collect();
+        grants.secrets.insert(
+            local_api::SECRET_NAME.to_string(),
+            grants::SecretGrant {
+                source: secrets::SecretSource::LocalPlatform,
+                hosts: Some(hosts),
+            },
+        );
     }
 
     fn sandbox(

@@ -20,6 +20,9 @@ pub enum SecretSource {
     Env(String),
     /// `file:PATH`: a file's contents, without the trailing newline.
     File(PathBuf),
+    /// The local platform's access token: given by the engine to its own `local` provider,
+    /// never written in a pipeline.
+    LocalPlatform,
     /// `google[:KEY]` (an access token) or `google-id-token[:KEY]` (an identity token for the
     /// destination), from a key file or the credential chain.
     Google {
@@ -55,6 +58,7 @@ impl SecretSource {
     /// Reads the value now (for Google tokens: finds the credential; tokens come per request).
     pub fn resolve(&self) -> Result<SecretValue, String> {
         let value = match self {
+            SecretSource::LocalPlatform => return Ok(SecretValue::LocalPlatform),
             SecretSource::Google { kind, key } => {
                 let credential = match key {
                     Some(path) => Credential::from_file(path)?,
@@ -85,6 +89,9 @@ impl SecretSource {
 pub enum SecretValue {
     Fixed(String),
     Google(Arc<GoogleTokens>),
+    /// The access token of the local platform on the destination's port, read from its token
+    /// file when a request goes out (the platform may have restarted with a new one).
+    LocalPlatform,
 }
 
 impl SecretValue {
@@ -93,6 +100,15 @@ impl SecretValue {
         match self {
             SecretValue::Fixed(v) => Ok(v.clone()),
             SecretValue::Google(tokens) => tokens.token(origin).await,
+            SecretValue::LocalPlatform => {
+                let port = reqwest::Url::parse(origin)
+                    .ok()
+                    .and_then(|u| u.port_or_known_default())
+                    .ok_or_else(|| format!("{origin} has no port"))?;
+                let token = local_platform::token::read(port).map_err(|e| e.to_string())?;
+                redactor().register(&token);
+                Ok(token)
+            }
         }
     }
 

@@ -121,9 +121,7 @@ impl PluginState {
             wasi: builder.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: EgressHooks {
-                policy: sandbox.egress.clone(),
-            },
+            hooks: EgressHooks::new(sandbox.egress.clone()),
             limiter: MemoryLimiter {
                 cap: sandbox.limits.memory_bytes,
                 refused: probes.memory_refused.clone(),

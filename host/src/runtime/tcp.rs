@@ -6,7 +6,7 @@
 //! the grant names it (the same rule as for HTTP), then connects, measures and closes.
 
 use super::bindings::health::engine::plugin::tcp::{ConnectError, Connected};
-use super::egress::AddressPolicy;
+use super::address::{AddressPolicy, Refusal, canonical_host};
 use super::events::{Capability, Denial, EventSink, PluginEvent};
 use super::grants::HttpPattern;
 use std::collections::HashMap;
@@ -33,7 +33,7 @@ impl TcpPolicy {
     ) -> TcpPolicy {
         TcpPolicy {
             plugin: plugin.to_string(),
-            addresses: AddressPolicy::from_grants(&granted),
+            addresses: AddressPolicy::new(&granted, &runtime.local_admin_ports),
             granted,
             declared,
             resolve_overrides: runtime.resolve_overrides.clone(),
@@ -60,10 +60,8 @@ impl TcpPolicy {
         timeout: Duration,
     ) -> Result<Connected, ConnectError> {
         let started = Instant::now();
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let canonical = canonical_host(host).map_err(ConnectError::Unresolved)?;
+        let host = canonical.name.clone();
         let shown = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -85,6 +83,17 @@ impl TcpPolicy {
                 format!("add \"{shown}\" to allow_tcp in [plugins.{}]", self.plugin),
             ));
         }
+        if let Err(refusal) = self.addresses.check("tcp", &canonical, port) {
+            let why = match refusal {
+                Refusal::Internal => "an internal address no grant names with this port".to_string(),
+                Refusal::AdminPort => format!("port {port} is the local platform's admin API, which no wildcard grant reaches"),
+            };
+            return Err(self.deny(
+                Capability::Address,
+                format!("connect {shown} ({why})"),
+                format!("grant it exactly, \"{shown}\" in allow_tcp in [plugins.{}], if the check really must reach it", self.plugin),
+            ));
+        }
         let lookup = super::egress::lookup(&self.resolve_overrides, &host);
         let resolved = match tokio::time::timeout(timeout, lookup).await {
             Err(_) => return Err(ConnectError::TimedOut),
@@ -94,7 +103,7 @@ impl TcpPolicy {
         let allowed: Vec<IpAddr> = resolved
             .iter()
             .copied()
-            .filter(|ip| self.addresses.allows(&host, *ip))
+            .filter(|ip| canonical.ip == Some(*ip) || self.addresses.allows_resolved(&host, *ip))
             .collect();
         if allowed.is_empty() {
             return Err(self.deny(

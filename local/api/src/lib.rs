@@ -13,12 +13,20 @@
 //! | `DELETE /v1/services/{service}` | | 204 (stops every revision) |
 //! | `GET /v1/services/{service}/revisions/{revision}/metrics?since_ms=N` | | [`Metrics`] |
 //! | `GET /metrics` | | every revision's request counters and latency histogram, OpenMetrics text for Prometheus |
+//! | `POST /v1/secret-files` | `["/absolute/path", …]` | 204; `file:` secret references may read these files (the engine registers those its pipeline names) |
 //! | `POST /v1/shutdown` | | 202; the platform stops its processes and exits |
 //!
+//! Every call except `GET /v1/health` and the two metrics reads needs the platform's access
+//! token as `Authorization: Bearer <token>` ([`SECRET_NAME`]); without it the answer is 401.
 //! Errors are [`ApiError`] with a fitting status code.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// The name under which the engine gives its own `local` provider the platform's access token,
+/// as a host-brokered secret: the plugin holds a placeholder, the host puts the value into
+/// requests to the admin address only.
+pub const SECRET_NAME: &str = "local-platform-token";
 
 /// The default admin address (loopback only).
 pub const DEFAULT_ADMIN: &str = "http://localhost:7700";

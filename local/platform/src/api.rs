@@ -1,7 +1,8 @@
 //! The admin API (routes and payloads in the `local-api` crate's documentation).
 
 use crate::{Platform, Refusal};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::{self, Next};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -31,9 +32,18 @@ fn not_found(service: &str) -> Refusal {
     }
 }
 
+/// The routes. Every one needs the platform's token except the read-only ones that reveal
+/// nothing but request counts and latencies (health, metrics), which the `metrics` check and
+/// Prometheus read.
 pub fn router(platform: Arc<Platform>) -> Router {
-    Router::new()
+    let open = Router::new()
         .route("/v1/health", get(health))
+        .route(
+            "/v1/services/{service}/revisions/{revision}/metrics",
+            get(metrics),
+        )
+        .route("/metrics", get(prometheus));
+    let guarded = Router::new()
         .route("/v1/services", get(list))
         .route("/v1/services/{service}", get(show).delete(destroy))
         .route("/v1/services/{service}/traffic", put(traffic))
@@ -41,13 +51,33 @@ pub fn router(platform: Arc<Platform>) -> Router {
             "/v1/services/{service}/revisions/{revision}",
             put(deploy).delete(retire),
         )
-        .route(
-            "/v1/services/{service}/revisions/{revision}/metrics",
-            get(metrics),
-        )
-        .route("/metrics", get(prometheus))
+        .route("/v1/secret-files", post(allow_secret_files))
         .route("/v1/shutdown", post(shutdown))
-        .with_state(platform)
+        .route_layer(middleware::from_fn_with_state(platform.clone(), authorize));
+    open.merge(guarded).with_state(platform)
+}
+
+/// Refuses a call without the platform's token: 401, saying where the token is.
+async fn authorize(State(p): Shared, request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if p.authorizes(header) {
+        return next.run(request).await;
+    }
+    Refusal {
+        status: 401,
+        message: "the local platform's admin API needs its access token (Authorization: Bearer …); the engine reads it from the token file of this port and gives it only to its own `local` provider".into(),
+    }
+    .into_response()
+}
+
+async fn allow_secret_files(State(p): Shared, Json(files): Json<Vec<String>>) -> Response {
+    match p.allow_secret_files(&files) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
 }
 
 async fn health(State(p): Shared) -> Json<Health> {

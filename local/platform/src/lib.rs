@@ -13,6 +13,7 @@ pub mod api;
 pub mod metrics;
 pub mod proxy;
 pub mod supervisor;
+pub mod token;
 
 use local_api::{RevisionRequest, RevisionView, ServiceView, Weight};
 use metrics::Recorder;
@@ -44,6 +45,11 @@ pub struct Platform {
     shutdown: watch::Sender<bool>,
     /// Every revision's request metrics, for `GET /metrics`.
     exporter: Arc<metrics::Exporter>,
+    /// What every admin call but the read-only ones must carry ([`token`]).
+    token: String,
+    /// The files `file:` secret references may read: those the pipelines using this platform
+    /// name, registered by the engine itself (canonical paths).
+    secret_files: Mutex<std::collections::BTreeSet<PathBuf>>,
 }
 
 /// One service: its front door and revisions.
@@ -190,7 +196,7 @@ fn check_name(what: &str, name: &str) -> Result<(), Refusal> {
 }
 
 impl Platform {
-    pub fn new(dir: &Path) -> Arc<Platform> {
+    pub fn new(dir: &Path, token: String) -> Arc<Platform> {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
@@ -201,7 +207,44 @@ impl Platform {
             client,
             shutdown,
             exporter: Arc::default(),
+            token,
+            secret_files: Mutex::default(),
         })
+    }
+
+    /// Whether an `Authorization` header value carries this platform's token.
+    pub fn authorizes(&self, header: Option<&str>) -> bool {
+        token::authorizes(header, &self.token)
+    }
+
+    /// Allows `file:` secret references to these files (as the engine found them in a
+    /// pipeline); each must exist, and is kept by its canonical path.
+    pub fn allow_secret_files(&self, files: &[String]) -> Result<(), Refusal> {
+        let mut canonical = Vec::with_capacity(files.len());
+        for file in files {
+            if !file.starts_with('/') {
+                return Err(refuse(422, format!("{file:?} is not an absolute path")));
+            }
+            let path = std::fs::canonicalize(file)
+                .map_err(|e| refuse(422, format!("secret file {file}: {e}")))?;
+            canonical.push(path);
+        }
+        lock(&self.secret_files).extend(canonical);
+        Ok(())
+    }
+
+    /// Reads a secret reference, refusing files no pipeline named.
+    fn resolve_secret(&self, reference: &str) -> Result<String, String> {
+        if let Some(file) = reference.strip_prefix("file:") {
+            let allowed = std::fs::canonicalize(file)
+                .is_ok_and(|path| lock(&self.secret_files).contains(&path));
+            if !allowed {
+                return Err(format!(
+                    "{file} is not a secret file the pipeline names; the platform reads only the files the engine registered for the pipelines it runs (name it in the service's `secrets`)"
+                ));
+            }
+        }
+        local_api::resolve_secret(reference)
     }
 
     pub fn logs_dir(&self) -> PathBuf {
@@ -283,7 +326,8 @@ impl Platform {
         }
         let mut secrets = Vec::new();
         for (name, reference) in &request.secrets {
-            let value = local_api::resolve_secret(reference)
+            let value = self
+                .resolve_secret(reference)
                 .map_err(|e| refuse(422, format!("secret {name}: {e}")))?;
             secrets.push((name.clone(), value));
         }
@@ -468,6 +512,8 @@ impl Platform {
 /// A running platform: its admin address, and the task serving it.
 pub struct Running {
     pub admin: SocketAddr,
+    /// The admin API's access token (also in [`token::path`]).
+    pub token: String,
     pub platform: Arc<Platform>,
     pub task: JoinHandle<()>,
 }
@@ -486,7 +532,13 @@ pub async fn start(admin: SocketAddr, dir: &Path) -> anyhow::Result<Running> {
         )
     })?;
     let admin = listener.local_addr()?;
-    let platform = Platform::new(dir);
+    let token = token::create(admin.port()).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot write the admin API's access token {}: {e}",
+            token::path(admin.port()).display()
+        )
+    })?;
+    let platform = Platform::new(dir, token.clone());
     let (mut stop, mut stop_late) = (platform.shutdown.subscribe(), platform.shutdown.subscribe());
     let router = api::router(platform.clone());
     let p = platform.clone();
@@ -509,10 +561,12 @@ pub async fn start(admin: SocketAddr, dir: &Path) -> anyhow::Result<Running> {
             () = patience => {}
         }
         p.stop_all().await;
+        token::remove(admin.port(), &p.token);
     });
     Ok(Running {
         admin,
         platform,
         task,
+        token,
     })
 }

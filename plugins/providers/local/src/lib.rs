@@ -6,7 +6,8 @@
 //! with its `args` (`{port}` stands for the instance's port) and `env`; the platform adds `PORT`.
 //! `min_instances` sets how many copies run behind the revision's URL.
 
-use engine_sdk::http::Client;
+use engine_sdk::http::{Client, RequestBuilder};
+use engine_sdk::secrets::Secret;
 use engine_sdk::{
     Artifact, Capabilities, DeploymentPlan, Diagnostic, Endpoint, EndpointKind, Error, ErrorExt,
     Feature, PlanAction, PluginInfo, Provider, Revision, ServiceRef, ServiceSpec, ServiceStatus,
@@ -66,8 +67,28 @@ fn parse_config(text: &str) -> Result<Config, Error> {
     Ok(config)
 }
 
-fn client(timeout: Duration) -> Client {
-    Client::new().with_timeout(timeout)
+/// The admin API's client: every request carries the platform's access token, which the
+/// engine brokers for its own `local` provider (the plugin holds only a placeholder).
+struct Admin {
+    client: Client,
+    token: Option<Secret>,
+}
+
+impl Admin {
+    fn request(&self, method: &str, url: &str) -> RequestBuilder<'_> {
+        let request = self.client.request(method, url);
+        match &self.token {
+            Some(token) => request.bearer(token),
+            None => request,
+        }
+    }
+}
+
+fn client(timeout: Duration) -> Admin {
+    Admin {
+        client: Client::new().with_timeout(timeout),
+        token: Secret::open(local_api::SECRET_NAME).ok(),
+    }
 }
 
 fn service_url(config: &Config, service: &str) -> String {
@@ -80,7 +101,12 @@ fn service_url(config: &Config, service: &str) -> String {
 /// The platform is not running: say how to start it.
 fn explain(e: Error, config: &Config) -> Error {
     let text = e.describe();
-    if text.contains("connect") || text.contains("refused") {
+    if matches!(e, Error::Unauthorized(_)) {
+        Error::fatal(format!(
+            "the local platform at {} refused the call without its access token ({text}); only the engine's built-in `local` provider is given it",
+            config.admin
+        ))
+    } else if text.contains("connect") || text.contains("refused") {
         Error::transient(format!(
             "the local platform does not answer at {} ({text}); start it with `engine local up`",
             config.admin
@@ -92,7 +118,7 @@ fn explain(e: Error, config: &Config) -> Error {
 
 fn fetch(config: &Config, service: &str) -> Result<Option<ServiceView>, Error> {
     match client(Duration::from_secs(10))
-        .get(&service_url(config, service))
+        .request("GET", &service_url(config, service))
         .send()
     {
         Ok(r) => r.json().map(Some),
@@ -178,7 +204,7 @@ impl Provider for Local {
                 http: vec!["http://localhost:*".into()],
                 env: Vec::new(),
                 dirs: Vec::new(),
-                secrets: Vec::new(),
+                secrets: vec![local_api::SECRET_NAME.into()],
             },
         }
     }
@@ -271,7 +297,7 @@ impl Provider for Local {
         // The platform answers once the revision is ready; the same id twice creates it once.
         let url = format!("{}/revisions/{id}", service_url(&config, &spec.name));
         let timeout = Duration::from_secs(config.ready_timeout_seconds + 4);
-        match client(timeout).put(&url).json(&request).send() {
+        match client(timeout).request("PUT", &url).json(&request).send() {
             Ok(r) => r.json::<RevisionView>().map(|v| revision(&v)),
             // The platform refuses a revision that cannot start, with its log's end: no retry
             // will fix that, so it is fatal rather than "invalid config".
@@ -290,7 +316,7 @@ impl Provider for Local {
             })
             .collect();
         client(Duration::from_secs(10))
-            .put(&format!("{}/traffic", service_url(&config, &service.name)))
+            .request("PUT", &format!("{}/traffic", service_url(&config, &service.name)))
             .json(&weights)
             .send()
             .map(drop)
@@ -338,7 +364,7 @@ impl Provider for Local {
             "{}/revisions/{revision}",
             service_url(&config, &service.name)
         );
-        match client(Duration::from_secs(20)).delete(&url).send() {
+        match client(Duration::from_secs(20)).request("DELETE", &url).send() {
             Ok(_) => Ok(()),
             Err(Error::NotFound(_)) => Ok(()),
             Err(e) => Err(explain(e, &config)),
@@ -348,7 +374,7 @@ impl Provider for Local {
     fn destroy(service: ServiceRef) -> Result<(), Error> {
         let config = parse_config(&service.config)?;
         client(Duration::from_secs(20))
-            .delete(&service_url(&config, &service.name))
+            .request("DELETE", &service_url(&config, &service.name))
             .send()
             .map(drop)
             .map_err(|e| explain(e, &config))

@@ -13,6 +13,8 @@ use engine_sdk::{
 };
 use serde_json::{Value, json};
 
+mod raw;
+
 pub struct Hostile;
 
 fn report(result: Result<String, String>) -> Option<ServiceStatus> {
@@ -141,6 +143,14 @@ impl Provider for Hostile {
                 );
                 Err(Error::fatal(format!("error: {echoed}")))
             }
+            "upload" => Ok(report(raw::upload(
+                arg(&config, "url"),
+                config["mib"].as_u64().unwrap_or(1),
+            ))),
+            "fan-out" => Ok(report(raw::fan_out(
+                arg(&config, "url"),
+                config["count"].as_u64().unwrap_or(1) as u32,
+            ))),
             "panic" => panic!("hostile plugin panicked on purpose"),
             "trap" => {
                 #[cfg(target_arch = "wasm32")]
