@@ -483,7 +483,12 @@ impl Harness {
 #[tokio::test]
 async fn every_call_that_changes_or_reveals_anything_needs_the_token() {
     let h = Harness::start().await;
-    assert_eq!(h.deploy("api", "api-r1", &demo("v1", 0.0, 1)).await.status(), 201);
+    assert_eq!(
+        h.deploy("api", "api-r1", &demo("v1", 0.0, 1))
+            .await
+            .status(),
+        201
+    );
     let token_file = local_platform::token::path(h.running.admin.port());
     assert_eq!(
         std::fs::read_to_string(&token_file).unwrap(),
@@ -506,14 +511,20 @@ async fn every_call_that_changes_or_reveals_anything_needs_the_token() {
         let calls = [
             client.get(format!("{base}/v1/services")),
             client.get(format!("{base}/v1/services/api")),
-            client.put(format!("{base}/v1/services/api/revisions/evil")).json(&shell),
-            client.put(format!("{base}/v1/services/api/traffic")).json(&[Weight {
-                revision: "api-r1".into(),
-                percent: 100,
-            }]),
+            client
+                .put(format!("{base}/v1/services/api/revisions/evil"))
+                .json(&shell),
+            client
+                .put(format!("{base}/v1/services/api/traffic"))
+                .json(&[Weight {
+                    revision: "api-r1".into(),
+                    percent: 100,
+                }]),
             client.delete(format!("{base}/v1/services/api/revisions/api-r1")),
             client.delete(format!("{base}/v1/services/api")),
-            client.post(format!("{base}/v1/secret-files")).json(&["/etc/passwd"]),
+            client
+                .post(format!("{base}/v1/secret-files"))
+                .json(&["/etc/passwd"]),
             client.post(format!("{base}/v1/shutdown")),
         ];
         for call in calls {
@@ -527,8 +538,17 @@ async fn every_call_that_changes_or_reveals_anything_needs_the_token() {
     assert_eq!(api.revisions.len(), 1, "nothing was deployed or removed");
     assert!(!std::path::Path::new("/tmp/engine-test-pwned").exists());
     // What the metrics check and Prometheus read stays open: counts, no configuration.
-    for path in ["/v1/health", "/metrics", "/v1/services/api/revisions/api-r1/metrics"] {
-        let r = h.http.get(format!("{}{path}", h.admin)).send().await.unwrap();
+    for path in [
+        "/v1/health",
+        "/metrics",
+        "/v1/services/api/revisions/api-r1/metrics",
+    ] {
+        let r = h
+            .http
+            .get(format!("{}{path}", h.admin))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{path}");
     }
     let port = h.running.admin.port();

@@ -768,19 +768,29 @@ async fn no_wildcard_grant_reaches_the_local_platforms_admin_api_and_nothing_els
         ..Default::default()
     };
     let plugin = load_hostile(&runtime, grants).await;
-    for host in ["localhost", "127.0.0.1", "127.1", "2130706433", "[::ffff:127.0.0.1]"] {
+    for host in [
+        "localhost",
+        "127.0.0.1",
+        "127.1",
+        "2130706433",
+        "[::ffff:127.0.0.1]",
+    ] {
         let url = format!("http://{host}:{port}/v1/services");
         let denial = denied_get(&plugin, &sink, &url).await;
         assert_eq!(denial.capability, Capability::Address, "{url}");
         assert!(
-            denial.hint.contains(&format!("port {port} is the local platform's admin API")),
+            denial
+                .hint
+                .contains(&format!("port {port} is the local platform's admin API")),
             "{denial}"
         );
         sink.clear();
     }
     for mode in ["post"] {
         let url = format!("http://localhost:{port}/v1/shutdown");
-        let (outcome, _) = probe(&plugin, json!({"mode": mode, "url": url})).await.unwrap();
+        let (outcome, _) = probe(&plugin, json!({"mode": mode, "url": url}))
+            .await
+            .unwrap();
         assert_eq!(outcome, "err");
     }
 
@@ -883,9 +893,16 @@ async fn a_literal_grant_opens_its_address_on_its_own_port_only() {
         let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": url}))
             .await
             .unwrap();
-        assert_eq!((outcome.as_str(), detail.as_str()), ("ok", "200 hello"), "{url}");
+        assert_eq!(
+            (outcome.as_str(), detail.as_str()),
+            ("ok", "200 hello"),
+            "{url}"
+        );
         let url = format!("http://{host}:{}/", other.port);
-        assert_eq!(denied_get(&plugin, &sink, &url).await.capability, Capability::Address);
+        assert_eq!(
+            denied_get(&plugin, &sink, &url).await.capability,
+            Capability::Address
+        );
         sink.clear();
     }
     assert!(other.requests().is_empty());
@@ -912,34 +929,45 @@ async fn a_request_body_is_streamed_not_collected_in_the_engines_memory() {
     let plugin = load_hostile(&runtime, grants).await;
     let before = peak_resident_bytes();
     let url = format!("http://127.0.0.1:{}/sink", server.port);
-    let (outcome, detail) = probe(&plugin, json!({"mode": "upload", "url": url, "mib": 512}))
+    let (outcome, detail) = probe(&plugin, json!({"mode": "upload", "url": url, "mib": 256}))
         .await
         .unwrap();
     assert_eq!((outcome.as_str(), detail.as_str()), ("ok", "200"));
     let grown = peak_resident_bytes().saturating_sub(before);
     assert!(
-        grown < 192 << 20,
-        "a 512 MiB upload raised the engine's peak memory by {} MiB",
+        grown < 128 << 20,
+        "a 256 MiB upload raised the engine's peak memory by {} MiB",
         grown >> 20
     );
 }
 
+/// A server that answers any number of connections at once (tiny_http serves a few at a
+/// time); returns its port.
+async fn concurrent_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().fallback(|| async { "hello" });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
 #[tokio::test]
 async fn one_call_holds_at_most_sixteen_requests_open() {
-    let server = TestServer::start();
+    let port = concurrent_server().await;
     let (runtime, sink) = runtime();
     let grants = GrantsConfig {
-        allow_http: vec![format!("http://127.0.0.1:{}", server.port)],
+        allow_http: vec![format!("http://127.0.0.1:{port}")],
         ..Default::default()
     };
     let plugin = load_hostile(&runtime, grants).await;
-    let url = format!("http://127.0.0.1:{}/", server.port);
+    let url = format!("http://127.0.0.1:{port}/");
     let (outcome, detail) = probe(&plugin, json!({"mode": "fan-out", "url": url, "count": 40}))
         .await
         .unwrap();
     assert_eq!(outcome, "ok");
     assert!(
-        detail.starts_with("16 answered, 24 failed: ") && detail.contains("more than 16 requests open at once"),
+        detail.starts_with("16 answered, 24 failed: ")
+            && detail.contains("more than 16 requests open at once"),
         "{detail}"
     );
     assert!(sink.events().iter().any(|e| matches!(e, PluginEvent::LimitExceeded { message, .. } if message.contains("more than 16 HTTP requests open at once"))));
@@ -948,4 +976,116 @@ async fn one_call_holds_at_most_sixteen_requests_open() {
         .await
         .unwrap();
     assert_eq!(detail, "16 answered, 0 failed: ");
+}
+
+#[tokio::test]
+async fn a_poisoned_compile_cache_entry_is_recompiled_never_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || engine::runtime::RuntimeOptions {
+        cache_dir: Some(dir.path().into()),
+        ..Default::default()
+    };
+    use engine::runtime::cache::CacheOutcome;
+    let strategy = PluginSource::Embedded("all-at-once".into());
+    let attacker = PluginSource::Unpinned(testing_plugin("testing-hostile"));
+    let load = |source: PluginSource| {
+        let options = options();
+        async move {
+            engine::runtime::Runtime::new(options)
+                .unwrap()
+                .load_with_outcome("p", &source, &GrantsConfig::default())
+                .await
+                .unwrap()
+        }
+    };
+    load(strategy.clone()).await;
+    let entries = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let target = entries()[0].clone();
+    load(attacker).await;
+    let planted = entries().into_iter().find(|p| *p != target).unwrap();
+    // The attacker's own valid entry, put in the place of the pinned built-in's.
+    std::fs::copy(&planted, &target).unwrap();
+    let (plugin, outcome) = load(strategy.clone()).await;
+    assert_eq!(outcome, CacheOutcome::Compiled);
+    assert_eq!(plugin.info().name, "all-at-once");
+    // A checksum the attacker recomputes does not help: the tag is keyed.
+    let mut bytes = std::fs::read(&planted).unwrap();
+    let code = bytes[40..].to_vec();
+    use sha2::Digest;
+    bytes[8..40].copy_from_slice(&sha2::Sha256::digest(&code));
+    std::fs::write(&target, bytes).unwrap();
+    let (plugin, outcome) = load(strategy).await;
+    assert_eq!(outcome, CacheOutcome::Compiled);
+    assert_eq!(plugin.info().name, "all-at-once");
+}
+
+#[tokio::test]
+async fn a_grant_that_covers_the_cache_the_state_or_the_pipeline_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = root.path().join("cache");
+    let state = root.path().join("project/.engine");
+    let pipeline = root.path().join("project/pipeline.toml");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(&pipeline, "name = \"p\"").unwrap();
+    let protect =
+        |path: &std::path::Path, what: &str, unreadable| engine::runtime::grants::ProtectedPath {
+            path: path.into(),
+            what: what.into(),
+            unreadable,
+        };
+    let runtime = engine::runtime::Runtime::new(engine::runtime::RuntimeOptions {
+        cache_dir: Some(cache.clone()),
+        protected_paths: vec![
+            protect(&state, "the engine's state", true),
+            protect(&pipeline, "the pipeline file", false),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let attempt = |host: std::path::PathBuf, writable: bool| {
+        let runtime = runtime.clone();
+        async move {
+            runtime
+                .load(
+                    "hostile",
+                    &PluginSource::Unpinned(testing_plugin("testing-hostile")),
+                    &dir_grant(&host, "/data", writable),
+                )
+                .await
+        }
+    };
+    for (host, writable, what) in [
+        (cache.clone(), true, "change the compile cache"),
+        (root.path().to_path_buf(), false, "read the engine's state"),
+        (
+            root.path().join("project"),
+            false,
+            "read the engine's state",
+        ),
+        (state.clone(), false, "read the engine's state"),
+        (
+            root.path().join("project"),
+            true,
+            "change the engine's state",
+        ),
+    ] {
+        std::fs::create_dir_all(&host).unwrap();
+        match attempt(host.clone(), writable).await {
+            Err(LoadError::Sandbox { message, .. }) => {
+                assert!(message.contains(what), "{}: {message}", host.display())
+            }
+            Err(other) => panic!("{}: {other}", host.display()),
+            Ok(_) => panic!("{} (writable {writable}) was granted", host.display()),
+        }
+    }
+    // Reading the repository is fine; the pipeline file is protected from change only.
+    let repo = root.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("manifest.yaml"), "x").unwrap();
+    assert!(attempt(repo, false).await.is_ok());
 }

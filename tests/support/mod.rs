@@ -92,7 +92,8 @@ impl TestServer {
                     "/echo" => authorization.unwrap_or_default().into_bytes(),
                     "/sink" => {
                         let n = std::io::copy(request.as_reader(), &mut std::io::sink());
-                        n.map_or_else(|e| e.to_string(), |n| format!("{n} bytes")).into_bytes()
+                        n.map_or_else(|e| e.to_string(), |n| format!("{n} bytes"))
+                            .into_bytes()
                     }
                     "/big" => vec![b'x'; 2 << 20],
                     _ => b"hello".to_vec(),

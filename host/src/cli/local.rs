@@ -327,9 +327,9 @@ async fn register_secret_files(admin: &str, files: &[String]) -> Result<(), Comm
 
 /// Whether a service is deployed by the engine's own `local` provider.
 fn uses_local(pipeline: &crate::config::Pipeline, service: &crate::config::Service) -> bool {
-    pipeline.plugins.get(&service.provider).is_some_and(|p| {
-        matches!(&p.source, crate::plugins::PluginSource::Embedded(name) if name == "local")
-    })
+    pipeline.plugins.get(&service.provider).is_some_and(
+        |p| matches!(&p.source, crate::plugins::PluginSource::Embedded(name) if name == "local"),
+    )
 }
 
 /// The admin addresses of the `local` provider that a pipeline's services use.

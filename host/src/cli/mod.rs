@@ -223,6 +223,47 @@ impl Cli {
 
 use crate::runtime as engine_runtime;
 
+/// What a pipeline's plugins must not reach through a directory grant: its state and the local
+/// platform's tokens (not even to read), its own file and plugin files (not to change).
+pub(crate) fn protected_paths(
+    pipeline: &crate::config::Pipeline,
+) -> Vec<engine_runtime::grants::ProtectedPath> {
+    use engine_runtime::grants::ProtectedPath;
+    let protect = |path: PathBuf, what: &str, unreadable| ProtectedPath {
+        path,
+        what: what.to_string(),
+        unreadable,
+    };
+    let mut paths = vec![
+        protect(
+            pipeline.directory().join(".engine"),
+            "the engine's state",
+            true,
+        ),
+        protect(
+            local_platform::token::directory(),
+            "the local platform's access tokens",
+            true,
+        ),
+        protect(
+            PathBuf::from(&pipeline.origin.file),
+            "the pipeline file",
+            false,
+        ),
+    ];
+    if let Ok(state) = std::env::var("ENGINE_STATE")
+        && !state.contains("://")
+    {
+        paths.push(protect(PathBuf::from(state), "the engine's state", true));
+    }
+    for plugin in pipeline.plugins.values() {
+        if let crate::plugins::PluginSource::File { path, .. } = &plugin.source {
+            paths.push(protect(path.clone(), "a plugin's file", false));
+        }
+    }
+    paths
+}
+
 /// Lets a closed stdout end the process quietly, as it ends `cat` or `grep`: Rust ignores
 /// SIGPIPE, so `engine history api | head -1` would otherwise panic on the next line it prints.
 fn quiet_on_closed_pipe() {

@@ -48,6 +48,7 @@ pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> 
     let options = crate::runtime::RuntimeOptions {
         dry_run: true,
         local_admin_ports: super::local::admin_ports(Some(&pipeline)),
+        protected_paths: super::protected_paths(&pipeline),
         sink: sink.clone(),
         ..cli.runtime_options()
     };

@@ -100,6 +100,7 @@ pub(super) async fn prepare(
     let options = crate::runtime::RuntimeOptions {
         dry_run,
         local_admin_ports: super::local::admin_ports(Some(&pipeline)),
+        protected_paths: super::protected_paths(&pipeline),
         ..cli.runtime_options()
     };
     let runtime = crate::runtime::Runtime::new(options)

@@ -72,6 +72,7 @@ async fn validate(cli: &super::Cli, args: &ValidateArgs) -> Result<Found, Comman
         // A pull request's check: plugins may look, never touch (as in `engine plan`).
         dry_run: true,
         local_admin_ports: super::local::admin_ports(Some(&pipeline)),
+        protected_paths: super::protected_paths(&pipeline),
         sink: sink.clone(),
         ..cli.runtime_options()
     };

@@ -116,7 +116,9 @@ fn is_this_machine(ip: IpAddr) -> bool {
         IpAddr::V6(v6) => {
             v6.is_loopback()
                 || v6.is_unspecified()
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_this_machine(v4.into()))
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_this_machine(v4.into()))
         }
     }
 }
@@ -168,13 +170,15 @@ impl AddressPolicy {
         let local = host.name == "localhost" || host.ip.is_some_and(is_this_machine);
         if local
             && self.admin_ports.contains(&port)
-            && !self.granted.iter().any(|p| p.names_exactly(&host.name, port))
+            && !self
+                .granted
+                .iter()
+                .any(|p| p.names_exactly(&host.name, port))
         {
             return Err(Refusal::AdminPort);
         }
-        let opened_by = |grants: &[HttpPattern]| {
-            grants.iter().any(|p| p.matches(scheme, &host.name, port))
-        };
+        let opened_by =
+            |grants: &[HttpPattern]| grants.iter().any(|p| p.matches(scheme, &host.name, port));
         match host.ip {
             Some(ip) if is_internal(ip) && !opened_by(&self.literal) => Err(Refusal::Internal),
             None if host.name == "localhost" && !opened_by(&self.localhost) => {
@@ -271,19 +275,41 @@ mod tests {
     }
 
     fn policy(grants: &[&str], admin: &[u16]) -> AddressPolicy {
-        let grants: Vec<HttpPattern> = grants.iter().map(|p| HttpPattern::parse(p).unwrap()).collect();
+        let grants: Vec<HttpPattern> = grants
+            .iter()
+            .map(|p| HttpPattern::parse(p).unwrap())
+            .collect();
         AddressPolicy::new(&grants, admin)
     }
 
     #[test]
     fn an_internal_address_is_opened_only_on_the_ports_its_grant_names() {
-        let p = policy(&["http://10.0.0.5:8080", "http://*:*", "http://localhost:9000"], &[]);
+        let p = policy(
+            &[
+                "http://10.0.0.5:8080",
+                "http://*:*",
+                "http://localhost:9000",
+            ],
+            &[],
+        );
         assert_eq!(p.check("http", &host("10.0.0.5"), 8080), Ok(()));
-        assert_eq!(p.check("http", &host("10.0.0.5"), 22), Err(Refusal::Internal));
-        assert_eq!(p.check("http", &host("10.0.0.6"), 8080), Err(Refusal::Internal));
+        assert_eq!(
+            p.check("http", &host("10.0.0.5"), 22),
+            Err(Refusal::Internal)
+        );
+        assert_eq!(
+            p.check("http", &host("10.0.0.6"), 8080),
+            Err(Refusal::Internal)
+        );
         assert_eq!(p.check("http", &host("localhost"), 9000), Ok(()));
-        assert_eq!(p.check("http", &host("localhost"), 22), Err(Refusal::Internal));
-        assert_eq!(p.check("http", &host("2130706433"), 80), Err(Refusal::Internal));
+        assert_eq!(
+            p.check("http", &host("localhost"), 22),
+            Err(Refusal::Internal)
+        );
+        assert_eq!(
+            p.check("http", &host("2130706433"), 80),
+            Err(Refusal::Internal)
+        );
         assert_eq!(p.check("http", &host("example.com"), 80), Ok(()));
         assert!(p.allows_resolved("localhost", "127.0.0.1".parse().unwrap()));
         assert!(!p.allows_resolved("rebound.example", "127.0.0.1".parse().unwrap()));
@@ -294,12 +320,24 @@ mod tests {
     #[test]
     fn the_admin_port_needs_a_grant_naming_it_exactly() {
         let wildcard = policy(&["http://localhost:*", "http://127.0.0.1:*"], &[7700]);
-        assert_eq!(wildcard.check("http", &host("localhost"), 7700), Err(Refusal::AdminPort));
-        assert_eq!(wildcard.check("http", &host("127.1"), 7700), Err(Refusal::AdminPort));
-        assert_eq!(wildcard.check("http", &host("[::ffff:127.0.0.1]"), 7700), Err(Refusal::AdminPort));
+        assert_eq!(
+            wildcard.check("http", &host("localhost"), 7700),
+            Err(Refusal::AdminPort)
+        );
+        assert_eq!(
+            wildcard.check("http", &host("127.1"), 7700),
+            Err(Refusal::AdminPort)
+        );
+        assert_eq!(
+            wildcard.check("http", &host("[::ffff:127.0.0.1]"), 7700),
+            Err(Refusal::AdminPort)
+        );
         assert_eq!(wildcard.check("http", &host("localhost"), 8080), Ok(()));
         let exact = policy(&["http://localhost:7700"], &[7700]);
         assert_eq!(exact.check("http", &host("localhost"), 7700), Ok(()));
-        assert_eq!(exact.check("http", &host("127.0.0.1"), 7700), Err(Refusal::AdminPort));
+        assert_eq!(
+            exact.check("http", &host("127.0.0.1"), 7700),
+            Err(Refusal::AdminPort)
+        );
     }
 }

@@ -2,10 +2,16 @@
 //!
 //! The key is the plugin's sha256 plus a hash of the engine's compatibility hash (wasmtime
 //! version, target and every code-generation setting), so an upgrade or a config change misses
-//! the cache instead of loading code compiled for something else. Each entry carries the sha256
-//! of its own bytes, checked before loading: a truncated or altered file is recompiled, never
-//! run.
+//! the cache instead of loading code compiled for something else.
+//!
+//! An entry is native code that is loaded as is, so it is authenticated, not just checksummed:
+//! each carries an HMAC-SHA256, under a key of this user's kept outside the cache
+//! ([`CompileCache::key_path`]), of the engine key, the plugin's sha256 and the code. An entry
+//! someone altered, truncated or copied from another plugin's name fails the check and is
+//! recompiled from the plugin's own (pinned) bytes, never run. Grants that cover the cache or
+//! the key are refused when a plugin loads.
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -18,6 +24,8 @@ use wasmtime::component::Component;
 pub struct CompileCache {
     dir: Option<PathBuf>,
     engine_key: String,
+    /// The authentication key; None (no key could be read or made) turns the cache off.
+    key: Option<[u8; 32]>,
 }
 
 /// How a component was obtained, for `plugins list` and the benchmarks.
@@ -30,7 +38,8 @@ pub enum CacheOutcome {
     CompiledUncached,
 }
 
-const MAGIC: &[u8; 8] = b"ENGCWSM1";
+const MAGIC: &[u8; 8] = b"ENGCWSM2";
+const TAG_LEN: usize = 32;
 
 impl CompileCache {
     /// `dir: None` turns caching off.
@@ -38,10 +47,42 @@ impl CompileCache {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
+        let key = dir
+            .as_ref()
+            .and_then(|_| match load_or_create_key(&Self::key_path()) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    tracing::warn!(
+                        "compile cache off: cannot read or create its key {}: {e}",
+                        Self::key_path().display()
+                    );
+                    None
+                }
+            });
         CompileCache {
-            dir,
+            dir: dir.filter(|_| key.is_some()),
             engine_key: format!("{:016x}", hasher.finish()),
+            key,
         }
+    }
+
+    /// The cache's key: `$ENGINE_CACHE_KEY_FILE`, else `engine/compile-cache.key` in the user's
+    /// local data directory (not the cache directory, so whoever can write the cache cannot
+    /// forge an entry).
+    pub fn key_path() -> PathBuf {
+        std::env::var_os("ENGINE_CACHE_KEY_FILE")
+            .map(PathBuf::from)
+            .or_else(|| dirs::data_local_dir().map(|d| d.join("engine").join("compile-cache.key")))
+            .unwrap_or_else(|| std::env::temp_dir().join("engine-compile-cache.key"))
+    }
+
+    /// The tag that authenticates `code` as this engine's compilation of plugin `sha256`.
+    fn tag(&self, sha256: &str, code: &[u8]) -> Option<[u8; TAG_LEN]> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.as_ref()?).ok()?;
+        mac.update(self.engine_key.as_bytes());
+        mac.update(sha256.as_bytes());
+        mac.update(code);
+        Some(mac.finalize().into_bytes().into())
     }
 
     /// The default location: `$ENGINE_CACHE_DIR`, else the user's cache directory.
@@ -49,6 +90,18 @@ impl CompileCache {
         std::env::var_os("ENGINE_CACHE_DIR")
             .map(PathBuf::from)
             .or_else(|| dirs::cache_dir().map(|d| d.join("engine").join("compiled")))
+    }
+
+    /// What no grant may expose: the entries and the key.
+    pub fn protected_paths(&self) -> Vec<super::grants::ProtectedPath> {
+        let protect = |path: PathBuf, what: &str| super::grants::ProtectedPath {
+            path,
+            what: what.to_string(),
+            unreadable: true,
+        };
+        let mut paths = vec![protect(Self::key_path(), "the compile cache's key")];
+        paths.extend(self.dir.clone().map(|d| protect(d, "the compile cache")));
+        paths
     }
 
     pub fn dir(&self) -> Option<&Path> {
@@ -75,13 +128,16 @@ impl CompileCache {
                 CacheOutcome::CompiledUncached,
             ));
         };
-        if let Some(component) = self.read_entry(engine, &path) {
+        if let Some(component) = self.read_entry(engine, sha256, &path) {
             return Ok((component, CacheOutcome::Hit));
         }
         let compiled = engine.precompile_component(bytes)?;
         // SAFETY: these bytes come from `precompile_component` of this very engine, just now.
         let component = unsafe { Component::deserialize(engine, &compiled)? };
-        let outcome = match write_entry(&path, &compiled) {
+        let tag = self
+            .tag(sha256, &compiled)
+            .expect("a cache with a directory has a key");
+        let outcome = match write_entry(&path, &tag, &compiled) {
             Ok(()) => CacheOutcome::Compiled,
             Err(e) => {
                 tracing::warn!("cannot write the compile cache at {}: {e}", path.display());
@@ -91,16 +147,24 @@ impl CompileCache {
         Ok((component, outcome))
     }
 
-    fn read_entry(&self, engine: &Engine, path: &Path) -> Option<Component> {
+    fn read_entry(&self, engine: &Engine, sha256: &str, path: &Path) -> Option<Component> {
         let data = std::fs::read(path).ok()?;
-        let (header, code) = data.split_at_checked(MAGIC.len() + 32)?;
-        if &header[..MAGIC.len()] != MAGIC || header[MAGIC.len()..] != Sha256::digest(code)[..] {
-            tracing::warn!("discarding damaged compile cache entry {}", path.display());
+        let (header, code) = data.split_at_checked(MAGIC.len() + TAG_LEN)?;
+        let (magic, tag) = header.split_at(MAGIC.len());
+        let authentic = self.tag(sha256, code).is_some_and(|expected| {
+            use subtle::ConstantTimeEq;
+            bool::from(expected.ct_eq(tag))
+        });
+        if magic != MAGIC || !authentic {
+            tracing::warn!(
+                "discarding compile cache entry {}: it was not written by this engine for this plugin (damaged or altered); recompiling",
+                path.display()
+            );
             return None;
         }
-        // SAFETY: the entry was written by `write_entry` from `precompile_component` output of an
-        // engine with the same compatibility hash (it is in the file name), and its checksum
-        // matches, so these are the bytes this engine produced.
+        // SAFETY: the entry's tag is an HMAC, under a key only this user's engine holds, of
+        // `precompile_component` output of an engine with the same compatibility hash for this
+        // very plugin, so these are the bytes this engine produced.
         match unsafe { Component::deserialize(engine, code) } {
             Ok(c) => Some(c),
             Err(e) => {
@@ -116,15 +180,39 @@ impl CompileCache {
 
 /// Writes atomically: a temporary file in the same directory, then a rename, so a crash or a
 /// concurrent engine never leaves a half-written entry.
-fn write_entry(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
+fn write_entry(path: &Path, tag: &[u8; TAG_LEN], compiled: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().expect("cache entries live in a directory");
     std::fs::create_dir_all(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
     file.write_all(MAGIC)?;
-    file.write_all(&Sha256::digest(compiled))?;
+    file.write_all(tag)?;
     file.write_all(compiled)?;
     file.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// Reads the key, or makes one (32 random bytes, mode 0600) if there is none yet.
+fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
+    if let Ok(bytes) = std::fs::read(path) {
+        return bytes.try_into().map_err(|_| {
+            std::io::Error::other("the key file is not 32 bytes; delete it to make a new one")
+        });
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let key: [u8; 32] = rand::random();
+    let mut file = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(Path::new(".")))?;
+    file.write_all(&key)?;
+    file.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    // Another engine may have made one meanwhile: keep whichever is there first.
+    match file.persist_noclobber(path) {
+        Ok(_) => Ok(key),
+        Err(_) => std::fs::read(path)?
+            .try_into()
+            .map_err(|_| std::io::Error::other("the key file is not 32 bytes")),
+    }
 }
 
 /// The sha256 of plugin bytes, as lower-case hex.

@@ -521,7 +521,9 @@ fn streamed(mut body: WasiBody) -> reqwest::Body {
             let item = match frame.map(http_body::Frame::into_data) {
                 Ok(Ok(data)) => Ok(data),
                 Ok(Err(_trailers)) => continue,
-                Err(e) => Err(std::io::Error::other(format!("the plugin's request body: {e:?}"))),
+                Err(e) => Err(std::io::Error::other(format!(
+                    "the plugin's request body: {e:?}"
+                ))),
             };
             let failed = item.is_err();
             if sender.send(item).await.is_err() || failed {

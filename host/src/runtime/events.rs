@@ -180,7 +180,10 @@ impl MemorySink {
 
     /// Forgets what was recorded so far.
     pub fn clear(&self) {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     pub fn denials(&self) -> Vec<Denial> {

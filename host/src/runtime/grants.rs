@@ -570,3 +570,55 @@ mod tests {
         assert!(huge.parse().unwrap_err().message.contains("ceiling"));
     }
 }
+
+/// A path no directory grant may expose: the compile cache, its key, the state, or (for
+/// writable grants) the pipeline's own files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectedPath {
+    pub path: PathBuf,
+    /// For people: "the compile cache", "the pipeline file".
+    pub what: String,
+    /// Whether even a read-only grant is refused (the cache, its key, the state).
+    pub unreadable: bool,
+}
+
+impl ProtectedPath {
+    /// Why granting `dir` (writable or not) would expose this path, if it would. A grant
+    /// exposes a path it contains, and for a protected directory also any part of it.
+    pub fn exposed_by(&self, dir: &std::path::Path, writable: bool) -> Option<String> {
+        if !writable && !self.unreadable {
+            return None;
+        }
+        let dir = std::fs::canonicalize(dir).ok()?;
+        let path = canonical_or_nearest(&self.path);
+        let exposed = path.starts_with(&dir) || (self.unreadable && dir.starts_with(&path));
+        exposed.then(|| {
+            format!(
+                "directory {} would let the plugin {} {} ({}); grant a directory that does not contain it",
+                dir.display(),
+                if writable { "change" } else { "read" },
+                self.what,
+                self.path.display()
+            )
+        })
+    }
+}
+
+/// The canonical form of a path, or of its nearest existing ancestor with the rest appended
+/// (a cache directory that does not exist yet is still protected).
+fn canonical_or_nearest(path: &std::path::Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut current = path.to_path_buf();
+    loop {
+        if let Ok(found) = std::fs::canonicalize(&current) {
+            return rest.iter().rev().fold(found, |acc, part| acc.join(part));
+        }
+        match (current.file_name().map(|n| n.to_owned()), current.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                current = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}

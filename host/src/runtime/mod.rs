@@ -70,6 +70,9 @@ pub struct RuntimeOptions {
     /// The local platform's admin ports on this machine: no wildcard grant reaches them, and
     /// the engine's own `local` provider gets the platform's token for them.
     pub local_admin_ports: Vec<u16>,
+    /// Paths no directory grant may expose besides the compile cache and its key, which are
+    /// always protected: the state, and the pipeline's own files.
+    pub protected_paths: Vec<grants::ProtectedPath>,
     /// Plugins are loaded only to be checked (`engine validate`): a secret whose source cannot
     /// be read here (a CI variable a pull-request job lacks, no Google credentials) is reported
     /// as a warning instead of failing the load, and the plugin simply does not get it.
@@ -88,6 +91,7 @@ impl Default for RuntimeOptions {
             resolve_overrides: HashMap::new(),
             dry_run: false,
             local_admin_ports: vec![DEFAULT_ADMIN_PORT],
+            protected_paths: Vec::new(),
             check_only: false,
         }
     }
@@ -104,6 +108,7 @@ pub(crate) struct RuntimeShared {
     pub dry_run: bool,
     pub check_only: bool,
     pub local_admin_ports: Vec<u16>,
+    pub protected_paths: Vec<grants::ProtectedPath>,
     provider_linker: Linker<PluginState>,
     strategy_linker: Linker<PluginState>,
     health_linker: Linker<PluginState>,
@@ -141,6 +146,8 @@ impl Runtime {
     pub fn new(options: RuntimeOptions) -> anyhow::Result<Runtime> {
         let (engine, allocation) = engine::build(options.max_concurrent_calls)?;
         let cache = CompileCache::new(&engine, options.cache_dir);
+        let mut protected_paths = options.protected_paths;
+        protected_paths.extend(cache.protected_paths());
         Ok(Runtime {
             shared: Arc::new(RuntimeShared {
                 provider_linker: linker(&engine, PluginKind::Provider)?,
@@ -157,6 +164,7 @@ impl Runtime {
                 dry_run: options.dry_run,
                 check_only: options.check_only,
                 local_admin_ports: options.local_admin_ports,
+                protected_paths,
             }),
         })
     }
@@ -267,9 +275,7 @@ impl Runtime {
             .shared
             .local_admin_ports
             .iter()
-            .flat_map(|port| {
-                ["localhost", "127.0.0.1"].map(|host| format!("http://{host}:{port}"))
-            })
+            .flat_map(|port| ["localhost", "127.0.0.1"].map(|host| format!("http://{host}:{port}")))
             .filter_map(|pattern| HttpPattern::parse(&pattern).ok())
             .collect();
         grants.secrets.insert(
@@ -402,6 +408,14 @@ impl Runtime {
                 ));
                 continue;
             };
+            if let Some(problem) = self
+                .shared
+                .protected_paths
+                .iter()
+                .find_map(|p| p.exposed_by(&dir.host, dir.writable && need.writable))
+            {
+                return Err(sandbox_error(problem));
+            }
             if !dir.host.is_dir() {
                 return Err(sandbox_error(format!(
                     "directory {} granted as {} does not exist or is not a directory",

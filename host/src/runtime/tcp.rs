@@ -5,8 +5,8 @@
 //! the pipeline grants it in `allow_tcp`, and that the resolved address is not internal unless
 //! the grant names it (the same rule as for HTTP), then connects, measures and closes.
 
-use super::bindings::health::engine::plugin::tcp::{ConnectError, Connected};
 use super::address::{AddressPolicy, Refusal, canonical_host};
+use super::bindings::health::engine::plugin::tcp::{ConnectError, Connected};
 use super::events::{Capability, Denial, EventSink, PluginEvent};
 use super::grants::HttpPattern;
 use std::collections::HashMap;
@@ -85,8 +85,12 @@ impl TcpPolicy {
         }
         if let Err(refusal) = self.addresses.check("tcp", &canonical, port) {
             let why = match refusal {
-                Refusal::Internal => "an internal address no grant names with this port".to_string(),
-                Refusal::AdminPort => format!("port {port} is the local platform's admin API, which no wildcard grant reaches"),
+                Refusal::Internal => {
+                    "an internal address no grant names with this port".to_string()
+                }
+                Refusal::AdminPort => format!(
+                    "port {port} is the local platform's admin API, which no wildcard grant reaches"
+                ),
             };
             return Err(self.deny(
                 Capability::Address,

@@ -2,8 +2,8 @@
 
 use crate::{Platform, Refusal};
 use axum::extract::{Path, Query, Request, State};
-use axum::middleware::{self, Next};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};

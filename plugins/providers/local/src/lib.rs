@@ -316,7 +316,10 @@ impl Provider for Local {
             })
             .collect();
         client(Duration::from_secs(10))
-            .request("PUT", &format!("{}/traffic", service_url(&config, &service.name)))
+            .request(
+                "PUT",
+                &format!("{}/traffic", service_url(&config, &service.name)),
+            )
             .json(&weights)
             .send()
             .map(drop)
@@ -364,7 +367,10 @@ impl Provider for Local {
             "{}/revisions/{revision}",
             service_url(&config, &service.name)
         );
-        match client(Duration::from_secs(20)).request("DELETE", &url).send() {
+        match client(Duration::from_secs(20))
+            .request("DELETE", &url)
+            .send()
+        {
             Ok(_) => Ok(()),
             Err(Error::NotFound(_)) => Ok(()),
             Err(e) => Err(explain(e, &config)),

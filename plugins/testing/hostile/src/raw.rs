@@ -14,10 +14,18 @@ mod imp {
         };
         let request = OutgoingRequest::new(Fields::new());
         request.set_method(&method).map_err(|()| "method")?;
-        let scheme = if scheme == "https" { Scheme::Https } else { Scheme::Http };
+        let scheme = if scheme == "https" {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
         request.set_scheme(Some(&scheme)).map_err(|()| "scheme")?;
-        request.set_authority(Some(authority)).map_err(|()| "authority")?;
-        request.set_path_with_query(Some(path)).map_err(|()| "path")?;
+        request
+            .set_authority(Some(authority))
+            .map_err(|()| "authority")?;
+        request
+            .set_path_with_query(Some(path))
+            .map_err(|()| "path")?;
         let body = request.body().map_err(|()| "body")?;
         Ok((request, body))
     }
@@ -75,7 +83,11 @@ mod imp {
             }
         }
         failed.extend(refused);
-        Ok(format!("{ok} answered, {} failed: {}", failed.len(), failed.first().cloned().unwrap_or_default()))
+        Ok(format!(
+            "{ok} answered, {} failed: {}",
+            failed.len(),
+            failed.first().cloned().unwrap_or_default()
+        ))
     }
 }
 
