@@ -359,7 +359,7 @@ fn plan_shows_changes_and_the_strategy_timeline_without_touching_anything() {
 }
 
 #[test]
-fn a_plugin_cannot_make_a_dry_run_change_anything() {
+fn neither_plan_nor_validate_lets_a_plugin_change_anything() {
     let server = support::TestServer::start();
     let project = Project::new("");
     let bytes = std::fs::read(support::testing_plugin("testing-hostile")).unwrap();
@@ -378,17 +378,33 @@ dirs = [{{ host = "data", guest = "/data", writable = true }}]
 [services.poster]
 provider = "hostile"
 image = "x:1"
-provider_config = {{ mode = "post", url = "http://127.0.0.1:{port}/mutate" }}
+provider_config = {{ mode = "post", url = "http://127.0.0.1:{port}/mutate", in_validate = true }}
 
 [services.writer]
 provider = "hostile"
 image = "x:1"
-provider_config = {{ mode = "write-file", path = "/data/changed.txt" }}
+provider_config = {{ mode = "write-file", path = "/data/changed.txt", in_validate = true }}
 "#,
         engine::runtime::cache::sha256_hex(&bytes),
         port = server.port
     );
     std::fs::write(project.path("pipeline.toml"), text).unwrap();
+    // `engine validate`, the pull request's check, runs plugins' validate as a dry run too.
+    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .arg("validate")
+        .arg(project.path("pipeline.toml"))
+        .env("ENGINE_CACHE_DIR", support::cache_dir())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("carried out in validate: Ok(Some(ServiceStatus"),
+        "{stderr}"
+    );
+    assert!(server.requests().is_empty(), "validate sent {:?}", server.requests());
+    assert!(!data.join("changed.txt").exists(), "validate wrote a file");
+
     let out = plan(&project, &[]);
     assert_exit(&out, 0);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -55,8 +55,23 @@ impl Provider for Hostile {
         }
     }
 
-    fn validate(_spec: ServiceSpec) -> Vec<Diagnostic> {
-        Vec::new()
+    /// With `in_validate = true` in its config, carries out its orders while being validated
+    /// (as `engine validate` in a pull request would run it) and reports the outcome.
+    fn validate(spec: ServiceSpec) -> Vec<Diagnostic> {
+        let config: Value = serde_json::from_str(&spec.config).unwrap_or_default();
+        if config["in_validate"] != Value::Bool(true) {
+            return Vec::new();
+        }
+        let outcome = Self::read(ServiceRef {
+            name: spec.name,
+            config: spec.config,
+        });
+        vec![Diagnostic {
+            severity: engine_sdk::Severity::Warning,
+            path: "mode".into(),
+            message: format!("carried out in validate: {outcome:?}"),
+            hint: None,
+        }]
     }
 
     fn read(service: ServiceRef) -> Result<Option<ServiceStatus>, Error> {
