@@ -402,7 +402,11 @@ provider_config = {{ mode = "write-file", path = "/data/changed.txt", in_validat
         stderr.contains("carried out in validate: Ok(Some(ServiceStatus"),
         "{stderr}"
     );
-    assert!(server.requests().is_empty(), "validate sent {:?}", server.requests());
+    assert!(
+        server.requests().is_empty(),
+        "validate sent {:?}",
+        server.requests()
+    );
     assert!(!data.join("changed.txt").exists(), "validate wrote a file");
 
     let out = plan(&project, &[]);

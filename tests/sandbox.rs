@@ -1089,3 +1089,77 @@ async fn a_grant_that_covers_the_cache_the_state_or_the_pipeline_is_refused() {
     std::fs::write(repo.join("manifest.yaml"), "x").unwrap();
     assert!(attempt(repo, false).await.is_ok());
 }
+
+#[tokio::test]
+async fn plugin_text_cannot_forge_ci_annotations_or_drive_the_terminal() {
+    let (runtime, sink) = runtime();
+    let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
+    let err = probe(&plugin, json!({"mode": "forge-output"}))
+        .await
+        .unwrap_err();
+    let escaped =
+        "fine\\u{a}::error file=x::forged\\u{a}::stop-commands::t\\u{1b}]0;owned\\u{7}\\u{1b}[2J";
+    assert_eq!(err.to_string(), format!("plugin 'hostile' read: {escaped}"));
+    let events = sink.events();
+    let log = events
+        .iter()
+        .find_map(|e| match e {
+            PluginEvent::Log {
+                message, fields, ..
+            } => Some((message.clone(), fields.clone())),
+            _ => None,
+        })
+        .expect("the log line");
+    assert_eq!(log.0, escaped);
+    assert_eq!(log.1, vec![("k".to_string(), escaped.to_string())]);
+    let printed: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            PluginEvent::Output { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(printed.len(), 1);
+    // Printed line by line, each behind the engine's prefix: no line of its own may start with `::`.
+    assert_eq!(
+        printed[0],
+        "fine\n::error file=x::forged\n::stop-commands::t\\u{1b}]0;owned\\u{7}\\u{1b}[2J"
+    );
+    for e in &events {
+        assert!(!format!("{e:?}").contains('\u{1b}'), "{e:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_revision_id_over_the_name_limit_is_malformed_output() {
+    let (runtime, _) = runtime();
+    let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
+    match probe(&plugin, json!({"mode": "long-id"})).await {
+        Err(CallError::MalformedOutput { detail, .. }) => assert_eq!(
+            detail,
+            "a revision id is 70000 bytes long, over the 256-byte limit"
+        ),
+        other => panic!("expected malformed output, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_call_logs_at_most_a_thousand_lines() {
+    let (runtime, sink) = runtime();
+    let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
+    let (_, detail) = probe(&plugin, json!({"mode": "log-flood", "lines": 5000}))
+        .await
+        .unwrap();
+    assert_eq!(detail, "flooded");
+    let events = sink.events();
+    let logs = events
+        .iter()
+        .filter(|e| matches!(e, PluginEvent::Log { .. }))
+        .count();
+    assert_eq!(logs, 1000);
+    let notices: Vec<&PluginEvent> = events
+        .iter()
+        .filter(|e| matches!(e, PluginEvent::LimitExceeded { .. }))
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+}

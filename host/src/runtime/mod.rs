@@ -32,6 +32,7 @@ pub mod plugin;
 pub mod secrets;
 pub mod store;
 pub mod tcp;
+pub mod untrusted;
 
 pub use error::{CallError, LoadError, PluginError};
 pub use events::{Denial, EventSink, MemorySink, PluginEvent, TracingSink};

@@ -184,7 +184,11 @@ fn report_output(sandbox: &Sandbox, probes: &CallProbes) {
             sandbox.sink.event(PluginEvent::Output {
                 plugin: sandbox.plugin.clone(),
                 stream,
-                text: redactor().redact(&String::from_utf8_lossy(&bytes)),
+                text: String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .map(super::untrusted::text)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
             });
         }
     }
@@ -253,6 +257,18 @@ fn panic_message(stderr: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// A plugin's diagnostics, safe to print.
+fn clean_diagnostics(mut diagnostics: Vec<types::Diagnostic>) -> Vec<types::Diagnostic> {
+    use super::untrusted::clean;
+    diagnostics.truncate(100);
+    for d in &mut diagnostics {
+        clean(&mut d.path);
+        clean(&mut d.message);
+        d.hint.as_mut().map(clean);
+    }
+    diagnostics
 }
 
 fn malformed(plugin: &str, function: &'static str, detail: String) -> CallError {
@@ -409,6 +425,7 @@ impl Provider<'_> {
             |b, mut s| async move { b.engine_plugin_provider().call_validate(&mut s, spec).await },
         )
         .await
+        .map(clean_diagnostics)
     }
 
     pub async fn read(
@@ -420,9 +437,13 @@ impl Provider<'_> {
                 b.engine_plugin_provider().call_read(&mut s, service).await
             })
             .await?;
-        self.check("read", status, |s| {
+        let mut status = self.check("read", status, |s| {
             s.as_ref().map_or(Ok(()), check::service_status)
-        })
+        })?;
+        for revision in status.iter_mut().flat_map(|s| s.revisions.iter_mut()) {
+            revision.message.as_mut().map(super::untrusted::clean);
+        }
+        Ok(status)
     }
 
     pub async fn plan(
@@ -450,9 +471,11 @@ impl Provider<'_> {
                     .await
             })
             .await?;
-        self.check("deploy", revision, |r| {
-            check::non_empty("revision id", &r.id)
-        })
+        let mut revision = self.check("deploy", revision, |r| {
+            super::untrusted::name("the revision id", &r.id)
+        })?;
+        revision.message.as_mut().map(super::untrusted::clean);
+        Ok(revision)
     }
 
     pub async fn set_traffic(
@@ -655,6 +678,7 @@ impl Strategy<'_> {
             },
         )
         .await
+        .map(clean_diagnostics)
     }
 
     pub async fn step(
@@ -677,7 +701,8 @@ impl Strategy<'_> {
         )
         .await?
         .map_err(|e| plugin_error(&self.plugin.name, "step", e))?;
-        check::step(&result).map_err(|d| malformed(&self.plugin.name, "step", d))?;
+        let mut result = result;
+        check::step(&mut result).map_err(|d| malformed(&self.plugin.name, "step", d))?;
         Ok(result)
     }
 }
@@ -698,6 +723,7 @@ impl Health<'_> {
             |b, mut s| async move { b.engine_plugin_health().call_validate(&mut s, config).await },
         )
         .await
+        .map(clean_diagnostics)
     }
 
     pub async fn check(
@@ -720,6 +746,12 @@ impl Health<'_> {
         .map_err(|e| plugin_error(&self.plugin.name, "check", e))?;
         check::measurements(&result.measurements)
             .map_err(|d| malformed(&self.plugin.name, "check", d))?;
+        let mut result = result;
+        super::untrusted::clean(&mut result.message);
+        for m in &mut result.measurements {
+            super::untrusted::clean(&mut m.name);
+            super::untrusted::clean(&mut m.unit);
+        }
         Ok(result)
     }
 }
@@ -730,14 +762,6 @@ mod check {
     use super::MAX_STRATEGY_STATE;
     use super::strategy_world::exports::engine::plugin::strategy::{Decision, StepResult};
     use super::types;
-
-    pub fn non_empty(what: &str, value: &str) -> Result<(), String> {
-        if value.trim().is_empty() {
-            Err(format!("{what} is empty"))
-        } else {
-            Ok(())
-        }
-    }
 
     pub fn json(what: &str, text: &str) -> Result<(), String> {
         serde_json::from_str::<serde_json::Value>(text)
@@ -762,7 +786,7 @@ mod check {
         let mut seen = std::collections::HashSet::new();
         let mut total = 0u32;
         for t in targets {
-            non_empty("a traffic target's revision", &t.revision)?;
+            super::super::untrusted::name("a traffic target's revision", &t.revision)?;
             if t.percent > 100 {
                 return Err(format!(
                     "revision {} gets {}% of traffic",
@@ -788,7 +812,7 @@ mod check {
         json("`deployed`", &s.deployed)?;
         s.revisions
             .iter()
-            .try_for_each(|r| non_empty("a revision id", &r.id))?;
+            .try_for_each(|r| super::super::untrusted::name("a revision id", &r.id))?;
         s.url.as_deref().map_or(Ok(()), url)
     }
 
@@ -815,7 +839,15 @@ mod check {
         Ok(())
     }
 
-    pub fn step(r: &StepResult) -> Result<(), String> {
+    /// Checks a step's result, and makes its free text (phase, reasons) safe to print.
+    pub fn step(r: &mut StepResult) -> Result<(), String> {
+        use super::super::untrusted::{clean, name};
+        clean(&mut r.phase);
+        match &mut r.decision {
+            Decision::Abort(reason) | Decision::AwaitApproval(reason) => clean(reason),
+            Decision::Retire(revision) => name("the revision to retire", revision)?,
+            _ => {}
+        }
         if r.state.len() > MAX_STRATEGY_STATE {
             return Err(format!(
                 "its state is {} bytes, over the {MAX_STRATEGY_STATE}-byte limit",

@@ -8,7 +8,7 @@ use super::bindings::provider::engine::plugin::{clock, log, secrets, types};
 use super::egress::{EgressHooks, EgressPolicy};
 use super::events::{Capability, Denial, EventSink, LogLevel, PluginEvent};
 use super::grants::{DirGrant, Limits};
-use super::secrets::{PluginSecrets, SecretHandle, redactor};
+use super::secrets::{PluginSecrets, SecretHandle};
 use super::tcp::TcpPolicy;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,6 +81,37 @@ pub struct PluginState {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) deadline: Instant,
     sandbox: Arc<Sandbox>,
+    /// Log lines and bytes this call has written ([`MAX_LOG_LINES`], [`MAX_LOG_BYTES`]).
+    logged: (usize, usize),
+}
+
+/// How many log lines one call may write; the rest are dropped, with one notice.
+pub const MAX_LOG_LINES: usize = 1000;
+/// How many bytes of log one call may write.
+pub const MAX_LOG_BYTES: usize = 1 << 20;
+
+impl PluginState {
+    /// Counts a log line against the call's budget; false once the budget is spent (the first
+    /// time, the user is told).
+    fn within_log_budget(&mut self, message: &str, fields: &[(String, String)]) -> bool {
+        let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let (lines, bytes) = self.logged;
+        self.logged = (lines + 1, bytes.saturating_add(size));
+        let within = |(l, b): (usize, usize)| l <= MAX_LOG_LINES && b <= MAX_LOG_BYTES;
+        if within(self.logged) {
+            return true;
+        }
+        if within((lines, bytes)) {
+            self.sandbox.sink.event(PluginEvent::LimitExceeded {
+                plugin: self.sandbox.plugin.clone(),
+                message: format!(
+                    "logged more than {MAX_LOG_LINES} lines or {} MiB in one call; the rest of this call's log lines are dropped",
+                    MAX_LOG_BYTES >> 20
+                ),
+            });
+        }
+        false
+    }
 }
 
 impl PluginState {
@@ -128,6 +159,7 @@ impl PluginState {
             },
             deadline: Instant::now() + sandbox.limits.timeout,
             sandbox: sandbox.clone(),
+            logged: (0, 0),
         };
         Ok((state, probes))
     }
@@ -168,7 +200,10 @@ impl log::Host for PluginState {
             log::Level::Warn => LogLevel::Warn,
             log::Level::Error => LogLevel::Error,
         };
-        let redact = |s: &str| redactor().redact(s);
+        let redact = super::untrusted::text;
+        if !self.within_log_budget(&message, &fields) {
+            return Ok(());
+        }
         self.sandbox.sink.event(PluginEvent::Log {
             plugin: self.sandbox.plugin.clone(),
             level,

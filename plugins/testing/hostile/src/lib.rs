@@ -166,6 +166,33 @@ impl Provider for Hostile {
                 arg(&config, "url"),
                 config["count"].as_u64().unwrap_or(1) as u32,
             ))),
+            "forge-output" => {
+                // Lines that would forge CI annotations and drive the terminal, were they
+                // printed raw.
+                let forged =
+                    "fine\n::error file=x::forged\n::stop-commands::t\u{1b}]0;owned\u{7}\u{1b}[2J";
+                engine_sdk::log::write(engine_sdk::log::Level::Warn, forged, &[("k", forged)]);
+                println!("{forged}");
+                Err(Error::fatal(forged))
+            }
+            "log-flood" => {
+                for i in 0..config["lines"].as_u64().unwrap_or(5000) {
+                    engine_sdk::log::write(engine_sdk::log::Level::Info, &format!("line {i}"), &[]);
+                }
+                Ok(report(Ok("flooded".into())))
+            }
+            "long-id" => Ok(Some(ServiceStatus {
+                revisions: vec![Revision {
+                    id: "r".repeat(70_000),
+                    artifact: None,
+                    created_at_ms: None,
+                    ready: true,
+                    message: None,
+                }],
+                traffic: Vec::new(),
+                url: None,
+                deployed: "{}".into(),
+            })),
             "panic" => panic!("hostile plugin panicked on purpose"),
             "trap" => {
                 #[cfg(target_arch = "wasm32")]
