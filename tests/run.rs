@@ -848,3 +848,55 @@ fn state_shared_through_postgresql() {
     assert_exit(&out, 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains("api-r1"));
 }
+
+#[test]
+fn a_strategy_that_breaks_its_contract_is_stopped_and_the_stable_revision_keeps_serving() {
+    let bytes = std::fs::read(support::testing_plugin("testing-hostile-strategy")).unwrap();
+    for (mode, broken) in [
+        (
+            "retire-stable",
+            "it retired api-r1, which serves 100% of the traffic",
+        ),
+        (
+            "elsewhere",
+            "it sent traffic to someone-elses-revision, which is neither the candidate (api-r2) nor the stable revision (api-r1)",
+        ),
+        ("done-early", "it said done without promoting the candidate"),
+        ("spin", "it took more than 1000 decisions without finishing"),
+    ] {
+        let project = Project::new("[services.api]\nimage = \"api:1\"\n");
+        std::fs::write(project.path("plugins/bad.wasm"), &bytes).unwrap();
+        assert_exit(&project.run(&[]), 0);
+        let text = std::fs::read_to_string(project.path("pipeline.toml")).unwrap();
+        let text = text.replace(
+            "[defaults]",
+            &format!(
+                "[plugins.bad]\nsource = \"plugins/bad.wasm\"\nsha256 = \"{}\"\n\n[defaults]",
+                engine::runtime::cache::sha256_hex(&bytes)
+            ),
+        );
+        std::fs::write(project.path("pipeline.toml"), text).unwrap();
+        project.edit(
+            "image = \"api:1\"",
+            &format!(
+                "image = \"api:2\"\nstrategy = \"bad\"\nstrategy_config = {{ mode = \"{mode}\" }}"
+            ),
+        );
+        let out = project.run(&[]);
+        assert_exit(&out, 1);
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            printed.contains(&format!("strategy `bad` broke its contract: {broken}")),
+            "{mode}: {printed}"
+        );
+        assert_eq!(
+            project.platform("api")["traffic"],
+            serde_json::json!([["api-r1", 100]]),
+            "{mode}"
+        );
+    }
+}

@@ -39,6 +39,7 @@
 
 pub mod admin;
 pub mod checkpoint;
+pub mod contract;
 mod hooks;
 pub mod plan;
 
@@ -561,6 +562,7 @@ impl Executor<'_> {
             features: provider_plugin.info().features.clone(),
             config: service.strategy_config.to_string(),
         };
+        let mut contract = contract::Contract::new(&candidate, cp.stable.as_deref(), cp.traffic);
         loop {
             // What an earlier run or a person left for this one.
             if let Some(reason) = cp.abort_requested.clone() {
@@ -594,6 +596,13 @@ impl Executor<'_> {
                     return self.abort(service, &provider, &target, cp, reason).await;
                 }
             };
+            if let Err(broken) = contract.check(&step.decision) {
+                let reason = format!(
+                    "strategy `{}` broke its contract: {broken}",
+                    service.strategy
+                );
+                return self.abort(service, &provider, &target, cp, reason).await;
+            }
             self.phase(name, &step.phase, cp.traffic);
             cp.strategy_state = Some(step.state);
             let next = match step.decision {
@@ -615,7 +624,9 @@ impl Executor<'_> {
                 // Waits and approvals are stored first and carried out at the top of the loop,
                 // where a resumed run picks them up too.
                 Decision::Wait(ms) => {
-                    let ms = ms.min(self.options.max_wait.as_millis() as u64);
+                    let ms = ms
+                        .max(contract::MIN_WAIT.as_millis() as u64)
+                        .min(self.options.max_wait.as_millis() as u64);
                     cp.wait_until_ms = Some((now_ms() as u64).saturating_add(ms));
                     None
                 }

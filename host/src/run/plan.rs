@@ -137,11 +137,17 @@ async fn plan_service(
     let mut state: Option<String> = None;
     let mut observation = Observation::Start;
     let mut now = now_ms() as u64;
+    // The simulation holds the strategy to the contract a real run enforces.
+    let mut contract =
+        super::contract::Contract::new(&rollout.candidate, rollout.stable.as_deref(), 0);
     for _ in 0..MAX_STEPS {
         let step = strategy
             .step(&rollout, state.as_deref(), &observation, now)
             .await
             .map_err(|e| e.to_string())?;
+        contract
+            .check(&step.decision)
+            .map_err(|broken| format!("the strategy broke its contract: {broken}"))?;
         state = Some(step.state);
         observation = match step.decision {
             Decision::SetTraffic(split) => {
