@@ -819,6 +819,10 @@ async fn no_wildcard_grant_reaches_the_local_platforms_admin_api_and_nothing_els
     assert_eq!(denials.len(), 1, "{denials:?}");
     assert_eq!(denials[0].capability, Capability::Secret);
     assert_eq!(denials[0].attempted, "open secret 'local-platform-token'");
+    assert_eq!(
+        denials[0].hint,
+        "only the engine's built-in `local` provider is given the local platform's token"
+    );
     assert!(platform.platform.services().is_empty());
     platform.platform.request_shutdown();
     platform.task.await.unwrap();

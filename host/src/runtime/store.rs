@@ -232,13 +232,19 @@ impl secrets::Host for PluginState {
             Some(secret) => Ok(Ok(self.table.push(SecretHandle(secret.clone()))?)),
             None => {
                 let plugin = &self.sandbox.plugin;
+                let name = super::untrusted::text(&name);
+                let hint = if name == local_api::SECRET_NAME {
+                    "only the engine's built-in `local` provider is given the local platform's token".to_string()
+                } else {
+                    format!(
+                        "add `{name} = {{ from = \"env:VARIABLE\" }}` to [plugins.{plugin}.secrets]"
+                    )
+                };
                 self.sandbox.sink.event(PluginEvent::Denied(Denial {
                     plugin: plugin.clone(),
                     capability: Capability::Secret,
                     attempted: format!("open secret '{name}'"),
-                    hint: format!(
-                        "add `{name} = {{ from = \"env:VARIABLE\" }}` to [plugins.{plugin}.secrets]"
-                    ),
+                    hint,
                 }));
                 Ok(Err(types::Error::Unauthorized(format!(
                     "secret '{name}' is not granted to plugin '{plugin}'"
