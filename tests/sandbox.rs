@@ -468,7 +468,9 @@ async fn a_secret_value_reaches_the_granted_host_but_never_the_logs() {
         requests[0].authorization.as_deref(),
         Some(format!("Bearer {VALUE}").as_str())
     );
-    // ...and took it out of everything the plugin said: its log, stdout, stderr and error.
+    // ...masked it in the response before the plugin read it, so nothing the plugin said
+    // (log, stdout, stderr, error) carries it.
+    let masked = format!("Bearer {}", "*".repeat(VALUE.len()));
     let texts: Vec<String> = sink
         .events()
         .iter()
@@ -478,12 +480,127 @@ async fn a_secret_value_reaches_the_granted_host_but_never_the_logs() {
     assert_eq!(texts.len(), 3, "one log line, stdout and stderr: {texts:?}");
     for text in texts.iter().chain([err.to_string()].iter()) {
         assert!(!text.contains(VALUE), "secret leaked: {text}");
-        assert!(text.contains("Bearer [REDACTED]"), "{text}");
+        assert!(text.contains(&masked), "{text}");
     }
     assert_eq!(
         err.plugin_error(),
-        Some(&PluginError::Fatal("error: Bearer [REDACTED]".into()))
+        Some(&PluginError::Fatal(format!("error: {masked}")))
     );
+}
+
+/// A grant of the secret in `file` to `hosts` (None: every host the plugin may reach), and
+/// HTTP to each of `servers`.
+fn secret_grants(
+    file: &tempfile::NamedTempFile,
+    hosts: Option<Vec<String>>,
+    servers: &[&TestServer],
+) -> GrantsConfig {
+    GrantsConfig {
+        allow_http: servers
+            .iter()
+            .map(|s| format!("http://127.0.0.1:{}", s.port))
+            .collect(),
+        secrets: [(
+            "token".to_string(),
+            SecretGrantConfig {
+                from: format!("file:{}", file.path().display()),
+                hosts,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_reflected_secret_is_masked_in_every_spelling_before_the_plugin_reads_it() {
+    const VALUE: &str = "refl3cted-t0ken/value+x";
+    let file = secret_file(VALUE);
+    let server = TestServer::start();
+    let (runtime, _) = runtime();
+    let plugin = load_hostile(&runtime, secret_grants(&file, None, &[&server])).await;
+    let (outcome, detail) = probe(
+        &plugin,
+        json!({"mode": "http", "secret": "token", "url": format!("http://127.0.0.1:{}/echo-encoded", server.port)}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, "ok", "{detail}");
+    // The server did send every spelling; none reached the plugin.
+    assert!(detail.starts_with("200 raw=*****"), "{detail}");
+    for spelling in engine::redact::forms(VALUE) {
+        assert!(!detail.contains(&spelling), "{spelling} reached the plugin: {detail}");
+    }
+    for place in ["hex=", "b64=", "json=", "percent="] {
+        assert!(detail.contains(place), "{detail}");
+    }
+}
+
+/// Has the plugin pass a secret that `from` reflected backwards on to `to`'s `/keep`, in
+/// `place`; returns the plugin's outcome and what `to` received.
+async fn relay(place: &str) -> (String, Vec<Received>, Vec<Denial>) {
+    let file = secret_file(RELAYED);
+    let (from, to) = (TestServer::start(), TestServer::start());
+    let (runtime, sink) = runtime();
+    let hosts = Some(vec![format!("http://127.0.0.1:{}", from.port)]);
+    let plugin = load_hostile(&runtime, secret_grants(&file, hosts, &[&from, &to])).await;
+    let (outcome, _) = probe(
+        &plugin,
+        json!({
+            "mode": "relay", "secret": "token", "reversed": true, "place": place,
+            "url": format!("http://127.0.0.1:{}/echo-reversed", from.port),
+            "to": format!("http://127.0.0.1:{}/keep", to.port),
+        }),
+    )
+    .await
+    .unwrap();
+    (outcome, to.requests(), sink.denials())
+}
+
+const RELAYED: &str = "relayed-secret-value-42";
+
+#[tokio::test]
+async fn a_reflected_secret_cannot_be_passed_to_a_host_it_is_not_granted_for() {
+    for place in ["query", "header"] {
+        let (outcome, received, denials) = relay(place).await;
+        assert_eq!(outcome, "err", "{place}");
+        assert!(received.is_empty(), "{place}: {received:?}");
+        assert_eq!(denials.len(), 1, "{place}: {denials:?}");
+        assert_eq!(denials[0].capability, Capability::Secret);
+        let expected = if place == "query" { "the URL of GET" } else { "the header x-relay of GET" };
+        assert!(denials[0].attempted.starts_with(expected), "{}", denials[0]);
+        assert!(denials[0].attempted.ends_with("carries the value of secret 'token'"), "{}", denials[0]);
+        assert!(!denials[0].attempted.contains(RELAYED));
+    }
+    // In a body, the request is cut off before the value is complete.
+    let (outcome, received, denials) = relay("body").await;
+    assert_eq!(outcome, "err");
+    for request in &received {
+        let body = String::from_utf8_lossy(&request.body);
+        assert!(!body.contains(RELAYED), "the body carried the secret");
+        assert!(!body.contains(&RELAYED[..RELAYED.len() - 1]));
+    }
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    assert!(denials[0].attempted.starts_with("the body of POST"), "{}", denials[0]);
+}
+
+#[tokio::test]
+async fn a_revision_id_carrying_a_secret_is_refused() {
+    const VALUE: &str = "id-secret-value-77";
+    let file = secret_file(VALUE);
+    let server = TestServer::start();
+    let (runtime, _) = runtime();
+    let plugin = load_hostile(&runtime, secret_grants(&file, None, &[&server])).await;
+    let orders = json!({
+        "mode": "secret-id", "secret": "token", "reversed": true,
+        "url": format!("http://127.0.0.1:{}/echo-reversed", server.port),
+    });
+    match probe(&plugin, orders).await {
+        Err(CallError::MalformedOutput { detail, .. }) => {
+            assert_eq!(detail, "a revision id [REDACTED] contains a secret value")
+        }
+        other => panic!("expected malformed output, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -1166,4 +1283,66 @@ async fn a_call_logs_at_most_a_thousand_lines() {
         .filter(|e| matches!(e, PluginEvent::LimitExceeded { .. }))
         .collect();
     assert_eq!(notices.len(), 1, "{notices:?}");
+}
+
+#[tokio::test]
+async fn history_and_status_redact_secrets_though_they_load_no_plugin() {
+    // A value JSON and XML would escape: the spelling after encoding must go too.
+    const VALUE: &str = r#"tok"en\with<odd>&chars-9"#;
+    let project = support::project::Project::new("");
+    let bytes = std::fs::read(testing_plugin("testing-hostile")).unwrap();
+    std::fs::write(project.path("plugins/hostile.wasm"), &bytes).unwrap();
+    let pipeline = format!(
+        r#"name = "quiet"
+
+[plugins.hostile]
+source = "plugins/hostile.wasm"
+sha256 = "{}"
+secrets = {{ token = {{ from = "env:HOSTILE_SECRET" }} }}
+
+[services.api]
+provider = "hostile"
+image = "x:1"
+"#,
+        engine::runtime::cache::sha256_hex(&bytes)
+    );
+    std::fs::write(project.path("pipeline.toml"), pipeline).unwrap();
+    // State written raw, as by an engine that had not registered the value.
+    std::fs::create_dir_all(project.path(".engine")).unwrap();
+    let location = engine::state::Location::Sqlite(project.path(".engine/state.db"));
+    let store = engine::state::Store::connect(&location).await.unwrap();
+    let record = engine::state::RevisionRecord {
+        revision: "api-1".into(),
+        run_id: None,
+        recorded_ms: engine::state::now_ms(),
+        traffic: 100,
+        outcome: "deployed".into(),
+        detail: Some(format!("the check saw {VALUE}")),
+    };
+    store
+        .record_revision("quiet", "default", "api", None, &record)
+        .await
+        .unwrap();
+    drop(store);
+    let json_spelling = serde_json::to_string(VALUE).unwrap();
+    for args in [
+        &["history", "api"][..],
+        &["history", "api", "--output", "json"],
+        &["status"],
+        &["status", "--output", "json"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args(args)
+            .arg(project.path("pipeline.toml"))
+            .env("HOSTILE_SECRET", VALUE)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {stdout}");
+        assert!(!stdout.contains("en\\with"), "{args:?}: {stdout}");
+        assert!(!stdout.contains(&json_spelling[1..json_spelling.len() - 1]));
+        if args[0] == "history" {
+            assert!(stdout.contains("the check saw [REDACTED]"), "{args:?}: {stdout}");
+        }
+    }
 }

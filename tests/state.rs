@@ -146,7 +146,7 @@ async fn checkpoints_replace_each_other_and_survive_reopening(at: Location) {
 
 async fn stored_text_is_redacted(at: Location) {
     let store = Store::connect(&at).await.unwrap();
-    engine::runtime::secrets::redactor().register("state-test-secret-value");
+    engine::redact::redactor().register("state-test-secret-value");
     let (run, _) = store.begin_run("shop", "prod").await.unwrap();
     store
         .save_checkpoint(run, "api", "token=state-test-secret-value")

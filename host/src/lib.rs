@@ -5,6 +5,7 @@
 //! - [`plugins`]: where plugins come from (built in, or a pinned `.wasm` file).
 //! - [`run`]: the executor: dependency order, strategies, health analysis, rollback.
 //! - [`state`]: runs, checkpoints, revision history and locks, in SQLite or PostgreSQL.
+//! - [`redact`]: secret values kept out of output, state and what plugins read.
 //! - [`report`]: live progress, event lines, JSON events, JUnit and CI annotations.
 //! - [`cli`]: the `engine` command line, a thin layer over the above.
 
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod graph;
 pub mod plugins;
+pub mod redact;
 pub mod report;
 pub mod run;
 pub mod runtime;

@@ -7,6 +7,7 @@ use engine::plugins::PluginSource;
 use engine::runtime::grants::GrantsConfig;
 use engine::runtime::{LoadedPlugin, MemorySink, Runtime, RuntimeOptions};
 use std::collections::HashMap;
+use std::io::Read;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -59,11 +60,16 @@ pub async fn load_hostile(runtime: &Runtime, grants: GrantsConfig) -> LoadedPlug
 pub struct Received {
     pub url: String,
     pub authorization: Option<String>,
+    pub headers: Vec<(String, String)>,
+    /// The body of a request to `/keep`.
+    pub body: Vec<u8>,
 }
 
 /// A real HTTP server on 127.0.0.1: `/echo` answers with the request's Authorization header,
-/// `/big` with 2 MiB, `/sink` reads the request body and answers with its length, anything
-/// else with `hello`.
+/// `/echo-encoded` with the bearer token in several encodings (and in an `x-echo` header),
+/// `/echo-reversed` with the bearer token backwards, `/big` with 2 MiB, `/sink` reads the
+/// request body and answers with its length, `/keep` keeps up to 1 MiB of it in
+/// [`Received::body`], anything else answers `hello`.
 pub struct TestServer {
     pub port: u16,
     pub received: Arc<Mutex<Vec<Received>>>,
@@ -84,12 +90,34 @@ impl TestServer {
                     .iter()
                     .find(|h| h.field.equiv("authorization"))
                     .map(|h| h.value.to_string());
+                let headers = request
+                    .headers()
+                    .iter()
+                    .map(|h| (h.field.to_string(), h.value.to_string()))
+                    .collect();
+                let mut kept = Vec::new();
+                if request.url() == "/keep" {
+                    let _ = request.as_reader().take(1 << 20).read_to_end(&mut kept);
+                }
                 log.lock().unwrap().push(Received {
                     url: request.url().to_string(),
                     authorization: authorization.clone(),
+                    headers,
+                    body: kept,
                 });
+                let token = authorization
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim_start_matches("Bearer ")
+                    .to_string();
+                let mut extra = Vec::new();
                 let body = match request.url() {
                     "/echo" => authorization.unwrap_or_default().into_bytes(),
+                    "/echo-encoded" => {
+                        extra.push(tiny_http::Header::from_bytes("x-echo", token.as_bytes()).unwrap());
+                        encodings(&token).into_bytes()
+                    }
+                    "/echo-reversed" => token.chars().rev().collect::<String>().into_bytes(),
                     "/sink" => {
                         let n = std::io::copy(request.as_reader(), &mut std::io::sink());
                         n.map_or_else(|e| e.to_string(), |n| format!("{n} bytes"))
@@ -98,7 +126,11 @@ impl TestServer {
                     "/big" => vec![b'x'; 2 << 20],
                     _ => b"hello".to_vec(),
                 };
-                let _ = request.respond(tiny_http::Response::from_data(body));
+                let mut response = tiny_http::Response::from_data(body);
+                for header in extra {
+                    response.add_header(header);
+                }
+                let _ = request.respond(response);
             }
         });
         TestServer {
@@ -112,6 +144,16 @@ impl TestServer {
     pub fn requests(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
+}
+
+/// A token as a reflecting API might send it back: as is, in hex, in base64 at an odd offset,
+/// inside a JSON document, percent-encoded.
+fn encodings(token: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("user:{token}"));
+    let json = serde_json::json!({ "token": token }).to_string();
+    let percent: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
+    format!("raw={token} hex={} b64={b64} json={json} percent={percent}", hex::encode(token))
 }
 
 impl Drop for TestServer {

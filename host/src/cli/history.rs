@@ -1,7 +1,7 @@
 //! `engine status` and `engine history SERVICE`: what the state database remembers, as text or
 //! as JSON (schemas in docs/cli.md).
 
-use super::output::{OUTPUT_SCHEMA, print_json};
+use super::output::{OUTPUT_SCHEMA, print_json, print_text};
 use super::{CommandError, Format};
 use crate::config;
 use crate::state::{Location, RevisionRecord, RunRecord, Store, serving_revision};
@@ -112,7 +112,7 @@ pub async fn status(args: &StatusArgs) -> Result<(), CommandError> {
     let status = read_status(&store, &pipeline, &environment).await?;
     match args.output {
         Format::Json => print_json(&status_json(&pipeline, &environment, &status)),
-        Format::Text => print!("{}", status_text(&pipeline, &environment, &status)),
+        Format::Text => print_text(&status_text(&pipeline, &environment, &status)),
     }
     Ok(())
 }
@@ -249,6 +249,6 @@ pub async fn history(args: &HistoryArgs) -> Result<(), CommandError> {
             r.detail.unwrap_or_default(),
         ]);
     }
-    print!("{}", super::plugins::table(&rows));
+    print_text(&super::plugins::table(&rows));
     Ok(())
 }

@@ -155,8 +155,12 @@ impl PipelineArgs {
     }
 
     /// Reads and validates the pipeline; problems are printed with their place in the file.
+    /// Its secrets' values are registered for redaction, whatever the command goes on to do.
     pub fn load(&self) -> Result<crate::config::Pipeline, CommandError> {
-        crate::config::load_with(self.path(), &self.inputs()).map_err(output::config_failure)
+        let pipeline = crate::config::load_with(self.path(), &self.inputs())
+            .map_err(output::config_failure)?;
+        crate::runtime::secrets::register_pipeline_secrets(&pipeline);
+        Ok(pipeline)
     }
 }
 

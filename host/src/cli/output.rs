@@ -1,7 +1,7 @@
 //! How the CLI writes to the terminal: error lines in cargo's style, and the engine's own log
 //! lines, with every registered secret value redacted, and colour only where it belongs.
 
-use crate::runtime::secrets::redactor;
+use crate::redact::redactor;
 use std::io::{IsTerminal, Write};
 use std::sync::RwLock;
 use tracing_subscriber::EnvFilter;
@@ -74,6 +74,12 @@ pub const OUTPUT_SCHEMA: u32 = 1;
 pub fn json_text(value: &serde_json::Value) -> String {
     let text = serde_json::to_string_pretty(value).expect("JSON values always serialise");
     redactor().redact(&text)
+}
+
+/// Prints text for people on stdout, secrets redacted: state read back may hold a value the
+/// process that wrote it did not know was secret.
+pub fn print_text(text: &str) {
+    print!("{}", redactor().redact(text));
 }
 
 /// Prints a JSON document on stdout, secrets redacted.

@@ -3,7 +3,7 @@
 use super::CommandError;
 use crate::config;
 use crate::runtime::events::{EventSink, PluginEvent, TracingSink};
-use crate::runtime::secrets::redactor;
+use crate::redact::redactor;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 

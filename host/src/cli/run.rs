@@ -6,7 +6,7 @@ use crate::config;
 use crate::report::{self, Printer, Style};
 use crate::run::admin::Approval;
 use crate::run::{RunOptions, RunReport};
-use crate::runtime::secrets::redactor;
+use crate::redact::redactor;
 use crate::state::{Holder, Lock, StateError, Store};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -11,7 +11,7 @@ pub use junit::junit;
 pub use live::Live;
 
 use crate::run::{Event, Observer, Outcome, RunReport};
-use crate::runtime::secrets::redactor;
+use crate::redact::redactor;
 use std::io::Write;
 use std::sync::Mutex;
 

@@ -9,18 +9,23 @@
 //!    port only through an exact grant;
 //! 3. secret placeholders in its headers are replaced only for destinations the secret is
 //!    granted for;
-//! 4. the call has fewer than [`MAX_REQUESTS_IN_FLIGHT`] requests open.
+//! 4. no secret the destination is not granted travels in its URL, headers or body, in any
+//!    spelling of [`crate::redact::forms`] (a plugin may hold a value a granted host reflected);
+//! 5. the call has fewer than [`MAX_REQUESTS_IN_FLIGHT`] requests open.
 //!
 //! Bodies are streamed both ways, so the engine's memory holds only a bounded window of each;
-//! the response body fails once it passes the plugin's `max_response`.
+//! the response body fails once it passes the plugin's `max_response`. The plugin's secret
+//! values are masked (`*`, same length) in every response before the plugin reads it.
 //!
 //! Redirects are not followed (a granted host could redirect anywhere) and proxies from the
 //! environment are ignored.
 
 use super::address::{AddressPolicy, CanonicalHost, Refusal};
 use super::events::{Capability, Denial, EventSink, PluginEvent};
-use super::grants::{HttpPattern, default_port, suggested_http_grant};
-use super::secrets::{PLACEHOLDER_PREFIX, PluginSecrets, redactor};
+use super::grants::{HttpPattern, suggested_http_grant};
+use super::secrets::{PLACEHOLDER_PREFIX, PluginSecrets, ResolvedSecret, SecretValue};
+use crate::redact::redactor;
+use crate::redact::stream::{OnFound, Patterns, Window};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body_util::BodyExt;
@@ -104,12 +109,29 @@ struct Authorized {
     /// The URL as the client will read it (the same parse the checks saw).
     url: reqwest::Url,
     headers: HeaderMap,
-    pending: Vec<(
-        http::HeaderName,
-        String,
-        Vec<Arc<super::secrets::ResolvedSecret>>,
-    )>,
+    pending: Vec<(http::HeaderName, String, Vec<Arc<ResolvedSecret>>)>,
     origin: String,
+    /// The secrets this destination is not granted, for the body scan.
+    withheld: Option<Withheld>,
+}
+
+/// Secrets a request must not carry, and how to report one found in its body.
+#[derive(Clone)]
+struct Withheld {
+    patterns: Arc<Patterns>,
+    names: String,
+    attempted: String,
+    suggestion: String,
+}
+
+/// What a request goes out with once its placeholders are filled in.
+struct Filled {
+    url: reqwest::Url,
+    headers: HeaderMap,
+    /// Values minted for this request (Google tokens, the local platform's), masked in its
+    /// response along with the plugin's fixed secret values.
+    minted: Vec<String>,
+    withheld: Option<Withheld>,
 }
 
 /// Everything the send hook needs about one loaded plugin; shared by all its calls.
@@ -120,9 +142,19 @@ pub struct EgressPolicy {
     addresses: AddressPolicy,
     secrets: Arc<PluginSecrets>,
     max_response_bytes: u64,
+    /// The spellings of the plugin's fixed secret values, masked in every response.
+    masked: Option<Arc<Patterns>>,
     client: reqwest::Client,
     sink: Arc<dyn EventSink>,
     dry_run: bool,
+}
+
+/// The value of a secret known before any request (not a token minted per destination).
+fn fixed_value(secret: &ResolvedSecret) -> Option<&str> {
+    match &secret.value {
+        SecretValue::Fixed(value) => Some(value),
+        _ => None,
+    }
 }
 
 impl EgressPolicy {
@@ -149,6 +181,7 @@ impl EgressPolicy {
                 overrides: resolve_overrides,
             }))
             .build()?;
+        let masked = Patterns::of(secrets.iter().filter_map(|s| fixed_value(s)));
         Ok(EgressPolicy {
             plugin: plugin.to_string(),
             granted,
@@ -156,6 +189,7 @@ impl EgressPolicy {
             addresses,
             secrets,
             max_response_bytes,
+            masked,
             client,
             sink,
             dry_run,
@@ -238,9 +272,7 @@ impl EgressPolicy {
             return Err(HttpError::HttpRequestDenied);
         }
         let host = host.name;
-
-        // An access token goes to Google's APIs only, unless its grant names hosts.
-        let google_api = host == "googleapis.com" || host.ends_with(".googleapis.com");
+        let withheld = self.withheld(request, &url, (&scheme, &host, port), &attempted)?;
         let mut headers = HeaderMap::with_capacity(request.headers().len());
         let mut pending = Vec::new();
         for (name, value) in request.headers() {
@@ -257,14 +289,7 @@ impl EgressPolicy {
             }
             let mut secrets = Vec::new();
             for secret in self.secrets.placeholders_in(text) {
-                let allowed = secret
-                    .hosts
-                    .as_deref()
-                    .unwrap_or(&self.granted)
-                    .iter()
-                    .any(|p| p.matches(&scheme, &host, port))
-                    && (secret.hosts.is_some() || google_api || !secret.value.google_apis_only());
-                if !allowed {
+                if !self.may_carry(secret, &scheme, &host, port) {
                     return Err(self.deny(
                         Capability::Secret,
                         format!("secret '{}' in header {name} of {attempted}", secret.name),
@@ -284,20 +309,92 @@ impl EgressPolicy {
             headers,
             pending,
             origin,
+            withheld,
         })
     }
 
-    /// Puts the secrets' values into the headers that carry their placeholders.
-    async fn fill_secrets(
+    /// Whether `secret` may be sent to this destination: one its grant names (or, without
+    /// `hosts`, any the plugin may reach; an access token only Google's APIs).
+    fn may_carry(&self, secret: &ResolvedSecret, scheme: &str, host: &str, port: u16) -> bool {
+        let google_api = host == "googleapis.com" || host.ends_with(".googleapis.com");
+        secret
+            .hosts
+            .as_deref()
+            .unwrap_or(&self.granted)
+            .iter()
+            .any(|p| p.matches(scheme, host, port))
+            && (secret.hosts.is_some() || google_api || !secret.value.google_apis_only())
+    }
+
+    /// The fixed secret values this destination may not receive; refuses the request at once
+    /// if its URL or a header already carries one (a value a granted host reflected).
+    fn withheld(
         &self,
-        authorized: Authorized,
-    ) -> Result<(reqwest::Url, HeaderMap), HttpError> {
+        request: &http::Request<WasiBody>,
+        url: &reqwest::Url,
+        (scheme, host, port): (&str, &str, u16),
+        attempted: &str,
+    ) -> Result<Option<Withheld>, HttpError> {
+        let secrets: Vec<&Arc<ResolvedSecret>> = self
+            .secrets
+            .iter()
+            .filter(|s| fixed_value(s).is_some() && !self.may_carry(s, scheme, host, port))
+            .collect();
+        let Some(patterns) = Patterns::of(secrets.iter().filter_map(|s| fixed_value(s))) else {
+            return Ok(None);
+        };
+        let withheld = Withheld {
+            patterns,
+            names: secrets
+                .iter()
+                .map(|s| format!("'{}'", s.name))
+                .collect::<Vec<_>>()
+                .join(", "),
+            attempted: attempted.to_string(),
+            suggestion: suggested_http_grant(scheme, host, port),
+        };
+        let decoded = percent_encoding::percent_decode_str(url.as_str()).collect::<Vec<u8>>();
+        let in_url = withheld.patterns.found_in(url.as_str().as_bytes())
+            || withheld.patterns.found_in(&decoded);
+        let in_header = request.headers().iter().find(|(name, value)| {
+            withheld.patterns.found_in(name.as_str().as_bytes())
+                || withheld.patterns.found_in(value.as_bytes())
+        });
+        if in_url || in_header.is_some() {
+            let place = match in_header {
+                Some((name, _)) if !in_url => format!("header {name}"),
+                _ => "URL".to_string(),
+            };
+            return Err(self.leak(&withheld, &place));
+        }
+        Ok(Some(withheld))
+    }
+
+    /// Reports a request that carries a secret its destination is not granted.
+    fn leak(&self, withheld: &Withheld, place: &str) -> HttpError {
+        self.deny(
+            Capability::Secret,
+            format!(
+                "the {place} of {} carries the value of secret {}",
+                withheld.attempted, withheld.names
+            ),
+            format!(
+                "a secret goes only to the hosts its grant names; if this destination should receive it, add \"{}\" to the secret's hosts in [plugins.{}]",
+                withheld.suggestion, self.plugin
+            ),
+        )
+    }
+
+    /// Puts the secrets' values into the headers that carry their placeholders.
+    async fn fill_secrets(&self, authorized: Authorized) -> Result<Filled, HttpError> {
         let Authorized {
             url,
             mut headers,
             pending,
             origin,
+            withheld,
         } = authorized;
+        let mut minted = Vec::new();
         for (name, text, secrets) in pending {
             let mut replaced = text;
             for secret in secrets {
@@ -312,6 +409,9 @@ impl EgressPolicy {
                     HttpError::InternalError(Some(redactor().redact(&message)))
                 })?;
                 replaced = replaced.replace(&secret.placeholder, &value);
+                if fixed_value(&secret).is_none() {
+                    minted.push(value);
+                }
             }
             let value =
                 HeaderValue::from_str(&replaced).map_err(|_| HttpError::HttpRequestHeaderSize {
@@ -320,30 +420,46 @@ impl EgressPolicy {
                 })?;
             headers.append(name, value);
         }
-        Ok((url, headers))
+        Ok(Filled {
+            url,
+            headers,
+            minted,
+            withheld,
+        })
+    }
+
+    /// The spellings masked in this request's response.
+    fn masked_in_response(&self, minted: &[String]) -> Option<Arc<Patterns>> {
+        if minted.is_empty() {
+            return self.masked.clone();
+        }
+        let fixed = self.secrets.iter().filter_map(|s| fixed_value(s));
+        Patterns::of(fixed.chain(minted.iter().map(String::as_str)))
     }
 
     async fn send(
         self: Arc<Self>,
         request: http::Request<WasiBody>,
-        (url, headers): (reqwest::Url, HeaderMap),
+        filled: Filled,
         options: Option<RequestOptions>,
         permit: OwnedSemaphorePermit,
     ) -> Result<http::Response<WasiBody>, HttpError> {
         let (parts, body) = request.into_parts();
-        let shown = redactor().redact(url.as_str());
+        let shown = redactor().redact(filled.url.as_str());
+        let masked = self.masked_in_response(&filled.minted);
+        let guard = filled.withheld.map(|w| (w, self.clone()));
         let mut builder = self
             .client
-            .request(parts.method.clone(), url)
-            .headers(headers)
-            .body(streamed(body));
+            .request(parts.method.clone(), filled.url.clone())
+            .headers(filled.headers)
+            .body(streamed(body, guard));
         if let Some(timeout) = options.and_then(|o| o.first_byte_timeout) {
             builder = builder.timeout(timeout);
         }
         let response = builder
             .send()
             .await
-            .map_err(|e| self.send_error(&parts.method, &shown, e))?;
+            .map_err(|e| self.send_error(&parts.method, &filled.url, &shown, e))?;
         if response
             .content_length()
             .is_some_and(|n| n > self.max_response_bytes)
@@ -351,7 +467,10 @@ impl EgressPolicy {
             return Err(self.response_too_large(&parts.method, &shown));
         }
         let response: http::Response<reqwest::Body> = response.into();
-        let (head, body) = response.into_parts();
+        let (mut head, body) = response.into_parts();
+        if let Some(patterns) = &masked {
+            mask_headers(&mut head.headers, patterns);
+        }
         let body = Metered {
             inner: body,
             received: 0,
@@ -360,6 +479,8 @@ impl EgressPolicy {
                 policy: self.clone(),
                 what: format!("{} {shown}", parts.method),
             }),
+            mask: masked.map(|p| Window::new(p, OnFound::Mask)),
+            ended: false,
             _permit: permit,
         };
         Ok(http::Response::from_parts(head, body.boxed_unsync()))
@@ -380,21 +501,27 @@ impl EgressPolicy {
         });
     }
 
-    fn send_error(&self, method: &http::Method, url: &str, error: reqwest::Error) -> HttpError {
+    fn send_error(
+        &self,
+        method: &http::Method,
+        url: &reqwest::Url,
+        shown: &str,
+        error: reqwest::Error,
+    ) -> HttpError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         while let Some(e) = source {
             if let Some(denied) = e.downcast_ref::<AddressDenied>() {
-                let port = url::port_of(url);
+                let address = denied.addresses.first().map(|a| a.to_string());
+                let grant = suggested_http_grant(
+                    url.scheme(),
+                    &address.unwrap_or_default(),
+                    url.port_or_known_default().unwrap_or(443),
+                );
                 return self.deny(
                     Capability::Address,
-                    format!("{method} {url} ({denied})"),
+                    format!("{method} {shown} ({denied})"),
                     format!(
-                        "grant the address itself, e.g. add \"{}\" to allow_http in [plugins.{}], if the plugin really must reach it",
-                        suggested_http_grant(
-                            url::scheme_of(url),
-                            &denied.addresses.first().map(|a| a.to_string()).unwrap_or_default(),
-                            port
-                        ),
+                        "grant the address itself, e.g. add \"{grant}\" to allow_http in [plugins.{}], if the plugin really must reach it",
                         self.plugin
                     ),
                 );
@@ -411,17 +538,16 @@ impl EgressPolicy {
     }
 }
 
-/// Small helpers over an absolute URL the hook already parsed once.
-mod url {
-    pub fn scheme_of(url: &str) -> &str {
-        url.split_once("://").map(|(s, _)| s).unwrap_or("https")
-    }
-
-    pub fn port_of(url: &str) -> u16 {
-        url.parse::<http::Uri>()
-            .ok()
-            .and_then(|u| u.port_u16().or_else(|| super::default_port(scheme_of(url))))
-            .unwrap_or(443)
+/// Overwrites the spellings of secret values in response headers (same length, so each stays
+/// a valid header value).
+fn mask_headers(headers: &mut HeaderMap, patterns: &Patterns) {
+    for value in headers.values_mut() {
+        let mut bytes = value.as_bytes().to_vec();
+        if patterns.mask(&mut bytes)
+            && let Ok(masked) = HeaderValue::from_bytes(&bytes)
+        {
+            *value = masked;
+        }
     }
 }
 
@@ -467,8 +593,8 @@ impl WasiHttpHooks for EgressHooks {
         let authorized = permit.and_then(|permit| Ok((policy.authorize(&request)?, permit)));
         Box::new(async move {
             let (authorized, permit) = authorized?;
-            let target = policy.fill_secrets(authorized).await?;
-            let response = policy.send(request, target, options, permit).await?;
+            let filled = policy.fill_secrets(authorized).await?;
+            let response = policy.send(request, filled, options, permit).await?;
             Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         })
     }
@@ -513,13 +639,23 @@ impl Destination {
 }
 
 /// The plugin's request body, handed to the client as it is written: never collected in the
-/// engine's memory (a bounded channel between the two).
-fn streamed(mut body: WasiBody) -> reqwest::Body {
+/// engine's memory (a bounded channel between the two). With `guard`, the body is searched for
+/// the secrets its destination is not granted and cut off before one is complete.
+fn streamed(mut body: WasiBody, guard: Option<(Withheld, Arc<EgressPolicy>)>) -> reqwest::Body {
     let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::spawn(async move {
+        let mut window = guard
+            .as_ref()
+            .map(|(w, _)| Window::new(w.patterns.clone(), OnFound::Refuse));
         while let Some(frame) = body.frame().await {
             let item = match frame.map(http_body::Frame::into_data) {
-                Ok(Ok(data)) => Ok(data),
+                Ok(Ok(data)) => match (&mut window, &guard) {
+                    (Some(window), Some((withheld, policy))) => window.push(&data).map_err(|_| {
+                        policy.leak(withheld, "body");
+                        std::io::Error::other("the request body carries a withheld secret")
+                    }),
+                    _ => Ok(data),
+                },
                 Ok(Err(_trailers)) => continue,
                 Err(e) => Err(std::io::Error::other(format!(
                     "the plugin's request body: {e:?}"
@@ -529,6 +665,9 @@ fn streamed(mut body: WasiBody) -> reqwest::Body {
             if sender.send(item).await.is_err() || failed {
                 return;
             }
+        }
+        if let Some(window) = &mut window {
+            let _ = sender.send(Ok(window.finish())).await;
         }
     });
     reqwest::Body::wrap(ChannelBody(receiver))
@@ -557,13 +696,16 @@ struct OverCap {
     what: String,
 }
 
-/// A response body passed to the plugin as it arrives, failing once it passes the cap; holds
-/// its request's place among the call's open requests until the plugin is done with it.
+/// A response body passed to the plugin as it arrives, failing once it passes the cap, with the
+/// plugin's secret values masked; holds its request's place among the call's open requests
+/// until the plugin is done with it.
 struct Metered {
     inner: reqwest::Body,
     received: u64,
     cap: u64,
     over: Option<OverCap>,
+    mask: Option<Window>,
+    ended: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -575,27 +717,39 @@ impl http_body::Body for Metered {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, HttpError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.ended = true;
+                let rest = self.mask.as_mut().map(Window::finish);
+                return Poll::Ready(rest.map(|r| Ok(http_body::Frame::data(r))));
+            }
             Poll::Ready(Some(Err(e))) => {
                 let message = redactor().redact(&e.to_string());
                 return Poll::Ready(Some(Err(HttpError::InternalError(Some(message)))));
             }
             Poll::Ready(Some(Ok(frame))) => frame,
         };
-        if let Some(data) = frame.data_ref() {
-            self.received += data.len() as u64;
-            if self.received > self.cap {
-                if let Some(over) = self.over.take() {
-                    over.policy.limit_exceeded(format!(
-                        "the response to {} is larger than the plugin's max_response of {} bytes; raise max_response in [plugins.{}]",
-                        over.what, self.cap, over.policy.plugin
-                    ));
-                }
-                return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(self.cap)))));
+        let Some(data) = frame.data_ref() else {
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        self.received += data.len() as u64;
+        if self.received > self.cap {
+            if let Some(over) = self.over.take() {
+                over.policy.limit_exceeded(format!(
+                    "the response to {} is larger than the plugin's max_response of {} bytes; raise max_response in [plugins.{}]",
+                    over.what, self.cap, over.policy.plugin
+                ));
             }
+            return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(self.cap)))));
         }
-        Poll::Ready(Some(Ok(frame)))
+        let data = match self.mask.as_mut() {
+            Some(window) => window.push(data).unwrap_or_default(),
+            None => return Poll::Ready(Some(Ok(frame))),
+        };
+        Poll::Ready(Some(Ok(http_body::Frame::data(data))))
     }
 }

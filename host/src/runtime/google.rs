@@ -13,7 +13,7 @@
 //! (An access token obtained elsewhere needs none of this: grant it as an ordinary secret,
 //! `from = "env:VARIABLE"`.)
 
-use super::secrets::redactor;
+use crate::redact::redactor;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

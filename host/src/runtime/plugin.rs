@@ -12,7 +12,7 @@ use super::bindings::{health as health_world, strategy as strategy_world, types}
 use super::error::{CallError, PluginError};
 use super::events::{PluginEvent, Stream};
 use super::inspect::PluginKind;
-use super::secrets::redactor;
+use crate::redact::redactor;
 use super::store::{CallProbes, PluginState, Sandbox};
 use futures::future::BoxFuture;
 use std::future::Future;

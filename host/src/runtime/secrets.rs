@@ -3,15 +3,16 @@
 //! A plugin never sees a value. `secrets.open` gives it a handle whose placeholder it writes into
 //! a request header; the egress hook swaps the placeholder for the value only when the request
 //! goes to a destination the secret is granted for. Every value the engine resolves is also
-//! registered with the process-wide [`Redactor`], which every log line, event and stored record
-//! passes through. Google tokens ([`super::google`]) are secrets whose value the host obtains
+//! registered with the process-wide [`crate::redact::Redactor`], which every log line, event and
+//! stored record passes through. Google tokens ([`super::google`]) are secrets whose value the host obtains
 //! and renews itself; each new token is registered with the redactor as it is minted.
 
 use super::google::{Credential, GoogleTokens, TokenKind};
 use super::grants::{HttpPattern, SecretGrant};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock, RwLock};
+use crate::redact::redactor;
+use std::sync::Arc;
 
 /// Where a secret's value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +167,10 @@ impl PluginSecrets {
         (secrets, unreadable)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ResolvedSecret>> {
+        self.by_name.values()
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<ResolvedSecret>> {
         self.by_name.get(name)
     }
@@ -182,6 +187,22 @@ impl PluginSecrets {
 
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+}
+
+/// Registers the values of every secret the pipeline grants that can be read now (from the
+/// environment or a file), so a command that loads no plugin still redacts them from the state
+/// it prints. Unreadable ones are skipped: a real run reports them.
+pub fn register_pipeline_secrets(pipeline: &crate::config::Pipeline) {
+    for declaration in pipeline.plugins.values() {
+        let Ok(grants) = declaration.grants.parse() else {
+            continue;
+        };
+        for grant in grants.secrets.values() {
+            if let Ok(SecretValue::Fixed(value)) = grant.source.resolve() {
+                redactor().register(&value);
+            }
+        }
     }
 }
 
@@ -206,44 +227,6 @@ fn resolve_one(name: &str, grant: &SecretGrant) -> Result<ResolvedSecret, String
 /// What a plugin holds in its resource table for an open secret.
 #[derive(Debug)]
 pub struct SecretHandle(pub Arc<ResolvedSecret>);
-
-/// Replaces every registered secret value in text with `[REDACTED]`.
-#[derive(Debug, Default)]
-pub struct Redactor {
-    values: RwLock<Vec<String>>,
-}
-
-/// What a redacted value is replaced with.
-pub const REDACTED: &str = "[REDACTED]";
-
-impl Redactor {
-    pub fn register(&self, value: &str) {
-        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
-        if !values.iter().any(|v| v == value) {
-            values.push(value.to_string());
-            // Longest first, so a value that contains another is replaced whole.
-            values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        }
-    }
-
-    pub fn redact(&self, text: &str) -> String {
-        let values = self.values.read().unwrap_or_else(|e| e.into_inner());
-        let mut out = text.to_string();
-        for v in values.iter() {
-            if out.contains(v.as_str()) {
-                out = out.replace(v.as_str(), REDACTED);
-            }
-        }
-        out
-    }
-}
-
-/// The process-wide redactor. One for the whole process because a value resolved anywhere must
-/// be hidden everywhere: plugin logs, the engine's own log lines, events, state records.
-pub fn redactor() -> &'static Redactor {
-    static REDACTOR: OnceLock<Redactor> = OnceLock::new();
-    REDACTOR.get_or_init(Redactor::default)
-}
 
 #[cfg(test)]
 mod tests {
@@ -300,14 +283,5 @@ mod tests {
                 .unwrap_err()
                 .contains("too short")
         );
-    }
-
-    #[test]
-    fn redaction_replaces_longest_values_first() {
-        let r = Redactor::default();
-        r.register("abcd");
-        r.register("abcdefgh");
-        assert_eq!(r.redact("x abcdefgh y abcd"), "x [REDACTED] y [REDACTED]");
-        assert_eq!(r.redact("nothing here"), "nothing here");
     }
 }

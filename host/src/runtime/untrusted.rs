@@ -5,9 +5,9 @@
 //! megabyte long can break every table it appears in. So at the boundary, before anything is
 //! stored, encoded or printed: free text is redacted, its control characters (and Unicode's
 //! bidirectional overrides) are escaped as `\u{…}`, and it is cut at [`MAX_TEXT`] bytes; names
-//! (revision ids) must be short and printable, or the output is malformed.
+//! (revision ids) must be short, printable and free of secrets, or the output is malformed.
 
-use super::secrets::redactor;
+use crate::redact::redactor;
 
 /// The most bytes of one piece of plugin text (a message, a phase, a reason) kept.
 pub const MAX_TEXT: usize = 4096;
@@ -54,6 +54,10 @@ pub fn name(what: &str, value: &str) -> Result<(), String> {
             "{what} is {} bytes long, over the {MAX_NAME}-byte limit",
             value.len()
         ));
+    }
+    // A name is stored and printed as it is, so it must not carry a secret in any spelling.
+    if redactor().reveals_a_secret(value) {
+        return Err(format!("{what} {} contains a secret value", text(value)));
     }
     if let Some(c) = value.chars().find(|c| c.is_whitespace() || is_unsafe(*c)) {
         return Err(format!(

@@ -13,7 +13,7 @@ mod backend;
 pub use backend::Location;
 use backend::{Backend, Row, Value};
 
-use crate::runtime::secrets::redactor;
+use crate::redact::redactor;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -466,7 +466,8 @@ impl Store {
                 recorded_ms: r.int(2).unwrap_or(0),
                 traffic: r.int(3).unwrap_or(0).clamp(0, 100) as u8,
                 outcome: r.text(4).unwrap_or_default(),
-                detail: r.text(5),
+                // Again on the way out: a record may predate the value's registration.
+                detail: r.text(5).map(|d| redactor().redact(&d)),
             })
             .collect())
     }

