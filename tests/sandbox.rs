@@ -1346,3 +1346,52 @@ image = "x:1"
         }
     }
 }
+
+#[tokio::test]
+async fn a_strategy_sees_the_engines_clock_and_seeded_random_numbers() {
+    use engine::runtime::bindings::strategy::exports::engine::plugin::strategy::{
+        Decision, Observation, Rollout,
+    };
+    let (runtime, _) = runtime();
+    let plugin = runtime
+        .load(
+            "hostile-strategy",
+            &PluginSource::Unpinned(testing_plugin("testing-hostile-strategy")),
+            &GrantsConfig::default(),
+        )
+        .await
+        .unwrap();
+    let rollout = |stable: &str| Rollout {
+        service: "api".into(),
+        stable: Some(stable.into()),
+        candidate: "api-2".into(),
+        features: Vec::new(),
+        config: json!({"mode": "impure"}).to_string(),
+    };
+    let step = |rollout: Rollout, now_ms: u64| {
+        let plugin = &plugin;
+        async move {
+            let step = plugin
+                .strategy()
+                .unwrap()
+                .step(&rollout, Some("{}"), &Observation::Waited, now_ms)
+                .await
+                .unwrap();
+            assert_eq!(step.decision, Decision::Wait(60_000));
+            step.phase
+        }
+    };
+    // A simulated moment far from the machine's own clock.
+    const SIMULATED: u64 = 4_102_444_800_000;
+    let first = step(rollout("api-1"), SIMULATED).await;
+    let again = step(rollout("api-1"), SIMULATED).await;
+    assert_eq!(first, again, "the same step decided differently");
+    assert!(
+        first.starts_with(&format!("wall={SIMULATED} monotonic={}000000 ", SIMULATED)),
+        "{first}"
+    );
+    // Other inputs, other numbers: the source is seeded, not constant.
+    let other = step(rollout("api-0"), SIMULATED).await;
+    let random = |phase: &str| phase.split(" random=").nth(1).unwrap().to_string();
+    assert_ne!(random(&first), random(&other));
+}

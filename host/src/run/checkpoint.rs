@@ -18,6 +18,10 @@ pub struct Checkpoint {
     pub previous_split: Vec<(String, u8)>,
     /// The strategy's state after its last step.
     pub strategy_state: Option<String>,
+    /// The decisions the strategy has taken in this rollout, across resumes (the contract
+    /// bounds them).
+    #[serde(default)]
+    pub strategy_steps: u32,
     /// The observation the strategy has not been told yet.
     pub pending: Option<Observed>,
     /// The candidate's share of traffic.
@@ -156,6 +160,7 @@ mod tests {
             stable: Some("api-r2".into()),
             previous_split: vec![("api-r2".into(), 100)],
             strategy_state: Some("\"analysing\"".into()),
+            strategy_steps: 7,
             pending: Some(Observed::Analysed {
                 checks: vec![CheckSeen {
                     name: "http".into(),

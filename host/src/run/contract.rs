@@ -4,8 +4,9 @@
 //! - only the candidate and the stable revision may take traffic;
 //! - a revision that takes traffic is never retired (the serving one least of all);
 //! - `done` comes only after `promote`;
-//! - a rollout takes at most [`MAX_STEPS`] decisions in one run, and every wait lasts at least
-//!   [`MIN_WAIT`], so a strategy cannot spin the executor (each step writes a checkpoint).
+//! - a rollout takes at most [`MAX_STEPS`] decisions, counted across resumes (the count is in
+//!   the checkpoint), and every wait lasts at least [`MIN_WAIT`], so a strategy cannot spin the
+//!   executor (each step writes a checkpoint).
 //!
 //! A decision that breaks the contract aborts the rollout, with the rule it broke as reason.
 
@@ -13,7 +14,7 @@ use crate::runtime::bindings::strategy::exports::engine::plugin::strategy::Decis
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// The most decisions one run of a rollout may take.
+/// The most decisions one rollout may take, however often it is resumed.
 pub const MAX_STEPS: u32 = 1000;
 
 /// The shortest wait a strategy gets: shorter ones are lengthened to this.
@@ -50,6 +51,17 @@ impl Contract {
             promoted: candidate_percent == 100,
             steps: 0,
         }
+    }
+
+    /// The same rollout resumed after `steps` decisions an earlier run took.
+    pub fn resumed_after(mut self, steps: u32) -> Contract {
+        self.steps = steps;
+        self
+    }
+
+    /// The decisions taken so far.
+    pub fn steps(&self) -> u32 {
+        self.steps
     }
 
     /// Checks a decision before it is carried out, and records its effect.
@@ -167,5 +179,13 @@ mod tests {
         let mut c = Contract::new("r2", Some("r1"), 100);
         assert_eq!(c.check(&Decision::Retire("r1".into())), Ok(()));
         assert_eq!(c.check(&Decision::Done), Ok(()));
+    }
+
+    #[test]
+    fn the_step_budget_is_not_renewed_by_a_resume() {
+        let mut c = Contract::new("r2", Some("r1"), 0).resumed_after(MAX_STEPS - 1);
+        assert!(c.check(&Decision::Wait(1000)).is_ok());
+        assert_eq!(c.steps(), MAX_STEPS);
+        assert!(c.check(&Decision::Wait(1000)).unwrap_err().contains("more than 1000"));
     }
 }

@@ -562,7 +562,8 @@ impl Executor<'_> {
             features: provider_plugin.info().features.clone(),
             config: service.strategy_config.to_string(),
         };
-        let mut contract = contract::Contract::new(&candidate, cp.stable.as_deref(), cp.traffic);
+        let mut contract = contract::Contract::new(&candidate, cp.stable.as_deref(), cp.traffic)
+            .resumed_after(cp.strategy_steps);
         loop {
             // What an earlier run or a person left for this one.
             if let Some(reason) = cp.abort_requested.clone() {
@@ -605,6 +606,7 @@ impl Executor<'_> {
             }
             self.phase(name, &step.phase, cp.traffic);
             cp.strategy_state = Some(step.state);
+            cp.strategy_steps = contract.steps();
             let next = match step.decision {
                 Decision::SetTraffic(split) => {
                     match self.set_traffic(&provider, &target, &split).await {

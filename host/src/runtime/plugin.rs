@@ -13,7 +13,7 @@ use super::error::{CallError, PluginError};
 use super::events::{PluginEvent, Stream};
 use super::inspect::PluginKind;
 use crate::redact::redactor;
-use super::store::{CallProbes, PluginState, Sandbox};
+use super::store::{CallProbes, Pinned, PluginState, Sandbox};
 use futures::future::BoxFuture;
 use std::future::Future;
 use std::sync::Arc;
@@ -121,6 +121,23 @@ where
     F: FnOnce(P::Bindings, Store<PluginState>) -> Fut,
     Fut: Future<Output = wasmtime::Result<R>>,
 {
+    invoke_pinned(runtime, sandbox, pre, function, None, call).await
+}
+
+/// [`invoke`], with the clocks and random numbers of `pinned` when it is given.
+pub(crate) async fn invoke_pinned<P, R, F, Fut>(
+    runtime: &RuntimeShared,
+    sandbox: &Arc<Sandbox>,
+    pre: &P,
+    function: &'static str,
+    pinned: Option<Pinned>,
+    call: F,
+) -> Result<R, CallError>
+where
+    P: WorldPre,
+    F: FnOnce(P::Bindings, Store<PluginState>) -> Fut,
+    Fut: Future<Output = wasmtime::Result<R>>,
+{
     let plugin = sandbox.plugin.as_str();
     let setup = |detail: String| CallError::Setup {
         plugin: plugin.to_string(),
@@ -132,7 +149,7 @@ where
         .acquire()
         .await
         .map_err(|e| setup(e.to_string()))?;
-    let (mut store, probes) = new_store(runtime, sandbox).map_err(setup)?;
+    let (mut store, probes) = new_store(runtime, sandbox, pinned.as_ref()).map_err(setup)?;
 
     let limit = sandbox.limits.timeout;
     let work = async move {
@@ -158,8 +175,9 @@ where
 fn new_store(
     runtime: &RuntimeShared,
     sandbox: &Arc<Sandbox>,
+    pinned: Option<&Pinned>,
 ) -> Result<(Store<PluginState>, CallProbes), String> {
-    let (state, probes) = PluginState::new(sandbox).map_err(|e| format!("{e:#}"))?;
+    let (state, probes) = PluginState::new(sandbox, pinned).map_err(|e| format!("{e:#}"))?;
     let mut store = Store::new(&runtime.engine, state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
@@ -578,7 +596,7 @@ impl LoadedPlugin {
             .acquire_owned()
             .await
             .map_err(|e| setup(e.to_string()))?;
-        let (mut store, probes) = new_store(&self.inner.runtime, sandbox).map_err(setup)?;
+        let (mut store, probes) = new_store(&self.inner.runtime, sandbox, None).map_err(setup)?;
         let bindings = pre
             .instantiate_async(&mut store)
             .await
@@ -688,11 +706,16 @@ impl Strategy<'_> {
         observation: &strategy_world::exports::engine::plugin::strategy::Observation,
         now_ms: u64,
     ) -> Result<strategy_world::exports::engine::plugin::strategy::StepResult, CallError> {
-        let result = invoke(
+        let pinned = Pinned {
+            now_ms,
+            seed: step_seed(rollout, state),
+        };
+        let result = invoke_pinned(
             &self.plugin.runtime,
             &self.plugin.sandbox,
             self.pre,
             "step",
+            Some(pinned),
             |b, mut s| async move {
                 b.engine_plugin_strategy()
                     .call_step(&mut s, rollout, state, observation, now_ms)
@@ -705,6 +728,26 @@ impl Strategy<'_> {
         check::step(&mut result).map_err(|d| malformed(&self.plugin.name, "step", d))?;
         Ok(result)
     }
+}
+
+/// The seed of a step's random numbers: what a plan, a run and a resume of the same rollout
+/// share at that step (not the candidate's id, which a plan can only guess).
+fn step_seed(
+    rollout: &strategy_world::exports::engine::plugin::strategy::Rollout,
+    state: Option<&str>,
+) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for part in [
+        rollout.service.as_str(),
+        rollout.stable.as_deref().unwrap_or_default(),
+        rollout.config.as_str(),
+        state.unwrap_or_default(),
+    ] {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part);
+    }
+    hash.finalize().into()
 }
 
 /// Typed calls into a health-check plugin.

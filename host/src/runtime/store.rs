@@ -83,6 +83,49 @@ pub struct PluginState {
     sandbox: Arc<Sandbox>,
     /// Log lines and bytes this call has written ([`MAX_LOG_LINES`], [`MAX_LOG_BYTES`]).
     logged: (usize, usize),
+    /// The moment a pinned call sees on every clock (milliseconds since the epoch).
+    pinned_now_ms: Option<u64>,
+}
+
+/// What a strategy's call sees instead of the machine's clocks and random numbers: the
+/// engine's clock (simulated during `engine plan`) and random bytes drawn from a seed of the
+/// call's inputs. Strategies are documented as pure; with this, a strategy that reads the
+/// time or asks for random numbers anyway still decides the same in a plan, a run and a resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pinned {
+    pub now_ms: u64,
+    pub seed: [u8; 32],
+}
+
+impl Pinned {
+    /// Random bytes as a cycle long enough that a strategy would not notice the repetition.
+    fn random_bytes(&self) -> Vec<u8> {
+        use sha2::Digest;
+        (0u8..32)
+            .flat_map(|block| sha2::Sha256::new_with_prefix(self.seed).chain_update([block]).finalize())
+            .collect()
+    }
+}
+
+/// A clock stopped at one moment, for [`Pinned`] calls.
+struct StoppedClock(std::time::Duration);
+
+impl wasmtime_wasi::HostWallClock for StoppedClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(1)
+    }
+    fn now(&self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for StoppedClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        self.0.as_nanos() as u64
+    }
 }
 
 /// How many log lines one call may write; the rest are dropped, with one notice.
@@ -117,7 +160,10 @@ impl PluginState {
 impl PluginState {
     /// State for one call: the sandbox's env and directories, empty stdio captured in memory,
     /// no sockets (HTTP goes through `wasi:http` and the egress hook only).
-    pub fn new(sandbox: &Arc<Sandbox>) -> anyhow::Result<(PluginState, CallProbes)> {
+    pub fn new(
+        sandbox: &Arc<Sandbox>,
+        pinned: Option<&Pinned>,
+    ) -> anyhow::Result<(PluginState, CallProbes)> {
         let probes = CallProbes {
             stdout: MemoryOutputPipe::new(OUTPUT_CAPACITY),
             stderr: MemoryOutputPipe::new(OUTPUT_CAPACITY),
@@ -130,6 +176,16 @@ impl PluginState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        if let Some(pinned) = pinned {
+            let now = std::time::Duration::from_millis(pinned.now_ms);
+            let bytes = pinned.random_bytes();
+            builder
+                .wall_clock(StoppedClock(now))
+                .monotonic_clock(StoppedClock(now))
+                .secure_random(wasmtime_wasi::Deterministic::new(bytes.clone()))
+                .insecure_random(wasmtime_wasi::Deterministic::new(bytes))
+                .insecure_random_seed(u128::from_le_bytes(pinned.seed[..16].try_into()?));
+        }
         for (k, v) in &sandbox.env {
             builder.env(k, v);
         }
@@ -160,6 +216,7 @@ impl PluginState {
             deadline: Instant::now() + sandbox.limits.timeout,
             sandbox: sandbox.clone(),
             logged: (0, 0),
+            pinned_now_ms: pinned.map(|p| p.now_ms),
         };
         Ok((state, probes))
     }
@@ -216,6 +273,9 @@ impl log::Host for PluginState {
 
 impl clock::Host for PluginState {
     async fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        if let Some(now) = self.pinned_now_ms {
+            return Ok(now);
+        }
         Ok(std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

@@ -3,7 +3,9 @@
 //! - `retire-stable`: retires the revision that serves all traffic;
 //! - `elsewhere`: sends all traffic to a revision that is neither candidate nor stable;
 //! - `done-early`: says done without promoting;
-//! - `spin`: asks for an analysis (of a service without checks) forever, never waiting.
+//! - `spin`: asks for an analysis (of a service without checks) forever, never waiting;
+//! - `impure`: reads the system clocks and random numbers, which strategies must not depend
+//!   on, and reports them as its phase.
 
 use engine_sdk::strategy::{Decision, Observation, Rollout, StepResult};
 use engine_sdk::{Capabilities, Diagnostic, Error, PluginInfo, Strategy, TrafficTarget};
@@ -16,6 +18,23 @@ fn result(decision: Decision) -> Result<StepResult, Error> {
         decision,
         phase: "misbehaving".into(),
     })
+}
+
+/// The wall clock, the monotonic clock and random numbers, as a strategy should never read them.
+fn impure_readings() -> String {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    #[cfg(target_arch = "wasm32")]
+    let (monotonic, random, insecure) = (
+        wasip2::clocks::monotonic_clock::now(),
+        wasip2::random::random::get_random_u64(),
+        wasip2::random::insecure::get_insecure_random_u64(),
+    );
+    #[cfg(not(target_arch = "wasm32"))]
+    let (monotonic, random, insecure) = (0u64, 0u64, 0u64);
+    format!("wall={wall} monotonic={monotonic} random={random} insecure={insecure}")
 }
 
 impl Strategy for HostileStrategy {
@@ -48,6 +67,11 @@ impl Strategy for HostileStrategy {
                 percent: 100,
             }])),
             "done-early" => result(Decision::Done),
+            "impure" => Ok(StepResult {
+                state: "{}".into(),
+                decision: Decision::Wait(60_000),
+                phase: impure_readings(),
+            }),
             _ => result(Decision::Analyse(engine_sdk::strategy::AnalysisRequest {
                 revision: rollout.candidate,
                 checks: Vec::new(),
