@@ -161,7 +161,15 @@ async fn hostile_with(
     let (runtime, sink) = runtime();
     let grants = GrantsConfig {
         allow_http: vec![format!("http://127.0.0.1:{}", server.port)],
-        secrets: [("token".to_string(), SecretGrantConfig { from, hosts })].into(),
+        secrets: [(
+            "token".to_string(),
+            SecretGrantConfig {
+                from,
+                hosts,
+                in_plan: None,
+            },
+        )]
+        .into(),
         ..Default::default()
     };
     (load_hostile(&runtime, grants).await, sink)

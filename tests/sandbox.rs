@@ -448,6 +448,7 @@ async fn a_secret_value_reaches_the_granted_host_but_never_the_logs() {
             SecretGrantConfig {
                 from: format!("file:{}", file.path().display()),
                 hosts: None,
+                in_plan: None,
             },
         )]
         .into(),
@@ -505,6 +506,7 @@ fn secret_grants(
             SecretGrantConfig {
                 from: format!("file:{}", file.path().display()),
                 hosts,
+                in_plan: None,
             },
         )]
         .into(),
@@ -529,7 +531,10 @@ async fn a_reflected_secret_is_masked_in_every_spelling_before_the_plugin_reads_
     // The server did send every spelling; none reached the plugin.
     assert!(detail.starts_with("200 raw=*****"), "{detail}");
     for spelling in engine::redact::forms(VALUE) {
-        assert!(!detail.contains(&spelling), "{spelling} reached the plugin: {detail}");
+        assert!(
+            !detail.contains(&spelling),
+            "{spelling} reached the plugin: {detail}"
+        );
     }
     for place in ["hex=", "b64=", "json=", "percent="] {
         assert!(detail.contains(place), "{detail}");
@@ -567,9 +572,19 @@ async fn a_reflected_secret_cannot_be_passed_to_a_host_it_is_not_granted_for() {
         assert!(received.is_empty(), "{place}: {received:?}");
         assert_eq!(denials.len(), 1, "{place}: {denials:?}");
         assert_eq!(denials[0].capability, Capability::Secret);
-        let expected = if place == "query" { "the URL of GET" } else { "the header x-relay of GET" };
+        let expected = if place == "query" {
+            "the URL of GET"
+        } else {
+            "the header x-relay of GET"
+        };
         assert!(denials[0].attempted.starts_with(expected), "{}", denials[0]);
-        assert!(denials[0].attempted.ends_with("carries the value of secret 'token'"), "{}", denials[0]);
+        assert!(
+            denials[0]
+                .attempted
+                .ends_with("carries the value of secret 'token'"),
+            "{}",
+            denials[0]
+        );
         assert!(!denials[0].attempted.contains(RELAYED));
     }
     // In a body, the request is cut off before the value is complete.
@@ -581,7 +596,11 @@ async fn a_reflected_secret_cannot_be_passed_to_a_host_it_is_not_granted_for() {
         assert!(!body.contains(&RELAYED[..RELAYED.len() - 1]));
     }
     assert_eq!(denials.len(), 1, "{denials:?}");
-    assert!(denials[0].attempted.starts_with("the body of POST"), "{}", denials[0]);
+    assert!(
+        denials[0].attempted.starts_with("the body of POST"),
+        "{}",
+        denials[0]
+    );
 }
 
 #[tokio::test]
@@ -615,6 +634,7 @@ async fn a_secret_is_not_sent_to_a_host_it_is_not_granted_for() {
             SecretGrantConfig {
                 from: format!("file:{}", file.path().display()),
                 hosts: Some(vec!["https://api.example.com".into()]),
+                in_plan: None,
             },
         )]
         .into(),
@@ -1342,7 +1362,10 @@ image = "x:1"
         assert!(!stdout.contains("en\\with"), "{args:?}: {stdout}");
         assert!(!stdout.contains(&json_spelling[1..json_spelling.len() - 1]));
         if args[0] == "history" {
-            assert!(stdout.contains("the check saw [REDACTED]"), "{args:?}: {stdout}");
+            assert!(
+                stdout.contains("the check saw [REDACTED]"),
+                "{args:?}: {stdout}"
+            );
         }
     }
 }
@@ -1394,4 +1417,60 @@ async fn a_strategy_sees_the_engines_clock_and_seeded_random_numbers() {
     let other = step(rollout("api-0"), SIMULATED).await;
     let random = |phase: &str| phase.split(" random=").nth(1).unwrap().to_string();
     assert_ne!(random(&first), random(&other));
+}
+
+/// A runtime for a plan: a dry run, withholding every secret when `withhold`.
+fn plan_runtime(withhold: bool) -> (engine::runtime::Runtime, engine::runtime::MemorySink) {
+    let sink = engine::runtime::MemorySink::default();
+    let runtime = engine::runtime::Runtime::new(engine::runtime::RuntimeOptions {
+        cache_dir: Some(cache_dir()),
+        sink: std::sync::Arc::new(sink.clone()),
+        dry_run: true,
+        withhold_secrets: withhold,
+        ..Default::default()
+    })
+    .unwrap();
+    (runtime, sink)
+}
+
+#[tokio::test]
+async fn a_pipeline_can_withhold_secrets_from_plan() {
+    let file = secret_file("plan-time-secret-value");
+    let server = TestServer::start();
+    let url = format!("http://127.0.0.1:{}/echo", server.port);
+    let orders = json!({"mode": "http", "secret": "token", "url": url});
+    for (in_plan, withhold, hint) in [
+        (
+            Some(false),
+            false,
+            "the pipeline withholds this secret during plan (`in_plan = false`); a real run sends it",
+        ),
+        (
+            None,
+            true,
+            "`engine plan --no-secrets` sends no secret; a real run sends it",
+        ),
+    ] {
+        let (runtime, sink) = plan_runtime(withhold);
+        let mut grants = secret_grants(&file, None, &[&server]);
+        grants.secrets.get_mut("token").unwrap().in_plan = in_plan;
+        let plugin = load_hostile(&runtime, grants).await;
+        let (outcome, _) = probe(&plugin, orders.clone()).await.unwrap();
+        assert_eq!(outcome, "err");
+        assert!(server.requests().is_empty(), "{:?}", server.requests());
+        let denials = sink.denials();
+        assert_eq!(denials.len(), 1, "{denials:?}");
+        assert_eq!(denials[0].capability, Capability::Secret);
+        assert_eq!(
+            denials[0].attempted,
+            format!("secret 'token' in header authorization of GET {url} during plan")
+        );
+        assert_eq!(denials[0].hint, hint);
+    }
+    // By default a plan's GET carries the secret, as docs/sandbox.md says.
+    let (runtime, _) = plan_runtime(false);
+    let plugin = load_hostile(&runtime, secret_grants(&file, None, &[&server])).await;
+    let (outcome, _) = probe(&plugin, orders).await.unwrap();
+    assert_eq!(outcome, "ok");
+    assert_eq!(server.requests().len(), 1);
 }

@@ -114,7 +114,9 @@ impl TestServer {
                 let body = match request.url() {
                     "/echo" => authorization.unwrap_or_default().into_bytes(),
                     "/echo-encoded" => {
-                        extra.push(tiny_http::Header::from_bytes("x-echo", token.as_bytes()).unwrap());
+                        extra.push(
+                            tiny_http::Header::from_bytes("x-echo", token.as_bytes()).unwrap(),
+                        );
                         encodings(&token).into_bytes()
                     }
                     "/echo-reversed" => token.chars().rev().collect::<String>().into_bytes(),
@@ -153,7 +155,10 @@ fn encodings(token: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("user:{token}"));
     let json = serde_json::json!({ "token": token }).to_string();
     let percent: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
-    format!("raw={token} hex={} b64={b64} json={json} percent={percent}", hex::encode(token))
+    format!(
+        "raw={token} hex={} b64={b64} json={json} percent={percent}",
+        hex::encode(token)
+    )
 }
 
 impl Drop for TestServer {

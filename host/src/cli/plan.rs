@@ -2,8 +2,8 @@
 
 use super::CommandError;
 use crate::config;
-use crate::runtime::events::{EventSink, PluginEvent, TracingSink};
 use crate::redact::redactor;
+use crate::runtime::events::{EventSink, PluginEvent, TracingSink};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +17,10 @@ pub struct PlanArgs {
     /// `text` for people, `json`: the document `--out` writes, on stdout
     #[arg(long, value_enum, default_value = "text")]
     output: super::Format,
+    /// Send no secret during the plan: a plugin request that needs one is refused (for plans
+    /// of untrusted changes)
+    #[arg(long)]
+    no_secrets: bool,
 }
 
 /// Keeps the blocked requests for the report and passes everything else to the log.
@@ -47,6 +51,7 @@ pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> 
     let sink = Arc::new(DryRunSink::default());
     let options = crate::runtime::RuntimeOptions {
         dry_run: true,
+        withhold_secrets: args.no_secrets,
         local_admin_ports: super::local::admin_ports(Some(&pipeline)),
         protected_paths: super::protected_paths(&pipeline),
         sink: sink.clone(),

@@ -3,10 +3,10 @@
 
 use super::{CommandError, PipelineArgs, Scope, exit, output};
 use crate::config;
+use crate::redact::redactor;
 use crate::report::{self, Printer, Style};
 use crate::run::admin::Approval;
 use crate::run::{RunOptions, RunReport};
-use crate::redact::redactor;
 use crate::state::{Holder, Lock, StateError, Store};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

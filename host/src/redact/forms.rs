@@ -89,7 +89,10 @@ mod tests {
                     base64::engine::general_purpose::STANDARD_NO_PAD.encode(&text),
                 ] {
                     assert!(
-                        spellings.iter().skip(1).any(|f| encoded.contains(f.as_str())),
+                        spellings
+                            .iter()
+                            .skip(1)
+                            .any(|f| encoded.contains(f.as_str())),
                         "{encoded} of {text:?}"
                     );
                 }

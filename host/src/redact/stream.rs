@@ -125,6 +125,9 @@ mod tests {
         assert!(passed.len() < b"aaaa ".len() + 1);
         assert!(window.push(b"lue").is_err());
         let mut clean = Window::new(patterns, OnFound::Refuse);
-        assert_eq!(run(&mut clean, &[b"no ", b"secret here"]).unwrap(), b"no secret here");
+        assert_eq!(
+            run(&mut clean, &[b"no ", b"secret here"]).unwrap(),
+            b"no secret here"
+        );
     }
 }

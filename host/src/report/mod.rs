@@ -10,8 +10,8 @@ mod live;
 pub use junit::junit;
 pub use live::Live;
 
-use crate::run::{Event, Observer, Outcome, RunReport};
 use crate::redact::redactor;
+use crate::run::{Event, Observer, Outcome, RunReport};
 use std::io::Write;
 use std::sync::Mutex;
 

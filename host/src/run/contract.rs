@@ -186,6 +186,10 @@ mod tests {
         let mut c = Contract::new("r2", Some("r1"), 0).resumed_after(MAX_STEPS - 1);
         assert!(c.check(&Decision::Wait(1000)).is_ok());
         assert_eq!(c.steps(), MAX_STEPS);
-        assert!(c.check(&Decision::Wait(1000)).unwrap_err().contains("more than 1000"));
+        assert!(
+            c.check(&Decision::Wait(1000))
+                .unwrap_err()
+                .contains("more than 1000")
+        );
     }
 }

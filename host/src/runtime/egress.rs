@@ -147,6 +147,8 @@ pub struct EgressPolicy {
     client: reqwest::Client,
     sink: Arc<dyn EventSink>,
     dry_run: bool,
+    /// Secrets are withheld from every request of this dry run.
+    withhold_secrets: bool,
 }
 
 /// The value of a secret known before any request (not a token minted per destination).
@@ -166,10 +168,11 @@ impl EgressPolicy {
         max_response_bytes: u64,
         runtime: &super::RuntimeShared,
     ) -> anyhow::Result<EgressPolicy> {
-        let (resolve_overrides, sink, dry_run) = (
+        let (resolve_overrides, sink, dry_run, withhold_secrets) = (
             runtime.resolve_overrides.clone(),
             runtime.sink.clone(),
             runtime.dry_run,
+            runtime.dry_run && runtime.withhold_secrets,
         );
         let addresses = AddressPolicy::new(&granted, &runtime.local_admin_ports);
         let client = reqwest::Client::builder()
@@ -193,6 +196,7 @@ impl EgressPolicy {
             client,
             sink,
             dry_run,
+            withhold_secrets,
         })
     }
 
@@ -289,6 +293,23 @@ impl EgressPolicy {
             }
             let mut secrets = Vec::new();
             for secret in self.secrets.placeholders_in(text) {
+                // The local platform's token is the engine's own, not the pipeline's.
+                let own = matches!(secret.value, SecretValue::LocalPlatform);
+                if self.dry_run && !own && (self.withhold_secrets || !secret.in_plan) {
+                    let why = if self.withhold_secrets {
+                        "`engine plan --no-secrets` sends no secret"
+                    } else {
+                        "the pipeline withholds this secret during plan (`in_plan = false`)"
+                    };
+                    return Err(self.deny(
+                        Capability::Secret,
+                        format!(
+                            "secret '{}' in header {name} of {attempted} during plan",
+                            secret.name
+                        ),
+                        format!("{why}; a real run sends it"),
+                    ));
+                }
                 if !self.may_carry(secret, &scheme, &host, port) {
                     return Err(self.deny(
                         Capability::Secret,

@@ -64,6 +64,9 @@ pub struct SecretGrantConfig {
     /// Destinations the value may be sent to; defaults to all of `allow_http`.
     #[serde(default)]
     pub hosts: Option<Vec<String>>,
+    /// `false`: never sent during `engine plan` (the requests that need it are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_plan: Option<bool>,
 }
 
 /// Per-call limits.
@@ -106,6 +109,8 @@ pub struct SecretGrant {
     pub source: super::secrets::SecretSource,
     /// None: any destination in `allow_http`.
     pub hosts: Option<Vec<HttpPattern>>,
+    /// Whether the value may be sent during `engine plan`.
+    pub in_plan: bool,
 }
 
 /// A grant that cannot be parsed; `key` names the pipeline.toml key.
@@ -183,7 +188,15 @@ impl GrantsConfig {
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .transpose()?;
-            secrets.insert(name.clone(), SecretGrant { source, hosts });
+            let in_plan = grant.in_plan.unwrap_or(true);
+            secrets.insert(
+                name.clone(),
+                SecretGrant {
+                    source,
+                    hosts,
+                    in_plan,
+                },
+            );
         }
         let mut limits = Limits::default();
         if let Some(t) = &self.timeout {

@@ -68,6 +68,9 @@ pub struct RuntimeOptions {
     /// reported as [`PluginEvent::WouldCall`], and granted directories are mounted read-only,
     /// so no plugin can change anything, whatever its code does.
     pub dry_run: bool,
+    /// With `dry_run`: no secret is sent at all (`engine plan --no-secrets`); a request that
+    /// needs one is refused. Secrets granted with `in_plan = false` are withheld regardless.
+    pub withhold_secrets: bool,
     /// The local platform's admin ports on this machine: no wildcard grant reaches them, and
     /// the engine's own `local` provider gets the platform's token for them.
     pub local_admin_ports: Vec<u16>,
@@ -91,6 +94,7 @@ impl Default for RuntimeOptions {
             sink: Arc::new(TracingSink),
             resolve_overrides: HashMap::new(),
             dry_run: false,
+            withhold_secrets: false,
             local_admin_ports: vec![DEFAULT_ADMIN_PORT],
             protected_paths: Vec::new(),
             check_only: false,
@@ -107,6 +111,7 @@ pub(crate) struct RuntimeShared {
     pub sink: Arc<dyn EventSink>,
     pub resolve_overrides: Arc<HashMap<String, Vec<IpAddr>>>,
     pub dry_run: bool,
+    pub withhold_secrets: bool,
     pub check_only: bool,
     pub local_admin_ports: Vec<u16>,
     pub protected_paths: Vec<grants::ProtectedPath>,
@@ -163,6 +168,7 @@ impl Runtime {
                 sink: options.sink,
                 resolve_overrides: Arc::new(options.resolve_overrides),
                 dry_run: options.dry_run,
+                withhold_secrets: options.withhold_secrets,
                 check_only: options.check_only,
                 local_admin_ports: options.local_admin_ports,
                 protected_paths,
@@ -284,6 +290,7 @@ impl Runtime {
             grants::SecretGrant {
                 source: secrets::SecretSource::LocalPlatform,
                 hosts: Some(hosts),
+                in_plan: true,
             },
         );
     }

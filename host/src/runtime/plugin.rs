@@ -12,8 +12,8 @@ use super::bindings::{health as health_world, strategy as strategy_world, types}
 use super::error::{CallError, PluginError};
 use super::events::{PluginEvent, Stream};
 use super::inspect::PluginKind;
-use crate::redact::redactor;
 use super::store::{CallProbes, Pinned, PluginState, Sandbox};
+use crate::redact::redactor;
 use futures::future::BoxFuture;
 use std::future::Future;
 use std::sync::Arc;

@@ -9,9 +9,9 @@
 
 use super::google::{Credential, GoogleTokens, TokenKind};
 use super::grants::{HttpPattern, SecretGrant};
+use crate::redact::redactor;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use crate::redact::redactor;
 use std::sync::Arc;
 
 /// Where a secret's value comes from.
@@ -128,6 +128,8 @@ pub struct ResolvedSecret {
     pub placeholder: String,
     /// None: any destination the plugin may reach.
     pub hosts: Option<Vec<HttpPattern>>,
+    /// Whether it may be sent during `engine plan`.
+    pub in_plan: bool,
 }
 
 /// The secrets of one loaded plugin, by name.
@@ -221,6 +223,7 @@ fn resolve_one(name: &str, grant: &SecretGrant) -> Result<ResolvedSecret, String
         value,
         placeholder: format!("{PLACEHOLDER_PREFIX}{name}-{:016x}", rand::random::<u64>()),
         hosts: grant.hosts.clone(),
+        in_plan: grant.in_plan,
     })
 }
 

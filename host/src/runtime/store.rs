@@ -102,7 +102,11 @@ impl Pinned {
     fn random_bytes(&self) -> Vec<u8> {
         use sha2::Digest;
         (0u8..32)
-            .flat_map(|block| sha2::Sha256::new_with_prefix(self.seed).chain_update([block]).finalize())
+            .flat_map(|block| {
+                sha2::Sha256::new_with_prefix(self.seed)
+                    .chain_update([block])
+                    .finalize()
+            })
             .collect()
     }
 }
