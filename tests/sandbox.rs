@@ -1474,3 +1474,76 @@ async fn a_pipeline_can_withhold_secrets_from_plan() {
     assert_eq!(outcome, "ok");
     assert_eq!(server.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn a_plugin_cannot_leave_symbolic_links_in_a_granted_directory() {
+    let granted = tempfile::tempdir().unwrap();
+    let (runtime, _) = runtime();
+    let plugin = load_hostile(&runtime, dir_grant(granted.path(), "/data", true)).await;
+    for target in ["../../../etc", "inside.txt", "/etc/passwd"] {
+        let (outcome, detail) = probe(
+            &plugin,
+            json!({"mode": "symlink", "dir": "/data", "target": target, "link": "link"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcome, "err", "{target}");
+        assert!(
+            detail.contains(r#"name: "not-permitted""#),
+            "{target}: {detail}"
+        );
+        assert!(std::fs::symlink_metadata(granted.path().join("link")).is_err());
+    }
+    // Ordinary writes still work in the same call path.
+    let (outcome, _) = probe(
+        &plugin,
+        json!({"mode": "write-file", "path": "/data/ok.txt"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, "ok");
+}
+
+#[tokio::test]
+async fn a_call_that_writes_past_its_disk_limit_is_stopped() {
+    let granted = tempfile::tempdir().unwrap();
+    // Already there before the call: only what the call adds counts.
+    std::fs::write(granted.path().join("existing"), vec![0u8; 8 << 20]).unwrap();
+    let (runtime, _) = runtime();
+    let mut grants = dir_grant(granted.path(), "/data", true);
+    grants.disk = Some("4MiB".into());
+    let plugin = load_hostile(&runtime, grants).await;
+    let (outcome, detail) = probe(
+        &plugin,
+        json!({"mode": "fill-disk", "path": "/data/small", "mib": 3}),
+    )
+    .await
+    .unwrap();
+    assert_eq!((outcome.as_str(), detail.as_str()), ("ok", "filled"));
+    // A call writing without end is stopped soon after it passes the limit.
+    match probe(
+        &plugin,
+        json!({"mode": "fill-disk", "path": "/data/big", "mib": 100_000}),
+    )
+    .await
+    {
+        Err(CallError::DiskExceeded { limit, dirs, .. }) => {
+            assert_eq!(limit, 4 << 20);
+            assert_eq!(dirs, granted.path().display().to_string());
+        }
+        other => panic!("expected the disk limit, got {other:?}"),
+    }
+    let written = std::fs::metadata(granted.path().join("big")).unwrap().len();
+    assert!(written < 100_000 << 20, "{written}");
+    // A call that returns just over the limit fails too.
+    std::fs::remove_file(granted.path().join("big")).unwrap();
+    match probe(
+        &plugin,
+        json!({"mode": "fill-disk", "path": "/data/five", "mib": 5}),
+    )
+    .await
+    {
+        Err(CallError::DiskExceeded { .. }) => {}
+        other => panic!("expected the disk limit, got {other:?}"),
+    }
+}

@@ -35,6 +35,7 @@ const PLUGIN_KEYS: &[&str] = &[
     "timeout",
     "memory",
     "max_response",
+    "disk",
 ];
 const SERVICE_KEYS: &[&str] = &[
     "provider",

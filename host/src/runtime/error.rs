@@ -74,6 +74,16 @@ pub enum CallError {
         requested: u64,
         limit: u64,
     },
+    /// The call added more to the plugin's writable directories than its `disk` limit.
+    #[error(
+        "plugin '{plugin}' {function} wrote more than {limit} bytes into its writable directories ({dirs}) and was stopped; what it wrote is still there; if it needs more, raise `disk` in [plugins.{plugin}]"
+    )]
+    DiskExceeded {
+        plugin: String,
+        function: &'static str,
+        limit: u64,
+        dirs: String,
+    },
     /// The plugin's code panicked.
     #[error("plugin '{plugin}' {function} panicked: {message}")]
     Panicked {

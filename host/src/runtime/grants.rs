@@ -40,6 +40,9 @@ pub struct GrantsConfig {
     /// Largest HTTP response body the plugin may receive, such as `16MiB`.
     #[serde(default)]
     pub max_response: Option<String>,
+    /// The most bytes one call may add to the plugin's writable directories, such as `1GiB`.
+    #[serde(default)]
+    pub disk: Option<String>,
 }
 
 /// A directory granted to a plugin.
@@ -75,6 +78,8 @@ pub struct Limits {
     pub timeout: Duration,
     pub memory_bytes: u64,
     pub max_response_bytes: u64,
+    /// What one call may add to the writable directories ([`super::disk`]).
+    pub disk_bytes: u64,
 }
 
 impl Default for Limits {
@@ -83,6 +88,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(30),
             memory_bytes: 256 << 20,
             max_response_bytes: 16 << 20,
+            disk_bytes: super::disk::DEFAULT_DISK_BYTES,
         }
     }
 }
@@ -227,6 +233,9 @@ impl GrantsConfig {
         }
         if let Some(m) = &self.max_response {
             limits.max_response_bytes = parse_size("max_response", m)?;
+        }
+        if let Some(d) = &self.disk {
+            limits.disk_bytes = parse_size("disk", d)?;
         }
         Ok(Grants {
             http,

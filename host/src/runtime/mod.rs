@@ -21,6 +21,7 @@
 pub mod address;
 pub mod bindings;
 pub mod cache;
+pub mod disk;
 pub mod egress;
 pub mod engine;
 pub mod error;
@@ -132,6 +133,7 @@ fn linker(engine: &Engine, kind: PluginKind) -> wasmtime::Result<Linker<PluginSt
     use bindings::provider::engine::plugin::{clock, log, secrets, types};
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    refuse_symlinks(&mut linker)?;
     types::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
     log::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
     if kind != PluginKind::Strategy {
@@ -146,6 +148,27 @@ fn linker(engine: &Engine, kind: PluginKind) -> wasmtime::Result<Linker<PluginSt
         )?;
     }
     Ok(linker)
+}
+
+/// The `wasi:filesystem` version wasmtime-wasi defines; guests importing any 0.2.x get it.
+const WASI_FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// Plugins may not create symbolic links. cap-std already refuses absolute targets, but a
+/// relative one (`../../etc`) left in a granted directory would lead any other program that
+/// follows it out of the grant; no plugin kind needs links, so none are made.
+fn refuse_symlinks(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::filesystem::Descriptor;
+    use wasmtime_wasi::p2::bindings::filesystem::types::ErrorCode;
+    linker.allow_shadowing(true);
+    linker.instance(WASI_FILESYSTEM_TYPES)?.func_wrap_async(
+        "[method]descriptor.symlink-at",
+        |_store, (_dir, _target, _link): (Resource<Descriptor>, String, String)| {
+            Box::new(async { Ok((Err::<(), _>(ErrorCode::NotPermitted),)) })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 impl Runtime {

@@ -159,6 +159,9 @@ where
     let outcome = tokio::time::timeout(limit + TIMEOUT_GRACE, work).await;
     report_output(sandbox, &probes);
     match outcome {
+        Ok(Ok(_)) if let Some(exceeded) = disk_exceeded(sandbox, function, &probes) => {
+            Err(exceeded)
+        }
         Ok(Ok(value)) => Ok(value),
         Ok(Err((instantiating, error))) => {
             Err(classify(sandbox, function, instantiating, error, &probes))
@@ -182,11 +185,14 @@ fn new_store(
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|cx| {
-        Ok(if Instant::now() >= cx.data().deadline {
-            UpdateDeadline::Interrupt
-        } else {
-            UpdateDeadline::Yield(1)
-        })
+        let state = cx.data();
+        Ok(
+            if Instant::now() >= state.deadline || state.disk_over.load(Ordering::Relaxed) {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            },
+        )
     });
     Ok((store, probes))
 }
@@ -221,6 +227,9 @@ fn classify(
     probes: &CallProbes,
 ) -> CallError {
     let plugin = sandbox.plugin.clone();
+    if let Some(exceeded) = disk_exceeded(sandbox, function, probes) {
+        return exceeded;
+    }
     let requested = probes.memory_refused.load(Ordering::SeqCst);
     if requested > 0 {
         return CallError::MemoryExceeded {
@@ -258,6 +267,26 @@ fn classify(
         function,
         detail,
     }
+}
+
+/// The error for a call that wrote more than its `disk` limit, if it did.
+fn disk_exceeded(
+    sandbox: &Sandbox,
+    function: &'static str,
+    probes: &CallProbes,
+) -> Option<CallError> {
+    let watch = probes.disk.as_ref().filter(|w| w.went_over())?;
+    Some(CallError::DiskExceeded {
+        plugin: sandbox.plugin.clone(),
+        function,
+        limit: watch.limit(),
+        dirs: watch
+            .dirs()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
 }
 
 /// The message of a Rust panic from what the plugin printed to stderr:
@@ -620,6 +649,7 @@ async fn settle<R>(
 ) -> Result<R, CallError> {
     let limit = sandbox.limits.timeout;
     match tokio::time::timeout(limit + TIMEOUT_GRACE, call).await {
+        Ok(Ok(_)) if let Some(exceeded) = disk_exceeded(sandbox, function, probes) => Err(exceeded),
         Ok(Ok(result)) => result.map_err(|e| plugin_error(&sandbox.plugin, function, e)),
         Ok(Err(error)) => Err(classify(sandbox, function, false, error, probes)),
         Err(_elapsed) => Err(CallError::DeadlineExceeded {

@@ -5,13 +5,14 @@
 
 use super::bindings::health::engine::plugin::tcp;
 use super::bindings::provider::engine::plugin::{clock, log, secrets, types};
+use super::disk::DiskWatch;
 use super::egress::{EgressHooks, EgressPolicy};
 use super::events::{Capability, Denial, EventSink, LogLevel, PluginEvent};
 use super::grants::{DirGrant, Limits};
 use super::secrets::{PluginSecrets, SecretHandle};
 use super::tcp::TcpPolicy;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -41,6 +42,8 @@ pub struct CallProbes {
     pub stderr: MemoryOutputPipe,
     /// The size a memory grow asked for when it went over the cap; 0 if none did.
     pub memory_refused: Arc<AtomicU64>,
+    /// The writable directories' watch, when there are any.
+    pub disk: Option<Arc<DiskWatch>>,
 }
 
 /// Caps linear memory per store and records a refusal for the error message.
@@ -80,6 +83,8 @@ pub struct PluginState {
     hooks: EgressHooks,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) deadline: Instant,
+    /// Set when the call has written more than its `disk` limit: the epoch callback stops it.
+    pub(crate) disk_over: Arc<AtomicBool>,
     sandbox: Arc<Sandbox>,
     /// Log lines and bytes this call has written ([`MAX_LOG_LINES`], [`MAX_LOG_BYTES`]).
     logged: (usize, usize),
@@ -168,10 +173,18 @@ impl PluginState {
         sandbox: &Arc<Sandbox>,
         pinned: Option<&Pinned>,
     ) -> anyhow::Result<(PluginState, CallProbes)> {
+        let disk_over = Arc::new(AtomicBool::new(false));
+        let writable = sandbox.dirs.iter().filter(|d| d.writable);
         let probes = CallProbes {
             stdout: MemoryOutputPipe::new(OUTPUT_CAPACITY),
             stderr: MemoryOutputPipe::new(OUTPUT_CAPACITY),
             memory_refused: Arc::new(AtomicU64::new(0)),
+            disk: DiskWatch::start(
+                writable.map(|d| d.host.clone()).collect(),
+                sandbox.limits.disk_bytes,
+                disk_over.clone(),
+            )
+            .map(Arc::new),
         };
         let mut builder = WasiCtxBuilder::new();
         builder
@@ -218,6 +231,7 @@ impl PluginState {
                 refused: probes.memory_refused.clone(),
             },
             deadline: Instant::now() + sandbox.limits.timeout,
+            disk_over,
             sandbox: sandbox.clone(),
             logged: (0, 0),
             pinned_now_ms: pinned.map(|p| p.now_ms),

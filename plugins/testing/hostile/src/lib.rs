@@ -212,6 +212,22 @@ impl Provider for Hostile {
                     deployed: "{}".into(),
                 }))
             }
+            "symlink" => Ok(report(raw::symlink(
+                arg(&config, "dir"),
+                arg(&config, "target"),
+                arg(&config, "link"),
+            ))),
+            "fill-disk" => {
+                // Writes `mib` MiB in 1 MiB pieces, then says how far it got.
+                let chunk = vec![b'x'; 1 << 20];
+                let mut file = std::fs::File::create(arg(&config, "path"))
+                    .map_err(|e| Error::fatal(e.to_string()))?;
+                for _ in 0..config["mib"].as_u64().unwrap_or(1) {
+                    std::io::Write::write_all(&mut file, &chunk)
+                        .map_err(|e| Error::fatal(e.to_string()))?;
+                }
+                Ok(report(Ok("filled".into())))
+            }
             "upload" => Ok(report(raw::upload(
                 arg(&config, "url"),
                 config["mib"].as_u64().unwrap_or(1),

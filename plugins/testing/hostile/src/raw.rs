@@ -91,6 +91,24 @@ mod imp {
     }
 }
 
+/// Makes a symbolic link `link` in the preopened directory `dir`, pointing at `target`.
+#[cfg(target_arch = "wasm32")]
+pub fn symlink(dir: &str, target: &str, link: &str) -> Result<String, String> {
+    let (descriptor, _) = wasip2::filesystem::preopens::get_directories()
+        .into_iter()
+        .find(|(_, path)| path == dir)
+        .ok_or_else(|| format!("{dir} is not preopened"))?;
+    descriptor
+        .symlink_at(target, link)
+        .map(|()| "linked".to_string())
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub fn symlink(_dir: &str, _target: &str, _link: &str) -> Result<String, String> {
+    Err("only in WebAssembly".into())
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 mod imp {
     pub fn upload(_url: &str, _mib: u64) -> Result<String, String> {
