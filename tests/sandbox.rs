@@ -1547,3 +1547,33 @@ async fn a_call_that_writes_past_its_disk_limit_is_stopped() {
         other => panic!("expected the disk limit, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn calls_of_one_plugin_share_its_connections() {
+    use axum::serve::ListenerExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let counter = accepted.clone();
+    let listener = listener.tap_io(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let app = axum::Router::new().fallback(|| async { "hello" });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (runtime, _) = runtime();
+    let grants = GrantsConfig {
+        allow_http: vec![format!("http://127.0.0.1:{port}")],
+        ..Default::default()
+    };
+    let plugin = load_hostile(&runtime, grants).await;
+    let url = format!("http://127.0.0.1:{port}/");
+    for _ in 0..5 {
+        let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": url}))
+            .await
+            .unwrap();
+        assert_eq!((outcome.as_str(), detail.as_str()), ("ok", "200 hello"));
+    }
+    // Each call is a fresh instance, but the host keeps the plugin's connections.
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}

@@ -60,6 +60,7 @@ fn main() {
         };
         let view: RevisionView = client
             .put(format!("{admin}/v1/services/bench/revisions/bench-r1"))
+            .bearer_auth(&running.token)
             .json(&request)
             .send()
             .await
@@ -69,6 +70,7 @@ fn main() {
             .unwrap();
         let service: local_api::ServiceView = client
             .put(format!("{admin}/v1/services/bench/traffic"))
+            .bearer_auth(&running.token)
             .json(&[Weight {
                 revision: "bench-r1".into(),
                 percent: 100,

@@ -5,6 +5,11 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
+/// Spellings shorter than this are not searched for in bodies and headers: masking a short one
+/// would corrupt ordinary data (a four-letter secret is a common word). They are still redacted
+/// from output.
+pub const MIN_STREAM_SPELLING: usize = 8;
+
 /// The spellings of some secret values, ready to search bytes for.
 #[derive(Debug)]
 pub struct Patterns {
@@ -18,7 +23,7 @@ impl Patterns {
         let mut spellings: Vec<String> = Vec::new();
         for value in values {
             for form in super::forms(value) {
-                if !spellings.contains(&form) {
+                if form.len() >= MIN_STREAM_SPELLING && !spellings.contains(&form) {
                     spellings.push(form);
                 }
             }

@@ -34,6 +34,22 @@ fn arg<'a>(config: &'a Value, key: &str) -> &'a str {
     config.get(key).and_then(Value::as_str).unwrap_or_default()
 }
 
+/// A status with one ready revision of this id and nothing else.
+fn one_revision(id: String) -> ServiceStatus {
+    ServiceStatus {
+        revisions: vec![Revision {
+            id,
+            artifact: None,
+            created_at_ms: None,
+            ready: true,
+            message: None,
+        }],
+        traffic: Vec::new(),
+        url: None,
+        deployed: "{}".into(),
+    }
+}
+
 /// The secret named in `secret` as `url` reflects it (`reversed = true`: the server sends it
 /// backwards, a spelling the host cannot recognise, and it is turned the right way round here).
 fn reflected(config: &Value) -> Result<String, Error> {
@@ -198,19 +214,7 @@ impl Provider for Hostile {
             "relay" => Ok(report(relay(&config))),
             "secret-id" => {
                 // Returns a reflected secret as a revision id, to be stored and printed.
-                let value = reflected(&config)?;
-                Ok(Some(ServiceStatus {
-                    revisions: vec![Revision {
-                        id: value,
-                        artifact: None,
-                        created_at_ms: None,
-                        ready: true,
-                        message: None,
-                    }],
-                    traffic: Vec::new(),
-                    url: None,
-                    deployed: "{}".into(),
-                }))
+                Ok(Some(one_revision(reflected(&config)?)))
             }
             "symlink" => Ok(report(raw::symlink(
                 arg(&config, "dir"),
@@ -251,18 +255,7 @@ impl Provider for Hostile {
                 }
                 Ok(report(Ok("flooded".into())))
             }
-            "long-id" => Ok(Some(ServiceStatus {
-                revisions: vec![Revision {
-                    id: "r".repeat(70_000),
-                    artifact: None,
-                    created_at_ms: None,
-                    ready: true,
-                    message: None,
-                }],
-                traffic: Vec::new(),
-                url: None,
-                deployed: "{}".into(),
-            })),
+            "long-id" => Ok(Some(one_revision("r".repeat(70_000)))),
             "panic" => panic!("hostile plugin panicked on purpose"),
             "trap" => {
                 #[cfg(target_arch = "wasm32")]
