@@ -326,6 +326,25 @@ fn engine_schema_describes_the_format() {
         "ingress = \"everyone\"",
         1
     ))));
+    // Every secret source and per-plugin limit the engine accepts, the schema accepts.
+    let plugin = r#"
+[plugins.cloudrun]
+disk = "2GiB"
+
+[plugins.cloudrun.secrets]
+google = { from = "google", in_plan = false }
+id = { from = "google-id-token:/keys/sa.json" }
+token = { from = "env:TOKEN", hosts = ["https://api.example.com"] }
+"#;
+    let errors: Vec<String> = validator
+        .iter_errors(&as_json(&format!("{VALID}{plugin}")))
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(!validator.is_valid(&as_json(&format!(
+        "{VALID}{}",
+        plugin.replace("google-id-token:", "vault:")
+    ))));
 }
 
 /// A pipeline directory with the hostile test plugin copied in as plugins/hostile.wasm.
