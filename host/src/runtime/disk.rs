@@ -28,7 +28,7 @@ pub struct DiskWatch {
     baseline: u64,
     limit: u64,
     over: Arc<AtomicBool>,
-    task: tokio::task::AbortHandle,
+    task: Option<tokio::task::AbortHandle>,
 }
 
 impl DiskWatch {
@@ -41,20 +41,24 @@ impl DiskWatch {
         let dirs = Arc::new(dirs);
         let baseline = usage(&dirs);
         let (watched, flag) = (dirs.clone(), over.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(POLL).await;
-                let dirs = watched.clone();
-                let used = tokio::task::spawn_blocking(move || usage(&dirs))
-                    .await
-                    .unwrap_or(0);
-                if used.saturating_sub(baseline) > limit {
-                    flag.store(true, Ordering::SeqCst);
-                    return;
-                }
-            }
-        })
-        .abort_handle();
+        // Outside a Tokio runtime only the measurement at return applies.
+        let task = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            runtime
+                .spawn(async move {
+                    loop {
+                        tokio::time::sleep(POLL).await;
+                        let dirs = watched.clone();
+                        let used = tokio::task::spawn_blocking(move || usage(&dirs))
+                            .await
+                            .unwrap_or(0);
+                        if used.saturating_sub(baseline) > limit {
+                            flag.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                })
+                .abort_handle()
+        });
         Some(DiskWatch {
             dirs,
             baseline,
@@ -84,7 +88,9 @@ impl DiskWatch {
 
 impl Drop for DiskWatch {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
