@@ -11,6 +11,7 @@ pub mod forms;
 pub mod stream;
 
 use aho_corasick::{AhoCorasick, MatchKind};
+use std::collections::HashSet;
 use std::sync::{OnceLock, RwLock};
 
 pub use forms::forms;
@@ -26,30 +27,49 @@ pub struct Redactor {
 
 #[derive(Debug, Default)]
 struct Known {
+    /// The values registered, so registering one again (the local platform's token is read
+    /// per request) costs a lookup, not its spellings.
+    values: HashSet<String>,
     spellings: Vec<String>,
     matcher: Option<AhoCorasick>,
 }
 
+/// Adds the spellings of `value` at least `min_len` bytes long that `spellings` lacks.
+fn add_spellings(spellings: &mut Vec<String>, value: &str, min_len: usize) {
+    for form in forms(value) {
+        if form.len() >= min_len && !spellings.contains(&form) {
+            spellings.push(form);
+        }
+    }
+}
+
+/// A matcher for `spellings`, leftmost-longest so a value that contains another is found whole.
+fn matcher(spellings: &[String]) -> Option<AhoCorasick> {
+    AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(spellings)
+        .ok()
+}
+
 impl Redactor {
     pub fn register(&self, value: &str) {
+        if self.read().values.contains(value) {
+            return;
+        }
         let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-        let before = known.spellings.len();
-        for form in forms(value) {
-            if !known.spellings.contains(&form) {
-                known.spellings.push(form);
-            }
+        if !known.values.insert(value.to_string()) {
+            return;
         }
-        if known.spellings.len() != before {
-            // Leftmost-longest, so a value that contains another is replaced whole.
-            known.matcher = AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(&known.spellings)
-                .ok();
-        }
+        add_spellings(&mut known.spellings, value, 0);
+        known.matcher = matcher(&known.spellings);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Known> {
+        self.known.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn redact(&self, text: &str) -> String {
-        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+        let known = self.read();
         let Some(matcher) = &known.matcher else {
             return text.to_string();
         };
@@ -63,8 +83,10 @@ impl Redactor {
 
     /// Whether `text` holds a spelling of a registered value.
     pub fn reveals_a_secret(&self, text: &str) -> bool {
-        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
-        known.matcher.as_ref().is_some_and(|m| m.is_match(text))
+        self.read()
+            .matcher
+            .as_ref()
+            .is_some_and(|m| m.is_match(text))
     }
 }
 

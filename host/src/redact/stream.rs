@@ -1,7 +1,7 @@
 //! Looking for secret values in bodies as they stream, holding back only what could be the
 //! start of one.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::AhoCorasick;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
@@ -22,17 +22,10 @@ impl Patterns {
     pub fn of<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Arc<Patterns>> {
         let mut spellings: Vec<String> = Vec::new();
         for value in values {
-            for form in super::forms(value) {
-                if form.len() >= MIN_STREAM_SPELLING && !spellings.contains(&form) {
-                    spellings.push(form);
-                }
-            }
+            super::add_spellings(&mut spellings, value, MIN_STREAM_SPELLING);
         }
         let longest = spellings.iter().map(String::len).max()?;
-        let matcher = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&spellings)
-            .ok()?;
+        let matcher = super::matcher(&spellings)?;
         Some(Arc::new(Patterns { matcher, longest }))
     }
 

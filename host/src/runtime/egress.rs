@@ -144,6 +144,8 @@ pub struct EgressPolicy {
     max_response_bytes: u64,
     /// The spellings of the plugin's fixed secret values, masked in every response.
     masked: Option<Arc<Patterns>>,
+    /// The spellings withheld from destinations, by the names of the secrets withheld.
+    withheld_patterns: std::sync::Mutex<HashMap<Vec<String>, Option<Arc<Patterns>>>>,
     client: reqwest::Client,
     sink: Arc<dyn EventSink>,
     dry_run: bool,
@@ -193,6 +195,7 @@ impl EgressPolicy {
             secrets,
             max_response_bytes,
             masked,
+            withheld_patterns: Default::default(),
             client,
             sink,
             dry_run,
@@ -361,7 +364,7 @@ impl EgressPolicy {
             .iter()
             .filter(|s| fixed_value(s).is_some() && !self.may_carry(s, scheme, host, port))
             .collect();
-        let Some(patterns) = Patterns::of(secrets.iter().filter_map(|s| fixed_value(s))) else {
+        let Some(patterns) = self.patterns_of(&secrets) else {
             return Ok(None);
         };
         let withheld = Withheld {
@@ -389,6 +392,23 @@ impl EgressPolicy {
             return Err(self.leak(&withheld, &place));
         }
         Ok(Some(withheld))
+    }
+
+    /// The spellings of these secrets' values, built once per set of secrets (a plugin has few
+    /// secrets, so few sets occur) rather than per request.
+    fn patterns_of(&self, secrets: &[&Arc<ResolvedSecret>]) -> Option<Arc<Patterns>> {
+        if secrets.is_empty() {
+            return None;
+        }
+        let names: Vec<String> = secrets.iter().map(|s| s.name.clone()).collect();
+        let mut built = self
+            .withheld_patterns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        built
+            .entry(names)
+            .or_insert_with(|| Patterns::of(secrets.iter().filter_map(|s| fixed_value(s))))
+            .clone()
     }
 
     /// Reports a request that carries a secret its destination is not granted.
