@@ -228,46 +228,7 @@ impl EgressPolicy {
             host,
             port,
         } = Destination::read(uri)?;
-        let suggestion = suggested_http_grant(&scheme, &host.name, port);
-        let add_grant = || {
-            format!(
-                "add \"{suggestion}\" to allow_http in [plugins.{}]",
-                self.plugin
-            )
-        };
-        if !self
-            .granted
-            .iter()
-            .any(|p| p.matches(&scheme, &host.name, port))
-        {
-            return Err(self.deny(Capability::Http, attempted, add_grant()));
-        }
-        if !self
-            .declared
-            .iter()
-            .any(|p| p.matches(&scheme, &host.name, port))
-        {
-            return Err(self.deny(
-                Capability::Http,
-                attempted,
-                "the plugin does not declare this destination in its capabilities, so no grant can allow it".into(),
-            ));
-        }
-        match self.addresses.check(&scheme, &host, port) {
-            Ok(()) => {}
-            Err(Refusal::Internal) => {
-                return Err(self.deny(Capability::Address, attempted, add_grant()));
-            }
-            Err(Refusal::AdminPort) => {
-                return Err(self.deny(
-                    Capability::Address,
-                    attempted,
-                    format!(
-                        "port {port} is the local platform's admin API, which no wildcard grant reaches; only the engine's own `local` provider may call it"
-                    ),
-                ));
-            }
-        }
+        self.check_destination(&scheme, &host, port, &attempted)?;
         // A dry run lets plugins look but not touch: after the grant checks, so a plan still
         // reports what a real run would be denied.
         if self.dry_run && !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
@@ -296,33 +257,8 @@ impl EgressPolicy {
             }
             let mut secrets = Vec::new();
             for secret in self.secrets.placeholders_in(text) {
-                // The local platform's token is the engine's own, not the pipeline's.
-                let own = matches!(secret.value, SecretValue::LocalPlatform);
-                if self.dry_run && !own && (self.withhold_secrets || !secret.in_plan) {
-                    let why = if self.withhold_secrets {
-                        "`engine plan --no-secrets` sends no secret"
-                    } else {
-                        "the pipeline withholds this secret during plan (`in_plan = false`)"
-                    };
-                    return Err(self.deny(
-                        Capability::Secret,
-                        format!(
-                            "secret '{}' in header {name} of {attempted} during plan",
-                            secret.name
-                        ),
-                        format!("{why}; a real run sends it"),
-                    ));
-                }
-                if !self.may_carry(secret, &scheme, &host, port) {
-                    return Err(self.deny(
-                        Capability::Secret,
-                        format!("secret '{}' in header {name} of {attempted}", secret.name),
-                        format!(
-                            "add \"{suggestion}\" to secrets.{}.hosts in [plugins.{}]",
-                            secret.name, self.plugin
-                        ),
-                    ));
-                }
+                let place = format!("header {name} of {attempted}");
+                self.check_secret(secret, &place, (&scheme, &host, port))?;
                 secrets.push(secret.clone());
             }
             pending.push((name.clone(), text.to_string(), secrets));
@@ -335,6 +271,90 @@ impl EgressPolicy {
             origin,
             withheld,
         })
+    }
+
+    /// The grant, declaration and address rules for a destination.
+    fn check_destination(
+        &self,
+        scheme: &str,
+        host: &CanonicalHost,
+        port: u16,
+        attempted: &str,
+    ) -> Result<(), HttpError> {
+        let attempted = attempted.to_string();
+        let suggestion = suggested_http_grant(scheme, &host.name, port);
+        let add_grant = || {
+            format!(
+                "add \"{suggestion}\" to allow_http in [plugins.{}]",
+                self.plugin
+            )
+        };
+        if !self
+            .granted
+            .iter()
+            .any(|p| p.matches(scheme, &host.name, port))
+        {
+            return Err(self.deny(Capability::Http, attempted, add_grant()));
+        }
+        if !self
+            .declared
+            .iter()
+            .any(|p| p.matches(scheme, &host.name, port))
+        {
+            return Err(self.deny(
+                Capability::Http,
+                attempted,
+                "the plugin does not declare this destination in its capabilities, so no grant can allow it".into(),
+            ));
+        }
+        match self.addresses.check(scheme, host, port) {
+            Ok(()) => Ok(()),
+            Err(Refusal::Internal) => Err(self.deny(Capability::Address, attempted, add_grant())),
+            Err(Refusal::AdminPort) => Err(self.deny(
+                Capability::Address,
+                attempted,
+                format!(
+                    "port {port} is the local platform's admin API, which no wildcard grant reaches; only the engine's own `local` provider may call it"
+                ),
+            )),
+        }
+    }
+
+    /// Whether a placeholder of `secret` found in `place` may be filled in for this
+    /// destination: not during a plan that withholds it, and only where it is granted.
+    fn check_secret(
+        &self,
+        secret: &ResolvedSecret,
+        place: &str,
+        (scheme, host, port): (&str, &str, u16),
+    ) -> Result<(), HttpError> {
+        // The local platform's token is the engine's own, not the pipeline's.
+        let own = matches!(secret.value, SecretValue::LocalPlatform);
+        if self.dry_run && !own && (self.withhold_secrets || !secret.in_plan) {
+            let why = if self.withhold_secrets {
+                "`engine plan --no-secrets` sends no secret"
+            } else {
+                "the pipeline withholds this secret during plan (`in_plan = false`)"
+            };
+            return Err(self.deny(
+                Capability::Secret,
+                format!("secret '{}' in {place} during plan", secret.name),
+                format!("{why}; a real run sends it"),
+            ));
+        }
+        if !self.may_carry(secret, scheme, host, port) {
+            return Err(self.deny(
+                Capability::Secret,
+                format!("secret '{}' in {place}", secret.name),
+                format!(
+                    "add \"{}\" to secrets.{}.hosts in [plugins.{}]",
+                    suggested_http_grant(scheme, host, port),
+                    secret.name,
+                    self.plugin
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether `secret` may be sent to this destination: one its grant names (or, without
