@@ -1,4 +1,4 @@
-//! The bytes a call may add to its plugin's writable directories.
+//! The bytes (and entries) a call may add to its plugin's writable directories.
 //!
 //! WASI gives no quota on a preopened directory, so the host measures: the writable grants'
 //! size when the call (or session) starts, then every [`POLL`] while it runs, and once more
@@ -18,40 +18,58 @@ pub const DEFAULT_DISK_BYTES: u64 = 1 << 30;
 /// How often a running call's directories are measured.
 pub const POLL: Duration = Duration::from_millis(100);
 
-/// The most directory entries one measurement visits: beyond that the walk would cost more
-/// than the call, and the count stops (the limit then holds only for what was counted).
-const MAX_ENTRIES: usize = 100_000;
+/// The most entries (files and directories) a call may add: beyond that a measurement would
+/// cost more than the call, and empty files use up the file system's inodes all the same.
+pub const MAX_NEW_ENTRIES: usize = 10_000;
+
+/// What one call may add to its writable directories, against what they held at its start.
+#[derive(Debug, Clone)]
+struct Budget {
+    dirs: Arc<Vec<PathBuf>>,
+    start: Usage,
+    limit: u64,
+}
+
+impl Budget {
+    /// Whether the directories now hold more than `limit` bytes or [`MAX_NEW_ENTRIES`] entries
+    /// over what they held at the start (the walk stops at that many entries).
+    fn exceeded(&self) -> bool {
+        let stop_at = self.start.entries.saturating_add(MAX_NEW_ENTRIES);
+        let now = usage(&self.dirs, stop_at);
+        now.entries > stop_at || now.bytes.saturating_sub(self.start.bytes) > self.limit
+    }
+}
 
 /// Watches one call's writable directories; stops watching when dropped.
 pub struct DiskWatch {
-    dirs: Arc<Vec<PathBuf>>,
-    baseline: u64,
-    limit: u64,
+    budget: Budget,
     over: Arc<AtomicBool>,
     task: Option<tokio::task::AbortHandle>,
 }
 
 impl DiskWatch {
     /// Starts watching `dirs` (the writable grants); None when there are none. `over` is set
-    /// once the call has added more than `limit` bytes.
+    /// once the call has added more than `limit` bytes or [`MAX_NEW_ENTRIES`] entries.
     pub fn start(dirs: Vec<PathBuf>, limit: u64, over: Arc<AtomicBool>) -> Option<DiskWatch> {
         if dirs.is_empty() {
             return None;
         }
-        let dirs = Arc::new(dirs);
-        let baseline = usage(&dirs);
-        let (watched, flag) = (dirs.clone(), over.clone());
+        let start = usage(&dirs, usize::MAX);
+        let budget = Budget {
+            dirs: Arc::new(dirs),
+            start,
+            limit,
+        };
+        let (watched, flag) = (budget.clone(), over.clone());
         // Outside a Tokio runtime only the measurement at return applies.
         let task = tokio::runtime::Handle::try_current().ok().map(|runtime| {
             runtime
                 .spawn(async move {
                     loop {
                         tokio::time::sleep(POLL).await;
-                        let dirs = watched.clone();
-                        let used = tokio::task::spawn_blocking(move || usage(&dirs))
-                            .await
-                            .unwrap_or(0);
-                        if used.saturating_sub(baseline) > limit {
+                        let budget = watched.clone();
+                        let exceeded = tokio::task::spawn_blocking(move || budget.exceeded());
+                        if exceeded.await.unwrap_or(false) {
                             flag.store(true, Ordering::SeqCst);
                             return;
                         }
@@ -59,30 +77,24 @@ impl DiskWatch {
                 })
                 .abort_handle()
         });
-        Some(DiskWatch {
-            dirs,
-            baseline,
-            limit,
-            over,
-            task,
-        })
+        Some(DiskWatch { budget, over, task })
     }
 
     /// Measures now (when the call has returned); whether it went over.
     pub fn went_over(&self) -> bool {
-        if usage(&self.dirs).saturating_sub(self.baseline) > self.limit {
+        if self.budget.exceeded() {
             self.over.store(true, Ordering::SeqCst);
         }
         self.over.load(Ordering::SeqCst)
     }
 
     pub fn limit(&self) -> u64 {
-        self.limit
+        self.budget.limit
     }
 
     /// The directories, for the error message.
     pub fn dirs(&self) -> &[PathBuf] {
-        &self.dirs
+        &self.budget.dirs
     }
 }
 
@@ -94,24 +106,36 @@ impl Drop for DiskWatch {
     }
 }
 
-/// The bytes of the files under `dirs`, symbolic links not followed.
-fn usage(dirs: &[PathBuf]) -> u64 {
-    let mut total = 0u64;
+/// What a set of directories holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Usage {
+    bytes: u64,
+    entries: usize,
+}
+
+/// The bytes of the files under `dirs` and their entries, symbolic links not followed; the
+/// walk stops after `stop_at` entries.
+fn usage(dirs: &[PathBuf], stop_at: usize) -> Usage {
+    let mut found = Usage {
+        bytes: 0,
+        entries: 0,
+    };
     let mut pending: Vec<PathBuf> = dirs.to_vec();
-    let mut visited = 0usize;
     while let Some(dir) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for entry in entries.flatten() {
-            visited += 1;
-            if visited > MAX_ENTRIES {
-                return total;
+            found.entries += 1;
+            if found.entries > stop_at {
+                return found;
             }
-            total = total.saturating_add(entry_size(&entry.path(), &mut pending));
+            found.bytes = found
+                .bytes
+                .saturating_add(entry_size(&entry.path(), &mut pending));
         }
     }
-    total
+    found
 }
 
 fn entry_size(path: &Path, pending: &mut Vec<PathBuf>) -> u64 {
@@ -141,6 +165,22 @@ mod tests {
         let link_len = std::fs::symlink_metadata(dir.path().join("link"))
             .unwrap()
             .len();
-        assert_eq!(usage(&[dir.path().to_path_buf()]), 1024 + link_len);
+        let found = usage(&[dir.path().to_path_buf()], usize::MAX);
+        assert_eq!(found.bytes, 1024 + link_len);
+        assert_eq!(found.entries, 4);
+    }
+
+    #[test]
+    fn a_call_that_adds_too_many_entries_goes_over_even_with_empty_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("existing"), b"").unwrap();
+        let over = Arc::new(AtomicBool::new(false));
+        let watch = DiskWatch::start(vec![dir.path().to_path_buf()], 1 << 30, over).unwrap();
+        for i in 0..MAX_NEW_ENTRIES {
+            std::fs::write(dir.path().join(format!("f{i}")), b"").unwrap();
+        }
+        assert!(!watch.went_over(), "exactly the allowance");
+        std::fs::write(dir.path().join("one-more"), b"").unwrap();
+        assert!(watch.went_over());
     }
 }

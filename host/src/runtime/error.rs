@@ -74,9 +74,11 @@ pub enum CallError {
         requested: u64,
         limit: u64,
     },
-    /// The call added more to the plugin's writable directories than its `disk` limit.
+    /// The call added more to the plugin's writable directories than its `disk` limit (or more
+    /// than [`super::disk::MAX_NEW_ENTRIES`] entries).
     #[error(
-        "plugin '{plugin}' {function} wrote more than {limit} bytes into its writable directories ({dirs}) and was stopped; what it wrote is still there; if it needs more, raise `disk` in [plugins.{plugin}]"
+        "plugin '{plugin}' {function} wrote more than {limit} bytes or {} new files and directories into its writable directories ({dirs}) and was stopped; what it wrote is still there; if it needs more, raise `disk` in [plugins.{plugin}]",
+        super::disk::MAX_NEW_ENTRIES
     )]
     DiskExceeded {
         plugin: String,
