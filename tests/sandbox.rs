@@ -814,6 +814,40 @@ async fn a_session_keeps_one_instance_under_the_same_deadline() {
     still_works(&plugin).await;
 }
 
+/// A call never sees what an earlier call left in memory: static data, a small heap block and
+/// heap grown past what the pool keeps resident (reset by the pool's dirty-page scan or by
+/// decommitting) all come back as the plugin's original image. The same plugin in a live
+/// session does find its own leftovers, which shows the scan would see them.
+#[tokio::test]
+async fn no_call_sees_what_an_earlier_call_left_in_memory() {
+    let (runtime, _) = runtime();
+    let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
+    for grow_mib in [0, 8, 1, 8] {
+        let orders = json!({"mode": "leftovers", "grow_mib": grow_mib});
+        assert_eq!(
+            probe(&plugin, orders).await.unwrap(),
+            ("ok".to_string(), "0".to_string()),
+            "a fresh instance found an earlier call's words (after growing {grow_mib} MiB)"
+        );
+    }
+
+    let mut session = plugin.provider_session().await.unwrap();
+    let leftovers = ServiceRef {
+        name: "svc".into(),
+        config: json!({"mode": "leftovers", "grow_mib": 1}).to_string(),
+    };
+    let found = |status: Option<engine::runtime::bindings::types::ServiceStatus>| {
+        let report: Value = serde_json::from_str(&status.unwrap().deployed).unwrap();
+        report["detail"].as_str().unwrap().parse::<usize>().unwrap()
+    };
+    assert_eq!(found(session.read(&leftovers).await.unwrap()), 0);
+    let second = found(session.read(&leftovers).await.unwrap());
+    assert!(
+        second >= 1024 + (1 << 17),
+        "the live instance should find its static words and its heap: found {second}"
+    );
+}
+
 /// The test provider used by the pipeline tests keeps state in its granted directory between
 /// calls (each call a fresh instance), writing through a rename inside the sandbox.
 #[tokio::test]

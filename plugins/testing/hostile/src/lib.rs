@@ -13,6 +13,7 @@ use engine_sdk::{
 };
 use serde_json::{Value, json};
 
+mod leftovers;
 mod raw;
 
 pub struct Hostile;
@@ -255,6 +256,10 @@ impl Provider for Hostile {
                 }
                 Ok(report(Ok("flooded".into())))
             }
+            "leftovers" => Ok(report(Ok(leftovers::count_then_leave(
+                config["grow_mib"].as_u64().unwrap_or(8) as usize,
+            )
+            .to_string()))),
             "long-id" => Ok(Some(one_revision("r".repeat(70_000)))),
             "panic" => panic!("hostile plugin panicked on purpose"),
             "trap" => {
