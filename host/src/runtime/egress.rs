@@ -513,7 +513,7 @@ impl EgressPolicy {
             .client
             .request(parts.method.clone(), filled.url.clone())
             .headers(filled.headers)
-            .body(streamed(body, guard));
+            .body(streamed(body, guard).await);
         if let Some(timeout) = options.and_then(|o| o.first_byte_timeout) {
             builder = builder.timeout(timeout);
         }
@@ -702,13 +702,23 @@ impl Destination {
 /// The plugin's request body, handed to the client as it is written: never collected in the
 /// engine's memory (a bounded channel between the two). With `guard`, the body is searched for
 /// the secrets its destination is not granted and cut off before one is complete.
-fn streamed(mut body: WasiBody, guard: Option<(Withheld, Arc<EgressPolicy>)>) -> reqwest::Body {
+/// A body that ends before its first frame (a GET's) is sent as empty: no forwarding task and
+/// no chunked encoding. Waiting for that frame cannot block the plugin: `wasi:http` runs the
+/// send as a task of its own while the plugin writes its body.
+async fn streamed(
+    mut body: WasiBody,
+    guard: Option<(Withheld, Arc<EgressPolicy>)>,
+) -> reqwest::Body {
+    let Some(first) = body.frame().await else {
+        return reqwest::Body::from(Bytes::new());
+    };
     let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::spawn(async move {
         let mut window = guard
             .as_ref()
             .map(|(w, _)| Window::new(w.patterns.clone(), OnFound::Refuse));
-        while let Some(frame) = body.frame().await {
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
             let item = match frame.map(http_body::Frame::into_data) {
                 Ok(Ok(data)) => match (&mut window, &guard) {
                     (Some(window), Some((withheld, policy))) => window.push(&data).map_err(|_| {
@@ -717,7 +727,10 @@ fn streamed(mut body: WasiBody, guard: Option<(Withheld, Arc<EgressPolicy>)>) ->
                     }),
                     _ => Ok(data),
                 },
-                Ok(Err(_trailers)) => continue,
+                Ok(Err(_trailers)) => {
+                    next = body.frame().await;
+                    continue;
+                }
                 Err(e) => Err(std::io::Error::other(format!(
                     "the plugin's request body: {e:?}"
                 ))),
@@ -726,6 +739,7 @@ fn streamed(mut body: WasiBody, guard: Option<(Withheld, Arc<EgressPolicy>)>) ->
             if sender.send(item).await.is_err() || failed {
                 return;
             }
+            next = body.frame().await;
         }
         if let Some(window) = &mut window {
             let _ = sender.send(Ok(window.finish())).await;
