@@ -473,7 +473,12 @@ mod transport {
         outgoing
             .set_path_with_query(Some(&path))
             .map_err(|()| failed("invalid path"))?;
-        let body = outgoing.body().map_err(|()| failed("request body"))?;
+        // A request without a body never opens one: the host then knows the body is empty
+        // and sends at once, instead of waiting for the plugin to finish an empty body.
+        let body = match req.body {
+            Some(_) => Some(outgoing.body().map_err(|()| failed("request body"))?),
+            None => None,
+        };
 
         let options = RequestOptions::new();
         let timeout_ns = req.timeout.as_nanos() as u64;
@@ -483,15 +488,16 @@ mod transport {
 
         // Send first, then stream the body: the host consumes it as it is written.
         let pending = outgoing_handler::handle(outgoing, Some(options)).map_err(transport_error)?;
-        if let Some(bytes) = req.body {
+        if let (Some(body), Some(bytes)) = (body, req.body) {
             let stream = body.write().map_err(|()| failed("request body stream"))?;
             for chunk in bytes.chunks(4096) {
                 stream
                     .blocking_write_and_flush(chunk)
                     .map_err(|e| TransportError::Failed(format!("writing the body: {e:?}")))?;
             }
+            drop(stream);
+            OutgoingBody::finish(body, None).map_err(transport_error)?;
         }
-        OutgoingBody::finish(body, None).map_err(transport_error)?;
 
         pending.subscribe().block();
         let incoming = pending

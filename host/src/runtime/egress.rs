@@ -702,6 +702,7 @@ impl Destination {
 /// The plugin's request body, handed to the client as it is written: never collected in the
 /// engine's memory (a bounded channel between the two). With `guard`, the body is searched for
 /// the secrets its destination is not granted and cut off before one is complete.
+///
 /// A body that ends before its first frame (a GET's) is sent as empty: no forwarding task and
 /// no chunked encoding. Waiting for that frame cannot block the plugin: `wasi:http` runs the
 /// send as a task of its own while the plugin writes its body.
@@ -717,8 +718,15 @@ async fn streamed(
         let mut window = guard
             .as_ref()
             .map(|(w, _)| Window::new(w.patterns.clone(), OnFound::Refuse));
-        let mut next = Some(first);
-        while let Some(frame) = next.take() {
+        let mut first = Some(first);
+        loop {
+            let frame = match first.take() {
+                Some(frame) => frame,
+                None => match body.frame().await {
+                    Some(frame) => frame,
+                    None => break,
+                },
+            };
             let item = match frame.map(http_body::Frame::into_data) {
                 Ok(Ok(data)) => match (&mut window, &guard) {
                     (Some(window), Some((withheld, policy))) => window.push(&data).map_err(|_| {
@@ -727,10 +735,8 @@ async fn streamed(
                     }),
                     _ => Ok(data),
                 },
-                Ok(Err(_trailers)) => {
-                    next = body.frame().await;
-                    continue;
-                }
+                // Trailers are not forwarded.
+                Ok(Err(_trailers)) => continue,
                 Err(e) => Err(std::io::Error::other(format!(
                     "the plugin's request body: {e:?}"
                 ))),
@@ -739,7 +745,6 @@ async fn streamed(
             if sender.send(item).await.is_err() || failed {
                 return;
             }
-            next = body.frame().await;
         }
         if let Some(window) = &mut window {
             let _ = sender.send(Ok(window.finish())).await;
