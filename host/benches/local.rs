@@ -5,7 +5,9 @@
 //!   front door adds a proxy hop, weighted routing and a metrics record).
 //! - 512 requests with 16 in flight, directly and through the front door (throughput).
 //! - One `GET /healthz` probe through the sandboxed `http` plugin (a fresh instance per check,
-//!   as the engine runs it) against the same probe from a native client.
+//!   as the engine runs it) against the same probe from a native client; then both again in
+//!   alternating rounds ("health probe, paired"), wall-clock and CPU time, for a ratio that the
+//!   machine's drift does not skew.
 
 use criterion::{Criterion, Throughput};
 use engine::plugins::PluginSource;
@@ -14,7 +16,9 @@ use engine::runtime::bindings::types::{Endpoint, EndpointKind};
 use engine::runtime::grants::GrantsConfig;
 use engine::runtime::{Runtime, RuntimeOptions};
 use local_api::{RevisionRequest, RevisionView, Weight};
+use std::future::Future;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 const BATCH: usize = 512;
 const IN_FLIGHT: usize = 16;
@@ -35,13 +39,108 @@ async fn batch(client: &reqwest::Client, url: &str) {
     futures::future::join_all(workers).await;
 }
 
+/// Whether to run the paired probe measurement: under `cargo bench`, unless a filter names
+/// another group.
+fn paired_requested() -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    args.iter().any(|a| a == "--bench")
+        && (filters.is_empty()
+            || filters
+                .iter()
+                .any(|f| "health probe, paired".contains(f.as_str())))
+}
+
+/// Wall-clock and CPU time (all of this process's threads) of one probe, averaged over a round.
+#[derive(Clone, Copy)]
+struct Cost {
+    wall: Duration,
+    cpu: Duration,
+}
+
+/// CPU time this process has used so far, user and system, all threads.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
+async fn round<F: Future<Output = ()>>(probe: impl Fn() -> F, probes: u32) -> Cost {
+    let (cpu, start) = (process_cpu(), Instant::now());
+    for _ in 0..probes {
+        probe().await;
+    }
+    Cost {
+        wall: start.elapsed() / probes,
+        cpu: (process_cpu() - cpu) / probes,
+    }
+}
+
+/// The sandboxed probe against the native one in alternating rounds (ABBA order), so that both
+/// see the same machine: on a shared VM whose speed drifts within minutes, criterion's separate
+/// runs of each can disagree by 2×. Prints, for wall-clock time and for the engine process's
+/// CPU time (which scheduling delays do not inflate), the medians and the ratio's quartiles.
+async fn paired<S, SF, N, NF>(sandboxed: S, native: N)
+where
+    S: Fn() -> SF,
+    SF: Future<Output = ()>,
+    N: Fn() -> NF,
+    NF: Future<Output = ()>,
+{
+    const ROUNDS: usize = 40;
+    const PROBES: u32 = 100;
+    let mut rounds = Vec::new();
+    for i in 0..ROUNDS {
+        rounds.push(if i % 2 == 0 {
+            let s = round(&sandboxed, PROBES).await;
+            (s, round(&native, PROBES).await)
+        } else {
+            let n = round(&native, PROBES).await;
+            (round(&sandboxed, PROBES).await, n)
+        });
+    }
+    println!("health probe, paired: {ROUNDS} rounds of {PROBES} probes each, alternating");
+    for (what, of) in [
+        ("wall-clock", (|c: &Cost| c.wall) as fn(&Cost) -> Duration),
+        ("CPU", |c: &Cost| c.cpu),
+    ] {
+        let median = |mut v: Vec<Duration>| {
+            v.sort();
+            v[ROUNDS / 2]
+        };
+        let mut ratios: Vec<f64> = rounds
+            .iter()
+            .map(|(s, n)| of(s).as_secs_f64() / of(n).as_secs_f64())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "  {what}: sandboxed {:?}, native {:?} (medians); ratio median {:.2}x, quartiles {:.2}x..{:.2}x",
+            median(rounds.iter().map(|(s, _)| of(s)).collect()),
+            median(rounds.iter().map(|(_, n)| of(n)).collect()),
+            ratios[ROUNDS / 2],
+            ratios[ROUNDS / 4],
+            ratios[3 * ROUNDS / 4],
+        );
+    }
+}
+
 fn main() {
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
+    // A request that never gets its answer fails the bench instead of stalling it (one run of
+    // the 512-request group hung once, cause not found).
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let (running, front, direct, revision_url) = tokio.block_on(async {
         let running = local_platform::start("127.0.0.1:0".parse().unwrap(), dir.path())
             .await
@@ -145,6 +244,18 @@ fn main() {
     });
     group.finish();
     c.final_summary();
+
+    if paired_requested() {
+        let sandboxed = || async {
+            let result = health.check(config, &target).await.unwrap();
+            assert_eq!(
+                result.verdict,
+                engine::runtime::bindings::types::Verdict::Healthy
+            );
+        };
+        let native = || get(&client, &probe_url);
+        tokio.block_on(paired(sandboxed, native));
+    }
 
     tokio.block_on(async {
         running.platform.request_shutdown();
