@@ -50,6 +50,7 @@ on_both_backends!(
     checkpoints_replace_each_other_and_survive_reopening,
     stored_text_is_redacted,
     history_is_newest_first_per_service,
+    runs_opening_a_new_state_at_once_all_succeed,
 );
 
 async fn a_second_holder_finds_the_lock_busy_and_is_told_who_holds_it(at: Location) {
@@ -99,6 +100,42 @@ async fn of_many_racing_runs_exactly_one_takes_the_lock(at: Location) {
         .filter(|r| matches!(r, Err(StateError::LockBusy { .. })))
         .count();
     assert_eq!((won, busy), (1, 7), "{results:?}");
+}
+
+/// Eight engines started at once in a project that has no state yet: each creates or finds the
+/// schema, none sees a half-made one ("table runs already exists" before the fix). Threads, not
+/// tasks: opening SQLite blocks, so tasks on one runtime would take turns.
+async fn runs_opening_a_new_state_at_once_all_succeed(at: Location) {
+    for attempt in 0..5 {
+        let at = match &at {
+            Location::Sqlite(path) => {
+                Location::Sqlite(path.with_file_name(format!("{attempt}.db")))
+            }
+            Location::Postgres(_) if attempt > 0 => return,
+            Location::Postgres(url) => Location::Postgres(url.clone()),
+        };
+        let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                let (at, start) = (at.clone(), start.clone());
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    start.wait();
+                    runtime.block_on(Store::connect(&at)).map(|_| ())
+                })
+            })
+            .collect();
+        let results: Vec<_> = openers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(results.iter().all(Result::is_ok), "{at}: {results:?}");
+        let store = Store::connect(&at).await.unwrap();
+        store
+            .lock("shop", "prod", &Holder::this_process("after"))
+            .await
+            .expect("the schema is whole");
+    }
 }
 
 async fn an_unfinished_run_is_resumed(at: Location) {

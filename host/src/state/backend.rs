@@ -240,9 +240,10 @@ impl Backend {
             })?;
         }
         let db = sqlite_error(location);
-        let conn = rusqlite::Connection::open(path).map_err(&db)?;
-        // WAL lets `engine status` read while a run writes; the busy timeout rides out the short
-        // moments when two processes write at once.
+        let mut conn = rusqlite::Connection::open(path).map_err(&db)?;
+        // First: every statement below may meet another engine opening the same file.
+        conn.busy_timeout(Duration::from_secs(10)).map_err(&db)?;
+        // WAL lets `engine status` read while a run writes.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(&db)?;
         // In WAL mode NORMAL survives any crash of the process (kill -9 included); only a power
@@ -250,10 +251,24 @@ impl Backend {
         // call and strategy step must tolerate anyway. FULL would cost an fsync per checkpoint.
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(&db)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(&db)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(&db)?;
-        let version: i64 = conn
+        Self::migrate_sqlite(location, &mut conn)?;
+        Ok(Backend::Sqlite(Mutex::new(conn)))
+    }
+
+    /// Creates the schema if the file has none, inside one write transaction: of engines
+    /// opening a new file at once, the first creates it and the others, waiting on the busy
+    /// timeout, find it made (the version read outside the transaction would be stale).
+    fn migrate_sqlite(
+        location: &Location,
+        conn: &mut rusqlite::Connection,
+    ) -> Result<(), StateError> {
+        let db = sqlite_error(location);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&db)?;
+        let version: i64 = tx
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(&db)?;
         if version > SCHEMA_VERSION {
@@ -263,12 +278,10 @@ impl Backend {
             });
         }
         if version < 1 {
-            conn.execute_batch(&format!(
-                "BEGIN IMMEDIATE; {SQLITE_SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
-            ))
-            .map_err(&db)?;
+            tx.execute_batch(&format!("{SQLITE_SCHEMA_V1} PRAGMA user_version = 1;"))
+                .map_err(&db)?;
         }
-        Ok(Backend::Sqlite(Mutex::new(conn)))
+        tx.commit().map_err(&db)
     }
 
     async fn open_postgres(location: &Location, url: &str) -> Result<Backend, StateError> {
