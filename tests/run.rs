@@ -226,6 +226,7 @@ fn a_second_run_finds_the_lock_busy() {
         name: "engine run on ci-7".into(),
         host: "ci-runner-7".into(),
         pid: 4242,
+        process_start: None,
     };
     let lock = block_on(store.lock("shop", "default", &holder)).unwrap();
     let out = project.run(&[]);
@@ -241,6 +242,13 @@ fn a_second_run_finds_the_lock_busy() {
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "it waited before giving up"
+    );
+    let status = project.engine(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains(
+            "locked by engine run on ci-7 on ci-runner-7 (process 4242: not checked from this machine)"
+        ),
+        "{status:?}"
     );
     block_on(store.unlock(lock)).unwrap();
     assert_eq!(
@@ -826,6 +834,7 @@ fn state_shared_through_postgresql() {
         name: "engine run on ci-9".into(),
         host: "ci-runner-9".into(),
         pid: 77,
+        process_start: None,
     };
     let lock = runtime
         .block_on(store.lock("shop", "default", &holder))

@@ -124,17 +124,20 @@ async fn runs_opening_a_new_state_at_once_all_succeed(at: Location) {
                         .build()
                         .unwrap();
                     start.wait();
-                    runtime.block_on(Store::connect(&at)).map(|_| ())
+                    runtime
+                        .block_on(Store::connect(&at))
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
                 })
             })
             .collect();
         let results: Vec<_> = openers.into_iter().map(|t| t.join().unwrap()).collect();
         assert!(results.iter().all(Result::is_ok), "{at}: {results:?}");
         let store = Store::connect(&at).await.unwrap();
-        store
+        let lock = store
             .lock("shop", "prod", &Holder::this_process("after"))
-            .await
-            .expect("the schema is whole");
+            .await;
+        assert!(lock.is_ok(), "the schema is whole: {lock:?}");
     }
 }
 
@@ -270,6 +273,7 @@ async fn sqlite_breaks_the_lock_of_a_dead_local_process_but_not_of_a_remote_one(
             name: "crashed run".into(),
             host: here,
             pid: dead_pid,
+            process_start: None,
         };
         let _ = store.lock("shop", "prod", &crashed).await.unwrap();
         let new = store
@@ -281,6 +285,7 @@ async fn sqlite_breaks_the_lock_of_a_dead_local_process_but_not_of_a_remote_one(
             name: "run elsewhere".into(),
             host: "another-machine".into(),
             pid: dead_pid,
+            process_start: None,
         };
         let _ = store.lock("other", "prod", &elsewhere).await.unwrap();
         let err = store
@@ -297,6 +302,123 @@ async fn sqlite_breaks_the_lock_of_a_dead_local_process_but_not_of_a_remote_one(
     .await;
 }
 
+/// A holder of this machine under `pid`, as the lock records it.
+fn local_holder(name: &str, pid: u32, process_start: Option<String>) -> Holder {
+    Holder {
+        name: name.into(),
+        pid,
+        process_start,
+        ..Holder::this_process("")
+    }
+}
+
+/// A child that has exited and was not waited for: a zombie, whose `/proc` entry remains.
+#[allow(clippy::zombie_processes)] // the point: the caller waits for it once the test is done
+fn zombie() -> std::process::Child {
+    let child = std::process::Command::new("true").spawn().unwrap();
+    let stat = format!("/proc/{}/stat", child.id());
+    for _ in 0..500 {
+        let text = std::fs::read_to_string(&stat).unwrap_or_default();
+        if text
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+        {
+            return child;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the child did not become a zombie");
+}
+
+#[tokio::test]
+async fn sqlite_breaks_the_lock_of_a_zombie_or_of_a_reused_pid_but_not_of_a_live_holder() {
+    on_sqlite(|at| async move {
+        let store = Store::connect(&at).await.unwrap();
+        let new_run = || Holder::this_process("new run");
+
+        // Killed under a parent that never waits: /proc/PID exists, the process does not run.
+        let mut zombie = zombie();
+        let holder = local_holder("zombie run", zombie.id(), None);
+        assert_eq!(holder.liveness(), engine::state::Liveness::Gone);
+        let _ = store.lock("shop", "zombie", &holder).await.unwrap();
+        let taken = store.lock("shop", "zombie", &new_run()).await;
+        assert!(taken.is_ok(), "a zombie's lock is broken: {taken:?}");
+        zombie.wait().unwrap();
+
+        // A live process under the PID, but not the one that took the lock (another start).
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let reused = local_holder("old run", sleeper.id(), Some("another-boot/12345".into()));
+        let _ = store.lock("shop", "reused", &reused).await.unwrap();
+        let taken = store.lock("shop", "reused", &new_run()).await;
+        assert!(taken.is_ok(), "a reused PID's lock is broken: {taken:?}");
+
+        // The same process, with its real start: alive, so its lock holds.
+        let live = local_holder("live run", sleeper.id(), start_of(sleeper.id()));
+        assert_eq!(live.liveness(), engine::state::Liveness::Alive);
+        let _ = store.lock("shop", "live", &live).await.unwrap();
+        let err = store.lock("shop", "live", &new_run()).await.unwrap_err();
+        assert!(matches!(err, StateError::LockBusy { .. }), "{err}");
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        let taken = store.lock("shop", "live", &new_run()).await;
+        assert!(
+            taken.is_ok(),
+            "once it exits, its lock is broken: {taken:?}"
+        );
+    })
+    .await;
+}
+
+/// The start identity the engine records for `pid` (boot id and start ticks, from /proc).
+fn start_of(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = stat
+        .rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .to_string();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(format!("{}/{ticks}", boot.trim()))
+}
+
+#[tokio::test]
+async fn a_state_from_before_schema_2_is_migrated_and_its_lock_still_read() {
+    on_sqlite(|at| async move {
+        drop(Store::connect(&at).await.unwrap());
+        let Location::Sqlite(path) = &at else {
+            unreachable!()
+        };
+        // Back to schema 1, as an engine before this one left it, with a lock held.
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE locks DROP COLUMN process_start; PRAGMA user_version = 1;
+             INSERT INTO locks (pipeline, environment, holder, host, pid, acquired_ms)
+             VALUES ('shop', 'prod', 'old engine', 'elsewhere', 7, 0);",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::connect(&at).await.unwrap();
+        let (holder, _) = store.lock_holder("shop", "prod").await.unwrap().unwrap();
+        assert_eq!(
+            (holder.name.as_str(), holder.pid, holder.process_start),
+            ("old engine", 7, None)
+        );
+        let version: i64 = rusqlite::Connection::open(path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn postgres_frees_the_lock_when_the_holders_session_ends() {
     on_postgres(|at| async move {
@@ -306,6 +428,7 @@ async fn postgres_frees_the_lock_when_the_holders_session_ends() {
             name: "run elsewhere".into(),
             host: "another-machine".into(),
             pid: 42,
+            process_start: None,
         };
         let _lock = crashed.lock("shop", "prod", &elsewhere).await.unwrap();
         let other = Store::connect(&at).await.unwrap();

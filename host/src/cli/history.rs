@@ -124,10 +124,11 @@ fn status_text(pipeline: &config::Pipeline, environment: &str, status: &Status) 
     );
     match &status.lock {
         Some((h, since)) => out.push_str(&format!(
-            "locked by {} on {} (process {}) since {}\n",
+            "locked by {} on {} (process {}: {}) since {}\n",
             h.name,
             h.host,
             h.pid,
+            h.liveness().describe(),
             time(*since)
         )),
         None => out.push_str("not locked\n"),
@@ -193,6 +194,11 @@ fn status_json(pipeline: &config::Pipeline, environment: &str, status: &Status) 
         "environment": environment,
         "lock": status.lock.as_ref().map(|(h, since)| json!({
             "holder": h.name, "host": h.host, "pid": h.pid, "since": time(*since),
+            "holder_process": match h.liveness() {
+                crate::state::Liveness::Alive => "alive",
+                crate::state::Liveness::Gone => "gone",
+                crate::state::Liveness::Unknown => "unknown",
+            },
         })),
         "last_run": status.last_run.as_ref().map(|run| json!({
             "id": run.id,

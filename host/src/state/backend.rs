@@ -114,7 +114,10 @@ pub enum Backend {
 }
 
 /// The schema version this code writes; older databases are migrated forward when opened.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2: a lock records its holder's process start, so a reused PID is not taken for it.
+const SCHEMA_V2: &str = "ALTER TABLE locks ADD COLUMN process_start TEXT;";
 
 const SQLITE_SCHEMA_V1: &str = "
 CREATE TABLE runs (
@@ -278,7 +281,10 @@ impl Backend {
             });
         }
         if version < 1 {
-            tx.execute_batch(&format!("{SQLITE_SCHEMA_V1} PRAGMA user_version = 1;"))
+            tx.execute_batch(SQLITE_SCHEMA_V1).map_err(&db)?;
+        }
+        if version < 2 {
+            tx.execute_batch(&format!("{SCHEMA_V2} PRAGMA user_version = 2;"))
                 .map_err(&db)?;
         }
         tx.commit().map_err(&db)
@@ -328,6 +334,14 @@ impl Backend {
             client
                 .batch_execute(&format!(
                     "{POSTGRES_SCHEMA_V1} INSERT INTO engine_schema (version) VALUES (1);"
+                ))
+                .await
+                .map_err(&db)?;
+        }
+        if version < 2 {
+            client
+                .batch_execute(&format!(
+                    "{SCHEMA_V2} UPDATE engine_schema SET version = 2;"
                 ))
                 .await
                 .map_err(&db)?;

@@ -9,9 +9,11 @@
 //! old or the new checkpoint, never half of one.
 
 mod backend;
+mod process;
 
 pub use backend::Location;
 use backend::{Backend, Row, Value};
+pub use process::Liveness;
 
 use crate::redact::redactor;
 use std::path::Path;
@@ -53,6 +55,9 @@ pub struct Holder {
     pub name: String,
     pub host: String,
     pub pid: u32,
+    /// The process's start (`BOOT_ID/TICKS`, see [`process`]), so that a reused PID is not
+    /// taken for the holder; `None` where unknown.
+    pub process_start: Option<String>,
 }
 
 impl Holder {
@@ -62,16 +67,18 @@ impl Holder {
             name: name.into(),
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             pid: std::process::id(),
+            process_start: process::start_identity(std::process::id()),
         }
     }
 
-    /// Whether the holder is a process on this machine that no longer exists, so its lock can
-    /// be broken safely. A holder on another machine is never judged dead from here.
-    pub fn is_dead_here(&self) -> bool {
+    /// Whether the holder still runs. Only a holder on this machine is judged (a zombie or a
+    /// reused PID counts as gone); one on another machine is [`Liveness::Unknown`].
+    pub fn liveness(&self) -> Liveness {
         let here = gethostname::gethostname().to_string_lossy().into_owned();
-        self.host == here
-            && cfg!(target_os = "linux")
-            && !Path::new("/proc").join(self.pid.to_string()).exists()
+        if self.host != here {
+            return Liveness::Unknown;
+        }
+        process::liveness_here(self.pid, self.process_start.as_deref())
     }
 }
 
@@ -196,8 +203,8 @@ impl Store {
         for _ in 0..2 {
             let inserted = self
                 .query(
-                    "INSERT INTO locks (pipeline, environment, holder, host, pid, acquired_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6)
+                    "INSERT INTO locks (pipeline, environment, holder, host, pid, acquired_ms, process_start)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
                      ON CONFLICT (pipeline, environment) DO NOTHING RETURNING pid",
                     &[
                         pipeline.into(),
@@ -206,6 +213,7 @@ impl Store {
                         holder.host.as_str().into(),
                         i64::from(holder.pid).into(),
                         now_ms().into(),
+                        holder.process_start.clone().into(),
                     ],
                 )
                 .await?;
@@ -221,11 +229,11 @@ impl Store {
             else {
                 continue; // released meanwhile: try again
             };
-            if !current.is_dead_here() {
+            if current.liveness() != Liveness::Gone {
                 break;
             }
             tracing::warn!(
-                "breaking the lock of pipeline `{pipeline}` ({environment}): its holder, process {} on this machine, is gone",
+                "breaking the lock of pipeline `{pipeline}` ({environment}): its holder, process {} on this machine, is gone (exited, a zombie, or its PID reused)",
                 current.pid
             );
             // Delete exactly the stale row, so a run that took the lock meanwhile keeps it.
@@ -254,6 +262,7 @@ impl Store {
                         name: "another run".into(),
                         host: "an unknown host".into(),
                         pid: 0,
+                        process_start: None,
                     },
                     now_ms(),
                 )
@@ -304,7 +313,7 @@ impl Store {
     ) -> Result<Option<(Holder, i64)>, StateError> {
         let rows = self
             .query(
-                "SELECT holder, host, pid, acquired_ms FROM locks WHERE pipeline = $1 AND environment = $2",
+                "SELECT holder, host, pid, acquired_ms, process_start FROM locks WHERE pipeline = $1 AND environment = $2",
                 &[pipeline.into(), environment.into()],
             )
             .await?;
@@ -314,6 +323,7 @@ impl Store {
                     name: r.text(0).unwrap_or_default(),
                     host: r.text(1).unwrap_or_default(),
                     pid: r.int(2).unwrap_or(0) as u32,
+                    process_start: r.text(4),
                 },
                 r.int(3).unwrap_or(0),
             )
