@@ -216,6 +216,58 @@ fn a_failing_health_gate_rolls_back_and_skips_dependents() {
 }
 
 #[test]
+fn a_step_whose_history_row_cannot_be_written_fails_and_the_next_run_resumes_it() {
+    let project = Project::new("[services.api]\nimage = \"api:1\"\n");
+    let state = project.path(".engine/state.db");
+    drop(block_on(engine::state::Store::open(&state)).unwrap());
+    // The promotion's row fails, as a full disk would: the step fails, its checkpoint with it.
+    rusqlite::Connection::open(&state)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER no_history BEFORE INSERT ON revisions WHEN NEW.outcome = 'promoted'
+             BEGIN SELECT RAISE(ABORT, 'history is broken'); END;",
+        )
+        .unwrap();
+    let out = project.run(&[]);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains("api: failed: cannot record the history of `api`")
+            && printed.contains("history is broken"),
+        "{printed}"
+    );
+    assert!(printed.contains("the run stays open"), "{printed}");
+    let history = || {
+        block_on(async {
+            let store = engine::state::Store::open(&state).await.unwrap();
+            let rows = store.history("shop", "default", "api").await.unwrap();
+            rows.into_iter()
+                .map(|r| format!("{} {}", r.revision, r.outcome))
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(history(), ["api-r1 deployed"], "no row without its step");
+
+    // Once the state can be written again, the same run resumes: promoted, recorded once.
+    rusqlite::Connection::open(&state)
+        .unwrap()
+        .execute_batch("DROP TRIGGER no_history")
+        .unwrap();
+    let out = project.run(&[]);
+    assert_exit(&out, 0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("run 1 (resumed)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(history(), ["api-r1 promoted", "api-r1 deployed"]);
+}
+
+#[test]
 fn a_second_run_finds_the_lock_busy() {
     let project = Project::new(SYSTEM);
     let store = block_on(engine::state::Store::open(

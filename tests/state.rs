@@ -51,6 +51,7 @@ on_both_backends!(
     stored_text_is_redacted,
     history_is_newest_first_per_service,
     runs_opening_a_new_state_at_once_all_succeed,
+    a_checkpoint_and_its_history_row_are_written_together_or_not_at_all,
 );
 
 async fn a_second_holder_finds_the_lock_busy_and_is_told_who_holds_it(at: Location) {
@@ -182,6 +183,80 @@ async fn checkpoints_replace_each_other_and_survive_reopening(at: Location) {
         store.checkpoint(run, "api").await.unwrap().as_deref(),
         Some(r#"{"step":2}"#)
     );
+}
+
+/// Makes every insert into the revision history fail, as a full disk or a lost connection
+/// would between the two writes.
+async fn break_history_writes(at: &Location) {
+    match at {
+        Location::Sqlite(path) => rusqlite::Connection::open(path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER no_history BEFORE INSERT ON revisions
+                 BEGIN SELECT RAISE(ABORT, 'history is broken'); END;",
+            )
+            .unwrap(),
+        Location::Postgres(url) => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client
+                .batch_execute(
+                    "CREATE FUNCTION no_history() RETURNS trigger LANGUAGE plpgsql AS
+                     $$ BEGIN RAISE EXCEPTION 'history is broken'; END $$;
+                     CREATE TRIGGER no_history BEFORE INSERT ON revisions
+                     FOR EACH ROW EXECUTE FUNCTION no_history();",
+                )
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn a_checkpoint_and_its_history_row_are_written_together_or_not_at_all(at: Location) {
+    let store = Store::connect(&at).await.unwrap();
+    let (run, _) = store.begin_run("shop", "prod").await.unwrap();
+    let record = |outcome: &str| RevisionRecord {
+        revision: "api-2".into(),
+        run_id: Some(run),
+        recorded_ms: now_ms(),
+        traffic: 0,
+        outcome: outcome.into(),
+        detail: None,
+    };
+    let entry = |record| engine::state::HistoryEntry {
+        pipeline: "shop",
+        environment: "prod",
+        service: "api",
+        record,
+    };
+    let deployed = record("deployed");
+    store
+        .save_checkpoint_and_record(run, r#"{"step":1}"#, &entry(&deployed))
+        .await
+        .unwrap();
+
+    break_history_writes(&at).await;
+    let promoted = record("promoted");
+    let err = store
+        .save_checkpoint_and_record(run, r#"{"step":2}"#, &entry(&promoted))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("history is broken"), "{err}");
+    assert_eq!(
+        store.checkpoint(run, "api").await.unwrap().as_deref(),
+        Some(r#"{"step":1}"#),
+        "the checkpoint of a step whose history row failed is not kept"
+    );
+    let outcomes: Vec<String> = store
+        .history("shop", "prod", "api")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(outcomes, ["deployed"]);
 }
 
 async fn stored_text_is_redacted(at: Location) {

@@ -50,12 +50,13 @@ use crate::runtime::bindings::strategy::exports::engine::plugin::strategy::{
 };
 use crate::runtime::bindings::types::{EndpointKind, ServiceRef, TrafficTarget, Verdict};
 use crate::runtime::{CallError, LoadedPlugin, PluginError};
-use crate::state::{RevisionRecord, StateError, Store, now_ms};
+use crate::state::{HistoryEntry, RevisionRecord, StateError, Store, now_ms};
 use checkpoint::{
     CheckSeen, Checkpoint, Finished, Observed, split_pairs, split_targets, verdict_name,
 };
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How to run.
@@ -252,6 +253,7 @@ pub async fn execute(
         options,
         run_id,
         environment,
+        state_failed: AtomicBool::new(false),
     };
 
     let mut reports: BTreeMap<String, ServiceReport> = BTreeMap::new();
@@ -328,7 +330,7 @@ pub async fn execute(
     };
     // A run with a rollout waiting for approval stays open: the next `engine run` (or
     // `engine promote`) resumes it.
-    if report.awaiting_approval().is_empty() {
+    if report.awaiting_approval().is_empty() && !executor.state_failed.load(Ordering::Relaxed) {
         let outcome = if report.succeeded() {
             "deployed"
         } else {
@@ -359,6 +361,9 @@ struct Executor<'a> {
     options: &'a RunOptions,
     run_id: i64,
     environment: String,
+    /// A checkpoint or history write failed: the run is left open, so that the next run
+    /// resumes from the last step that was saved instead of trusting a state that missed one.
+    state_failed: AtomicBool,
 }
 
 /// Per-service counters for the report.
@@ -373,41 +378,61 @@ type RolloutResult = Result<(Outcome, Checkpoint), (String, Checkpoint)>;
 
 impl Executor<'_> {
     async fn save(&self, service: &str, checkpoint: &Checkpoint) -> Result<(), String> {
-        save_checkpoint(self.store, self.run_id, service, checkpoint).await
+        let saved = save_checkpoint(self.store, self.run_id, service, checkpoint).await;
+        saved.map_err(|e| self.state_lost(e))
+    }
+
+    /// Marks the run as one to resume, and says so in the service's reason.
+    fn state_lost(&self, error: String) -> String {
+        self.state_failed.store(true, Ordering::Relaxed);
+        format!(
+            "{error}; the run stays open: once the state can be written, the next `engine run` resumes from the last step saved"
+        )
     }
 
     async fn load(&self, service: &str) -> Result<Checkpoint, String> {
         load_checkpoint(self.store, self.run_id, service).await
     }
 
-    async fn record(
+    /// Saves the checkpoint together with the history row of the step it completes (one
+    /// transaction). A row that cannot be written fails the step like a checkpoint would.
+    async fn save_recording(
         &self,
         service: &str,
+        checkpoint: &Checkpoint,
+        record: Option<RevisionRecord>,
+    ) -> Result<(), String> {
+        let Some(record) = record else {
+            return self.save(service, checkpoint).await;
+        };
+        let text = serde_json::to_string(checkpoint).expect("checkpoints serialise");
+        let entry = HistoryEntry {
+            pipeline: &self.pipeline.name,
+            environment: &self.environment,
+            service,
+            record: &record,
+        };
+        self.store
+            .save_checkpoint_and_record(self.run_id, &text, &entry)
+            .await
+            .map_err(|e| self.state_lost(format!("cannot record the history of `{service}`: {e}")))
+    }
+
+    /// A history row of this run.
+    fn history_row(
+        &self,
         revision: &str,
         traffic: u8,
         outcome: &str,
         detail: Option<String>,
-    ) {
-        let record = RevisionRecord {
+    ) -> RevisionRecord {
+        RevisionRecord {
             revision: revision.into(),
             run_id: Some(self.run_id),
             recorded_ms: now_ms(),
             traffic,
             outcome: outcome.into(),
             detail,
-        };
-        if let Err(e) = self
-            .store
-            .record_revision(
-                &self.pipeline.name,
-                &self.environment,
-                service,
-                Some(self.run_id),
-                &record,
-            )
-            .await
-        {
-            tracing::error!("cannot record the history of `{service}`: {e}");
         }
     }
 
@@ -420,10 +445,22 @@ impl Executor<'_> {
     }
 
     /// Ends a service with `finished`, stored so a resumed run reports it without redoing it.
-    async fn finish(&self, service: &str, mut cp: Checkpoint, finished: Finished) -> RolloutResult {
+    async fn finish(&self, service: &str, cp: Checkpoint, finished: Finished) -> RolloutResult {
+        self.finish_recording(service, cp, finished, None).await
+    }
+
+    async fn finish_recording(
+        &self,
+        service: &str,
+        mut cp: Checkpoint,
+        finished: Finished,
+        record: Option<RevisionRecord>,
+    ) -> RolloutResult {
         cp.outcome = Some(finished.clone());
         cp.pending = None;
-        self.save(service, &cp).await.map_err(|e| (e, cp.clone()))?;
+        self.save_recording(service, &cp, record)
+            .await
+            .map_err(|e| (e, cp.clone()))?;
         Ok((finished.into(), cp))
     }
 
@@ -544,8 +581,10 @@ impl Executor<'_> {
             cp.candidate = Some(revision.id.clone());
             cp.pending = Some(Observed::Start);
             cp.window_start_ms = Some(now_ms() as u64);
-            self.save(name, &cp).await.map_err(|e| (e, cp.clone()))?;
-            self.record(name, &revision.id, 0, "deployed", None).await;
+            let deployed = self.history_row(&revision.id, 0, "deployed", None);
+            self.save_recording(name, &cp, Some(deployed))
+                .await
+                .map_err(|e| (e, cp.clone()))?;
         }
         let candidate = cp
             .candidate
@@ -582,6 +621,8 @@ impl Executor<'_> {
             }
 
             let observation = cp.pending.clone().unwrap_or(Observed::Start);
+            // The history row of this step, written with the checkpoint that records it.
+            let mut recorded = None;
             let step = match strategy
                 .step(
                     &rollout,
@@ -659,14 +700,14 @@ impl Executor<'_> {
                     }
                     cp.traffic = 100;
                     cp.window_start_ms = Some(now_ms() as u64);
-                    self.record(name, &candidate, 100, "promoted", None).await;
+                    recorded = Some(self.history_row(&candidate, 100, "promoted", None));
                     Some(Observed::Promoted)
                 }
                 Decision::Retire(revision) => {
                     if let Err(e) = retry(|| provider.retire(&target, &revision)).await {
                         return self.abort(service, &provider, &target, cp, e).await;
                     }
-                    self.record(name, &revision, 0, "retired", None).await;
+                    recorded = Some(self.history_row(&revision, 0, "retired", None));
                     Some(Observed::Retired { revision })
                 }
                 Decision::Abort(reason) => {
@@ -699,7 +740,9 @@ impl Executor<'_> {
                 }
             };
             cp.pending = next;
-            self.save(name, &cp).await.map_err(|e| (e, cp.clone()))?;
+            self.save_recording(name, &cp, recorded)
+                .await
+                .map_err(|e| (e, cp.clone()))?;
         }
     }
 
@@ -792,6 +835,7 @@ impl Executor<'_> {
         self.phase(name, "rolling back", cp.traffic);
         let mut problems = Vec::new();
         let mut notes = Vec::new();
+        let mut recorded = None;
         if let Some(candidate) = cp.candidate.clone() {
             if cp.new_service {
                 // Nothing served before this run: going back means removing what it created.
@@ -821,14 +865,8 @@ impl Executor<'_> {
                     problems.push(format!("{candidate} was left in place"));
                 }
             }
-            self.record(
-                name,
-                &candidate,
-                cp.traffic,
-                "aborted",
-                Some(reason.clone()),
-            )
-            .await;
+            recorded =
+                Some(self.history_row(&candidate, cp.traffic, "aborted", Some(reason.clone())));
         }
         let mut full = reason;
         for extra in notes.iter().chain(&problems) {
@@ -844,7 +882,7 @@ impl Executor<'_> {
             // The platform is not where it was: say so instead of claiming a rollback.
             Finished::Failed(full)
         };
-        self.finish(name, cp, finished).await
+        self.finish_recording(name, cp, finished, recorded).await
     }
 }
 

@@ -110,7 +110,9 @@ impl std::fmt::Display for Location {
 
 pub enum Backend {
     Sqlite(Mutex<rusqlite::Connection>),
-    Postgres(tokio_postgres::Client),
+    /// Behind a lock so that a transaction's statements are not interleaved with another
+    /// task's on the one connection.
+    Postgres(tokio::sync::Mutex<tokio_postgres::Client>),
 }
 
 /// The schema version this code writes; older databases are migrated forward when opened.
@@ -202,6 +204,44 @@ CREATE TABLE locks (
     PRIMARY KEY (pipeline, environment)
 );
 ";
+
+/// SQLite's `?NNN` is PostgreSQL's `$NNN`.
+fn sqlite_sql(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+fn sqlite_params(params: &[Value]) -> rusqlite::ParamsFromIter<Vec<rusqlite::types::Value>> {
+    let bound: Vec<rusqlite::types::Value> = params
+        .iter()
+        .map(|v| match v {
+            Value::Int(Some(n)) => rusqlite::types::Value::Integer(*n),
+            Value::Text(Some(t)) => rusqlite::types::Value::Text(t.clone()),
+            _ => rusqlite::types::Value::Null,
+        })
+        .collect();
+    rusqlite::params_from_iter(bound)
+}
+
+type PostgresParam = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+
+fn postgres_params(params: &[Value]) -> Vec<PostgresParam> {
+    params
+        .iter()
+        .map(|v| -> PostgresParam {
+            match v {
+                Value::Int(n) => Box::new(*n),
+                Value::Text(t) => Box::new(t.clone()),
+            }
+        })
+        .collect()
+}
+
+fn postgres_refs(owned: &[PostgresParam]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    owned
+        .iter()
+        .map(|b| b.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect()
+}
 
 fn sqlite_error(location: &Location) -> impl Fn(rusqlite::Error) -> StateError + '_ {
     move |e| StateError::Database {
@@ -347,7 +387,7 @@ impl Backend {
                 .map_err(&db)?;
         }
         client.batch_execute("COMMIT").await.map_err(&db)?;
-        Ok(Backend::Postgres(client))
+        Ok(Backend::Postgres(tokio::sync::Mutex::new(client)))
     }
 
     /// Runs a statement; returns the rows it produced (for `SELECT` and `RETURNING`).
@@ -361,18 +401,9 @@ impl Backend {
             Backend::Sqlite(conn) => {
                 let db = sqlite_error(location);
                 let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-                // SQLite's `?NNN` is PostgreSQL's `$NNN`.
-                let mut stmt = conn.prepare_cached(&sql.replace('$', "?")).map_err(&db)?;
-                let bound: Vec<rusqlite::types::Value> = params
-                    .iter()
-                    .map(|v| match v {
-                        Value::Int(Some(n)) => rusqlite::types::Value::Integer(*n),
-                        Value::Text(Some(t)) => rusqlite::types::Value::Text(t.clone()),
-                        _ => rusqlite::types::Value::Null,
-                    })
-                    .collect();
+                let mut stmt = conn.prepare_cached(&sqlite_sql(sql)).map_err(&db)?;
                 let columns = stmt.column_count();
-                let mut rows = stmt.query(rusqlite::params_from_iter(bound)).map_err(&db)?;
+                let mut rows = stmt.query(sqlite_params(params)).map_err(&db)?;
                 let mut out = Vec::new();
                 while let Some(row) = rows.next().map_err(&db)? {
                     let mut values = Vec::with_capacity(columns);
@@ -395,22 +426,15 @@ impl Backend {
                 Ok(out)
             }
             Backend::Postgres(client) => {
-                use tokio_postgres::types::{ToSql, Type};
+                use tokio_postgres::types::Type;
                 let db = postgres_error(location);
-                let owned: Vec<Box<dyn ToSql + Sync + Send>> = params
-                    .iter()
-                    .map(|v| -> Box<dyn ToSql + Sync + Send> {
-                        match v {
-                            Value::Int(n) => Box::new(*n),
-                            Value::Text(t) => Box::new(t.clone()),
-                        }
-                    })
-                    .collect();
-                let refs: Vec<&(dyn ToSql + Sync)> = owned
-                    .iter()
-                    .map(|b| b.as_ref() as &(dyn ToSql + Sync))
-                    .collect();
-                let rows = client.query(sql, &refs).await.map_err(&db)?;
+                let owned = postgres_params(params);
+                let rows = client
+                    .lock()
+                    .await
+                    .query(sql, &postgres_refs(&owned))
+                    .await
+                    .map_err(&db)?;
                 Ok(rows
                     .iter()
                     .map(|row| {
@@ -431,6 +455,39 @@ impl Backend {
                             .collect())
                     })
                     .collect())
+            }
+        }
+    }
+
+    /// Runs statements that write, all or none: in one transaction.
+    pub async fn write_all(
+        &self,
+        location: &Location,
+        statements: &[(&str, Vec<Value>)],
+    ) -> Result<(), StateError> {
+        match self {
+            Backend::Sqlite(conn) => {
+                let db = sqlite_error(location);
+                let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                let tx = conn.transaction().map_err(&db)?;
+                for (sql, params) in statements {
+                    tx.prepare_cached(&sqlite_sql(sql))
+                        .and_then(|mut stmt| stmt.execute(sqlite_params(params)))
+                        .map_err(&db)?;
+                }
+                tx.commit().map_err(&db)
+            }
+            Backend::Postgres(client) => {
+                let db = postgres_error(location);
+                let mut client = client.lock().await;
+                let tx = client.transaction().await.map_err(&db)?;
+                for (sql, params) in statements {
+                    let owned = postgres_params(params);
+                    tx.execute(*sql, &postgres_refs(&owned))
+                        .await
+                        .map_err(&db)?;
+                }
+                tx.commit().await.map_err(&db)
             }
         }
     }

@@ -122,6 +122,41 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A row of a service's revision history, with the service it belongs to.
+pub struct HistoryEntry<'a> {
+    pub pipeline: &'a str,
+    pub environment: &'a str,
+    pub service: &'a str,
+    pub record: &'a RevisionRecord,
+}
+
+fn checkpoint_write(run: i64, service: &str, data: &str) -> (&'static str, Vec<Value>) {
+    (
+        "INSERT INTO checkpoints (run_id, service, data, updated_ms) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (run_id, service) DO UPDATE SET data = excluded.data, updated_ms = excluded.updated_ms",
+        vec![run.into(), service.into(), redactor().redact(data).into(), now_ms().into()],
+    )
+}
+
+fn revision_write(history: &HistoryEntry<'_>, run: Option<i64>) -> (&'static str, Vec<Value>) {
+    let record = history.record;
+    (
+        "INSERT INTO revisions (pipeline, environment, service, revision, run_id, recorded_ms, traffic, outcome, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        vec![
+            history.pipeline.into(),
+            history.environment.into(),
+            history.service.into(),
+            record.revision.as_str().into(),
+            run.into(),
+            record.recorded_ms.into(),
+            i64::from(record.traffic).into(),
+            record.outcome.as_str().into(),
+            record.detail.as_deref().map(|d| redactor().redact(d)).into(),
+        ],
+    )
+}
+
 /// The state store.
 pub struct Store {
     backend: Backend,
@@ -406,13 +441,24 @@ impl Store {
         service: &str,
         data: &str,
     ) -> Result<(), StateError> {
-        self.query(
-            "INSERT INTO checkpoints (run_id, service, data, updated_ms) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (run_id, service) DO UPDATE SET data = excluded.data, updated_ms = excluded.updated_ms",
-            &[run.into(), service.into(), redactor().redact(data).into(), now_ms().into()],
-        )
-        .await?;
+        let (sql, params) = checkpoint_write(run, service, data);
+        self.query(sql, &params).await?;
         Ok(())
+    }
+
+    /// Saves a checkpoint and appends the history row of the step it records, in one
+    /// transaction: a crash between the two can neither lose the row nor, on resume, repeat it.
+    pub async fn save_checkpoint_and_record(
+        &self,
+        run: i64,
+        data: &str,
+        history: &HistoryEntry<'_>,
+    ) -> Result<(), StateError> {
+        let checkpoint = checkpoint_write(run, history.service, data);
+        let row = revision_write(history, Some(run));
+        self.backend
+            .write_all(&self.location, &[checkpoint, row])
+            .await
     }
 
     /// A service's last checkpoint in a run.
@@ -435,22 +481,14 @@ impl Store {
         run: Option<i64>,
         record: &RevisionRecord,
     ) -> Result<(), StateError> {
-        self.query(
-            "INSERT INTO revisions (pipeline, environment, service, revision, run_id, recorded_ms, traffic, outcome, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                pipeline.into(),
-                environment.into(),
-                service.into(),
-                record.revision.as_str().into(),
-                run.into(),
-                record.recorded_ms.into(),
-                i64::from(record.traffic).into(),
-                record.outcome.as_str().into(),
-                record.detail.as_deref().map(|d| redactor().redact(d)).into(),
-            ],
-        )
-        .await?;
+        let history = HistoryEntry {
+            pipeline,
+            environment,
+            service,
+            record,
+        };
+        let (sql, params) = revision_write(&history, run);
+        self.query(sql, &params).await?;
         Ok(())
     }
 
