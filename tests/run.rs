@@ -6,7 +6,7 @@ mod support;
 
 use support::project::{Project, assert_exit};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -360,6 +360,61 @@ fn a_run_killed_mid_rollout_resumes_without_deploying_twice() {
             serde_json::json!([[format!("{service}-r1"), 100]])
         );
     }
+}
+
+#[test]
+fn a_promoted_release_whose_old_revision_will_not_retire_is_deployed_with_a_warning() {
+    let project = Project::new(
+        "[services.api]\nimage = \"api:1\"\nstrategy_config = { retire_previous = true }\n",
+    );
+    assert_exit(&project.run(&[]), 0);
+    project.edit("image = \"api:1\"", "image = \"api:2\"");
+    project.edit(
+        "provider = \"test\"",
+        "provider = \"test\"\nprovider_config = { fail = { retire = \"fatal\" } }",
+    );
+    let out = project.run(&["--output", "json"]);
+    assert_exit(&out, 0);
+    let events = json_lines(&out);
+    let finished = events
+        .iter()
+        .find(|e| e["type"] == "service-finished")
+        .expect("api finished");
+    assert_eq!(
+        (
+            &finished["outcome"],
+            &finished["revision"],
+            &finished["traffic"]
+        ),
+        (&json!("deployed"), &json!("api-r2"), &json!(100)),
+        "{finished}"
+    );
+    let warning = finished["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.starts_with("retiring api-r1 failed") && warning.contains("left in place"),
+        "{finished}"
+    );
+    let api = project.platform("api");
+    assert_eq!(api["traffic"], json!([["api-r2", 100]]), "{api}");
+    assert_eq!(
+        api["revisions"][0]["retired"], false,
+        "api-r1 is still there"
+    );
+    let history = block_on(async {
+        let store = engine::state::Store::open(&project.path(".engine/state.db"))
+            .await
+            .unwrap();
+        store.history("shop", "default", "api").await.unwrap()
+    });
+    let newest: Vec<String> = history
+        .iter()
+        .take(3)
+        .map(|r| format!("{} {}", r.revision, r.outcome))
+        .collect();
+    assert_eq!(
+        newest,
+        ["api-r1 retire-failed", "api-r2 promoted", "api-r2 deployed"]
+    );
 }
 
 #[test]

@@ -148,6 +148,7 @@ mod tests {
             checks_passed: 0,
             checks_run: 0,
             elapsed: Duration::from_secs(1),
+            warnings: Vec::new(),
         }));
         let screen = term.contents();
         let lines: Vec<&str> = screen.lines().map(str::trim_end).collect();

@@ -180,13 +180,17 @@ impl Observer for Printer {
                 let mut json = serde_json::json!({
                     "type": "service-finished", "service": r.service, "revision": r.revision, "traffic": r.traffic,
                     "checks_passed": r.checks_passed, "checks_run": r.checks_run, "seconds": r.elapsed.as_secs_f64(),
+                    "warnings": r.warnings,
                 });
                 outcome_fields(&mut json, &r.outcome);
-                let reason = r
+                let mut reason = r
                     .outcome
                     .reason()
                     .map(|x| format!(": {x}"))
                     .unwrap_or_default();
+                for warning in &r.warnings {
+                    reason.push_str(&format!("\n{}: warning: {warning}", r.service));
+                }
                 self.emit(json, format!("{}: {}{reason}", r.service, r.outcome.label()))
             }
         }
@@ -310,6 +314,7 @@ mod tests {
                     checks_passed: 2,
                     checks_run: 3,
                     elapsed: Duration::from_millis(1500),
+                    warnings: Vec::new(),
                 })
                 .collect(),
         }

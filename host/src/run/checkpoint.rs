@@ -56,6 +56,10 @@ pub struct Checkpoint {
     /// revision as the one serving.
     #[serde(default)]
     pub deploy_started: bool,
+    /// What went wrong after the candidate was promoted without undoing it (an old revision
+    /// that would not retire): reported as warnings with the deployed outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A finished service, as stored.
@@ -177,6 +181,7 @@ mod tests {
             new_service: false,
             window_start_ms: Some(1_700_000_000_000),
             deploy_started: true,
+            warnings: vec!["retiring api-r1 failed".into()],
         };
         let text = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<Checkpoint>(&text).unwrap(), c);

@@ -138,6 +138,9 @@ pub struct ServiceReport {
     pub checks_passed: u32,
     pub checks_run: u32,
     pub elapsed: Duration,
+    /// Problems that did not change the outcome (a promoted release whose old revision would
+    /// not retire).
+    pub warnings: Vec<String>,
 }
 
 /// What a run did.
@@ -350,6 +353,7 @@ fn skipped(service: &Service, reason: String) -> ServiceReport {
         checks_passed: 0,
         checks_run: 0,
         elapsed: Duration::ZERO,
+        warnings: Vec::new(),
     }
 }
 
@@ -518,6 +522,7 @@ impl Executor<'_> {
             checks_passed: tally.checks_passed,
             checks_run: tally.checks_run,
             elapsed: start.elapsed(),
+            warnings: checkpoint.warnings,
         }
     }
 
@@ -704,10 +709,19 @@ impl Executor<'_> {
                     Some(Observed::Promoted)
                 }
                 Decision::Retire(revision) => {
-                    if let Err(e) = retry(|| provider.retire(&target, &revision)).await {
-                        return self.abort(service, &provider, &target, cp, e).await;
+                    match retry(|| provider.retire(&target, &revision)).await {
+                        Ok(()) => recorded = Some(self.history_row(&revision, 0, "retired", None)),
+                        // Promoted, the release has passed its gates: an old revision that
+                        // will not go is left for later, never a reason to roll back.
+                        Err(e) if cp.traffic == 100 && revision != candidate => {
+                            cp.warnings.push(format!(
+                                "retiring {revision} failed: {e}; it takes no traffic and was left in place: retire it on the platform"
+                            ));
+                            recorded =
+                                Some(self.history_row(&revision, 0, "retire-failed", Some(e)));
+                        }
+                        Err(e) => return self.abort(service, &provider, &target, cp, e).await,
                     }
-                    recorded = Some(self.history_row(&revision, 0, "retired", None));
                     Some(Observed::Retired { revision })
                 }
                 Decision::Abort(reason) => {
