@@ -418,6 +418,50 @@ fn a_promoted_release_whose_old_revision_will_not_retire_is_deployed_with_a_warn
 }
 
 #[test]
+fn a_candidate_left_by_a_failed_rollout_is_retired_by_the_next_run() {
+    let project = Project::new("[services.api]\nimage = \"api:1\"\n");
+    assert_exit(&project.run(&[]), 0);
+    // Traffic cannot move, nor be restored: the abort leaves api-r2 in place.
+    project.edit("image = \"api:1\"", "image = \"api:2\"");
+    project.edit(
+        "provider = \"test\"",
+        "provider = \"test\"\nprovider_config = { fail = { set-traffic = \"fatal\" } }",
+    );
+    let out = project.run(&[]);
+    assert_exit(&out, 1);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("api-r2 was left in place"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    project.edit(
+        "provider_config = { fail = { set-traffic = \"fatal\" } }",
+        "",
+    );
+    let out = project.run(&[]);
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("api: retiring api-r2, left by an earlier run"),
+        "{stdout}"
+    );
+    let api = project.platform("api");
+    let retired: Vec<(&str, bool)> = api["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r["retired"] == true))
+        .collect();
+    assert_eq!(
+        retired,
+        [("api-r1", false), ("api-r2", true), ("api-r3", false)],
+        "only the leftover is retired: api-r1 stays for an instant rollback"
+    );
+    assert_eq!(api["traffic"], json!([["api-r3", 100]]));
+}
+
+#[test]
 fn transient_provider_errors_are_retried() {
     let project = Project::new(SYSTEM);
     project.edit(

@@ -48,7 +48,9 @@ use crate::runtime::bindings::health::exports::engine::plugin::health::Target;
 use crate::runtime::bindings::strategy::exports::engine::plugin::strategy::{
     AnalysisRequest, Decision, Rollout,
 };
-use crate::runtime::bindings::types::{EndpointKind, ServiceRef, TrafficTarget, Verdict};
+use crate::runtime::bindings::types::{
+    EndpointKind, ServiceRef, ServiceStatus, TrafficTarget, Verdict,
+};
 use crate::runtime::{CallError, LoadedPlugin, PluginError};
 use crate::state::{HistoryEntry, RevisionRecord, StateError, Store, now_ms};
 use checkpoint::{
@@ -344,6 +346,29 @@ pub async fn execute(
     Ok(report)
 }
 
+/// The revisions on the platform that this engine left behind: it deployed them (they have a
+/// history), their latest record is an abort or a failed retirement, and they take no traffic.
+fn leftovers(history: &[RevisionRecord], current: &ServiceStatus) -> Vec<String> {
+    let serving: BTreeSet<&str> = current
+        .traffic
+        .iter()
+        .filter(|t| t.percent > 0)
+        .map(|t| t.revision.as_str())
+        .collect();
+    // Newest first: the first record of a revision is its latest.
+    let latest = |id: &str| history.iter().find(|r| r.revision == id);
+    current
+        .revisions
+        .iter()
+        .map(|r| r.id.as_str())
+        .filter(|id| !serving.contains(id))
+        .filter(|id| {
+            latest(id).is_some_and(|r| r.outcome == "aborted" || r.outcome == "retire-failed")
+        })
+        .map(String::from)
+        .collect()
+}
+
 fn skipped(service: &Service, reason: String) -> ServiceReport {
     ServiceReport {
         service: service.name.clone(),
@@ -562,6 +587,9 @@ impl Executor<'_> {
                     .iter()
                     .max_by_key(|t| t.percent)
                     .map(|t| t.revision.clone());
+                self.retire_leftovers(name, &provider, &target, current, &mut cp)
+                    .await
+                    .map_err(|e| (e, cp.clone()))?;
             }
             if plan.action == crate::runtime::bindings::types::PlanAction::NoChange {
                 cp.traffic = 100;
@@ -758,6 +786,54 @@ impl Executor<'_> {
                 .await
                 .map_err(|e| (e, cp.clone()))?;
         }
+    }
+
+    /// Retires what this engine's own failed rollouts left on the platform (a candidate an
+    /// abort could not remove, an old revision whose retirement failed after a promotion), each
+    /// reported as a phase. A revision the engine did not deploy is never touched; one that will
+    /// not go is a warning, not a reason to stop this rollout.
+    async fn retire_leftovers(
+        &self,
+        service: &str,
+        provider: &crate::runtime::Provider<'_>,
+        target: &ServiceRef,
+        current: &ServiceStatus,
+        cp: &mut Checkpoint,
+    ) -> Result<(), String> {
+        let history = self
+            .store
+            .history(&self.pipeline.name, &self.environment, service)
+            .await
+            .map_err(|e| e.to_string())?;
+        for revision in leftovers(&history, current) {
+            self.phase(
+                service,
+                &format!("retiring {revision}, left by an earlier run"),
+                0,
+            );
+            match retry(|| provider.retire(target, &revision)).await {
+                Ok(()) => {
+                    let row = RevisionRecord {
+                        detail: Some("left by an earlier run".into()),
+                        ..self.history_row(&revision, 0, "retired", None)
+                    };
+                    self.store
+                        .record_revision(
+                            &self.pipeline.name,
+                            &self.environment,
+                            service,
+                            Some(self.run_id),
+                            &row,
+                        )
+                        .await
+                        .map_err(|e| self.state_lost(e.to_string()))?;
+                }
+                Err(e) => cp.warnings.push(format!(
+                    "{revision}, left by an earlier run, could not be retired: {e}"
+                )),
+            }
+        }
+        Ok(())
     }
 
     /// Applies a split and reads it back from the platform.
@@ -999,5 +1075,65 @@ where
             }
             None => return Err(error.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::bindings::types::Revision;
+
+    fn row(revision: &str, outcome: &str) -> RevisionRecord {
+        RevisionRecord {
+            revision: revision.into(),
+            run_id: Some(1),
+            recorded_ms: 0,
+            traffic: 0,
+            outcome: outcome.into(),
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn leftovers_are_the_engines_own_aborted_or_unretired_revisions_without_traffic() {
+        let revision = |id: &str| Revision {
+            id: id.into(),
+            artifact: None,
+            created_at_ms: None,
+            ready: true,
+            message: None,
+        };
+        let current = ServiceStatus {
+            revisions: ["api-r5", "api-r4", "api-r3", "api-r2", "api-r1", "manual"]
+                .map(revision)
+                .to_vec(),
+            traffic: vec![TrafficTarget {
+                revision: "api-r4".into(),
+                percent: 100,
+            }],
+            url: None,
+            deployed: "{}".into(),
+        };
+        // Newest first, as the store returns it.
+        let history = [
+            row("api-r5", "aborted"),
+            row("api-r5", "deployed"),
+            row("api-r3", "retire-failed"),
+            row("api-r4", "promoted"),
+            row("api-r4", "deployed"),
+            row("api-r2", "rolled-back-to"),
+            row("api-r2", "aborted"),
+            row("api-r1", "promoted"),
+        ];
+        assert_eq!(leftovers(&history, &current), ["api-r5", "api-r3"]);
+        // Serving, even if its latest record is an abort: never retired.
+        let serving = ServiceStatus {
+            traffic: vec![TrafficTarget {
+                revision: "api-r5".into(),
+                percent: 100,
+            }],
+            ..current
+        };
+        assert_eq!(leftovers(&history, &serving), ["api-r3"]);
     }
 }
