@@ -47,6 +47,16 @@ image = "web:1"
 depends_on = ["api"]
 "#;
 
+/// A service's revision history in the project's state, newest first.
+fn history(project: &Project, service: &str) -> Vec<engine::state::RevisionRecord> {
+    block_on(async {
+        let store = engine::state::Store::open(&project.path(".engine/state.db"))
+            .await
+            .unwrap();
+        store.history("shop", "default", service).await.unwrap()
+    })
+}
+
 #[test]
 fn services_deploy_in_dependency_order_with_independent_ones_in_parallel() {
     let project = Project::new(SYSTEM);
@@ -141,12 +151,7 @@ fn a_failing_health_gate_rolls_back_and_skips_dependents() {
         "{stderr}"
     );
 
-    let history = block_on(async {
-        let store = engine::state::Store::open(&project.path(".engine/state.db"))
-            .await
-            .unwrap();
-        store.history("shop", "default", "api").await.unwrap()
-    });
+    let history = history(&project, "api");
     assert_eq!(history[0].revision, "api-r2");
     assert_eq!(history[0].outcome, "aborted");
 
@@ -242,13 +247,10 @@ fn a_step_whose_history_row_cannot_be_written_fails_and_the_next_run_resumes_it(
     );
     assert!(printed.contains("the run stays open"), "{printed}");
     let history = || {
-        block_on(async {
-            let store = engine::state::Store::open(&state).await.unwrap();
-            let rows = store.history("shop", "default", "api").await.unwrap();
-            rows.into_iter()
-                .map(|r| format!("{} {}", r.revision, r.outcome))
-                .collect::<Vec<_>>()
-        })
+        history(&project, "api")
+            .into_iter()
+            .map(|r| format!("{} {}", r.revision, r.outcome))
+            .collect::<Vec<_>>()
     };
     assert_eq!(history(), ["api-r1 deployed"], "no row without its step");
 
@@ -400,12 +402,7 @@ fn a_promoted_release_whose_old_revision_will_not_retire_is_deployed_with_a_warn
         api["revisions"][0]["retired"], false,
         "api-r1 is still there"
     );
-    let history = block_on(async {
-        let store = engine::state::Store::open(&project.path(".engine/state.db"))
-            .await
-            .unwrap();
-        store.history("shop", "default", "api").await.unwrap()
-    });
+    let history = history(&project, "api");
     let newest: Vec<String> = history
         .iter()
         .take(3)
