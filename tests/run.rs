@@ -330,19 +330,10 @@ fn a_run_killed_mid_rollout_resumes_without_deploying_twice() {
         .spawn()
         .unwrap();
     // Kill it once api's revision exists, while its deploy call is still running.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let api = project.path("platform/api.json");
-        if api.exists()
-            && std::fs::read_to_string(&api)
-                .unwrap_or_default()
-                .contains("api-r1")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "api never deployed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("api's deploy", || {
+        std::fs::read_to_string(project.path("platform/api.json"))
+            .is_ok_and(|d| d.contains("api-r1"))
+    });
     child.kill().unwrap(); // SIGKILL: no cleanup, the lock stays behind
     child.wait().unwrap();
 
@@ -918,24 +909,9 @@ image = "api:1"
         .spawn()
         .unwrap();
     // Kill it once the wait is checkpointed.
-    let db = project.path(".engine/state.db");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let saved: Option<String> = rusqlite::Connection::open(&db)
-            .and_then(|c| {
-                c.query_row(
-                    "SELECT data FROM checkpoints WHERE service = 'api' ORDER BY run_id DESC LIMIT 1",
-                    [],
-                    |r| r.get(0),
-                )
-            })
-            .ok();
-        if saved.is_some_and(|d| d.contains("\"wait_until_ms\":1")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the canary never paused");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the canary's pause", || {
+        latest_checkpoint(&project, "api").is_some_and(|d| d.contains("\"wait_until_ms\":1"))
+    });
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -1056,4 +1032,294 @@ fn a_strategy_that_breaks_its_contract_is_stopped_and_the_stable_revision_keeps_
             "{mode}"
         );
     }
+}
+
+// Signals: the first SIGINT or SIGTERM stops each rollout at its next checkpoint, releases the
+// lock, reports and exits 130 or 143; a second one exits at once. The next run resumes.
+
+/// A spawned engine, with its output piped.
+fn spawn_run(project: &Project, args: &[&str]) -> std::process::Child {
+    project
+        .command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn send(child: &std::process::Child, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+}
+
+/// Waits for a spawned engine to exit: at most a minute, so that a hung engine fails the test
+/// instead of hanging the suite.
+fn exit_of(child: std::process::Child) -> Output {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the engine exits after the signal")
+        .unwrap()
+}
+
+/// Polls `done` until it holds (at most a minute).
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The latest checkpoint of a service, as stored.
+fn latest_checkpoint(project: &Project, service: &str) -> Option<String> {
+    let db = rusqlite::Connection::open(project.path(".engine/state.db")).ok()?;
+    db.query_row(
+        "SELECT data FROM checkpoints WHERE service = ?1 ORDER BY run_id DESC LIMIT 1",
+        [service],
+        |r| r.get(0),
+    )
+    .ok()
+}
+
+/// Each (revision, outcome) of a service's history, oldest first.
+fn history_rows(project: &Project, service: &str) -> Vec<(String, String)> {
+    let mut rows: Vec<(String, String)> = history(project, service)
+        .into_iter()
+        .map(|r| (r.revision, r.outcome))
+        .collect();
+    rows.reverse();
+    rows
+}
+
+fn finished<'a>(events: &'a [Value], service: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["type"] == "service-finished" && e["service"] == service)
+        .unwrap_or_else(|| panic!("no service-finished event for {service}: {events:?}"))
+}
+
+#[test]
+fn sigterm_stops_a_canary_at_its_checkpoint_releases_the_lock_and_the_next_run_resumes_it() {
+    let project = Project::new("[services.api]\nimage = \"api:1\"\n");
+    assert_exit(&project.run(&[]), 0);
+    project.edit(
+        "image = \"api:1\"",
+        "image = \"api:2\"\nstrategy = \"canary\"\nstrategy_config = { steps = [50], pause = \"6s\" }",
+    );
+    let child = spawn_run(&project, &["--output", "json"]);
+    wait_until("the canary's pause", || {
+        latest_checkpoint(&project, "api").is_some_and(|d| d.contains("\"wait_until_ms\":1"))
+    });
+    send(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = exit_of(child);
+    assert_exit(&out, 143);
+    let events = json_lines(&out);
+    let api = finished(&events, "api");
+    assert_eq!(api["outcome"], "interrupted", "{api}");
+    assert!(
+        api["reason"]
+            .as_str()
+            .unwrap()
+            .contains("api-r2 had 50% of the traffic"),
+        "{api}"
+    );
+    assert_eq!(events.last().unwrap()["type"], "summary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "stopped by SIGTERM before api finished; the run stays open and the next `engine run` resumes it"
+        ),
+        "{stderr}"
+    );
+    let status = project.engine(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("not locked"),
+        "the lock was released: {status:?}"
+    );
+    assert_eq!(
+        project.platform("api")["traffic"],
+        json!([["api-r2", 50], ["api-r1", 50]]),
+        "the split of the last checkpoint stays until the run is resumed"
+    );
+
+    let out = project.run(&["--output", "json"]);
+    assert_exit(&out, 0);
+    let events = json_lines(&out);
+    assert_eq!(events[0]["resumed"], true);
+    assert_eq!(finished(&events, "api")["outcome"], "deployed");
+    assert_eq!(project.platform("api")["traffic"], json!([["api-r2", 100]]));
+    assert_eq!(project.platform("api")["calls"]["deploy-created"], 2);
+    let second: Vec<(String, String)> = history_rows(&project, "api")
+        .into_iter()
+        .filter(|(revision, _)| revision == "api-r2" || revision == "api-r1")
+        .skip_while(|(revision, outcome)| !(revision == "api-r2" && outcome == "deployed"))
+        .collect();
+    let row = |r: &str, o: &str| (r.to_string(), o.to_string());
+    assert_eq!(
+        second,
+        [
+            row("api-r2", "deployed"),
+            row("api-r2", "promoted"),
+            row("api-r1", "retired")
+        ],
+        "each step of the interrupted rollout is recorded once"
+    );
+}
+
+#[test]
+fn sigint_lets_the_plugin_call_under_way_finish_and_starts_nothing_new() {
+    let project = Project::new(SYSTEM);
+    project.edit(
+        "image = \"db:1\"",
+        "image = \"db:1\"\nprovider_config = { hold_after_deploy_ms = 2000 }",
+    );
+    let child = spawn_run(&project, &["--output", "json"]);
+    wait_until("db's deploy", || {
+        std::fs::read_to_string(project.path("platform/db.json")).is_ok_and(|d| d.contains("db-r1"))
+    });
+    send(&child, nix::sys::signal::Signal::SIGINT);
+    let out = exit_of(child);
+    assert_exit(&out, 130);
+    let events = json_lines(&out);
+    let db = finished(&events, "db");
+    assert_eq!(db["outcome"], "interrupted", "{db}");
+    assert!(
+        db["reason"]
+            .as_str()
+            .unwrap()
+            .contains("db-r1 had 0% of the traffic"),
+        "the deploy under way finished and was saved: {db}"
+    );
+    for service in ["api", "worker", "web"] {
+        let report = finished(&events, service);
+        assert_eq!(report["outcome"], "interrupted", "{report}");
+        assert_eq!(
+            report["reason"], "the run was interrupted before it started",
+            "{report}"
+        );
+        assert!(!project.path(&format!("platform/{service}.json")).exists());
+    }
+
+    let out = project.run(&["--output", "json"]);
+    assert_exit(&out, 0);
+    assert_eq!(json_lines(&out)[0]["resumed"], true);
+    for service in ["db", "api", "worker", "web"] {
+        let platform = project.platform(service);
+        assert_eq!(
+            platform["calls"]["deploy-created"], 1,
+            "{service}: {platform}"
+        );
+        assert_eq!(platform["traffic"], json!([[format!("{service}-r1"), 100]]));
+    }
+    assert_eq!(
+        history_rows(&project, "db"),
+        [
+            ("db-r1".to_string(), "deployed".to_string()),
+            ("db-r1".to_string(), "promoted".to_string())
+        ]
+    );
+}
+
+#[test]
+fn a_second_signal_exits_at_once_and_the_next_run_recovers() {
+    use std::io::BufRead;
+    let project = Project::new("[services.api]\nimage = \"api:1\"\n");
+    project.edit(
+        "image = \"api:1\"",
+        "image = \"api:1\"\nprovider_config = { hold_after_deploy_ms = 30000 }",
+    );
+    let mut child = spawn_run(&project, &[]);
+    wait_until("api's deploy", || {
+        project.path("platform/api.json").exists()
+    });
+    send(&child, nix::sys::signal::Signal::SIGTERM);
+    // The second signal only once the first was taken (two at once may arrive as one).
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("SIGTERM: stopping at the next checkpoint") {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    send(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = exit_of(child);
+    assert_exit(&out, 143);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(
+        rest.contains("SIGTERM again: stopping at once"),
+        "{seen}{rest}"
+    );
+    let status = project.engine(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains(": gone (the next run breaks the lock)"),
+        "the lock stays behind, its holder gone: {status:?}"
+    );
+
+    let out = project.run(&[]);
+    assert_exit(&out, 0);
+    let platform = project.platform("api");
+    assert_eq!(platform["calls"]["deploy-created"], 1, "{platform}");
+    assert_eq!(platform["traffic"], json!([["api-r1", 100]]));
+}
+
+#[test]
+fn a_signal_during_a_pre_hook_lets_it_finish_starts_no_other_and_deploys_nothing() {
+    let project = Project::new(
+        "[services.api]\nimage = \"api:1\"\nhooks.pre = [\"echo first >> hook-runs; sleep 1\", \"echo second >> hook-runs\"]\n",
+    );
+    let child = spawn_run(&project, &["--output", "json"]);
+    wait_until("the pre hook", || project.path("hook-runs").exists());
+    send(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = exit_of(child);
+    assert_exit(&out, 143);
+    assert_eq!(finished(&json_lines(&out), "api")["outcome"], "interrupted");
+    assert!(
+        !project.path("platform/api.json").exists(),
+        "nothing is deployed after an interrupted pre hook"
+    );
+
+    let out = project.run(&[]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        std::fs::read_to_string(project.path("hook-runs")).unwrap(),
+        "first\nfirst\nsecond\n",
+        "the hook under way finished, the next did not start, the resumed run repeats the stage: {out:?}"
+    );
+    assert_eq!(project.platform("api")["traffic"], json!([["api-r1", 100]]));
+}
+
+#[test]
+fn a_signal_while_waiting_for_the_lock_ends_the_wait() {
+    use std::io::BufRead;
+    let project = Project::new(SYSTEM);
+    let store = block_on(engine::state::Store::open(
+        &project.path(".engine/state.db"),
+    ))
+    .unwrap();
+    let holder = engine::state::Holder {
+        name: "engine run on ci-7".into(),
+        host: "ci-runner-7".into(),
+        pid: 4242,
+        process_start: None,
+    };
+    let _lock = block_on(store.lock("shop", "default", &holder)).unwrap();
+    let mut child = spawn_run(&project, &["--lock-wait", "10m"]);
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("is locked by engine run on ci-7")
+            && line.contains("waiting for it, up to 10m"),
+        "{line}"
+    );
+    send(&child, nix::sys::signal::Signal::SIGINT);
+    let out = exit_of(child);
+    assert_exit(&out, 130);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(
+        rest.contains("stopped by SIGINT while waiting for the lock; nothing was done"),
+        "{rest}"
+    );
 }

@@ -1,6 +1,6 @@
 //! `engine rollback SERVICE` and `engine destroy`.
 
-use super::run::{locked_store, prepare, release};
+use super::session::{Session, prepare};
 use super::{CommandError, Scope};
 use std::time::Duration;
 
@@ -35,27 +35,41 @@ pub async fn rollback(cli: &super::Cli, args: &RollbackArgs) -> Result<(), Comma
     pipeline
         .service(&args.service)
         .map_err(CommandError::usage)?;
-    let (store, lock) = locked_store(&args.scope, &pipeline, args.lock_wait).await?;
+    let session = Session::open(&args.scope, &pipeline, args.lock_wait).await?;
+    // A rollback is one change of traffic: a signal lets it finish.
     let result = crate::run::admin::rollback(
         &pipeline,
         &plugins,
-        &store,
+        &session.store,
         &args.service,
         args.to.as_deref(),
     )
     .await;
-    release(&store, lock).await;
+    let signal = session.signals.received();
+    session.close().await;
     let revision = result
         .map_err(|e| CommandError::failure(format!("cannot roll `{}` back: {e}", args.service)))?;
     println!("{}: all traffic to {revision}", args.service);
-    Ok(())
+    match signal {
+        Some(signal) => Err(signal.stopped("after the rollback had finished")),
+        None => Ok(()),
+    }
 }
 
 pub async fn destroy(cli: &super::Cli, args: &DestroyArgs) -> Result<(), CommandError> {
     let (pipeline, plugins) = prepare(cli, &args.scope.pipeline, args.dry_run).await?;
-    let (store, lock) = locked_store(&args.scope, &pipeline, args.lock_wait).await?;
-    let results = crate::run::admin::destroy(&pipeline, &plugins, &store, args.dry_run).await;
-    release(&store, lock).await;
+    let session = Session::open(&args.scope, &pipeline, args.lock_wait).await?;
+    let interrupt = session.signals.token();
+    let results = crate::run::admin::destroy(
+        &pipeline,
+        &plugins,
+        &session.store,
+        args.dry_run,
+        &interrupt,
+    )
+    .await;
+    let signal = session.signals.received();
+    session.close().await;
     let mut failed = Vec::new();
     for (service, result) in &results {
         match result {
@@ -67,7 +81,9 @@ pub async fn destroy(cli: &super::Cli, args: &DestroyArgs) -> Result<(), Command
             }
         }
     }
-    if failed.is_empty() {
+    if let Some(signal) = signal {
+        Err(signal.stopped(&format!("with {} service(s) not destroyed", failed.len())))
+    } else if failed.is_empty() {
         Ok(())
     } else {
         Err(CommandError::failure(format!(

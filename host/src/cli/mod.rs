@@ -9,6 +9,7 @@ mod output;
 mod plan;
 mod plugins;
 mod run;
+mod session;
 mod validate;
 
 use clap::{Parser, Subcommand};

@@ -1,15 +1,14 @@
 //! `engine run`, `engine promote` and `engine abort`: validate, load plugins, take the lock,
 //! execute (or resume) the run, report.
 
-use super::{CommandError, PipelineArgs, Scope, exit, output};
-use crate::config;
+use super::session::{Session, StopSignal, prepare};
+use super::{CommandError, Scope, exit, output};
 use crate::redact::redactor;
 use crate::report::{self, Printer, Style};
 use crate::run::admin::Approval;
 use crate::run::{RunOptions, RunReport};
-use crate::state::{Holder, Lock, StateError, Store};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How a deploying command runs and reports: shared by `run`, `promote` and `abort`.
 #[derive(Debug, clap::Args)]
@@ -52,87 +51,6 @@ pub struct DecisionArgs {
     execution: Execution,
 }
 
-async fn lock_with_wait(
-    store: &Store,
-    pipeline: &str,
-    env: &str,
-    wait: Option<Duration>,
-) -> Result<Lock, CommandError> {
-    let holder = Holder::this_process(format!("engine run {pipeline} ({env})"));
-    let deadline = wait.and_then(|w| Instant::now().checked_add(w));
-    loop {
-        match store.lock(pipeline, env, &holder).await {
-            Ok(lock) => return Ok(lock),
-            Err(busy @ StateError::LockBusy { .. }) => match deadline {
-                Some(d) if Instant::now() < d => {
-                    tokio::time::sleep(Duration::from_millis(500)).await
-                }
-                _ => {
-                    let hint = if wait.is_some() {
-                        "it was still held when --lock-wait ran out"
-                    } else {
-                        "wait for it, or pass --lock-wait 10m to queue behind it"
-                    };
-                    return Err(CommandError {
-                        message: format!("{busy}\n{hint}"),
-                        code: exit::LOCK_BUSY,
-                    });
-                }
-            },
-            Err(e) => return Err(CommandError::failure(e)),
-        }
-    }
-}
-
-/// Loads and validates a pipeline and its plugins: the start of every deploying command.
-pub(super) async fn prepare(
-    cli: &super::Cli,
-    args: &PipelineArgs,
-    dry_run: bool,
-) -> Result<
-    (
-        config::Pipeline,
-        std::collections::BTreeMap<String, crate::runtime::LoadedPlugin>,
-    ),
-    CommandError,
-> {
-    let pipeline = args.load()?;
-    let options = crate::runtime::RuntimeOptions {
-        dry_run,
-        local_admin_ports: super::local::admin_ports(Some(&pipeline)),
-        protected_paths: super::protected_paths(&pipeline),
-        ..cli.runtime_options()
-    };
-    let runtime = crate::runtime::Runtime::new(options)
-        .map_err(|e| CommandError::failure(format!("{e:#}")))?;
-    let plugins = config::check_plugins(&pipeline, &runtime)
-        .await
-        .map_err(output::config_failure)?;
-    super::local::ensure_for(&pipeline).await?;
-    Ok((pipeline, plugins))
-}
-
-/// Opens the state and takes the pipeline's lock.
-pub(super) async fn locked_store(
-    scope: &Scope,
-    pipeline: &config::Pipeline,
-    lock_wait: Option<Duration>,
-) -> Result<(Store, Lock), CommandError> {
-    let store = Store::connect(&scope.location())
-        .await
-        .map_err(CommandError::failure)?;
-    let environment = pipeline.environment.as_deref().unwrap_or("default");
-    let lock = lock_with_wait(&store, &pipeline.name, environment, lock_wait).await?;
-    Ok((store, lock))
-}
-
-/// Gives the lock back, whatever happened.
-pub(super) async fn release(store: &Store, lock: Lock) {
-    if let Err(e) = store.unlock(lock).await {
-        tracing::error!("cannot release the lock: {e}");
-    }
-}
-
 pub async fn run(cli: &super::Cli, args: &RunArgs) -> Result<(), CommandError> {
     deploy(cli, &args.execution, None).await
 }
@@ -169,9 +87,9 @@ async fn deploy(
     if let Some((service, _)) = &decision {
         pipeline.service(service).map_err(CommandError::usage)?;
     }
-    let (store, lock) = locked_store(&execution.scope, &pipeline, execution.lock_wait).await?;
+    let session = Session::open(&execution.scope, &pipeline, execution.lock_wait).await?;
     if let Some((service, approval)) = &decision {
-        match crate::run::admin::decide(&store, &pipeline, service, approval).await {
+        match crate::run::admin::decide(&session.store, &pipeline, service, approval).await {
             Ok(what) => {
                 let verb = match approval {
                     Approval::Approve => "approved",
@@ -180,7 +98,7 @@ async fn deploy(
                 eprintln!("{service}: {verb} ({what}); resuming the run");
             }
             Err(e) => {
-                release(&store, lock).await;
+                session.close().await;
                 return Err(CommandError::failure(e));
             }
         }
@@ -197,10 +115,12 @@ async fn deploy(
     let options = RunOptions {
         concurrency: execution.concurrency.max(1),
         fail_fast: execution.fail_fast,
+        interrupt: session.signals.token(),
         ..RunOptions::default()
     };
-    let result = crate::run::execute(&pipeline, &plugins, &store, &printer, &options).await;
-    release(&store, lock).await;
+    let result = crate::run::execute(&pipeline, &plugins, &session.store, &printer, &options).await;
+    let signal = session.signals.received();
+    session.close().await;
     let report = result.map_err(CommandError::failure);
     if let Ok(report) = &report {
         printer.summary(report);
@@ -217,7 +137,29 @@ async fn deploy(
             println!("{}", redactor().redact(&line));
         }
     }
-    verdict(&report)
+    match signal {
+        Some(signal) => Err(interrupted(signal, &report)),
+        None => verdict(&report),
+    }
+}
+
+/// The error of a run a signal stopped: its exit code, and what is left to the next run.
+fn interrupted(signal: StopSignal, report: &RunReport) -> CommandError {
+    let left: Vec<&str> = report
+        .services
+        .iter()
+        .filter(|s| matches!(s.outcome, crate::run::Outcome::Interrupted(_)))
+        .map(|s| s.service.as_str())
+        .collect();
+    let what = if left.is_empty() {
+        "after every service had finished".to_string()
+    } else {
+        format!(
+            "before {} finished; the run stays open and the next `engine run` resumes it",
+            left.join(", ")
+        )
+    };
+    signal.stopped(&what)
 }
 
 /// The exit code: failures first, then rollouts waiting for a person.

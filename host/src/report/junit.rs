@@ -11,7 +11,9 @@ pub fn junit(pipeline: &str, report: &RunReport, checks: &[CheckRecord]) -> Stri
     for s in &report.services {
         let mut status = match &s.outcome {
             o if o.succeeded() => TestCaseStatus::success(),
-            Outcome::Skipped(_) | Outcome::AwaitingApproval(_) => TestCaseStatus::skipped(),
+            Outcome::Skipped(_) | Outcome::AwaitingApproval(_) | Outcome::Interrupted(_) => {
+                TestCaseStatus::skipped()
+            }
             _ => TestCaseStatus::non_success(NonSuccessKind::Failure),
         };
         if let Some(reason) = s.outcome.reason() {

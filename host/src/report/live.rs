@@ -84,6 +84,7 @@ impl Live {
                     ref o if o.succeeded() => "✔",
                     Outcome::Skipped(_) => "-",
                     Outcome::AwaitingApproval(_) => "⏸",
+                    Outcome::Interrupted(_) => "■",
                     _ => "✘",
                 };
                 l.bar.set_style(

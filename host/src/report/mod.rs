@@ -254,7 +254,7 @@ pub fn table(rows: &[Vec<String>]) -> String {
 }
 
 /// GitHub Actions workflow commands: `::error` for services that did not deploy, `::notice`
-/// for rollouts waiting for approval.
+/// for rollouts waiting for approval, `::warning` for those an interruption stopped.
 pub fn annotations(report: &RunReport) -> Vec<String> {
     // The workflow-command syntax needs %, CR and LF escaped in the message.
     let escape = |s: &str| {
@@ -269,6 +269,7 @@ pub fn annotations(report: &RunReport) -> Vec<String> {
         .map(|s| {
             let level = match s.outcome {
                 Outcome::AwaitingApproval(_) => "notice",
+                Outcome::Interrupted(_) => "warning",
                 _ => "error",
             };
             format!(

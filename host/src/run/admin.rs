@@ -8,6 +8,7 @@ use crate::runtime::LoadedPlugin;
 use crate::runtime::bindings::types::{ServiceRef, TrafficTarget};
 use crate::state::{RevisionRecord, Store, now_ms};
 use std::collections::BTreeMap;
+use tokio_util::sync::CancellationToken;
 
 fn target(service: &crate::config::Service) -> ServiceRef {
     ServiceRef {
@@ -121,11 +122,18 @@ pub async fn destroy(
     plugins: &BTreeMap<String, LoadedPlugin>,
     store: &Store,
     dry_run: bool,
+    interrupt: &CancellationToken,
 ) -> Vec<(String, Result<(), String>)> {
     let waves = pipeline.waves();
     let mut results = Vec::new();
     for index in waves.into_iter().rev().flatten() {
         let service = &pipeline.services[index];
+        // Interrupted: the service being destroyed is finished, the next ones are not begun.
+        if interrupt.is_cancelled() {
+            let not_begun = "not begun: the command was interrupted".to_string();
+            results.push((service.name.clone(), Err(not_begun)));
+            continue;
+        }
         if dry_run {
             results.push((service.name.clone(), Ok(())));
             continue;

@@ -31,7 +31,7 @@
 //! let store = Store::connect(&Location::beside(file)).await?;
 //! let lock = store.lock(&pipeline.name, "staging", &Holder::this_process("my CI runner")).await?;
 //! let report = engine::run::execute(&pipeline, &plugins, &store, &Log, &RunOptions::default()).await;
-//! store.unlock(lock).await?; // whatever happened
+//! store.unlock(lock).await?; // whatever happened (cancel `RunOptions::interrupt` to stop at a checkpoint)
 //! let report = report?;
 //! println!("succeeded: {}", report.succeeded());
 //! # Ok(()) }
@@ -60,6 +60,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -72,6 +73,10 @@ pub struct RunOptions {
     pub max_wait: Duration,
     /// Longest a pre or post hook may run.
     pub hook_timeout: Duration,
+    /// Cancel it to stop the run (on a signal): no new service, step or hook starts, each
+    /// rollout stops at its next checkpoint (a plugin call or hook under way finishes first),
+    /// and the run stays open for the next one to resume.
+    pub interrupt: CancellationToken,
 }
 
 impl Default for RunOptions {
@@ -81,6 +86,7 @@ impl Default for RunOptions {
             fail_fast: false,
             max_wait: Duration::from_secs(3600),
             hook_timeout: Duration::from_secs(30 * 60),
+            interrupt: CancellationToken::new(),
         }
     }
 }
@@ -100,6 +106,9 @@ pub enum Outcome {
     Skipped(String),
     /// Paused until a person runs `engine promote` or `engine abort`; says what to approve.
     AwaitingApproval(String),
+    /// Stopped at a checkpoint because the run was interrupted; says where. The next run
+    /// resumes it.
+    Interrupted(String),
 }
 
 impl Outcome {
@@ -115,6 +124,7 @@ impl Outcome {
             Outcome::Failed(_) => "failed",
             Outcome::Skipped(_) => "skipped",
             Outcome::AwaitingApproval(_) => "awaiting-approval",
+            Outcome::Interrupted(_) => "interrupted",
         }
     }
 
@@ -123,7 +133,8 @@ impl Outcome {
             Outcome::RolledBack(r)
             | Outcome::Failed(r)
             | Outcome::Skipped(r)
-            | Outcome::AwaitingApproval(r) => Some(r),
+            | Outcome::AwaitingApproval(r)
+            | Outcome::Interrupted(r) => Some(r),
             _ => None,
         }
     }
@@ -162,9 +173,19 @@ impl RunReport {
     pub fn failed(&self) -> bool {
         self.services.iter().any(|s| {
             !s.outcome.succeeded()
-                && !matches!(s.outcome, Outcome::AwaitingApproval(_))
+                && !matches!(
+                    s.outcome,
+                    Outcome::AwaitingApproval(_) | Outcome::Interrupted(_)
+                )
                 && !matches!(&s.outcome, Outcome::Skipped(r) if r.ends_with(WAITING_DEPENDENCY))
         })
+    }
+
+    /// Some services stopped because the run was interrupted: the run stays open.
+    pub fn interrupted(&self) -> bool {
+        self.services
+            .iter()
+            .any(|s| matches!(s.outcome, Outcome::Interrupted(_)))
     }
 
     /// Services paused for approval (the run stays open, and resumes after `engine promote`).
@@ -267,6 +288,17 @@ pub async fn execute(
     let mut failed_any = false;
     loop {
         let settled_before = reports.len() + running.len();
+        if options.interrupt.is_cancelled() {
+            for service in pipeline
+                .services
+                .iter()
+                .filter(|s| started.insert(s.name.clone()))
+            {
+                let report = not_started(service);
+                observer.event(&Event::Finished(report.clone()));
+                reports.insert(service.name.clone(), report);
+            }
+        }
         // Start every service whose dependencies are settled, up to the concurrency limit.
         for service in &pipeline.services {
             if started.contains(&service.name) || running.len() >= options.concurrency.max(1) {
@@ -303,7 +335,10 @@ pub async fn execute(
         match running.next().await {
             Some(report) => {
                 failed_any |= !report.outcome.succeeded()
-                    && !matches!(report.outcome, Outcome::AwaitingApproval(_));
+                    && !matches!(
+                        report.outcome,
+                        Outcome::AwaitingApproval(_) | Outcome::Interrupted(_)
+                    );
                 observer.event(&Event::Finished(report.clone()));
                 reports.insert(report.service.clone(), report);
             }
@@ -334,8 +369,11 @@ pub async fn execute(
             .collect(),
     };
     // A run with a rollout waiting for approval stays open: the next `engine run` (or
-    // `engine promote`) resumes it.
-    if report.awaiting_approval().is_empty() && !executor.state_failed.load(Ordering::Relaxed) {
+    // `engine promote`) resumes it. So does an interrupted one.
+    if report.awaiting_approval().is_empty()
+        && !report.interrupted()
+        && !executor.state_failed.load(Ordering::Relaxed)
+    {
         let outcome = if report.succeeded() {
             "deployed"
         } else {
@@ -371,8 +409,16 @@ fn leftovers(history: &[RevisionRecord], current: &ServiceStatus) -> Vec<String>
 
 fn skipped(service: &Service, reason: String) -> ServiceReport {
     ServiceReport {
-        service: service.name.clone(),
         outcome: Outcome::Skipped(reason),
+        ..not_started(service)
+    }
+}
+
+/// A service the run was interrupted before it started.
+fn not_started(service: &Service) -> ServiceReport {
+    ServiceReport {
+        service: service.name.clone(),
+        outcome: Outcome::Interrupted("the run was interrupted before it started".into()),
         revision: None,
         traffic: 0,
         checks_passed: 0,
@@ -393,6 +439,32 @@ struct Executor<'a> {
     /// A checkpoint or history write failed: the run is left open, so that the next run
     /// resumes from the last step that was saved instead of trusting a state that missed one.
     state_failed: AtomicBool,
+}
+
+/// When a service's hooks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HookStage {
+    /// Before the new revision is deployed.
+    Pre,
+    /// After it was promoted.
+    Post,
+}
+
+impl HookStage {
+    fn label(self) -> &'static str {
+        match self {
+            HookStage::Pre => "pre",
+            HookStage::Post => "post",
+        }
+    }
+}
+
+/// Why a stage of hooks did not complete.
+enum HookStop {
+    /// A hook failed; the message says how.
+    Failed(String),
+    /// The run was interrupted before the stage completed.
+    Interrupted,
 }
 
 /// Per-service counters for the report.
@@ -493,18 +565,21 @@ impl Executor<'_> {
         Ok((finished.into(), cp))
     }
 
-    /// Runs one stage of a service's hooks, in order, stopping at the first failure.
+    /// Runs one stage of a service's hooks, in order, stopping at the first failure. A hook
+    /// under way when the run is interrupted finishes (it may be a migration that must not be
+    /// cut), the next one does not start, and the stage is reported interrupted, not failed,
+    /// even if the hook failed (a terminal's Ctrl-C reaches it too): the resumed run repeats
+    /// the stage.
     async fn hooks(
         &self,
         service: &Service,
-        stage: &str,
+        stage: HookStage,
         cp: &Checkpoint,
         url: Option<&str>,
-    ) -> Result<(), String> {
-        let commands = if stage == "pre" {
-            &service.pre_hooks
-        } else {
-            &service.post_hooks
+    ) -> Result<(), HookStop> {
+        let commands = match stage {
+            HookStage::Pre => &service.pre_hooks,
+            HookStage::Post => &service.post_hooks,
         };
         let context = hooks::HookContext {
             pipeline: &self.pipeline.name,
@@ -516,20 +591,43 @@ impl Executor<'_> {
             url,
         };
         for command in commands {
+            if self.is_interrupted() {
+                return Err(HookStop::Interrupted);
+            }
             self.phase(
                 &service.name,
-                &format!("{stage} hook: {command}"),
+                &format!("{} hook: {command}", stage.label()),
                 cp.traffic,
             );
-            hooks::run(
+            let ran = hooks::run(
                 command,
                 self.pipeline.directory(),
                 &context,
                 self.options.hook_timeout,
             )
-            .await?;
+            .await;
+            match ran {
+                Err(_) if self.is_interrupted() => return Err(HookStop::Interrupted),
+                Err(e) => return Err(HookStop::Failed(e)),
+                Ok(()) => {}
+            }
         }
         Ok(())
+    }
+
+    fn is_interrupted(&self) -> bool {
+        self.options.interrupt.is_cancelled()
+    }
+
+    /// The outcome of a rollout stopped by an interruption at `cp`, which is saved.
+    fn interrupted(&self, cp: &Checkpoint) -> Outcome {
+        let at = match &cp.candidate {
+            Some(candidate) => format!("{candidate} had {}% of the traffic", cp.traffic),
+            None => "nothing was deployed yet".into(),
+        };
+        Outcome::Interrupted(format!(
+            "stopped at a checkpoint ({at}); the next `engine run` resumes it"
+        ))
     }
 
     async fn service(&self, service: &Service) -> ServiceReport {
@@ -596,14 +694,20 @@ impl Executor<'_> {
                 return self.finish(name, cp, Finished::Unchanged).await;
             }
             if !cp.pre_hooks_done {
-                if let Err(e) = self.hooks(service, "pre", &cp, None).await {
-                    let reason = format!("{e}\nnothing was deployed");
-                    return self.finish(name, cp, Finished::Failed(reason)).await;
+                match self.hooks(service, HookStage::Pre, &cp, None).await {
+                    Ok(()) => cp.pre_hooks_done = true,
+                    Err(HookStop::Interrupted) => return Ok((self.interrupted(&cp), cp)),
+                    Err(HookStop::Failed(e)) => {
+                        let reason = format!("{e}\nnothing was deployed");
+                        return self.finish(name, cp, Finished::Failed(reason)).await;
+                    }
                 }
-                cp.pre_hooks_done = true;
             }
             cp.deploy_started = true;
             self.save(name, &cp).await.map_err(|e| (e, cp.clone()))?;
+            if self.is_interrupted() {
+                return Ok((self.interrupted(&cp), cp));
+            }
         }
         if cp.candidate.is_none() {
             self.phase(name, "deploying", 0);
@@ -637,6 +741,10 @@ impl Executor<'_> {
         let mut contract = contract::Contract::new(&candidate, cp.stable.as_deref(), cp.traffic)
             .resumed_after(cp.strategy_steps);
         loop {
+            // Every pass starts at a saved checkpoint: the place to stop when interrupted.
+            if self.is_interrupted() {
+                return Ok((self.interrupted(&cp), cp));
+            }
             // What an earlier run or a person left for this one.
             if let Some(reason) = cp.abort_requested.clone() {
                 let reason = format!("aborted by `engine abort`: {reason}");
@@ -647,7 +755,13 @@ impl Executor<'_> {
             }
             if let Some(until) = cp.wait_until_ms {
                 let left = until.saturating_sub(now_ms() as u64);
-                tokio::time::sleep(Duration::from_millis(left)).await;
+                // The wait is in the checkpoint: a resumed run waits out what is left of it.
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(left)) => {}
+                    () = self.options.interrupt.cancelled() => {
+                        return Ok((self.interrupted(&cp), cp));
+                    }
+                }
                 cp.wait_until_ms = None;
                 cp.pending = Some(Observed::Waited);
                 self.save(name, &cp).await.map_err(|e| (e, cp.clone()))?;
@@ -772,13 +886,19 @@ impl Executor<'_> {
                                     .map(|e| e.url)
                             })
                     };
-                    if let Err(e) = self.hooks(service, "post", &cp, url.as_deref()).await {
-                        let reason = format!(
-                            "{e}\n{candidate} was promoted and serves the traffic; `engine rollback {name}` returns to the previous revision"
-                        );
-                        return self.finish(name, cp, Finished::Failed(reason)).await;
+                    match self
+                        .hooks(service, HookStage::Post, &cp, url.as_deref())
+                        .await
+                    {
+                        Ok(()) => return self.finish(name, cp, Finished::Deployed).await,
+                        Err(HookStop::Interrupted) => return Ok((self.interrupted(&cp), cp)),
+                        Err(HookStop::Failed(e)) => {
+                            let reason = format!(
+                                "{e}\n{candidate} was promoted and serves the traffic; `engine rollback {name}` returns to the previous revision"
+                            );
+                            return self.finish(name, cp, Finished::Failed(reason)).await;
+                        }
                     }
-                    return self.finish(name, cp, Finished::Deployed).await;
                 }
             };
             cp.pending = next;
