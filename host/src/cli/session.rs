@@ -192,7 +192,10 @@ impl Signals {
                 "{} again: stopping at once; the lock stays until a run sees its holder is gone",
                 second.name()
             ));
-            std::process::exit(second.exit_code().into());
+            // Other threads may be inside plugin code: end the process without running exit
+            // handlers (stderr, written above, is unbuffered).
+            // SAFETY: `_exit` only ends the process; nothing after it runs.
+            unsafe { libc::_exit(second.exit_code().into()) }
         });
         Ok(signals)
     }
