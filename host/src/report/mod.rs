@@ -96,7 +96,7 @@ impl Printer {
                 .services
                 .iter()
                 .map(|s| {
-                    let mut v = serde_json::json!({ "service": s.service, "revision": s.revision, "traffic": s.traffic });
+                    let mut v = serde_json::json!({ "service": s.service, "revision": s.revision, "traffic": s.traffic, "warnings": s.warnings });
                     outcome_fields(&mut v, &s.outcome);
                     v
                 })
@@ -121,6 +121,11 @@ impl Printer {
                 s.outcome.label(),
                 s.outcome.reason().unwrap_or_default()
             ));
+        }
+        for s in report.services.iter().filter(|_| reasons) {
+            for warning in &s.warnings {
+                out(&format!("{}: warning: {warning}", s.service));
+            }
         }
         for s in report.awaiting_approval() {
             out(&format!(
@@ -254,7 +259,8 @@ pub fn table(rows: &[Vec<String>]) -> String {
 }
 
 /// GitHub Actions workflow commands: `::error` for services that did not deploy, `::notice`
-/// for rollouts waiting for approval, `::warning` for those an interruption stopped.
+/// for rollouts waiting for approval, `::warning` for those an interruption stopped and for each
+/// warning of a service (an old revision left in place).
 pub fn annotations(report: &RunReport) -> Vec<String> {
     // The workflow-command syntax needs %, CR and LF escaped in the message.
     let escape = |s: &str| {
@@ -262,7 +268,7 @@ pub fn annotations(report: &RunReport) -> Vec<String> {
             .replace('\r', "%0D")
             .replace('\n', "%0A")
     };
-    report
+    let outcomes = report
         .services
         .iter()
         .filter(|s| !s.outcome.succeeded())
@@ -278,8 +284,17 @@ pub fn annotations(report: &RunReport) -> Vec<String> {
                 s.outcome.label(),
                 escape(s.outcome.reason().unwrap_or(""))
             )
+        });
+    let warnings = report.services.iter().flat_map(|s| {
+        s.warnings.iter().map(|w| {
+            format!(
+                "::warning title=engine: {} warning::{}",
+                escape(&s.service),
+                escape(w)
+            )
         })
-        .collect()
+    });
+    outcomes.chain(warnings).collect()
 }
 
 #[cfg(test)]
@@ -346,17 +361,21 @@ mod tests {
     }
 
     #[test]
-    fn annotations_escape_and_tell_failures_from_waits() {
-        let lines = annotations(&report(vec![
+    fn annotations_escape_and_tell_failures_from_waits_interruptions_and_warnings() {
+        let mut run = report(vec![
             ("api", Outcome::Deployed),
             ("web", Outcome::Failed("100% of 5xx\nsecond line".into())),
             ("pay", Outcome::AwaitingApproval("promote pay-r3".into())),
-        ]));
+            ("db", Outcome::Interrupted("stopped at a checkpoint".into())),
+        ]);
+        run.services[0].warnings = vec!["retiring api-r2 failed: 503\nleft in place".into()];
         assert_eq!(
-            lines,
+            annotations(&run),
             [
                 "::error title=engine: web failed::100%25 of 5xx%0Asecond line",
                 "::notice title=engine: pay awaiting-approval::promote pay-r3",
+                "::warning title=engine: db interrupted::stopped at a checkpoint",
+                "::warning title=engine: api warning::retiring api-r2 failed: 503%0Aleft in place",
             ]
         );
     }
