@@ -269,9 +269,8 @@ fn a_step_whose_history_row_cannot_be_written_fails_and_the_next_run_resumes_it(
     assert_eq!(history(), ["api-r1 promoted", "api-r1 deployed"]);
 }
 
-#[test]
-fn a_second_run_finds_the_lock_busy() {
-    let project = Project::new(SYSTEM);
+/// Takes the project's lock as a run on another machine would (its process is not checked).
+fn lock_from_another_machine(project: &Project) -> (engine::state::Store, engine::state::Lock) {
     let store = block_on(engine::state::Store::open(
         &project.path(".engine/state.db"),
     ))
@@ -283,6 +282,13 @@ fn a_second_run_finds_the_lock_busy() {
         process_start: None,
     };
     let lock = block_on(store.lock("shop", "default", &holder)).unwrap();
+    (store, lock)
+}
+
+#[test]
+fn a_second_run_finds_the_lock_busy() {
+    let project = Project::new(SYSTEM);
+    let (store, lock) = lock_from_another_machine(&project);
     let out = project.run(&[]);
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1293,17 +1299,7 @@ fn a_signal_during_a_pre_hook_lets_it_finish_starts_no_other_and_deploys_nothing
 fn a_signal_while_waiting_for_the_lock_ends_the_wait() {
     use std::io::BufRead;
     let project = Project::new(SYSTEM);
-    let store = block_on(engine::state::Store::open(
-        &project.path(".engine/state.db"),
-    ))
-    .unwrap();
-    let holder = engine::state::Holder {
-        name: "engine run on ci-7".into(),
-        host: "ci-runner-7".into(),
-        pid: 4242,
-        process_start: None,
-    };
-    let _lock = block_on(store.lock("shop", "default", &holder)).unwrap();
+    let _held = lock_from_another_machine(&project);
     let mut child = spawn_run(&project, &["--lock-wait", "10m"]);
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
