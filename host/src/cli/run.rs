@@ -146,9 +146,8 @@ async fn deploy(
 /// The error of a run a signal stopped: its exit code, and what is left to the next run.
 fn interrupted(signal: StopSignal, report: &RunReport) -> CommandError {
     let left: Vec<&str> = report
-        .services
-        .iter()
-        .filter(|s| matches!(s.outcome, crate::run::Outcome::Interrupted(_)))
+        .interrupted()
+        .into_iter()
         .map(|s| s.service.as_str())
         .collect();
     let what = if left.is_empty() {

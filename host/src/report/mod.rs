@@ -282,7 +282,7 @@ pub fn annotations(report: &RunReport) -> Vec<String> {
                 "::{level} title=engine: {} {}::{}",
                 escape(&s.service),
                 s.outcome.label(),
-                escape(s.outcome.reason().unwrap_or(""))
+                escape(&s.outcome.reason().unwrap_or_default())
             )
         });
     let warnings = report.services.iter().flat_map(|s| {

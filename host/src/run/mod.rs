@@ -103,7 +103,7 @@ pub enum Outcome {
     /// It failed before or without a rollback.
     Failed(String),
     /// Not attempted, because a dependency did not deploy (or `--fail-fast`).
-    Skipped(String),
+    Skipped(SkipReason),
     /// Paused until a person runs `engine promote` or `engine abort`; says what to approve.
     AwaitingApproval(String),
     /// Stopped at a checkpoint because the run was interrupted; says where. The next run
@@ -128,14 +128,54 @@ impl Outcome {
         }
     }
 
-    pub fn reason(&self) -> Option<&str> {
+    pub fn reason(&self) -> Option<String> {
         match self {
             Outcome::RolledBack(r)
             | Outcome::Failed(r)
-            | Outcome::Skipped(r)
             | Outcome::AwaitingApproval(r)
-            | Outcome::Interrupted(r) => Some(r),
+            | Outcome::Interrupted(r) => Some(r.clone()),
+            Outcome::Skipped(skip) => Some(skip.to_string()),
             _ => None,
+        }
+    }
+
+    /// It went wrong: failed, rolled back, or skipped because something else went wrong. A
+    /// service that waits (for approval, for a dependency's approval, for the next run after an
+    /// interruption) has not failed.
+    pub fn is_failure(&self) -> bool {
+        match self {
+            Outcome::Deployed | Outcome::Unchanged => false,
+            Outcome::AwaitingApproval(_) | Outcome::Interrupted(_) => false,
+            Outcome::Skipped(SkipReason::DependencyAwaitingApproval { .. }) => false,
+            Outcome::RolledBack(_) | Outcome::Failed(_) | Outcome::Skipped(_) => true,
+        }
+    }
+}
+
+/// Why a service was not attempted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    /// A dependency ended with this outcome label (`failed`, `rolled-back`, `skipped`…).
+    Dependency {
+        service: String,
+        outcome: &'static str,
+    },
+    /// A dependency waits for approval: this service follows once it is promoted.
+    DependencyAwaitingApproval { service: String },
+    /// An earlier service failed and `--fail-fast` is set.
+    FailFast,
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::Dependency { service, outcome } => {
+                write!(f, "dependency `{service}` {outcome}")
+            }
+            SkipReason::DependencyAwaitingApproval { service } => {
+                write!(f, "dependency `{service}` is awaiting approval")
+            }
+            SkipReason::FailFast => write!(f, "an earlier service failed and --fail-fast is set"),
         }
     }
 }
@@ -171,21 +211,16 @@ impl RunReport {
 
     /// Some services failed, were rolled back or skipped for a reason other than waiting.
     pub fn failed(&self) -> bool {
-        self.services.iter().any(|s| {
-            !s.outcome.succeeded()
-                && !matches!(
-                    s.outcome,
-                    Outcome::AwaitingApproval(_) | Outcome::Interrupted(_)
-                )
-                && !matches!(&s.outcome, Outcome::Skipped(r) if r.ends_with(WAITING_DEPENDENCY))
-        })
+        self.services.iter().any(|s| s.outcome.is_failure())
     }
 
-    /// Some services stopped because the run was interrupted: the run stays open.
-    pub fn interrupted(&self) -> bool {
+    /// Services stopped because the run was interrupted (the run stays open, and the next one
+    /// resumes them).
+    pub fn interrupted(&self) -> Vec<&ServiceReport> {
         self.services
             .iter()
-            .any(|s| matches!(s.outcome, Outcome::Interrupted(_)))
+            .filter(|s| matches!(s.outcome, Outcome::Interrupted(_)))
+            .collect()
     }
 
     /// Services paused for approval (the run stays open, and resumes after `engine promote`).
@@ -196,9 +231,6 @@ impl RunReport {
             .collect()
     }
 }
-
-/// The end of a skip reason when the dependency is only waiting for approval.
-const WAITING_DEPENDENCY: &str = "is awaiting approval";
 
 /// Something that happened during a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,12 +348,15 @@ pub async fn execute(
             let blocked = deps.iter().find(|d| !d.outcome.succeeded());
             let skip = match (blocked, failed_any && options.fail_fast) {
                 (Some(d), _) if matches!(d.outcome, Outcome::AwaitingApproval(_)) => {
-                    Some(format!("dependency `{}` {WAITING_DEPENDENCY}", d.service))
+                    Some(SkipReason::DependencyAwaitingApproval {
+                        service: d.service.clone(),
+                    })
                 }
-                (Some(d), _) => Some(format!("dependency `{}` {}", d.service, d.outcome.label())),
-                (None, true) => {
-                    Some("an earlier service failed and --fail-fast is set".to_string())
-                }
+                (Some(d), _) => Some(SkipReason::Dependency {
+                    service: d.service.clone(),
+                    outcome: d.outcome.label(),
+                }),
+                (None, true) => Some(SkipReason::FailFast),
                 _ => None,
             };
             if let Some(reason) = skip {
@@ -334,11 +369,7 @@ pub async fn execute(
         }
         match running.next().await {
             Some(report) => {
-                failed_any |= !report.outcome.succeeded()
-                    && !matches!(
-                        report.outcome,
-                        Outcome::AwaitingApproval(_) | Outcome::Interrupted(_)
-                    );
+                failed_any |= report.outcome.is_failure();
                 observer.event(&Event::Finished(report.clone()));
                 reports.insert(report.service.clone(), report);
             }
@@ -371,7 +402,7 @@ pub async fn execute(
     // A run with a rollout waiting for approval stays open: the next `engine run` (or
     // `engine promote`) resumes it. So does an interrupted one.
     if report.awaiting_approval().is_empty()
-        && !report.interrupted()
+        && report.interrupted().is_empty()
         && !executor.state_failed.load(Ordering::Relaxed)
     {
         let outcome = if report.succeeded() {
@@ -407,7 +438,7 @@ fn leftovers(history: &[RevisionRecord], current: &ServiceStatus) -> Vec<String>
         .collect()
 }
 
-fn skipped(service: &Service, reason: String) -> ServiceReport {
+fn skipped(service: &Service, reason: SkipReason) -> ServiceReport {
     ServiceReport {
         outcome: Outcome::Skipped(reason),
         ..not_started(service)
