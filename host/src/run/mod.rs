@@ -1246,6 +1246,34 @@ mod tests {
     }
 
     #[test]
+    fn only_what_went_wrong_is_a_failure_and_waiting_is_not() {
+        let dependency = |outcome| SkipReason::Dependency {
+            service: "db".into(),
+            outcome,
+        };
+        let waiting = SkipReason::DependencyAwaitingApproval {
+            service: "db".into(),
+        };
+        assert_eq!(
+            Outcome::Skipped(waiting.clone()).reason().as_deref(),
+            Some("dependency `db` is awaiting approval")
+        );
+        for (outcome, failure) in [
+            (Outcome::Deployed, false),
+            (Outcome::Unchanged, false),
+            (Outcome::AwaitingApproval("promote".into()), false),
+            (Outcome::Interrupted("stopped".into()), false),
+            (Outcome::Skipped(waiting), false),
+            (Outcome::Skipped(dependency("failed")), true),
+            (Outcome::Skipped(SkipReason::FailFast), true),
+            (Outcome::RolledBack("checks failed".into()), true),
+            (Outcome::Failed("deploy failed".into()), true),
+        ] {
+            assert_eq!(outcome.is_failure(), failure, "{outcome:?}");
+        }
+    }
+
+    #[test]
     fn leftovers_are_the_engines_own_aborted_or_unretired_revisions_without_traffic() {
         let revision = |id: &str| Revision {
             id: id.into(),
