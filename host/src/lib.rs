@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod graph;
 pub mod plugins;
+pub mod port;
 pub mod redact;
 pub mod report;
 pub mod run;

@@ -323,49 +323,6 @@ impl Pipeline {
     }
 }
 
-impl Service {
-    /// The service as the provider contract describes it.
-    pub fn spec(&self) -> crate::runtime::bindings::types::ServiceSpec {
-        use crate::runtime::bindings::types as t;
-        let pairs =
-            |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        t::ServiceSpec {
-            name: self.name.clone(),
-            artifact: match &self.artifact {
-                Artifact::Image(i) => t::Artifact::Image(i.clone()),
-                Artifact::Path(p) => t::Artifact::Path(p.clone()),
-            },
-            args: self.args.clone(),
-            env: pairs(&self.env),
-            secrets: self
-                .secrets
-                .iter()
-                .map(|(name, reference)| t::SecretEnv {
-                    name: name.clone(),
-                    reference: reference.clone(),
-                })
-                .collect(),
-            resources: t::Resources {
-                cpu_millis: self.cpu_millis,
-                memory_mib: self.memory_mib,
-            },
-            scaling: t::Scaling {
-                min_instances: self.min_instances,
-                max_instances: self.max_instances,
-                concurrency: self.concurrency,
-            },
-            port: self.port,
-            ingress: match self.ingress {
-                Ingress::Public => t::Ingress::Public,
-                Ingress::Internal => t::Ingress::Internal,
-                Ingress::None => t::Ingress::None,
-            },
-            labels: pairs(&self.labels),
-            config: self.provider_config.to_string(),
-        }
-    }
-}
-
 /// The directory plugin paths are resolved against.
 pub fn resolve_path(base: &Path, path: &str) -> PathBuf {
     let joined = base.join(path); // an absolute `path` replaces `base`

@@ -149,7 +149,10 @@ pub async fn examine_plugins(pipeline: &Pipeline, runtime: &Runtime) -> PluginCh
         let config_text = u.config.to_string();
         let result = match expected {
             PluginKind::Provider => match plugin.provider() {
-                Ok(p) => p.validate(&service.spec()).await,
+                Ok(p) => {
+                    p.validate(&crate::runtime::port::service_spec(service))
+                        .await
+                }
                 Err(e) => Err(e),
             },
             PluginKind::Strategy => match plugin.strategy() {

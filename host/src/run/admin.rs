@@ -4,18 +4,11 @@
 
 use super::{retry, verify_split};
 use crate::config::Pipeline;
-use crate::runtime::LoadedPlugin;
-use crate::runtime::bindings::types::{ServiceRef, TrafficTarget};
+use crate::port::{Ports, TrafficShare};
+use crate::runtime::{LoadedPlugin, PluginPorts};
 use crate::state::{RevisionRecord, Store, now_ms};
 use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
-
-fn target(service: &crate::config::Service) -> ServiceRef {
-    ServiceRef {
-        name: service.name.clone(),
-        config: service.provider_config.to_string(),
-    }
-}
 
 async fn record(
     store: &Store,
@@ -53,11 +46,10 @@ pub async fn rollback(
     to: Option<&str>,
 ) -> Result<String, String> {
     let service = pipeline.service(service_name)?;
-    let provider = plugins[&service.provider]
-        .provider()
-        .map_err(|e| e.to_string())?;
-    let target = target(service);
-    let current = retry(|| provider.get_traffic(&target)).await?;
+    let ports = PluginPorts::new(plugins);
+    let platform = ports.platform(service).map_err(|e| e.message)?;
+    let platform = platform.as_ref();
+    let current = retry(|| platform.get_traffic()).await?;
     let serving = current
         .iter()
         .max_by_key(|t| t.percent)
@@ -95,12 +87,9 @@ pub async fn rollback(
                 )
             })?,
     };
-    let split = [TrafficTarget {
-        revision: chosen.clone(),
-        percent: 100,
-    }];
-    retry(|| provider.set_traffic(&target, &split)).await?;
-    verify_split(&provider, &target, &split).await?;
+    let split = [TrafficShare::new(&chosen, 100)];
+    retry(|| platform.set_traffic(&split)).await?;
+    verify_split(platform, &split).await?;
     let detail = serving.map(|s| format!("rolled back from {s}"));
     record(
         store,
@@ -138,10 +127,9 @@ pub async fn destroy(
             results.push((service.name.clone(), Ok(())));
             continue;
         }
-        let target = target(service);
-        let result = match plugins[&service.provider].provider() {
-            Ok(provider) => retry(|| provider.destroy(&target)).await,
-            Err(e) => Err(e.to_string()),
+        let result = match PluginPorts::new(plugins).platform(service) {
+            Ok(platform) => retry(|| platform.destroy()).await,
+            Err(e) => Err(e.message),
         };
         if result.is_ok() {
             record(store, pipeline, &service.name, "-", 0, "destroyed", None).await;

@@ -3,8 +3,7 @@
 //! run, traffic changes are idempotent, and a strategy given the same state and observation
 //! decides the same thing again.
 
-use crate::runtime::bindings::strategy::exports::engine::plugin::strategy as wit;
-use crate::runtime::bindings::types::{TrafficTarget, Verdict};
+use crate::port::{CheckOutcome, Observation, TrafficShare, Verdict};
 use serde::{Deserialize, Serialize};
 
 /// Where a service's rollout is.
@@ -94,61 +93,41 @@ pub struct CheckSeen {
     pub message: String,
 }
 
-pub fn split_pairs(split: &[TrafficTarget]) -> Vec<(String, u8)> {
+pub fn split_pairs(split: &[TrafficShare]) -> Vec<(String, u8)> {
     split
         .iter()
         .map(|t| (t.revision.clone(), t.percent))
         .collect()
 }
 
-pub fn split_targets(pairs: &[(String, u8)]) -> Vec<TrafficTarget> {
+pub fn split_targets(pairs: &[(String, u8)]) -> Vec<TrafficShare> {
     pairs
         .iter()
-        .map(|(r, p)| TrafficTarget {
-            revision: r.clone(),
-            percent: *p,
-        })
+        .map(|(revision, percent)| TrafficShare::new(revision, *percent))
         .collect()
 }
 
-pub fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Healthy => "healthy",
-        Verdict::Unhealthy => "unhealthy",
-        Verdict::Inconclusive => "inconclusive",
-    }
-}
-
-fn verdict_of(name: &str) -> Verdict {
-    match name {
-        "healthy" => Verdict::Healthy,
-        "inconclusive" => Verdict::Inconclusive,
-        _ => Verdict::Unhealthy,
-    }
-}
-
 impl Observed {
-    /// The WIT observation handed to the strategy.
-    pub fn to_wit(&self) -> wit::Observation {
+    /// The observation handed to the strategy.
+    pub fn to_observation(&self) -> Observation {
         match self {
-            Observed::Start => wit::Observation::Start,
-            Observed::TrafficSet { split } => wit::Observation::TrafficSet(split_targets(split)),
-            Observed::Waited => wit::Observation::Waited,
-            Observed::Analysed { checks } => wit::Observation::Analysed(
+            Observed::Start => Observation::Start,
+            Observed::TrafficSet { split } => Observation::TrafficSet(split_targets(split)),
+            Observed::Waited => Observation::Waited,
+            Observed::Analysed { checks } => Observation::Analysed(
                 checks
                     .iter()
-                    .map(|c| wit::CheckOutcome {
+                    .map(|c| CheckOutcome {
                         name: c.name.clone(),
-                        verdict: verdict_of(&c.verdict),
+                        verdict: Verdict::parse(&c.verdict),
                         message: c.message.clone(),
-                        measurements: Vec::new(),
                     })
                     .collect(),
             ),
-            Observed::Approved => wit::Observation::Approved,
-            Observed::Rejected { reason } => wit::Observation::Rejected(reason.clone()),
-            Observed::Promoted => wit::Observation::Promoted,
-            Observed::Retired { revision } => wit::Observation::Retired(revision.clone()),
+            Observed::Approved => Observation::Approved,
+            Observed::Rejected { reason } => Observation::Rejected(reason.clone()),
+            Observed::Promoted => Observation::Promoted,
+            Observed::Retired { revision } => Observation::Retired(revision.clone()),
         }
     }
 }
@@ -192,7 +171,7 @@ mod tests {
             "checkpoints written before the newer fields still load"
         );
         assert!(
-            matches!(c.pending.unwrap().to_wit(), wit::Observation::Analysed(v) if v[0].verdict == Verdict::Unhealthy)
+            matches!(c.pending.unwrap().to_observation(), Observation::Analysed(v) if v[0].verdict == Verdict::Unhealthy)
         );
     }
 }

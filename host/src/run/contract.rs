@@ -10,7 +10,7 @@
 //!
 //! A decision that breaks the contract aborts the rollout, with the rule it broke as reason.
 
-use crate::runtime::bindings::strategy::exports::engine::plugin::strategy::Decision;
+use crate::port::Decision;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -115,16 +115,13 @@ impl Contract {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::bindings::types::TrafficTarget;
+    use crate::port::TrafficShare;
 
     fn split(pairs: &[(&str, u8)]) -> Decision {
         Decision::SetTraffic(
             pairs
                 .iter()
-                .map(|(r, p)| TrafficTarget {
-                    revision: r.to_string(),
-                    percent: *p,
-                })
+                .map(|(r, p)| TrafficShare::new(r, *p))
                 .collect(),
         )
     }

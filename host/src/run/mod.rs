@@ -44,18 +44,13 @@ mod hooks;
 pub mod plan;
 
 use crate::config::{Pipeline, Service};
-use crate::runtime::bindings::health::exports::engine::plugin::health::Target;
-use crate::runtime::bindings::strategy::exports::engine::plugin::strategy::{
-    AnalysisRequest, Decision, Rollout,
+use crate::port::{
+    AnalysisRequest, Decision, EndpointKind, PlanAction, Platform, PortError, Ports, Rollout,
+    ServiceState, TrafficShare, Verdict,
 };
-use crate::runtime::bindings::types::{
-    EndpointKind, ServiceRef, ServiceStatus, TrafficTarget, Verdict,
-};
-use crate::runtime::{CallError, LoadedPlugin, PluginError};
+use crate::runtime::{LoadedPlugin, PluginPorts};
 use crate::state::{HistoryEntry, RevisionRecord, StateError, Store, now_ms};
-use checkpoint::{
-    CheckSeen, Checkpoint, Finished, Observed, split_pairs, split_targets, verdict_name,
-};
+use checkpoint::{CheckSeen, Checkpoint, Finished, Observed, split_pairs, split_targets};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -293,6 +288,25 @@ pub async fn execute(
             }
         }
     }
+    execute_with(
+        pipeline,
+        &PluginPorts::new(plugins),
+        store,
+        observer,
+        options,
+    )
+    .await
+}
+
+/// Runs the pipeline through `ports` (plugins, or platforms and strategies of a test's own);
+/// the caller holds the lock.
+pub async fn execute_with(
+    pipeline: &Pipeline,
+    ports: &dyn Ports,
+    store: &Store,
+    observer: &dyn Observer,
+    options: &RunOptions,
+) -> Result<RunReport, RunError> {
     let environment = pipeline
         .environment
         .clone()
@@ -305,7 +319,7 @@ pub async fn execute(
     });
     let executor = Executor {
         pipeline,
-        plugins,
+        ports,
         store,
         observer,
         options,
@@ -417,7 +431,7 @@ pub async fn execute(
 
 /// The revisions on the platform that this engine left behind: it deployed them (they have a
 /// history), their latest record is an abort or a failed retirement, and they take no traffic.
-fn leftovers(history: &[RevisionRecord], current: &ServiceStatus) -> Vec<String> {
+fn leftovers(history: &[RevisionRecord], current: &ServiceState) -> Vec<String> {
     let serving: BTreeSet<&str> = current
         .traffic
         .iter()
@@ -461,7 +475,7 @@ fn not_started(service: &Service) -> ServiceReport {
 
 struct Executor<'a> {
     pipeline: &'a Pipeline,
-    plugins: &'a BTreeMap<String, LoadedPlugin>,
+    ports: &'a dyn Ports,
     store: &'a Store,
     observer: &'a dyn Observer,
     options: &'a RunOptions,
@@ -690,37 +704,29 @@ impl Executor<'_> {
         if let Some(done) = cp.outcome.clone() {
             return Ok((done.into(), cp));
         }
-        let provider_plugin = &self.plugins[&service.provider];
-        let provider = provider_plugin
-            .provider()
+        let platform = self
+            .ports
+            .platform(service)
             .map_err(|e| (e.to_string(), cp.clone()))?;
-        let target = ServiceRef {
-            name: name.into(),
-            config: service.provider_config.to_string(),
-        };
-        let spec = service.spec();
+        let platform = platform.as_ref();
 
         if cp.candidate.is_none() && !cp.deploy_started {
             self.phase(name, "planning", 0);
-            let current = retry(|| provider.read(&target))
+            let current = retry(|| platform.read())
                 .await
                 .map_err(|e| (e, cp.clone()))?;
-            let plan = retry(|| provider.plan(&spec, current.as_ref()))
+            let plan = retry(|| platform.plan(current.as_ref()))
                 .await
                 .map_err(|e| (e, cp.clone()))?;
             cp.new_service = current.is_none();
             if let Some(current) = &current {
                 cp.previous_split = split_pairs(&current.traffic);
-                cp.stable = current
-                    .traffic
-                    .iter()
-                    .max_by_key(|t| t.percent)
-                    .map(|t| t.revision.clone());
-                self.retire_leftovers(name, &provider, &target, current, &mut cp)
+                cp.stable = current.serving().map(String::from);
+                self.retire_leftovers(name, platform, current, &mut cp)
                     .await
                     .map_err(|e| (e, cp.clone()))?;
             }
-            if plan.action == crate::runtime::bindings::types::PlanAction::NoChange {
+            if plan.action == PlanAction::NoChange {
                 cp.traffic = 100;
                 return self.finish(name, cp, Finished::Unchanged).await;
             }
@@ -743,13 +749,13 @@ impl Executor<'_> {
         if cp.candidate.is_none() {
             self.phase(name, "deploying", 0);
             let deployment_id = format!("r{}", self.run_id);
-            let revision = retry(|| provider.deploy(&spec, &deployment_id))
+            let revision = retry(|| platform.deploy(&deployment_id))
                 .await
                 .map_err(|e| (e, cp.clone()))?;
-            cp.candidate = Some(revision.id.clone());
+            cp.candidate = Some(revision.clone());
             cp.pending = Some(Observed::Start);
             cp.window_start_ms = Some(now_ms() as u64);
-            let deployed = self.history_row(&revision.id, 0, "deployed", None);
+            let deployed = self.history_row(&revision, 0, "deployed", None);
             self.save_recording(name, &cp, Some(deployed))
                 .await
                 .map_err(|e| (e, cp.clone()))?;
@@ -758,15 +764,15 @@ impl Executor<'_> {
             .candidate
             .clone()
             .expect("deployed above or before the checkpoint");
-        let strategy_plugin = &self.plugins[&service.strategy];
-        let strategy = strategy_plugin
-            .strategy()
+        let strategy = self
+            .ports
+            .strategy(service)
             .map_err(|e| (e.to_string(), cp.clone()))?;
         let rollout = Rollout {
             service: name.into(),
             stable: cp.stable.clone(),
             candidate: candidate.clone(),
-            features: provider_plugin.info().features.clone(),
+            features: platform.features(),
             config: service.strategy_config.to_string(),
         };
         let mut contract = contract::Contract::new(&candidate, cp.stable.as_deref(), cp.traffic)
@@ -779,7 +785,7 @@ impl Executor<'_> {
             // What an earlier run or a person left for this one.
             if let Some(reason) = cp.abort_requested.clone() {
                 let reason = format!("aborted by `engine abort`: {reason}");
-                return self.abort(service, &provider, &target, cp, reason).await;
+                return self.abort(service, platform, cp, reason).await;
             }
             if let Some(what) = cp.awaiting_approval.clone() {
                 return Ok((Outcome::AwaitingApproval(what), cp));
@@ -805,7 +811,7 @@ impl Executor<'_> {
                 .step(
                     &rollout,
                     cp.strategy_state.as_deref(),
-                    &observation.to_wit(),
+                    &observation.to_observation(),
                     now_ms() as u64,
                 )
                 .await
@@ -813,7 +819,7 @@ impl Executor<'_> {
                 Ok(step) => step,
                 Err(e) => {
                     let reason = format!("strategy failed: {e}");
-                    return self.abort(service, &provider, &target, cp, reason).await;
+                    return self.abort(service, platform, cp, reason).await;
                 }
             };
             if let Err(broken) = contract.check(&step.decision) {
@@ -821,27 +827,25 @@ impl Executor<'_> {
                     "strategy `{}` broke its contract: {broken}",
                     service.strategy
                 );
-                return self.abort(service, &provider, &target, cp, reason).await;
+                return self.abort(service, platform, cp, reason).await;
             }
             self.phase(name, &step.phase, cp.traffic);
             cp.strategy_state = Some(step.state);
             cp.strategy_steps = contract.steps();
             let next = match step.decision {
-                Decision::SetTraffic(split) => {
-                    match self.set_traffic(&provider, &target, &split).await {
-                        Ok(()) => {
-                            cp.window_start_ms = Some(now_ms() as u64);
-                            cp.traffic = split
-                                .iter()
-                                .find(|t| t.revision == candidate)
-                                .map_or(0, |t| t.percent);
-                            Some(Observed::TrafficSet {
-                                split: split_pairs(&split),
-                            })
-                        }
-                        Err(e) => return self.abort(service, &provider, &target, cp, e).await,
+                Decision::SetTraffic(split) => match self.set_traffic(platform, &split).await {
+                    Ok(()) => {
+                        cp.window_start_ms = Some(now_ms() as u64);
+                        cp.traffic = split
+                            .iter()
+                            .find(|t| t.revision == candidate)
+                            .map_or(0, |t| t.percent);
+                        Some(Observed::TrafficSet {
+                            split: split_pairs(&split),
+                        })
                     }
-                }
+                    Err(e) => return self.abort(service, platform, cp, e).await,
+                },
                 // Waits and approvals are stored first and carried out at the top of the loop,
                 // where a resumed run picks them up too.
                 Decision::Wait(ms) => {
@@ -859,8 +863,7 @@ impl Executor<'_> {
                     let checks = self
                         .analyse(
                             service,
-                            &provider,
-                            &target,
+                            platform,
                             &request,
                             cp.window_start_ms.unwrap_or(now_ms() as u64),
                             tally,
@@ -869,12 +872,9 @@ impl Executor<'_> {
                     Some(Observed::Analysed { checks })
                 }
                 Decision::Promote => {
-                    let split = [TrafficTarget {
-                        revision: candidate.clone(),
-                        percent: 100,
-                    }];
-                    if let Err(e) = self.set_traffic(&provider, &target, &split).await {
-                        return self.abort(service, &provider, &target, cp, e).await;
+                    let split = [TrafficShare::new(&candidate, 100)];
+                    if let Err(e) = self.set_traffic(platform, &split).await {
+                        return self.abort(service, platform, cp, e).await;
                     }
                     cp.traffic = 100;
                     cp.window_start_ms = Some(now_ms() as u64);
@@ -882,7 +882,7 @@ impl Executor<'_> {
                     Some(Observed::Promoted)
                 }
                 Decision::Retire(revision) => {
-                    match retry(|| provider.retire(&target, &revision)).await {
+                    match retry(|| platform.retire(&revision)).await {
                         Ok(()) => recorded = Some(self.history_row(&revision, 0, "retired", None)),
                         // Promoted, the release has passed its gates: an old revision that
                         // will not go is left for later, never a reason to roll back.
@@ -893,12 +893,12 @@ impl Executor<'_> {
                             recorded =
                                 Some(self.history_row(&revision, 0, "retire-failed", Some(e)));
                         }
-                        Err(e) => return self.abort(service, &provider, &target, cp, e).await,
+                        Err(e) => return self.abort(service, platform, cp, e).await,
                     }
                     Some(Observed::Retired { revision })
                 }
                 Decision::Abort(reason) => {
-                    return self.abort(service, &provider, &target, cp, reason).await;
+                    return self.abort(service, platform, cp, reason).await;
                 }
                 Decision::Done => {
                     // A failing post hook does not undo a promotion that already took the
@@ -907,7 +907,7 @@ impl Executor<'_> {
                     let url = if service.post_hooks.is_empty() {
                         None
                     } else {
-                        retry(|| provider.endpoints(&target, None))
+                        retry(|| platform.endpoints(None))
                             .await
                             .ok()
                             .and_then(|endpoints| {
@@ -946,9 +946,8 @@ impl Executor<'_> {
     async fn retire_leftovers(
         &self,
         service: &str,
-        provider: &crate::runtime::Provider<'_>,
-        target: &ServiceRef,
-        current: &ServiceStatus,
+        platform: &dyn Platform,
+        current: &ServiceState,
         cp: &mut Checkpoint,
     ) -> Result<(), String> {
         let history = self
@@ -962,7 +961,7 @@ impl Executor<'_> {
                 &format!("retiring {revision}, left by an earlier run"),
                 0,
             );
-            match retry(|| provider.retire(target, &revision)).await {
+            match retry(|| platform.retire(&revision)).await {
                 Ok(()) => {
                     let row = RevisionRecord {
                         detail: Some("left by an earlier run".into()),
@@ -990,56 +989,30 @@ impl Executor<'_> {
     /// Applies a split and reads it back from the platform.
     async fn set_traffic(
         &self,
-        provider: &crate::runtime::Provider<'_>,
-        target: &ServiceRef,
-        split: &[TrafficTarget],
+        platform: &dyn Platform,
+        split: &[TrafficShare],
     ) -> Result<(), String> {
-        retry(|| provider.set_traffic(target, split)).await?;
-        verify_split(provider, target, split).await
+        retry(|| platform.set_traffic(split)).await?;
+        verify_split(platform, split).await
     }
 
-    /// Runs the requested health checks against one revision.
+    /// Runs the requested health checks against one revision, and reports each.
     async fn analyse(
         &self,
         service: &Service,
-        provider: &crate::runtime::Provider<'_>,
-        target: &ServiceRef,
+        platform: &dyn Platform,
         request: &AnalysisRequest,
         since_ms: u64,
         tally: &mut Tally,
     ) -> Vec<CheckSeen> {
-        let (revision, wanted) = (request.revision.as_str(), &request.checks);
-        let endpoints = match retry(|| provider.endpoints(target, Some(revision))).await {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!("endpoints of `{}` unavailable: {e}", service.name);
-                Vec::new()
-            }
-        };
+        let runs = platform
+            .analyse(&request.revision, &request.checks, since_ms)
+            .await;
         let mut seen = Vec::new();
-        for check in service
-            .checks
-            .iter()
-            .filter(|c| wanted.is_empty() || wanted.contains(&c.name))
-        {
-            let health = self.plugins[&check.plugin].health();
-            let result = match health {
-                Ok(h) => {
-                    let t = Target {
-                        service: service.name.clone(),
-                        revision: Some(revision.into()),
-                        endpoints: endpoints.clone(),
-                        since_ms,
-                    };
-                    h.check(&check.config.to_string(), &t)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-                Err(e) => Err(e.to_string()),
-            };
+        for run in runs {
             // A check that cannot run counts against the revision: better a needless rollback
             // than an unchecked release.
-            let (verdict, message) = match result {
+            let (verdict, message) = match run.result {
                 Ok(r) => (r.verdict, r.message),
                 Err(e) => (Verdict::Unhealthy, format!("the check could not run: {e}")),
             };
@@ -1049,13 +1022,13 @@ impl Executor<'_> {
             }
             self.observer.event(&Event::Check {
                 service: service.name.clone(),
-                check: check.name.clone(),
-                verdict: verdict_name(verdict).into(),
+                check: run.check.clone(),
+                verdict: verdict.name().into(),
                 message: message.clone(),
             });
             seen.push(CheckSeen {
-                name: check.name.clone(),
-                verdict: verdict_name(verdict).into(),
+                name: run.check,
+                verdict: verdict.name().into(),
                 message,
             });
         }
@@ -1067,8 +1040,7 @@ impl Executor<'_> {
     async fn abort(
         &self,
         service: &Service,
-        provider: &crate::runtime::Provider<'_>,
-        target: &ServiceRef,
+        platform: &dyn Platform,
         mut cp: Checkpoint,
         reason: String,
     ) -> RolloutResult {
@@ -1080,7 +1052,7 @@ impl Executor<'_> {
         if let Some(candidate) = cp.candidate.clone() {
             if cp.new_service {
                 // Nothing served before this run: going back means removing what it created.
-                match retry(|| provider.destroy(target)).await {
+                match retry(|| platform.destroy()).await {
                     Ok(()) => {
                         cp.traffic = 0;
                         notes.push(format!(
@@ -1092,13 +1064,13 @@ impl Executor<'_> {
             } else {
                 if !cp.previous_split.is_empty()
                     && let Err(e) = self
-                        .set_traffic(provider, target, &split_targets(&cp.previous_split))
+                        .set_traffic(platform, &split_targets(&cp.previous_split))
                         .await
                 {
                     problems.push(format!("restoring the previous traffic failed: {e}"));
                 }
                 if problems.is_empty() {
-                    match retry(|| provider.retire(target, &candidate)).await {
+                    match retry(|| platform.retire(&candidate)).await {
                         Ok(()) => cp.traffic = 0,
                         Err(e) => problems.push(format!("retiring {candidate} failed: {e}")),
                     }
@@ -1172,12 +1144,11 @@ impl From<Finished> for Outcome {
 /// Reads the split back from the platform and compares it with what was set (like Argo's
 /// VerifyWeight): a platform that silently ignored a change must not pass for a healthy step.
 pub(crate) async fn verify_split(
-    provider: &crate::runtime::Provider<'_>,
-    target: &ServiceRef,
-    split: &[TrafficTarget],
+    platform: &dyn Platform,
+    split: &[TrafficShare],
 ) -> Result<(), String> {
-    let applied = retry(|| provider.get_traffic(target)).await?;
-    let normalise = |s: &[TrafficTarget]| -> BTreeMap<String, u8> {
+    let applied = retry(|| platform.get_traffic()).await?;
+    let normalise = |s: &[TrafficShare]| -> BTreeMap<String, u8> {
         s.iter()
             .filter(|t| t.percent > 0)
             .map(|t| (t.revision.clone(), t.percent))
@@ -1193,46 +1164,19 @@ pub(crate) async fn verify_split(
     Ok(())
 }
 
-/// Calls a provider again on the errors that ask for it: `rate-limited` after its retry-after,
-/// `transient` with exponential backoff, `conflict` once; never on anything else.
-pub(crate) async fn retry<T, F, Fut>(mut call: F) -> Result<T, String>
+/// [`crate::port::retry`], with the error as the text the executor reports.
+pub(crate) async fn retry<T, F, Fut>(call: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, CallError>>,
+    Fut: std::future::Future<Output = Result<T, PortError>>,
 {
-    const ATTEMPTS: u32 = 5;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let error = match call().await {
-            Ok(v) => return Ok(v),
-            Err(e) => e,
-        };
-        let wait = match error.plugin_error() {
-            _ if attempt >= ATTEMPTS => None,
-            Some(PluginError::RateLimited { retry_after, .. }) => Some(
-                retry_after
-                    .unwrap_or(Duration::from_secs(1))
-                    .min(Duration::from_secs(60)),
-            ),
-            Some(PluginError::Transient(_)) => Some(Duration::from_millis(100 << attempt.min(6))),
-            Some(PluginError::Conflict(_)) if attempt == 1 => Some(Duration::from_millis(100)),
-            _ => None,
-        };
-        match wait {
-            Some(d) => {
-                tracing::info!("retrying in {d:?} after: {error}");
-                tokio::time::sleep(d).await;
-            }
-            None => return Err(error.to_string()),
-        }
-    }
+    crate::port::retry(call).await.map_err(|e| e.message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::bindings::types::Revision;
+    use crate::port::RevisionInfo;
 
     fn row(revision: &str, outcome: &str) -> RevisionRecord {
         RevisionRecord {
@@ -1275,21 +1219,18 @@ mod tests {
 
     #[test]
     fn leftovers_are_the_engines_own_aborted_or_unretired_revisions_without_traffic() {
-        let revision = |id: &str| Revision {
+        let revision = |id: &str| RevisionInfo {
             id: id.into(),
             artifact: None,
             created_at_ms: None,
             ready: true,
             message: None,
         };
-        let current = ServiceStatus {
+        let current = ServiceState {
             revisions: ["api-r5", "api-r4", "api-r3", "api-r2", "api-r1", "manual"]
                 .map(revision)
                 .to_vec(),
-            traffic: vec![TrafficTarget {
-                revision: "api-r4".into(),
-                percent: 100,
-            }],
+            traffic: vec![TrafficShare::new("api-r4", 100)],
             url: None,
             deployed: "{}".into(),
         };
@@ -1306,11 +1247,8 @@ mod tests {
         ];
         assert_eq!(leftovers(&history, &current), ["api-r5", "api-r3"]);
         // Serving, even if its latest record is an abort: never retired.
-        let serving = ServiceStatus {
-            traffic: vec![TrafficTarget {
-                revision: "api-r5".into(),
-                percent: 100,
-            }],
+        let serving = ServiceState {
+            traffic: vec![TrafficShare::new("api-r5", 100)],
             ..current
         };
         assert_eq!(leftovers(&history, &serving), ["api-r3"]);

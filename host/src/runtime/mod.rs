@@ -30,6 +30,7 @@ pub mod google;
 pub mod grants;
 pub mod inspect;
 pub mod plugin;
+pub mod port;
 pub mod secrets;
 pub mod store;
 pub mod tcp;
@@ -39,6 +40,7 @@ pub use error::{CallError, LoadError, PluginError};
 pub use events::{Denial, EventSink, MemorySink, PluginEvent, TracingSink};
 pub use inspect::{PluginKind, WIT_PACKAGE, WIT_VERSION};
 pub use plugin::{Health, LoadedPlugin, Provider, ProviderSession, Strategy};
+pub use port::PluginPorts;
 
 use crate::plugins::PluginSource;
 use cache::{CacheOutcome, CompileCache, sha256_hex};
