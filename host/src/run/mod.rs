@@ -43,6 +43,11 @@ pub mod contract;
 mod hooks;
 pub mod plan;
 
+#[cfg(test)]
+mod executor_tests;
+#[cfg(test)]
+mod memory;
+
 use crate::config::{Pipeline, Service};
 use crate::port::{
     AnalysisRequest, Decision, EndpointKind, PlanAction, Platform, PortError, Ports, Rollout,
@@ -359,21 +364,7 @@ pub async fn execute_with(
                 continue;
             }
             started.insert(service.name.clone());
-            let blocked = deps.iter().find(|d| !d.outcome.succeeded());
-            let skip = match (blocked, failed_any && options.fail_fast) {
-                (Some(d), _) if matches!(d.outcome, Outcome::AwaitingApproval(_)) => {
-                    Some(SkipReason::DependencyAwaitingApproval {
-                        service: d.service.clone(),
-                    })
-                }
-                (Some(d), _) => Some(SkipReason::Dependency {
-                    service: d.service.clone(),
-                    outcome: d.outcome.label(),
-                }),
-                (None, true) => Some(SkipReason::FailFast),
-                _ => None,
-            };
-            if let Some(reason) = skip {
+            if let Some(reason) = skip_reason(&deps, failed_any && options.fail_fast) {
                 let report = skipped(service, reason);
                 observer.event(&Event::Finished(report.clone()));
                 reports.insert(service.name.clone(), report);
@@ -450,6 +441,30 @@ fn leftovers(history: &[RevisionRecord], current: &ServiceState) -> Vec<String> 
         })
         .map(String::from)
         .collect()
+}
+
+/// Why a service whose dependencies ended as `deps` must not start, if it must not. A
+/// dependency that went wrong decides before one that waits for approval (directly, or
+/// through its own dependencies): that one is waiting, not a failure.
+fn skip_reason(deps: &[&ServiceReport], fail_fast_tripped: bool) -> Option<SkipReason> {
+    let went_wrong = deps.iter().find(|d| d.outcome.is_failure());
+    let waiting = deps.iter().find_map(|d| match &d.outcome {
+        Outcome::AwaitingApproval(_) => Some(d.service.clone()),
+        Outcome::Skipped(SkipReason::DependencyAwaitingApproval { service }) => {
+            Some(service.clone())
+        }
+        _ => None,
+    });
+    let not_done = deps.iter().find(|d| !d.outcome.succeeded());
+    match (went_wrong, waiting, not_done) {
+        (Some(d), _, _) | (None, None, Some(d)) => Some(SkipReason::Dependency {
+            service: d.service.clone(),
+            outcome: d.outcome.label(),
+        }),
+        (None, Some(service), _) => Some(SkipReason::DependencyAwaitingApproval { service }),
+        (None, None, None) if fail_fast_tripped => Some(SkipReason::FailFast),
+        (None, None, None) => None,
+    }
 }
 
 fn skipped(service: &Service, reason: SkipReason) -> ServiceReport {

@@ -1,0 +1,431 @@
+//! The executor driven through its port by the in-memory platform and strategy
+//! ([`super::memory`]): each phase transition, abort path and resume point, with a real SQLite
+//! state and no Wasm.
+
+use super::memory::Cloud;
+use super::*;
+use crate::port::ErrorKind;
+use std::sync::Mutex;
+
+/// `db` (no checks) and `api` (one check) depending on it; `strategy_config` is api's.
+fn pipeline_text(api_strategy: &str) -> String {
+    format!(
+        r#"
+name = "shop"
+
+[defaults]
+provider = "local"
+strategy = "canary"
+
+[services.db]
+image = "db:1"
+
+[services.api]
+image = "api:1"
+depends_on = ["db"]
+strategy_config = {{ {api_strategy} }}
+
+[[services.api.checks]]
+plugin = "http"
+"#
+    )
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: Store,
+    cloud: Cloud,
+    events: Mutex<Vec<Event>>,
+}
+
+impl Observer for Fixture {
+    fn event(&self, event: &Event) {
+        self.events.lock().unwrap().push(event.clone());
+    }
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+        Fixture {
+            dir,
+            store,
+            cloud: Cloud::default(),
+            events: Mutex::default(),
+        }
+    }
+
+    /// The pipeline with api's strategy configured by `api_strategy` (TOML inline-table
+    /// fields) and api's image `api_image`.
+    fn pipeline(&self, api_strategy: &str, api_image: &str) -> Pipeline {
+        let text = pipeline_text(api_strategy).replace("api:1", api_image);
+        crate::config::parse("pipeline.toml", &text, self.dir.path(), None).unwrap()
+    }
+
+    async fn run_with(&self, pipeline: &Pipeline, options: &RunOptions) -> RunReport {
+        execute_with(pipeline, &self.cloud, &self.store, self, options)
+            .await
+            .unwrap()
+    }
+
+    async fn run(&self, pipeline: &Pipeline) -> RunReport {
+        self.run_with(pipeline, &RunOptions::default()).await
+    }
+
+    /// A service's history as `(revision, outcome)`, oldest first.
+    async fn history(&self, service: &str) -> Vec<(String, String)> {
+        let rows = self.store.history("shop", "default", service).await;
+        let mut rows: Vec<_> = rows
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.revision, r.outcome))
+            .collect();
+        rows.reverse();
+        rows
+    }
+
+    async fn open_run(&self) -> Option<i64> {
+        self.store.open_run("shop", "default").await.unwrap()
+    }
+}
+
+fn outcome<'r>(report: &'r RunReport, service: &str) -> &'r Outcome {
+    &report
+        .services
+        .iter()
+        .find(|s| s.service == service)
+        .unwrap()
+        .outcome
+}
+
+fn pairs(list: &[(&str, u8)]) -> Option<Vec<(String, u8)>> {
+    Some(list.iter().map(|(r, p)| (r.to_string(), *p)).collect())
+}
+
+fn rows(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(r, o)| (r.to_string(), o.to_string()))
+        .collect()
+}
+
+/// A fixture whose first run deployed everything (api-r1 and db-r1 serve).
+async fn deployed_once() -> Fixture {
+    let f = Fixture::new().await;
+    let report = f.run(&f.pipeline("", "api:1")).await;
+    assert!(report.succeeded(), "{report:?}");
+    f
+}
+
+#[tokio::test]
+async fn a_new_service_is_deployed_promoted_and_recorded() {
+    let f = Fixture::new().await;
+    let report = f.run(&f.pipeline("", "api:1")).await;
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(f.cloud.traffic("api"), pairs(&[("api-r1", 100)]));
+    assert_eq!(
+        f.history("api").await,
+        rows(&[("api-r1", "deployed"), ("api-r1", "promoted")])
+    );
+    // db comes first: api depends on it.
+    let calls = f.cloud.calls();
+    let position = |call: &str| calls.iter().position(|c| c == call).unwrap();
+    assert!(
+        position("deploy db r1") < position("deploy api r1"),
+        "{calls:?}"
+    );
+    assert_eq!(f.open_run().await, None, "a finished run is closed");
+}
+
+#[tokio::test]
+async fn an_update_goes_through_the_canary_and_retires_the_old_revision() {
+    let f = deployed_once().await;
+    let report = f.run(&f.pipeline("", "api:2")).await;
+    assert_eq!(outcome(&report, "api"), &Outcome::Deployed);
+    assert_eq!(outcome(&report, "db"), &Outcome::Unchanged);
+    assert_eq!(f.cloud.revisions("api"), ["api-r2"]);
+    assert!(f.cloud.count("set-traffic api api-r2=10,api-r1=90") == 1);
+    assert_eq!(
+        f.history("api").await[2..],
+        rows(&[
+            ("api-r2", "deployed"),
+            ("api-r2", "promoted"),
+            ("api-r1", "retired")
+        ])
+    );
+    let api = &report.services[1];
+    assert_eq!(
+        (api.checks_passed, api.checks_run, api.traffic),
+        (1, 1, 100)
+    );
+}
+
+#[tokio::test]
+async fn an_unhealthy_candidate_is_rolled_back_and_its_dependents_skipped() {
+    let f = Fixture::new().await;
+    let text = pipeline_text("").replace(
+        "[[services.api.checks]]",
+        "[services.web]\nimage = \"web:1\"\ndepends_on = [\"api\"]\n\n[[services.api.checks]]",
+    );
+    let first = crate::config::parse("pipeline.toml", &text, f.dir.path(), None).unwrap();
+    assert!(f.run(&first).await.succeeded());
+    f.cloud.make_unhealthy("api-r2");
+    let second = crate::config::parse(
+        "pipeline.toml",
+        &text.replace("api:1", "api:2").replace("web:1", "web:2"),
+        f.dir.path(),
+        None,
+    )
+    .unwrap();
+    let report = f.run(&second).await;
+    assert!(
+        matches!(outcome(&report, "api"), Outcome::RolledBack(r) if r.contains("api-r2 is unhealthy")),
+        "{report:?}"
+    );
+    assert_eq!(
+        outcome(&report, "web"),
+        &Outcome::Skipped(SkipReason::Dependency {
+            service: "api".into(),
+            outcome: "rolled-back",
+        })
+    );
+    assert_eq!(f.cloud.traffic("api"), pairs(&[("api-r1", 100)]));
+    assert_eq!(
+        f.cloud.revisions("api"),
+        ["api-r1"],
+        "the candidate is retired"
+    );
+    assert_eq!(f.history("api").await.last().unwrap().1, "aborted");
+    assert_eq!(
+        f.cloud.count("deploy web"),
+        1,
+        "web was not attempted again"
+    );
+    assert!(report.failed());
+}
+
+#[tokio::test]
+async fn a_new_service_that_fails_its_gate_is_removed() {
+    let f = Fixture::new().await;
+    f.cloud.make_unhealthy("api-r1");
+    let report = f.run(&f.pipeline("", "api:1")).await;
+    assert!(
+        matches!(outcome(&report, "api"), Outcome::RolledBack(r) if r.contains("did not exist before this run")),
+        "{report:?}"
+    );
+    assert_eq!(f.cloud.traffic("api"), None);
+    assert_eq!(f.cloud.traffic("db"), pairs(&[("db-r1", 100)]));
+}
+
+#[tokio::test]
+async fn transient_and_rate_limited_errors_are_retried_and_others_are_not() {
+    let f = Fixture::new().await;
+    f.cloud.fail("deploy api", ErrorKind::Transient, 2);
+    f.cloud.fail(
+        "read db",
+        ErrorKind::RateLimited {
+            retry_after: Some(Duration::from_millis(10)),
+        },
+        1,
+    );
+    let report = f.run(&f.pipeline("", "api:1")).await;
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(f.cloud.count("deploy api"), 3);
+    assert_eq!(f.cloud.count("read db"), 2);
+
+    let f = Fixture::new().await;
+    f.cloud.fail("deploy api", ErrorKind::Permanent, 1);
+    let report = f.run(&f.pipeline("", "api:1")).await;
+    assert!(
+        matches!(outcome(&report, "api"), Outcome::Failed(r) if r.contains("as the test asked")),
+        "{report:?}"
+    );
+    assert_eq!(f.cloud.count("deploy api"), 1);
+}
+
+#[tokio::test]
+async fn traffic_that_cannot_be_moved_aborts_and_restores_the_previous_split() {
+    let f = deployed_once().await;
+    f.cloud
+        .fail("set-traffic api api-r2=10", ErrorKind::Permanent, 1);
+    let report = f.run(&f.pipeline("", "api:2")).await;
+    assert!(
+        matches!(outcome(&report, "api"), Outcome::RolledBack(_)),
+        "{report:?}"
+    );
+    assert_eq!(f.cloud.traffic("api"), pairs(&[("api-r1", 100)]));
+    assert_eq!(f.cloud.revisions("api"), ["api-r1"]);
+}
+
+#[tokio::test]
+async fn a_candidate_left_behind_by_a_failed_abort_is_retired_by_the_next_run() {
+    let f = deployed_once().await;
+    f.cloud.make_unhealthy("api-r2");
+    // The abort cannot retire the candidate: it stays, without traffic.
+    f.cloud.fail("retire api-r2", ErrorKind::Permanent, 1);
+    let report = f.run(&f.pipeline("", "api:2")).await;
+    assert!(
+        matches!(outcome(&report, "api"), Outcome::Failed(r) if r.contains("retiring api-r2 failed")),
+        "{report:?}"
+    );
+    assert_eq!(f.cloud.revisions("api"), ["api-r1", "api-r2"]);
+    let report = f.run(&f.pipeline("", "api:3")).await;
+    assert_eq!(outcome(&report, "api"), &Outcome::Deployed, "{report:?}");
+    assert_eq!(f.cloud.revisions("api"), ["api-r3"]);
+    assert!(
+        f.history("api")
+            .await
+            .contains(&("api-r2".into(), "retired".into()))
+    );
+}
+
+#[tokio::test]
+async fn an_old_revision_that_will_not_retire_after_promotion_is_a_warning() {
+    let f = deployed_once().await;
+    f.cloud.fail("retire api-r1", ErrorKind::Permanent, 1);
+    let report = f.run(&f.pipeline("", "api:2")).await;
+    let api = &report.services[1];
+    assert_eq!(api.outcome, Outcome::Deployed, "{report:?}");
+    assert!(
+        api.warnings[0].contains("retiring api-r1 failed"),
+        "{api:?}"
+    );
+    assert_eq!(f.history("api").await.last().unwrap().1, "retire-failed");
+}
+
+#[tokio::test]
+async fn a_rollout_awaits_approval_and_a_later_run_promotes_or_aborts_it() {
+    for (approval, expected) in [
+        (admin::Approval::Approve, "api-r2"),
+        (admin::Approval::Reject("not today".into()), "api-r1"),
+    ] {
+        let f = deployed_once().await;
+        let pipeline = f.pipeline("approval = true", "api:2");
+        let report = f.run(&pipeline).await;
+        assert!(
+            matches!(outcome(&report, "api"), Outcome::AwaitingApproval(w) if w == "promote api-r2"),
+            "{report:?}"
+        );
+        assert!(!report.failed());
+        assert!(f.open_run().await.is_some(), "the run stays open");
+        admin::decide(&f.store, &pipeline, "api", &approval)
+            .await
+            .unwrap();
+        let report = f.run(&pipeline).await;
+        assert!(report.resumed);
+        assert_eq!(
+            f.cloud.count("deploy api r2"),
+            1,
+            "resumed, not deployed again"
+        );
+        assert_eq!(f.cloud.traffic("api"), pairs(&[(expected, 100)]));
+        assert_eq!(f.open_run().await, None);
+    }
+}
+
+#[tokio::test]
+async fn fail_fast_stops_new_work_but_not_for_a_service_waiting_on_approval() {
+    let f = Fixture::new().await;
+    // api waits for approval, web on api, worker on web, and cache on nothing: a skip because
+    // a dependency (however indirect) awaits approval is no failure, so --fail-fast does not
+    // stop cache.
+    let text = pipeline_text("approval = true").replace(
+        "[[services.api.checks]]",
+        "[services.web]\nimage = \"web:1\"\ndepends_on = [\"api\"]\n\n[services.worker]\nimage = \"worker:1\"\ndepends_on = [\"web\", \"db\"]\n\n[services.cache]\nimage = \"cache:1\"\n\n[[services.api.checks]]",
+    );
+    let pipeline = crate::config::parse("pipeline.toml", &text, f.dir.path(), None).unwrap();
+    let options = RunOptions {
+        fail_fast: true,
+        concurrency: 1,
+        ..RunOptions::default()
+    };
+    let report = f.run_with(&pipeline, &options).await;
+    assert!(matches!(
+        outcome(&report, "api"),
+        Outcome::AwaitingApproval(_)
+    ));
+    for waiting in ["web", "worker"] {
+        assert_eq!(
+            outcome(&report, waiting),
+            &Outcome::Skipped(SkipReason::DependencyAwaitingApproval {
+                service: "api".into()
+            }),
+            "{waiting}"
+        );
+    }
+    assert_eq!(outcome(&report, "cache"), &Outcome::Deployed);
+    assert!(!report.failed(), "{report:?}");
+
+    // A failure, though, stops what has not started.
+    let f = Fixture::new().await;
+    f.cloud.fail("deploy db", ErrorKind::Permanent, 1);
+    let text = pipeline_text("").replace(
+        "[[services.api.checks]]",
+        "[services.cache]\nimage = \"cache:1\"\n\n[[services.api.checks]]",
+    );
+    let pipeline = crate::config::parse("pipeline.toml", &text, f.dir.path(), None).unwrap();
+    let report = f.run_with(&pipeline, &options).await;
+    assert!(matches!(outcome(&report, "db"), Outcome::Failed(_)));
+    assert_eq!(
+        outcome(&report, "cache"),
+        &Outcome::Skipped(SkipReason::FailFast)
+    );
+}
+
+#[tokio::test]
+async fn a_strategy_that_breaks_its_contract_is_aborted() {
+    let f = deployed_once().await;
+    let report = f.run(&f.pipeline("breaks_contract = true", "api:2")).await;
+    assert!(
+        matches!(outcome(&report, "api"), Outcome::RolledBack(r) if r.contains("broke its contract")),
+        "{report:?}"
+    );
+    assert_eq!(f.cloud.count("set-traffic api elsewhere"), 0);
+    assert_eq!(f.cloud.traffic("api"), pairs(&[("api-r1", 100)]));
+}
+
+#[tokio::test]
+async fn an_interrupted_run_stops_at_a_checkpoint_and_the_next_resumes_it() {
+    // Interrupted at each resume point: during the deploy, during the wait, at the promotion.
+    for at in [
+        "deploy api",
+        "get-traffic api",
+        "set-traffic api api-r2=100",
+    ] {
+        let f = deployed_once().await;
+        let pipeline = f.pipeline("wait_ms = 200", "api:2");
+        let interrupt = CancellationToken::new();
+        f.cloud.interrupt_on(at, interrupt.clone());
+        let options = RunOptions {
+            interrupt,
+            ..RunOptions::default()
+        };
+        let report = f.run_with(&pipeline, &options).await;
+        assert!(
+            matches!(outcome(&report, "api"), Outcome::Interrupted(r) if r.contains("stopped at a checkpoint")),
+            "{at}: {report:?}"
+        );
+        assert!(!report.failed());
+        assert!(f.open_run().await.is_some(), "{at}: the run stays open");
+        let report = f.run(&pipeline).await;
+        assert!(report.resumed && report.succeeded(), "{at}: {report:?}");
+        assert_eq!(f.cloud.count("deploy api r2"), 1, "{at}: deployed once");
+        assert_eq!(f.cloud.revisions("api"), ["api-r2"], "{at}");
+        let history = f.history("api").await;
+        let promoted = history.iter().filter(|(_, o)| o == "promoted").count();
+        assert_eq!(
+            promoted, 2,
+            "{at}: api-r1 and api-r2, once each: {history:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_run_interrupted_before_it_starts_starts_nothing() {
+    let f = Fixture::new().await;
+    let options = RunOptions::default();
+    options.interrupt.cancel();
+    let report = f.run_with(&f.pipeline("", "api:1"), &options).await;
+    assert_eq!(report.interrupted().len(), 2, "{report:?}");
+    assert!(f.cloud.calls().is_empty());
+}
