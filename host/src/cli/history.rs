@@ -86,7 +86,7 @@ async fn read_status(
             let cp = crate::run::load_checkpoint(store, run.id, &service.name)
                 .await
                 .map_err(CommandError::failure)?;
-            if let Some(what) = cp.awaiting_approval {
+            if let crate::run::checkpoint::Phase::AwaitingApproval { what } = cp.phase {
                 waiting.push((service.name.clone(), what));
             }
         }

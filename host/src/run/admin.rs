@@ -2,6 +2,7 @@
 //! revision, destroying the pipeline's services in reverse dependency order, and recording a
 //! person's approval or rejection of a rollout.
 
+use super::checkpoint::{Observed, Phase};
 use super::{retry, verify_split};
 use crate::config::Pipeline;
 use crate::port::{Ports, TrafficShare};
@@ -175,25 +176,28 @@ pub async fn decide(
             )
         })?;
     let mut cp = super::load_checkpoint(store, run, service).await?;
-    if let Some(done) = &cp.outcome {
+    if let Some(done) = cp.finished() {
         let outcome: super::Outcome = done.clone().into();
         return Err(format!(
             "`{service}` already finished in run {run} ({}); to return to an earlier revision use `engine rollback {service}`",
             outcome.label()
         ));
     }
-    let what = match (approval, cp.awaiting_approval.take()) {
-        (Approval::Approve, Some(what)) => {
-            cp.pending = Some(super::checkpoint::Observed::Approved);
+    let what = match (approval, cp.phase.clone()) {
+        (Approval::Approve, Phase::AwaitingApproval { what }) => {
+            cp.phase = Phase::Driving {
+                pending: Observed::Approved,
+            };
             what
         }
-        (Approval::Reject(reason), Some(what)) => {
-            cp.pending = Some(super::checkpoint::Observed::Rejected {
+        (Approval::Reject(reason), Phase::AwaitingApproval { what }) => {
+            let pending = Observed::Rejected {
                 reason: reason.clone(),
-            });
+            };
+            cp.phase = Phase::Driving { pending };
             what
         }
-        (Approval::Approve, None) => {
+        (Approval::Approve, _) => {
             return Err(match &cp.candidate {
                 Some(c) => format!(
                     "`{service}` is not waiting for approval: its rollout of {c} is in progress at {}% (run {run}); `engine run` resumes it",
@@ -204,10 +208,12 @@ pub async fn decide(
                 ),
             });
         }
-        (Approval::Reject(reason), None) => match &cp.candidate {
+        (Approval::Reject(reason), _) => match &cp.candidate {
             Some(c) => {
-                cp.abort_requested = Some(reason.clone());
-                format!("rollout of {c} at {}%", cp.traffic)
+                let what = format!("rollout of {c} at {}%", cp.traffic);
+                let reason = format!("aborted by `engine abort`: {reason}");
+                cp.phase = Phase::Aborting { reason };
+                what
             }
             None => {
                 return Err(format!(

@@ -6,9 +6,16 @@
 use crate::port::{CheckOutcome, Observation, TrafficShare, Verdict};
 use serde::{Deserialize, Serialize};
 
-/// Where a service's rollout is.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The checkpoint format written by this release. Version 1 had no `version` field and kept
+/// the phase as a set of flags; it still loads ([`Checkpoint::parse`]).
+pub const CHECKPOINT_VERSION: u32 = 2;
+
+/// Where a service's rollout is: its phase, and what the rollout has learnt so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    pub version: u32,
+    #[serde(flatten)]
+    pub phase: Phase,
     /// The revision this run deployed, once deployed.
     pub candidate: Option<String>,
     /// The revision serving traffic before the run.
@@ -19,46 +26,157 @@ pub struct Checkpoint {
     pub strategy_state: Option<String>,
     /// The decisions the strategy has taken in this rollout, across resumes (the contract
     /// bounds them).
-    #[serde(default)]
     pub strategy_steps: u32,
-    /// The observation the strategy has not been told yet.
-    pub pending: Option<Observed>,
     /// The candidate's share of traffic.
     pub traffic: u8,
-    /// Set when the service is finished in this run.
-    pub outcome: Option<Finished>,
-    /// The end of a wait the strategy asked for (ms since the epoch), so a resumed run waits
-    /// only for what is left of it.
-    #[serde(default)]
-    pub wait_until_ms: Option<u64>,
-    /// What a person is asked to approve (`engine promote` / `engine abort`), while the rollout
-    /// waits for it.
-    #[serde(default)]
-    pub awaiting_approval: Option<String>,
-    /// Set by `engine abort` on a rollout that was not waiting for approval: the next run rolls
-    /// it back instead of going on.
-    #[serde(default)]
-    pub abort_requested: Option<String>,
-    /// The service's pre hooks ran and succeeded in this run.
-    #[serde(default)]
-    pub pre_hooks_done: bool,
     /// The service did not exist before this run, so aborting removes it.
-    #[serde(default)]
     pub new_service: bool,
     /// When the current traffic split was applied (ms since the epoch): health checks that
     /// read metrics look at the window since then.
-    #[serde(default)]
     pub window_start_ms: Option<u64>,
-    /// Set (and stored) just before the provider's `deploy`: a run that stopped between that
-    /// call and storing its result calls `deploy` again with the same deployment id (providers
-    /// make it idempotent) instead of reading and planning again, which would see its own new
-    /// revision as the one serving.
-    #[serde(default)]
-    pub deploy_started: bool,
     /// What went wrong after the candidate was promoted without undoing it (an old revision
     /// that would not retire): reported as warnings with the deployed outcome.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+impl Default for Checkpoint {
+    fn default() -> Checkpoint {
+        Checkpoint {
+            version: CHECKPOINT_VERSION,
+            phase: Phase::Planning,
+            candidate: None,
+            stable: None,
+            previous_split: Vec::new(),
+            strategy_state: None,
+            strategy_steps: 0,
+            traffic: 0,
+            new_service: false,
+            window_start_ms: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// The phases of a rollout, in order; every change of phase is stored. A run stopped in a
+/// phase resumes at its start, so each phase's work is safe to repeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "kebab-case")]
+pub enum Phase {
+    /// Nothing changed yet: read and plan the service, retire what earlier runs left, run the
+    /// pre hooks.
+    Planning,
+    /// The pre hooks passed: deploy the candidate. A run stopped between the provider's
+    /// `deploy` and storing its result calls it again with the same deployment id (providers
+    /// make it idempotent) instead of planning again, which would see its own new revision
+    /// as the one serving.
+    Deploying,
+    /// The candidate is deployed: tell the strategy `pending` and carry out its decision.
+    Driving { pending: Observed },
+    /// Waiting, as the strategy asked, until this time (ms since the epoch), so a resumed run
+    /// waits only for what is left of it.
+    WaitingUntil { wait_until_ms: u64 },
+    /// Paused until a person runs `engine promote` or `engine abort`; says what to approve.
+    AwaitingApproval { what: String },
+    /// Rolling back, with this reason (a failed step, or `engine abort`).
+    Aborting { reason: String },
+    /// Done in this run: a resumed run reports it without doing it again.
+    Finished { outcome: Finished },
+}
+
+impl Checkpoint {
+    /// A stored checkpoint, of this version or an earlier one.
+    pub fn parse(text: &str) -> Result<Checkpoint, String> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        match value.get("version").and_then(|v| v.as_u64()) {
+            None => serde_json::from_value::<CheckpointV1>(value)
+                .map(Checkpoint::from)
+                .map_err(|e| e.to_string()),
+            Some(v) if v == u64::from(CHECKPOINT_VERSION) => {
+                serde_json::from_value(value).map_err(|e| e.to_string())
+            }
+            Some(v) => Err(format!(
+                "it is of version {v}, written by a newer engine (this one reads up to {CHECKPOINT_VERSION}); finish the run with the engine that started it"
+            )),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("checkpoints serialise")
+    }
+
+    /// The finished outcome, once finished.
+    pub fn finished(&self) -> Option<&Finished> {
+        match &self.phase {
+            Phase::Finished { outcome } => Some(outcome),
+            _ => None,
+        }
+    }
+}
+
+/// The checkpoint of releases before phases: flags instead of a phase.
+#[derive(Deserialize)]
+struct CheckpointV1 {
+    candidate: Option<String>,
+    stable: Option<String>,
+    previous_split: Vec<(String, u8)>,
+    strategy_state: Option<String>,
+    #[serde(default)]
+    strategy_steps: u32,
+    pending: Option<Observed>,
+    traffic: u8,
+    outcome: Option<Finished>,
+    #[serde(default)]
+    wait_until_ms: Option<u64>,
+    #[serde(default)]
+    awaiting_approval: Option<String>,
+    #[serde(default)]
+    abort_requested: Option<String>,
+    #[serde(default)]
+    new_service: bool,
+    #[serde(default)]
+    window_start_ms: Option<u64>,
+    #[serde(default)]
+    deploy_started: bool,
+    #[serde(default)]
+    warnings: Vec<String>,
+}
+
+impl From<CheckpointV1> for Checkpoint {
+    fn from(v1: CheckpointV1) -> Checkpoint {
+        let phase = if let Some(outcome) = v1.outcome {
+            Phase::Finished { outcome }
+        } else if v1.candidate.is_none() && v1.deploy_started {
+            Phase::Deploying
+        } else if v1.candidate.is_none() {
+            Phase::Planning
+        } else if let Some(reason) = v1.abort_requested {
+            Phase::Aborting {
+                reason: format!("aborted by `engine abort`: {reason}"),
+            }
+        } else if let Some(what) = v1.awaiting_approval {
+            Phase::AwaitingApproval { what }
+        } else if let Some(wait_until_ms) = v1.wait_until_ms {
+            Phase::WaitingUntil { wait_until_ms }
+        } else {
+            Phase::Driving {
+                pending: v1.pending.unwrap_or(Observed::Start),
+            }
+        };
+        Checkpoint {
+            version: CHECKPOINT_VERSION,
+            phase,
+            candidate: v1.candidate,
+            stable: v1.stable,
+            previous_split: v1.previous_split,
+            strategy_state: v1.strategy_state,
+            strategy_steps: v1.strategy_steps,
+            traffic: v1.traffic,
+            new_service: v1.new_service,
+            window_start_ms: v1.window_start_ms,
+            warnings: v1.warnings,
+        }
+    }
 }
 
 /// A finished service, as stored.
@@ -136,42 +254,126 @@ impl Observed {
 mod tests {
     use super::*;
 
-    #[test]
-    fn checkpoints_round_trip_through_json() {
-        let c = Checkpoint {
+    fn example() -> Checkpoint {
+        Checkpoint {
+            version: CHECKPOINT_VERSION,
+            phase: Phase::Driving {
+                pending: Observed::Analysed {
+                    checks: vec![CheckSeen {
+                        name: "http".into(),
+                        verdict: "unhealthy".into(),
+                        message: "500s".into(),
+                    }],
+                },
+            },
             candidate: Some("api-r3".into()),
             stable: Some("api-r2".into()),
             previous_split: vec![("api-r2".into(), 100)],
             strategy_state: Some("\"analysing\"".into()),
             strategy_steps: 7,
-            pending: Some(Observed::Analysed {
-                checks: vec![CheckSeen {
-                    name: "http".into(),
-                    verdict: "unhealthy".into(),
-                    message: "500s".into(),
-                }],
-            }),
-            traffic: 100,
-            outcome: Some(Finished::RolledBack("checks failed".into())),
-            wait_until_ms: Some(1_700_000_000_000),
-            awaiting_approval: Some("promote api-r3 to 100%".into()),
-            abort_requested: None,
-            pre_hooks_done: true,
+            traffic: 10,
             new_service: false,
             window_start_ms: Some(1_700_000_000_000),
-            deploy_started: true,
             warnings: vec!["retiring api-r1 failed".into()],
+        }
+    }
+
+    #[test]
+    fn every_phase_round_trips_through_json() {
+        for phase in [
+            Phase::Planning,
+            Phase::Deploying,
+            example().phase,
+            Phase::WaitingUntil {
+                wait_until_ms: 1_700_000_000_000,
+            },
+            Phase::AwaitingApproval {
+                what: "promote api-r3".into(),
+            },
+            Phase::Aborting {
+                reason: "checks failed".into(),
+            },
+            Phase::Finished {
+                outcome: Finished::RolledBack("checks failed".into()),
+            },
+        ] {
+            let c = Checkpoint { phase, ..example() };
+            assert_eq!(Checkpoint::parse(&c.to_json()).unwrap(), c);
+        }
+        let Phase::Driving { pending } = example().phase else {
+            unreachable!()
         };
-        let text = serde_json::to_string(&c).unwrap();
-        assert_eq!(serde_json::from_str::<Checkpoint>(&text).unwrap(), c);
-        let old = r#"{"candidate":null,"stable":null,"previous_split":[],"strategy_state":null,"pending":null,"traffic":0,"outcome":null}"#;
-        assert_eq!(
-            serde_json::from_str::<Checkpoint>(old).unwrap(),
-            Checkpoint::default(),
-            "checkpoints written before the newer fields still load"
-        );
         assert!(
-            matches!(c.pending.unwrap().to_observation(), Observation::Analysed(v) if v[0].verdict == Verdict::Unhealthy)
+            matches!(pending.to_observation(), Observation::Analysed(v) if v[0].verdict == Verdict::Unhealthy)
         );
+    }
+
+    /// Version 1 checkpoints, as the release before phases wrote them, load into the phase
+    /// their flags meant.
+    #[test]
+    fn version_1_checkpoints_still_load() {
+        let v1 = |fields: &str| {
+            format!(
+                r#"{{"candidate":"api-r3","stable":"api-r2","previous_split":[["api-r2",100]],"strategy_state":"s","strategy_steps":4,"traffic":10,"new_service":false,"window_start_ms":5{fields}}}"#
+            )
+        };
+        let phase = |fields: &str| Checkpoint::parse(&v1(fields)).unwrap().phase;
+        assert_eq!(
+            phase(r#","pending":{"kind":"waited"},"outcome":null"#),
+            Phase::Driving {
+                pending: Observed::Waited
+            }
+        );
+        assert_eq!(
+            phase(r#","pending":null,"outcome":null,"wait_until_ms":9"#),
+            Phase::WaitingUntil { wait_until_ms: 9 }
+        );
+        assert_eq!(
+            phase(r#","pending":null,"outcome":null,"awaiting_approval":"promote""#),
+            Phase::AwaitingApproval {
+                what: "promote".into()
+            }
+        );
+        assert_eq!(
+            phase(r#","pending":null,"outcome":null,"abort_requested":"bad""#),
+            Phase::Aborting {
+                reason: "aborted by `engine abort`: bad".into()
+            }
+        );
+        assert_eq!(
+            phase(r#","pending":null,"outcome":{"kind":"deployed"}"#),
+            Phase::Finished {
+                outcome: Finished::Deployed
+            }
+        );
+        let loaded = Checkpoint::parse(&v1(r#","pending":null,"outcome":null"#)).unwrap();
+        assert_eq!(
+            (
+                loaded.strategy_steps,
+                loaded.traffic,
+                loaded.window_start_ms
+            ),
+            (4, 10, Some(5))
+        );
+        let not_deployed = r#"{"candidate":null,"stable":null,"previous_split":[],"strategy_state":null,"pending":null,"traffic":0,"outcome":null"#;
+        assert_eq!(
+            Checkpoint::parse(&format!("{not_deployed}}}")).unwrap(),
+            Checkpoint::default()
+        );
+        assert_eq!(
+            Checkpoint::parse(&format!(r#"{not_deployed},"deploy_started":true}}"#))
+                .unwrap()
+                .phase,
+            Phase::Deploying
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_from_a_newer_engine_is_refused_with_what_to_do() {
+        let newer = example()
+            .to_json()
+            .replace(r#""version":2"#, r#""version":3"#);
+        let error = Checkpoint::parse(&newer).unwrap_err();
+        assert!(error.contains("written by a newer engine"), "{error}");
     }
 }
