@@ -429,3 +429,25 @@ async fn a_run_interrupted_before_it_starts_starts_nothing() {
     assert_eq!(report.interrupted().len(), 2, "{report:?}");
     assert!(f.cloud.calls().is_empty());
 }
+
+#[tokio::test]
+async fn a_rollback_decided_before_an_interruption_is_carried_out() {
+    let f = deployed_once().await;
+    let interrupt = CancellationToken::new();
+    // The signal arrives during the call whose failure aborts the rollout.
+    f.cloud
+        .interrupt_on("set-traffic api api-r2=10", interrupt.clone());
+    f.cloud
+        .fail("set-traffic api api-r2=10", ErrorKind::Permanent, 1);
+    let options = RunOptions {
+        interrupt,
+        ..RunOptions::default()
+    };
+    let report = f.run_with(&f.pipeline("", "api:2"), &options).await;
+    assert!(
+        matches!(outcome(&report, "api"), Outcome::RolledBack(_)),
+        "{report:?}"
+    );
+    assert_eq!(f.cloud.traffic("api"), pairs(&[("api-r1", 100)]));
+    assert_eq!(f.cloud.revisions("api"), ["api-r1"]);
+}

@@ -105,13 +105,15 @@ impl Executor<'_> {
         loop {
             let pass = match cp.phase.clone() {
                 Phase::Finished { outcome } => return Ok(outcome.into()),
+                // A rollback decided is carried out even when interrupted: an unhealthy
+                // candidate must not keep its traffic until the next run.
+                Phase::Aborting { reason } => self.abort(service, platform, cp, reason).await,
                 // Every pass starts at a saved checkpoint: the place to stop when interrupted.
                 _ if self.is_interrupted() => return Ok(self.interrupted(cp)),
                 Phase::AwaitingApproval { what } => return Ok(Outcome::AwaitingApproval(what)),
                 Phase::Planning => self.planning(service, platform, cp).await?,
                 Phase::Deploying => self.deploying(service, platform, cp).await?,
                 Phase::WaitingUntil { wait_until_ms } => self.wait(cp, wait_until_ms).await,
-                Phase::Aborting { reason } => self.abort(service, platform, cp, reason).await,
                 Phase::Driving { pending } => {
                     let contract = contract.get_or_insert_with(|| contract_of(cp));
                     self.drive(service, platform, cp, pending, contract, tally)
