@@ -59,8 +59,11 @@ impl Fixture {
     /// The pipeline with api's strategy configured by `api_strategy` (TOML inline-table
     /// fields) and api's image `api_image`.
     fn pipeline(&self, api_strategy: &str, api_image: &str) -> Pipeline {
-        let text = pipeline_text(api_strategy).replace("api:1", api_image);
-        crate::config::parse("pipeline.toml", &text, self.dir.path(), None).unwrap()
+        self.parse(&pipeline_text(api_strategy).replace("api:1", api_image))
+    }
+
+    fn parse(&self, text: &str) -> Pipeline {
+        crate::config::parse("pipeline.toml", text, self.dir.path(), None).unwrap()
     }
 
     async fn run_with(&self, pipeline: &Pipeline, options: &RunOptions) -> RunReport {
@@ -167,16 +170,10 @@ async fn an_unhealthy_candidate_is_rolled_back_and_its_dependents_skipped() {
         "[[services.api.checks]]",
         "[services.web]\nimage = \"web:1\"\ndepends_on = [\"api\"]\n\n[[services.api.checks]]",
     );
-    let first = crate::config::parse("pipeline.toml", &text, f.dir.path(), None).unwrap();
+    let first = f.parse(&text);
     assert!(f.run(&first).await.succeeded());
     f.cloud.make_unhealthy("api-r2");
-    let second = crate::config::parse(
-        "pipeline.toml",
-        &text.replace("api:1", "api:2").replace("web:1", "web:2"),
-        f.dir.path(),
-        None,
-    )
-    .unwrap();
+    let second = f.parse(&text.replace("api:1", "api:2").replace("web:1", "web:2"));
     let report = f.run(&second).await;
     assert!(
         matches!(outcome(&report, "api"), Outcome::RolledBack(r) if r.contains("api-r2 is unhealthy")),
@@ -333,7 +330,7 @@ async fn fail_fast_stops_new_work_but_not_for_a_service_waiting_on_approval() {
         "[[services.api.checks]]",
         "[services.web]\nimage = \"web:1\"\ndepends_on = [\"api\"]\n\n[services.worker]\nimage = \"worker:1\"\ndepends_on = [\"web\", \"db\"]\n\n[services.cache]\nimage = \"cache:1\"\n\n[[services.api.checks]]",
     );
-    let pipeline = crate::config::parse("pipeline.toml", &text, f.dir.path(), None).unwrap();
+    let pipeline = f.parse(&text);
     let options = RunOptions {
         fail_fast: true,
         concurrency: 1,
@@ -363,7 +360,7 @@ async fn fail_fast_stops_new_work_but_not_for_a_service_waiting_on_approval() {
         "[[services.api.checks]]",
         "[services.cache]\nimage = \"cache:1\"\n\n[[services.api.checks]]",
     );
-    let pipeline = crate::config::parse("pipeline.toml", &text, f.dir.path(), None).unwrap();
+    let pipeline = f.parse(&text);
     let report = f.run_with(&pipeline, &options).await;
     assert!(matches!(outcome(&report, "db"), Outcome::Failed(_)));
     assert_eq!(
