@@ -286,6 +286,15 @@ pub fn parse_with(
     Ok(pipeline)
 }
 
+impl Check {
+    /// The checks of `all` that an analysis asking for `wanted` runs: those named, or all of
+    /// them when it names none.
+    pub fn selected<'a>(all: &'a [Check], wanted: &'a [String]) -> impl Iterator<Item = &'a Check> {
+        all.iter()
+            .filter(move |c| wanted.is_empty() || wanted.contains(&c.name))
+    }
+}
+
 impl Pipeline {
     /// The directory of the pipeline file: hooks run there, and relative paths start there.
     pub fn directory(&self) -> &Path {

@@ -284,10 +284,7 @@ impl Platform for MemoryPlatform<'_> {
 
     async fn analyse(&self, revision: &str, checks: &[String], _since_ms: u64) -> Vec<CheckRun> {
         let unhealthy = self.cloud.unhealthy.lock().unwrap().contains(revision);
-        self.service
-            .checks
-            .iter()
-            .filter(|c| checks.is_empty() || checks.contains(&c.name))
+        crate::config::Check::selected(&self.service.checks, checks)
             .map(|c| CheckRun {
                 check: c.name.clone(),
                 result: Ok(CheckReport {

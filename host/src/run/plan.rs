@@ -128,12 +128,10 @@ async fn simulate(
                 Observation::Waited
             }
             Decision::Analyse(request) => {
-                let checks: Vec<&str> = service
-                    .checks
-                    .iter()
-                    .filter(|c| request.checks.is_empty() || request.checks.contains(&c.name))
-                    .map(|c| c.name.as_str())
-                    .collect();
+                let checks: Vec<&str> =
+                    crate::config::Check::selected(&service.checks, &request.checks)
+                        .map(|c| c.name.as_str())
+                        .collect();
                 timeline.push(if checks.is_empty() {
                     format!("analyse {} (no checks configured)", request.revision)
                 } else {

@@ -129,11 +129,7 @@ impl Platform for PluginPlatform<'_> {
             since_ms,
         };
         let mut runs = Vec::new();
-        for check in self
-            .checks
-            .iter()
-            .filter(|c| checks.is_empty() || checks.contains(&c.name))
-        {
+        for check in crate::config::Check::selected(self.checks, checks) {
             runs.push(CheckRun {
                 check: check.name.clone(),
                 result: self.check(check, &target).await,
