@@ -60,7 +60,8 @@ impl Live {
 
     pub fn event(&self, event: &Event) {
         match event {
-            Event::Started { .. } => {}
+            // The phase event that comes with a decision already says what happens.
+            Event::Started { .. } | Event::Decided { .. } => {}
             Event::Phase {
                 service,
                 phase,

@@ -181,6 +181,8 @@ impl Observer for Printer {
                     format!("{service}: check {check} {verdict}: {message}"),
                 )
             }
+            // The phase event that comes with a decision already names the step.
+            Event::Decided { .. } => {}
             Event::Finished(r) => {
                 let mut json = serde_json::json!({
                     "type": "service-finished", "service": r.service, "revision": r.revision, "traffic": r.traffic,

@@ -448,3 +448,136 @@ async fn a_rollback_decided_before_an_interruption_is_carried_out() {
     assert_eq!(f.cloud.traffic("api"), pairs(&[("api-r1", 100)]));
     assert_eq!(f.cloud.revisions("api"), ["api-r1"]);
 }
+
+// `engine plan`: the same executor, over a simulation of the platform.
+
+impl Fixture {
+    /// The plans of `pipeline`, by service.
+    async fn plan(&self, pipeline: &Pipeline) -> BTreeMap<String, plan::ServicePlan> {
+        plan::simulate(pipeline, &self.cloud)
+            .await
+            .into_iter()
+            .map(|p| (p.service.clone(), p))
+            .collect()
+    }
+
+    /// Calls that change the cloud.
+    fn changes(&self) -> Vec<String> {
+        let reads = ["read ", "plan ", "get-traffic ", "endpoints "];
+        let calls = self.cloud.calls();
+        calls
+            .into_iter()
+            .filter(|c| !reads.iter().any(|r| c.starts_with(r)))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_plan_follows_the_strategy_in_dependency_order_and_changes_nothing() {
+    let f = Fixture::new().await;
+    let plans = f.plan(&f.pipeline("", "api:1")).await;
+    let names: Vec<&str> = plans.keys().map(String::as_str).collect();
+    assert_eq!(names, ["api", "db"]);
+    let db = &plans["db"];
+    assert_eq!(db.action.as_deref(), Some("create"));
+    assert_eq!(
+        db.timeline,
+        [
+            "analyse db-planned (no checks configured)",
+            "promote db-planned",
+            "done"
+        ]
+    );
+    assert_eq!(
+        plans["api"].timeline,
+        ["analyse api-planned: http", "promote api-planned", "done"]
+    );
+    assert!(f.changes().is_empty(), "{:?}", f.cloud.calls());
+    // Nothing was recorded either: the run was simulated in a store of its own.
+    assert_eq!(f.open_run().await, None);
+    assert!(f.history("api").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_plan_of_an_update_jumps_waits_gives_approvals_and_lists_hooks() {
+    let f = deployed_once().await;
+    let before = f.cloud.calls().len();
+    let text = pipeline_text("approval = true, wait_ms = 600000")
+        .replace("api:1", "api:2")
+        .replace(
+            "depends_on = [\"db\"]",
+            "depends_on = [\"db\"]\nhooks = { pre = [\"touch pre-ran\"], post = [\"touch post-ran\"] }",
+        );
+    let plans = f.plan(&f.parse(&text)).await;
+    assert_eq!(plans["db"].action.as_deref(), Some("no-change"));
+    assert!(plans["db"].timeline.is_empty());
+    let api = &plans["api"];
+    assert_eq!(api.action.as_deref(), Some("update"));
+    assert_eq!(api.error, None);
+    assert_eq!(
+        api.timeline,
+        [
+            "run pre hook (not run in a plan): touch pre-ran",
+            "set traffic: api-planned 10%, api-r1 90%",
+            "wait 10m",
+            "analyse api-planned: http",
+            "await approval: promote api-planned",
+            "promote api-planned",
+            "retire api-r1",
+            "run post hook (not run in a plan): touch post-ran",
+            "done",
+        ]
+    );
+    assert!(!f.dir.path().join("pre-ran").exists());
+    assert!(!f.dir.path().join("post-ran").exists());
+    let calls = f.cloud.calls();
+    assert!(
+        calls[before..]
+            .iter()
+            .all(|c| c.starts_with("read ") || c.starts_with("plan ")),
+        "{calls:?}"
+    );
+    assert_eq!(f.cloud.traffic("api"), pairs(&[("api-r1", 100)]));
+}
+
+#[tokio::test]
+async fn a_plan_reports_what_a_run_would_refuse() {
+    let f = deployed_once().await;
+    let plans = f.plan(&f.pipeline("breaks_contract = true", "api:2")).await;
+    let error = plans["api"].error.as_deref().unwrap_or_default();
+    assert!(
+        error.starts_with("a run would roll back: strategy `canary` broke its contract"),
+        "{error}"
+    );
+
+    let plans = f.plan(&f.pipeline("never_finishes = true", "api:2")).await;
+    let api = &plans["api"];
+    let error = api.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("the strategy did not finish within 1000 simulated steps"),
+        "{error}"
+    );
+    assert_eq!(api.timeline.len(), 1000);
+
+    // A service that cannot be read cannot be planned, nor can what depends on it.
+    f.cloud.fail("read db", ErrorKind::Permanent, 1);
+    let plans = f.plan(&f.pipeline("", "api:2")).await;
+    assert_eq!(plans["db"].action, None);
+    assert!(
+        plans["db"]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("read db failed"),
+        "{plans:?}"
+    );
+    assert_eq!(
+        plans["api"].error.as_deref(),
+        Some("not planned, because dependency `db` failed")
+    );
+    assert!(
+        f.changes().iter().all(|c| !c.contains("r2")),
+        "{:?}",
+        f.cloud.calls()
+    );
+}

@@ -9,8 +9,27 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+/// When a service's hooks run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookStage {
+    /// Before the new revision is deployed.
+    Pre,
+    /// After it was promoted.
+    Post,
+}
+
+impl HookStage {
+    pub fn label(self) -> &'static str {
+        match self {
+            HookStage::Pre => "pre",
+            HookStage::Post => "post",
+        }
+    }
+}
+
 /// What a hook is told about the rollout, as environment variables.
 pub struct HookContext<'a> {
+    pub stage: HookStage,
     pub pipeline: &'a str,
     pub environment: &'a str,
     pub service: &'a str,
@@ -38,6 +57,7 @@ pub async fn run(
         .arg("-c")
         .arg(command)
         .current_dir(directory)
+        .env("ENGINE_HOOK_STAGE", context.stage.label())
         .env("ENGINE_PIPELINE", context.pipeline)
         .env("ENGINE_ENVIRONMENT", context.environment)
         .env("ENGINE_SERVICE", context.service)
@@ -90,6 +110,7 @@ mod tests {
 
     fn context() -> HookContext<'static> {
         HookContext {
+            stage: HookStage::Pre,
             pipeline: "shop",
             environment: "staging",
             service: "api",
@@ -104,7 +125,7 @@ mod tests {
     async fn a_hook_sees_the_rollout_and_runs_in_the_pipeline_directory() {
         let dir = tempfile::tempdir().unwrap();
         run(
-            "echo \"$ENGINE_PIPELINE $ENGINE_ENVIRONMENT $ENGINE_SERVICE $ENGINE_RUN_ID $ENGINE_STABLE_REVISION\" > seen",
+            "echo \"$ENGINE_HOOK_STAGE $ENGINE_PIPELINE $ENGINE_ENVIRONMENT $ENGINE_SERVICE $ENGINE_RUN_ID $ENGINE_STABLE_REVISION\" > seen",
             dir.path(),
             &context(),
             Duration::from_secs(30),
@@ -112,7 +133,7 @@ mod tests {
         .await
         .unwrap();
         let seen = std::fs::read_to_string(dir.path().join("seen")).unwrap();
-        assert_eq!(seen.trim(), "shop staging api 7 api-r6");
+        assert_eq!(seen.trim(), "pre shop staging api 7 api-r6");
     }
 
     #[tokio::test]

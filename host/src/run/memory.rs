@@ -128,10 +128,12 @@ impl Ports for Cloud {
         let approval = service.strategy_config["approval"].as_bool() == Some(true);
         let breaks_contract = service.strategy_config["breaks_contract"].as_bool() == Some(true);
         let wait_ms = service.strategy_config["wait_ms"].as_u64();
+        let never_finishes = service.strategy_config["never_finishes"].as_bool() == Some(true);
         Ok(Box::new(ScriptedCanary {
             approval,
             breaks_contract,
             wait_ms,
+            never_finishes,
         }))
     }
 }
@@ -307,6 +309,8 @@ struct ScriptedCanary {
     breaks_contract: bool,
     /// A wait between the canary step and the analysis.
     wait_ms: Option<u64>,
+    /// Analyses the candidate again and again.
+    never_finishes: bool,
 }
 
 #[async_trait::async_trait]
@@ -332,6 +336,13 @@ impl Strategy for ScriptedCanary {
                 Decision::SetTraffic(vec![TrafficShare::new("elsewhere", 100)]),
             ),
             (None, _) if rollout.stable.is_some() => ("canary", Decision::SetTraffic(split(10))),
+            (Some("analyse"), _) if self.never_finishes => (
+                "analyse",
+                Decision::Analyse(crate::port::AnalysisRequest {
+                    revision: candidate.into(),
+                    checks: Vec::new(),
+                }),
+            ),
             (Some("canary"), _) if let Some(ms) = self.wait_ms => ("wait", Decision::Wait(ms)),
             (None, _) | (Some("canary" | "wait"), _) => (
                 "analyse",

@@ -43,6 +43,7 @@ pub mod contract;
 mod hooks;
 pub mod plan;
 mod rollout;
+mod world;
 
 #[cfg(test)]
 mod executor_tests;
@@ -61,6 +62,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use world::{RealWorld, World};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -253,6 +255,12 @@ pub enum Event {
         verdict: String,
         message: String,
     },
+    /// The strategy decided the next step of a service's rollout (checked against the
+    /// contract); the executor carries it out next.
+    Decided {
+        service: String,
+        decision: crate::port::Decision,
+    },
     /// A service finished.
     Finished(ServiceReport),
 }
@@ -312,6 +320,18 @@ pub async fn execute_with(
     observer: &dyn Observer,
     options: &RunOptions,
 ) -> Result<RunReport, RunError> {
+    execute_in(pipeline, ports, store, observer, options, &RealWorld).await
+}
+
+/// Runs the pipeline in `world`: the real one, or the simulation of `engine plan`.
+pub(crate) async fn execute_in(
+    pipeline: &Pipeline,
+    ports: &dyn Ports,
+    store: &Store,
+    observer: &dyn Observer,
+    options: &RunOptions,
+    world: &dyn World,
+) -> Result<RunReport, RunError> {
     let environment = pipeline
         .environment
         .clone()
@@ -328,73 +348,12 @@ pub async fn execute_with(
         store,
         observer,
         options,
+        world,
         run_id,
         environment,
         state_failed: AtomicBool::new(false),
     };
-
-    let mut reports: BTreeMap<String, ServiceReport> = BTreeMap::new();
-    let mut started = BTreeSet::new();
-    let mut running = FuturesUnordered::new();
-    let mut failed_any = false;
-    loop {
-        let settled_before = reports.len() + running.len();
-        if options.interrupt.is_cancelled() {
-            for service in pipeline
-                .services
-                .iter()
-                .filter(|s| started.insert(s.name.clone()))
-            {
-                let report = not_started(service);
-                observer.event(&Event::Finished(report.clone()));
-                reports.insert(service.name.clone(), report);
-            }
-        }
-        // Start every service whose dependencies are settled, up to the concurrency limit.
-        for service in &pipeline.services {
-            if started.contains(&service.name) || running.len() >= options.concurrency.max(1) {
-                continue;
-            }
-            let deps: Vec<&ServiceReport> = service
-                .depends_on
-                .iter()
-                .filter_map(|d| reports.get(d))
-                .collect();
-            if deps.len() < service.depends_on.len() {
-                continue;
-            }
-            started.insert(service.name.clone());
-            if let Some(reason) = skip_reason(&deps, failed_any && options.fail_fast) {
-                let report = skipped(service, reason);
-                observer.event(&Event::Finished(report.clone()));
-                reports.insert(service.name.clone(), report);
-                continue;
-            }
-            running.push(executor.service(service));
-        }
-        match running.next().await {
-            Some(report) => {
-                failed_any |= report.outcome.is_failure();
-                observer.event(&Event::Finished(report.clone()));
-                reports.insert(report.service.clone(), report);
-            }
-            None if reports.len() == pipeline.services.len() => break,
-            // Skips settled more services: look again.
-            None if reports.len() > settled_before => continue,
-            // Nothing runs and nothing can start: only a dependency cycle or an unknown
-            // dependency does that, and validation rejects both, so this is a bug to report.
-            None => {
-                let waiting: Vec<&str> = pipeline
-                    .services
-                    .iter()
-                    .filter(|s| !reports.contains_key(&s.name))
-                    .map(|s| s.name.as_str())
-                    .collect();
-                return Err(RunError::Stuck(waiting.join(", ")));
-            }
-        }
-    }
-    drop(running);
+    let mut reports = roll_out_all(&executor).await?;
     let report = RunReport {
         run_id,
         resumed,
@@ -415,9 +374,115 @@ pub async fn execute_with(
         } else {
             "failed"
         };
-        executor.store.finish_run(run_id, outcome).await?;
+        store.finish_run(run_id, outcome).await?;
     }
     Ok(report)
+}
+
+/// Rolls out every service once its dependencies have settled, a few at a time, and returns
+/// how each ended.
+async fn roll_out_all(
+    executor: &Executor<'_>,
+) -> Result<BTreeMap<String, ServiceReport>, RunError> {
+    let options = executor.options;
+    let mut schedule = Schedule::new(executor.pipeline, executor.observer);
+    let mut running = FuturesUnordered::new();
+    loop {
+        let settled_before = schedule.reports.len() + running.len();
+        if options.interrupt.is_cancelled() {
+            schedule.interrupt_the_rest();
+        }
+        while running.len() < options.concurrency.max(1) {
+            match schedule.next_ready(options.fail_fast) {
+                Some(service) => running.push(executor.service(service)),
+                None => break,
+            }
+        }
+        match running.next().await {
+            Some(report) => schedule.settle(report),
+            None if schedule.all_settled() => return Ok(schedule.reports),
+            // Skips settled more services: look again.
+            None if schedule.reports.len() > settled_before => continue,
+            // Nothing runs and nothing can start: only a dependency cycle or an unknown
+            // dependency does that, and validation rejects both, so this is a bug to report.
+            None => return Err(RunError::Stuck(schedule.unsettled())),
+        }
+    }
+}
+
+/// Which services have started, and how those that ended, ended.
+struct Schedule<'p> {
+    pipeline: &'p Pipeline,
+    observer: &'p dyn Observer,
+    reports: BTreeMap<String, ServiceReport>,
+    started: BTreeSet<String>,
+    failed_any: bool,
+}
+
+impl<'p> Schedule<'p> {
+    fn new(pipeline: &'p Pipeline, observer: &'p dyn Observer) -> Self {
+        Schedule {
+            pipeline,
+            observer,
+            reports: BTreeMap::new(),
+            started: BTreeSet::new(),
+            failed_any: false,
+        }
+    }
+
+    fn settle(&mut self, report: ServiceReport) {
+        self.failed_any |= report.outcome.is_failure();
+        self.observer.event(&Event::Finished(report.clone()));
+        self.reports.insert(report.service.clone(), report);
+    }
+
+    /// Reports every service that has not started as interrupted before it started.
+    fn interrupt_the_rest(&mut self) {
+        for service in &self.pipeline.services {
+            if self.started.insert(service.name.clone()) {
+                self.settle(not_started(service));
+            }
+        }
+    }
+
+    /// The next service whose dependencies have settled and allow it to start; the services
+    /// they forbid to start are settled as skipped on the way.
+    fn next_ready(&mut self, fail_fast: bool) -> Option<&'p Service> {
+        for service in &self.pipeline.services {
+            if self.started.contains(&service.name) {
+                continue;
+            }
+            let deps: Vec<&ServiceReport> = service
+                .depends_on
+                .iter()
+                .filter_map(|d| self.reports.get(d))
+                .collect();
+            if deps.len() < service.depends_on.len() {
+                continue;
+            }
+            self.started.insert(service.name.clone());
+            match skip_reason(&deps, self.failed_any && fail_fast) {
+                Some(reason) => self.settle(skipped(service, reason)),
+                None => return Some(service),
+            }
+        }
+        None
+    }
+
+    fn all_settled(&self) -> bool {
+        self.reports.len() == self.pipeline.services.len()
+    }
+
+    fn unsettled(&self) -> String {
+        let waiting: Vec<&str> = self
+            .pipeline
+            .services
+            .iter()
+            .filter(|s| !self.reports.contains_key(&s.name))
+            .map(|s| s.name.as_str())
+            .collect();
+        waiting.join(", ")
+    }
 }
 
 /// Why a service whose dependencies ended as `deps` must not start, if it must not. A

@@ -8,16 +8,18 @@ use super::checkpoint::{
     CheckSeen, Checkpoint, Finished, Observed, Phase, split_pairs, split_targets,
 };
 use super::contract::{self, Contract};
-use super::{Event, Observer, Outcome, RunOptions, ServiceReport, hooks};
+use super::hooks::{self, HookStage};
+use super::world::World;
+use super::{Event, Observer, Outcome, RunOptions, ServiceReport};
 use crate::config::{Pipeline, Service};
 use crate::port::{
     AnalysisRequest, Decision, EndpointKind, PlanAction, Platform, PortError, Ports, Rollout,
     ServiceState, TrafficShare, Verdict,
 };
-use crate::state::{HistoryEntry, RevisionRecord, Store, now_ms};
+use crate::state::{HistoryEntry, RevisionRecord, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Rolls out the services of one run.
 pub(super) struct Executor<'a> {
@@ -26,6 +28,8 @@ pub(super) struct Executor<'a> {
     pub store: &'a Store,
     pub observer: &'a dyn Observer,
     pub options: &'a RunOptions,
+    /// The clock, the hooks and the approvals: real in a run, simulated in a plan.
+    pub world: &'a dyn World,
     pub run_id: i64,
     pub environment: String,
     /// A checkpoint or history write failed: the run is left open, so that the next run
@@ -177,7 +181,7 @@ impl Executor<'_> {
             .await
             .map_err(RolloutError::Failed)?;
         cp.candidate = Some(revision.clone());
-        cp.window_start_ms = Some(now_ms() as u64);
+        cp.window_start_ms = Some(self.world.now_ms());
         cp.phase = Phase::Driving {
             pending: Observed::Start,
         };
@@ -188,10 +192,12 @@ impl Executor<'_> {
 
     /// Waits out what is left of a wait the strategy asked for.
     async fn wait(&self, cp: &mut Checkpoint, until_ms: u64) -> Pass {
-        let left = until_ms.saturating_sub(now_ms() as u64);
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(left)) => {}
-            () = self.options.interrupt.cancelled() => return Pass::Stopped(self.interrupted(cp)),
+        if !self
+            .world
+            .wait_until(until_ms, &self.options.interrupt)
+            .await
+        {
+            return Pass::Stopped(self.interrupted(cp));
         }
         drive_on(cp, Observed::Waited, None)
     }
@@ -224,7 +230,7 @@ impl Executor<'_> {
         let observation = pending.to_observation();
         let state = cp.strategy_state.as_deref();
         let step = match strategy
-            .step(&rollout, state, &observation, now_ms() as u64)
+            .step(&rollout, state, &observation, self.world.now_ms())
             .await
         {
             Ok(step) => step,
@@ -238,6 +244,10 @@ impl Executor<'_> {
             ));
         }
         self.phase(&service.name, &step.phase, cp.traffic);
+        self.observer.event(&Event::Decided {
+            service: service.name.clone(),
+            decision: step.decision.clone(),
+        });
         cp.strategy_state = Some(step.state);
         cp.strategy_steps = contract.steps();
         let decided = Decided {
@@ -258,7 +268,7 @@ impl Executor<'_> {
         match decision {
             Decision::SetTraffic(split) => match self.set_traffic(at.platform, &split).await {
                 Ok(()) => {
-                    cp.window_start_ms = Some(now_ms() as u64);
+                    cp.window_start_ms = Some(self.world.now_ms());
                     cp.traffic = split
                         .iter()
                         .find(|t| t.revision == at.candidate)
@@ -274,16 +284,19 @@ impl Executor<'_> {
                 let ms = ms
                     .max(contract::MIN_WAIT.as_millis() as u64)
                     .min(self.options.max_wait.as_millis() as u64);
-                let wait_until_ms = (now_ms() as u64).saturating_add(ms);
+                let wait_until_ms = self.world.now_ms().saturating_add(ms);
                 cp.phase = Phase::WaitingUntil { wait_until_ms };
                 Pass::Next(None)
+            }
+            Decision::AwaitApproval(_) if self.world.approves_at_once() => {
+                drive_on(cp, Observed::Approved, None)
             }
             Decision::AwaitApproval(what) => {
                 cp.phase = Phase::AwaitingApproval { what };
                 Pass::Next(None)
             }
             Decision::Analyse(request) => {
-                let since = cp.window_start_ms.unwrap_or(now_ms() as u64);
+                let since = cp.window_start_ms.unwrap_or(self.world.now_ms());
                 let checks = self
                     .analyse(at.service, at.platform, &request, since, tally)
                     .await;
@@ -302,7 +315,7 @@ impl Executor<'_> {
             return aborting(cp, e);
         }
         cp.traffic = 100;
-        cp.window_start_ms = Some(now_ms() as u64);
+        cp.window_start_ms = Some(self.world.now_ms());
         let promoted = self.history_row(at.candidate, 100, "promoted", None);
         drive_on(cp, Observed::Promoted, Some(promoted))
     }
@@ -392,7 +405,7 @@ impl Executor<'_> {
         RevisionRecord {
             revision: revision.into(),
             run_id: Some(self.run_id),
-            recorded_ms: now_ms(),
+            recorded_ms: self.world.now_ms() as i64,
             traffic,
             outcome: outcome.into(),
             detail,
@@ -424,6 +437,7 @@ impl Executor<'_> {
             HookStage::Post => &service.post_hooks,
         };
         let context = hooks::HookContext {
+            stage,
             pipeline: &self.pipeline.name,
             environment: &self.environment,
             service: &service.name,
@@ -441,13 +455,15 @@ impl Executor<'_> {
                 &format!("{} hook: {command}", stage.label()),
                 cp.traffic,
             );
-            let ran = hooks::run(
-                command,
-                self.pipeline.directory(),
-                &context,
-                self.options.hook_timeout,
-            )
-            .await;
+            let ran = self
+                .world
+                .run_hook(
+                    command,
+                    self.pipeline.directory(),
+                    &context,
+                    self.options.hook_timeout,
+                )
+                .await;
             match ran {
                 Err(_) if self.is_interrupted() => return Err(HookStop::Interrupted),
                 Err(e) => return Err(HookStop::Failed(e)),
@@ -659,24 +675,6 @@ fn aborting(cp: &mut Checkpoint, reason: String) -> Pass {
 fn finish(cp: &mut Checkpoint, outcome: Finished) -> Pass {
     cp.phase = Phase::Finished { outcome };
     Pass::Next(None)
-}
-
-/// When a service's hooks run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HookStage {
-    /// Before the new revision is deployed.
-    Pre,
-    /// After it was promoted.
-    Post,
-}
-
-impl HookStage {
-    fn label(self) -> &'static str {
-        match self {
-            HookStage::Pre => "pre",
-            HookStage::Post => "post",
-        }
-    }
 }
 
 /// Why a stage of hooks did not complete.

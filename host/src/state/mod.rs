@@ -183,6 +183,12 @@ impl Store {
         Store::connect(&Location::Sqlite(path.to_path_buf())).await
     }
 
+    /// A store in memory, gone when dropped: where a simulated run (`engine plan`) keeps its
+    /// checkpoints, so that it drives the executor without writing any state.
+    pub async fn in_memory() -> Result<Store, StateError> {
+        Store::open(Path::new(":memory:")).await
+    }
+
     /// Opens the store at `location`, a SQLite file or a PostgreSQL database.
     pub async fn connect(location: &Location) -> Result<Store, StateError> {
         Ok(Store {
