@@ -29,6 +29,7 @@ pub mod events;
 pub mod google;
 pub mod grants;
 pub mod inspect;
+pub mod intersection;
 pub mod plugin;
 pub mod port;
 pub mod secrets;
@@ -363,8 +364,8 @@ impl Runtime {
         }))
     }
 
-    /// Intersects the grants with what the plugin declares, and tells the user about every
-    /// difference: a declared capability left ungranted, a grant the plugin never asked for.
+    /// The sandbox of plugin `name`: its grants intersected with what it declares (every
+    /// difference told to the user), its directories checked, its secrets resolved.
     fn effective_sandbox(
         &self,
         name: &str,
@@ -381,120 +382,12 @@ impl Runtime {
             plugin: name.to_string(),
             message,
         };
-        let declared_patterns: Vec<HttpPattern> = declared
-            .http
-            .iter()
-            .filter_map(|p| HttpPattern::parse(p).ok())
-            .collect();
-        let (declared_tcp, declared_http): (Vec<&String>, Vec<&String>) =
-            declared.http.iter().partition(|p| p.starts_with("tcp://"));
-        let list = |patterns: &[&String]| {
-            patterns
-                .iter()
-                .map(|p| p.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if grants.http.is_empty() && !declared_http.is_empty() {
-            warn(format!(
-                "declares outbound HTTP to {} but [plugins.{name}] grants none; add allow_http = [...] for the destinations it needs",
-                list(&declared_http)
-            ));
-        }
-        if grants.tcp.is_empty() && !declared_tcp.is_empty() {
-            warn(format!(
-                "declares TCP connects to {} but [plugins.{name}] grants none; add allow_tcp = [\"host:port\", ...] for the destinations it checks",
-                list(&declared_tcp)
-            ));
-        }
-        if !grants.tcp.is_empty() && declared_tcp.is_empty() {
-            warn(format!(
-                "[plugins.{name}] grants allow_tcp, but the plugin declares no TCP destination; it cannot use it"
-            ));
-        }
-
-        let mut effective = Grants {
-            http: grants.http.clone(),
-            tcp: grants.tcp.clone(),
-            limits: grants.limits,
-            ..Grants::default()
-        };
-        for var in &grants.env {
-            if declared.env.contains(var) {
-                effective.env.push(var.clone());
-            } else {
-                warn(format!(
-                    "[plugins.{name}] grants environment variable {var}, which the plugin does not declare; it is not passed"
-                ));
-            }
-        }
-        for var in declared.env.iter().filter(|v| !grants.env.contains(v)) {
-            warn(format!(
-                "declares environment variable {var}; add \"{var}\" to allow_env in [plugins.{name}] if it should see it"
-            ));
-        }
-        for dir in &grants.dirs {
-            let Some(need) = declared.dirs.iter().find(|d| d.path == dir.guest) else {
-                warn(format!(
-                    "[plugins.{name}] grants directory {}, which the plugin does not declare; it is not opened",
-                    dir.guest
-                ));
-                continue;
-            };
-            if let Some(problem) = self
-                .shared
-                .protected_paths
-                .iter()
-                .find_map(|p| p.exposed_by(&dir.host, dir.writable && need.writable))
-            {
-                return Err(sandbox_error(problem));
-            }
-            if !dir.host.is_dir() {
-                return Err(sandbox_error(format!(
-                    "directory {} granted as {} does not exist or is not a directory",
-                    dir.host.display(),
-                    dir.guest
-                )));
-            }
-            let mut dir = dir.clone();
-            if dir.writable && !need.writable {
-                dir.writable = false;
-            }
-            effective.dirs.push(dir);
-        }
-        for need in declared
-            .dirs
-            .iter()
-            .filter(|d| !grants.dirs.iter().any(|g| g.guest == d.path))
-        {
-            warn(format!(
-                "declares directory {} ({}); grant it with dirs = [{{ host = \"...\", guest = \"{}\", writable = {} }}] in [plugins.{name}]",
-                need.path, need.purpose, need.path, need.writable
-            ));
-        }
-        // `*`: the plugin opens secrets its configuration names (an `http` check's
-        // `bearer_secret`), so whatever the pipeline grants is available to it.
-        let any_secret = declared.secrets.iter().any(|s| s == "*");
-        for (secret, grant) in &grants.secrets {
-            if any_secret || declared.secrets.contains(secret) {
-                effective.secrets.insert(secret.clone(), grant.clone());
-            } else {
-                warn(format!(
-                    "[plugins.{name}] grants secret '{secret}', which the plugin does not declare; it is not available"
-                ));
-            }
-        }
-        for secret in declared
-            .secrets
-            .iter()
-            .filter(|s| *s != "*" && !grants.secrets.contains_key(*s))
-        {
-            warn(format!(
-                "declares secret '{secret}'; grant it under [plugins.{name}.secrets] if it should use it"
-            ));
-        }
+        let intersection::Intersection { grants, warnings } =
+            intersection::intersect(name, grants, declared);
+        warnings.into_iter().for_each(warn);
+        self.check_dirs(&grants.dirs).map_err(sandbox_error)?;
         let secrets = if self.shared.check_only {
-            let (secrets, unreadable) = PluginSecrets::resolve_available(&effective.secrets);
+            let (secrets, unreadable) = PluginSecrets::resolve_available(&grants.secrets);
             for problem in unreadable {
                 warn(format!(
                     "{problem}; a real run will need it (not an error while only checking)"
@@ -502,8 +395,36 @@ impl Runtime {
             }
             secrets
         } else {
-            PluginSecrets::resolve(&effective.secrets).map_err(sandbox_error)?
+            PluginSecrets::resolve(&grants.secrets).map_err(sandbox_error)?
         };
-        self.sandbox(name, &effective, declared_patterns, Arc::new(secrets))
+        let declared_patterns: Vec<HttpPattern> = declared
+            .http
+            .iter()
+            .filter_map(|p| HttpPattern::parse(p).ok())
+            .collect();
+        self.sandbox(name, &grants, declared_patterns, Arc::new(secrets))
+    }
+
+    /// A directory to be opened must exist and expose no path the engine protects (its state
+    /// and the local platform's tokens to any access, the pipeline's own files to writes).
+    fn check_dirs(&self, dirs: &[grants::DirGrant]) -> Result<(), String> {
+        for dir in dirs {
+            if let Some(problem) = self
+                .shared
+                .protected_paths
+                .iter()
+                .find_map(|p| p.exposed_by(&dir.host, dir.writable))
+            {
+                return Err(problem);
+            }
+            if !dir.host.is_dir() {
+                return Err(format!(
+                    "directory {} granted as {} does not exist or is not a directory",
+                    dir.host.display(),
+                    dir.guest
+                ));
+            }
+        }
+        Ok(())
     }
 }
