@@ -226,6 +226,20 @@ fn an_unknown_environment_is_reported_with_the_ones_that_exist() {
 }
 
 #[test]
+fn an_environment_may_only_override_services_the_pipeline_defines() {
+    let out = problems(
+        "[environments.staging.services.api]",
+        "[environments.staging.services.apu]",
+        Some("staging"),
+    );
+    assert!(
+        out.contains("error: the environment overrides service `apu`, which the pipeline does not define\n  --> pipeline.toml:11:32"),
+        "{out}"
+    );
+    assert!(out.contains("= help: did you mean `api`?"), "{out}");
+}
+
+#[test]
 fn a_plugin_of_the_wrong_kind_is_refused() {
     let out = problems(
         "[services.web]\n",

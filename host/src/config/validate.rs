@@ -192,11 +192,12 @@ impl Checker {
     }
 }
 
-/// Validates the whole file.
+/// Validates the whole file, in phases: the top level, the environment and variables, the
+/// plugins, each service (its layers merged), and what the services refer to.
 pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, Vec<Diagnostic>> {
     let environment = inputs.environment.as_deref();
     let root = match tree::parse(source) {
-        Ok(node) => node,
+        Ok(node) => as_table(&node).cloned().unwrap_or_default(),
         Err((message, span)) => {
             return Err(vec![Diagnostic::new(
                 format!("invalid TOML: {message}"),
@@ -204,284 +205,25 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
             )]);
         }
     };
-    let root = as_table(&root).cloned().unwrap_or_default();
     let mut c = Checker::default();
     c.unknown_keys(&root, TOP_KEYS, "the top level");
-
-    let name = match root.get("name") {
-        Some(n) => c.string(n, "`name`"),
-        None => {
-            c.error(
-                "the pipeline has no `name`",
-                0..0,
-                Some("add `name = \"my-system\"` at the top of the file".into()),
-            );
-            None
-        }
-    };
-
-    // Variables: the file's, then the environment's on top.
-    let environments = root
-        .get("environments")
-        .and_then(|n| c.table(n, "[environments]"))
-        .cloned()
-        .unwrap_or_default();
-    for (key, env) in &environments.entries {
-        if let Some(t) = c.table(env, &format!("[environments.{}]", key.name)) {
-            let t = t.clone();
-            c.unknown_keys(
-                &t,
-                ENVIRONMENT_KEYS,
-                &format!("[environments.{}]", key.name),
-            );
-        }
-    }
-    let chosen: Option<Table> = match environment {
-        None => None,
-        Some(e) => match environments.get(e).and_then(as_table) {
-            Some(t) => Some(t.clone()),
-            None => {
-                let names: Vec<&str> = environments
-                    .entries
-                    .iter()
-                    .map(|(k, _)| k.name.as_str())
-                    .collect();
-                let span = root.key("environments").map_or(0..0, |k| k.span.clone());
-                let help = match nearest(e, names.iter().copied()) {
-                    Some(n) => format!("did you mean `{n}`?"),
-                    None if names.is_empty() => "the file defines no [environments.NAME]".into(),
-                    None => format!("environments: {}", names.join(", ")),
-                };
-                c.error(format!("there is no environment `{e}`"), span, Some(help));
-                None
-            }
-        },
-    };
+    let name = pipeline_name(&mut c, &root);
+    let chosen = chosen_environment(&mut c, &root, environment);
     let env_vars = chosen.as_ref().and_then(|t| t.get("variables")).cloned();
     let given = variables(&mut c, &root, env_vars.as_ref(), inputs);
     let (resolved, problems) = Variables::resolve(given);
     c.variables = resolved;
     c.diagnostics.extend(problems);
-
-    let mut plugins = BTreeMap::new();
-    let mut plugin_spans = BTreeMap::new();
-    if let Some(node) = root.get("plugins") {
-        let mut node = node.clone();
-        c.interpolate(&mut node);
-        if let Some(table) = c.table(&node, "[plugins]").cloned() {
-            for (key, decl) in &table.entries {
-                plugin_spans.insert(key.name.clone(), key.span.clone());
-                if let Some(d) = plugin(&mut c, key, decl, base) {
-                    plugins.insert(key.name.clone(), d);
-                }
-            }
-        }
-    }
-
-    let defaults = root
-        .get("defaults")
-        .and_then(|n| c.table(n, "[defaults]"))
-        .cloned()
-        .unwrap_or_default();
-    c.unknown_keys(&defaults, SERVICE_KEYS, "[defaults]");
-    let overrides = chosen
-        .as_ref()
-        .and_then(|t| t.get("services"))
-        .and_then(|n| c.table(n, "environment service overrides"))
-        .cloned()
-        .unwrap_or_default();
-
-    let Some(services_node) = root.get("services") else {
-        c.error(
-            "the pipeline has no services",
-            0..0,
-            Some("add a [services.NAME] table for each service".into()),
-        );
+    let declared = declared_plugins(&mut c, &root, base);
+    let Some(layers) = Layers::read(&mut c, &root, chosen.as_ref()) else {
         return Err(c.diagnostics);
     };
-    let services_table = c
-        .table(services_node, "[services]")
-        .cloned()
-        .unwrap_or_default();
-    for (key, _) in &overrides.entries {
-        if services_table.get(&key.name).is_none() {
-            c.error(
-                format!(
-                    "the environment overrides service `{}`, which the pipeline does not define",
-                    key.name
-                ),
-                key.span.clone(),
-                nearest(
-                    &key.name,
-                    services_table.entries.iter().map(|(k, _)| k.name.as_str()),
-                )
-                .map(|n| format!("did you mean `{n}`?")),
-            );
-        }
-    }
-
-    let mut services = Vec::new();
-    let mut dependency_spans = BTreeMap::new();
-    for (key, node) in &services_table.entries {
-        let Some(own) = c.table(node, &format!("[services.{}]", key.name)).cloned() else {
-            continue;
-        };
-        let context = format!("[services.{}]", key.name);
-        c.unknown_keys(&own, SERVICE_KEYS, &context);
-        let over = overrides
-            .get(&key.name)
-            .and_then(as_table)
-            .cloned()
-            .unwrap_or_default();
-        c.unknown_keys(
-            &over,
-            SERVICE_KEYS,
-            &format!("the environment's override of {context}"),
-        );
-        let mut merged = Node {
-            span: node.span.clone(),
-            value: Value::Table(defaults.merged(&own).merged(&over)),
-        };
-        c.interpolate(&mut merged);
-        let merged = as_table(&merged).cloned().unwrap_or_default();
-        if let Some(deps) = merged.get("depends_on") {
-            dependency_spans.insert(key.name.clone(), deps.span.clone());
-        }
-        if let Some(s) = service(&mut c, key, &merged, base) {
-            services.push((s, merged));
-        }
-    }
-
-    // References: plugins, dependencies, cycles.
-    // Looked up once per reference: sets, so a pipeline of thousands of services stays linear.
-    let service_names: BTreeSet<&str> = services_table
-        .entries
-        .iter()
-        .map(|(k, _)| k.name.as_str())
-        .collect();
-    // Where [defaults]' values are (a table's own span is only its header).
-    let defaults_starts = value_starts(&defaults);
-    let mut reported_defaults = BTreeSet::new();
-    let service_keys: BTreeMap<&str, Range<usize>> = services_table
-        .entries
-        .iter()
-        .map(|(k, _)| (k.name.as_str(), k.span.clone()))
-        .collect();
+    let services = layers.services(&mut c, base);
+    let mut plugins = PluginUses::new(declared, &layers);
     for (service, table) in &services {
-        let mut uses = vec![(
-            "provider",
-            &service.provider,
-            "provider",
-            table.get("provider").map(|n| n.span.clone()),
-        )];
-        uses.push((
-            "strategy",
-            &service.strategy,
-            "strategy",
-            table.get("strategy").map(|n| n.span.clone()),
-        ));
-        let check_nodes = match table.get("checks").map(|n| &n.value) {
-            Some(Value::Array(items)) => items.clone(),
-            _ => Vec::new(),
-        };
-        for (check, node) in service.checks.iter().zip(&check_nodes) {
-            uses.push(("check", &check.plugin, "health", Some(node.span.clone())));
-        }
-        for (role, name, kind, span) in uses {
-            let span = span.unwrap_or_else(|| {
-                service_keys
-                    .get(service.name.as_str())
-                    .cloned()
-                    .unwrap_or(0..0)
-            });
-            // A plugin named in [defaults] is every service's: a problem with it is one problem,
-            // reported once, at its line in [defaults].
-            let from_defaults = defaults_starts.contains(&span.start);
-            if from_defaults && !reported_defaults.insert((span.start, name.clone())) {
-                continue;
-            }
-            let whose = if from_defaults {
-                format!("the {role} set in [defaults]")
-            } else {
-                format!("the {role} of service `{}`", service.name)
-            };
-            // The kind of a built-in plugin is known now; a file's only when it loads.
-            let builtin = match plugins.get(name.as_str()) {
-                Some(PluginDecl {
-                    source: PluginSource::Embedded(n),
-                    ..
-                }) => find_embedded(n),
-                Some(_) => continue,
-                // Declared, but its table has problems of its own, already reported.
-                None if plugin_spans.contains_key(name.as_str()) => continue,
-                None => find_embedded(name),
-            };
-            match builtin {
-                Some(b) if b.kind == kind => {
-                    plugins.entry(name.clone()).or_insert_with(|| PluginDecl {
-                        source: PluginSource::Embedded(name.clone()),
-                        grants: GrantsConfig::default(),
-                    });
-                }
-                Some(b) => c.error(
-                    format!(
-                        "{whose} is `{name}`, a {} plugin, not a {kind} plugin",
-                        b.kind
-                    ),
-                    span,
-                    None,
-                ),
-                None => {
-                    let mut known: Vec<&str> = plugin_spans.keys().map(String::as_str).collect();
-                    known.extend(embedded().iter().filter(|p| p.kind == kind).map(|p| p.name));
-                    let help = match nearest(name, known.iter().copied()) {
-                        Some(n) => format!(
-                            "did you mean `{n}`? Otherwise declare it in [plugins.{name}] with its source and sha256"
-                        ),
-                        None => {
-                            format!("declare it in [plugins.{name}] with its source and sha256")
-                        }
-                    };
-                    c.error(
-                        format!("{whose} is `{name}`, which is not a declared or built-in plugin"),
-                        span,
-                        Some(help),
-                    );
-                }
-            }
-        }
-        for dep in &service.depends_on {
-            let span = dependency_spans.get(&service.name).cloned().unwrap_or(0..0);
-            if !service_names.contains(dep.as_str()) {
-                let help = nearest(dep, service_names.iter().copied())
-                    .map(|n| format!("did you mean `{n}`?"));
-                c.error(
-                    format!(
-                        "service `{}` depends on `{dep}`, which the pipeline does not define",
-                        service.name
-                    ),
-                    span,
-                    help,
-                );
-            }
-        }
+        plugins.check(&mut c, service, table);
     }
-    let graph: Vec<(&str, &[String])> = services
-        .iter()
-        .map(|(s, _)| (s.name.as_str(), &s.depends_on[..]))
-        .collect();
-    if let Err(cycle) = crate::graph::waves(&graph) {
-        let span = dependency_spans.get(&cycle[0]).cloned().unwrap_or(0..0);
-        c.error(
-            format!(
-                "services depend on each other in a cycle: {}",
-                cycle.join(" → ")
-            ),
-            span,
-            Some("remove one of these dependencies".into()),
-        );
-    }
-
+    check_dependencies(&mut c, &services, &layers);
     if !c.diagnostics.is_empty() {
         c.diagnostics.sort_by_key(|d| d.span.start);
         return Err(c.diagnostics);
@@ -491,16 +233,378 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
             .iter()
             .map(|(s, t)| (s.name.clone(), t.clone()))
             .collect(),
-        plugin_keys: plugin_spans,
+        plugin_keys: plugins.declared_keys,
         ..Origin::default()
     };
     Ok(Pipeline {
         name: name.unwrap_or_default(),
         environment: environment.map(str::to_string),
-        plugins,
+        plugins: plugins.plugins,
         services: services.into_iter().map(|(s, _)| s).collect(),
         origin,
     })
+}
+
+fn pipeline_name(c: &mut Checker, root: &Table) -> Option<String> {
+    match root.get("name") {
+        Some(n) => c.string(n, "`name`"),
+        None => {
+            c.error(
+                "the pipeline has no `name`",
+                0..0,
+                Some("add `name = \"my-system\"` at the top of the file".into()),
+            );
+            None
+        }
+    }
+}
+
+/// Checks every `[environments.NAME]` and returns the one `--env` chose.
+fn chosen_environment(c: &mut Checker, root: &Table, environment: Option<&str>) -> Option<Table> {
+    let environments = root
+        .get("environments")
+        .and_then(|n| c.table(n, "[environments]"))
+        .cloned()
+        .unwrap_or_default();
+    for (key, env) in &environments.entries {
+        let context = format!("[environments.{}]", key.name);
+        if let Some(t) = c.table(env, &context).cloned() {
+            c.unknown_keys(&t, ENVIRONMENT_KEYS, &context);
+        }
+    }
+    let wanted = environment?;
+    if let Some(t) = environments.get(wanted).and_then(as_table) {
+        return Some(t.clone());
+    }
+    let names: Vec<&str> = environments
+        .entries
+        .iter()
+        .map(|(k, _)| k.name.as_str())
+        .collect();
+    let span = root.key("environments").map_or(0..0, |k| k.span.clone());
+    let help = match nearest(wanted, names.iter().copied()) {
+        Some(n) => format!("did you mean `{n}`?"),
+        None if names.is_empty() => "the file defines no [environments.NAME]".into(),
+        None => format!("environments: {}", names.join(", ")),
+    };
+    c.error(
+        format!("there is no environment `{wanted}`"),
+        span,
+        Some(help),
+    );
+    None
+}
+
+/// The `[plugins.NAME]` tables, by name, and where each name is written (a table with
+/// problems of its own is reported and left out of the first).
+struct DeclaredPlugins {
+    plugins: BTreeMap<String, PluginDecl>,
+    keys: BTreeMap<String, Range<usize>>,
+}
+
+fn declared_plugins(c: &mut Checker, root: &Table, base: &Path) -> DeclaredPlugins {
+    let mut declared = DeclaredPlugins {
+        plugins: BTreeMap::new(),
+        keys: BTreeMap::new(),
+    };
+    let Some(node) = root.get("plugins") else {
+        return declared;
+    };
+    let mut node = node.clone();
+    c.interpolate(&mut node);
+    let Some(table) = c.table(&node, "[plugins]").cloned() else {
+        return declared;
+    };
+    for (key, decl) in &table.entries {
+        declared.keys.insert(key.name.clone(), key.span.clone());
+        if let Some(d) = plugin(c, key, decl, base) {
+            declared.plugins.insert(key.name.clone(), d);
+        }
+    }
+    declared
+}
+
+/// A service's settings come in layers: `[defaults]`, its own `[services.NAME]`, and the
+/// chosen environment's override of it.
+struct Layers {
+    defaults: Table,
+    overrides: Table,
+    services: Table,
+}
+
+impl Layers {
+    /// `None` when there are no services at all (nothing else is worth checking then).
+    fn read(c: &mut Checker, root: &Table, chosen: Option<&Table>) -> Option<Layers> {
+        let defaults = root
+            .get("defaults")
+            .and_then(|n| c.table(n, "[defaults]"))
+            .cloned()
+            .unwrap_or_default();
+        c.unknown_keys(&defaults, SERVICE_KEYS, "[defaults]");
+        let overrides = chosen
+            .and_then(|t| t.get("services"))
+            .and_then(|n| c.table(n, "environment service overrides"))
+            .cloned()
+            .unwrap_or_default();
+        let Some(services_node) = root.get("services") else {
+            c.error(
+                "the pipeline has no services",
+                0..0,
+                Some("add a [services.NAME] table for each service".into()),
+            );
+            return None;
+        };
+        let services = c
+            .table(services_node, "[services]")
+            .cloned()
+            .unwrap_or_default();
+        let layers = Layers {
+            defaults,
+            overrides,
+            services,
+        };
+        layers.check_overrides(c);
+        Some(layers)
+    }
+
+    /// An environment may only override services the pipeline defines.
+    fn check_overrides(&self, c: &mut Checker) {
+        for (key, _) in &self.overrides.entries {
+            if self.services.get(&key.name).is_some() {
+                continue;
+            }
+            let names = self.services.entries.iter().map(|(k, _)| k.name.as_str());
+            c.error(
+                format!(
+                    "the environment overrides service `{}`, which the pipeline does not define",
+                    key.name
+                ),
+                key.span.clone(),
+                nearest(&key.name, names).map(|n| format!("did you mean `{n}`?")),
+            );
+        }
+    }
+
+    /// Every valid service, with the merged table it was built from.
+    fn services(&self, c: &mut Checker, base: &Path) -> Vec<(Service, Table)> {
+        let mut services = Vec::new();
+        for (key, node) in &self.services.entries {
+            let context = format!("[services.{}]", key.name);
+            let Some(own) = c.table(node, &context).cloned() else {
+                continue;
+            };
+            c.unknown_keys(&own, SERVICE_KEYS, &context);
+            let over = self
+                .overrides
+                .get(&key.name)
+                .and_then(as_table)
+                .cloned()
+                .unwrap_or_default();
+            let whose = format!("the environment's override of {context}");
+            c.unknown_keys(&over, SERVICE_KEYS, &whose);
+            let mut merged = Node {
+                span: node.span.clone(),
+                value: Value::Table(self.defaults.merged(&own).merged(&over)),
+            };
+            c.interpolate(&mut merged);
+            let table = as_table(&merged).cloned().unwrap_or_default();
+            if let Some(s) = service(c, key, &table, base) {
+                services.push((s, table));
+            }
+        }
+        services
+    }
+
+    /// Where service `name`'s key is written.
+    fn key_span(&self, name: &str) -> Range<usize> {
+        self.services.key(name).map_or(0..0, |k| k.span.clone())
+    }
+}
+
+/// Checks that every plugin a service names exists and is of the kind its role needs, and
+/// adds the built-in ones used to the pipeline's plugins.
+struct PluginUses {
+    plugins: BTreeMap<String, PluginDecl>,
+    declared_keys: BTreeMap<String, Range<usize>>,
+    /// Where [defaults]' values are (a table's own span is only its header).
+    defaults_starts: BTreeSet<usize>,
+    /// A plugin named in [defaults] is every service's: a problem with it is one problem,
+    /// reported once, at its line in [defaults].
+    reported_defaults: BTreeSet<(usize, String)>,
+    service_keys: BTreeMap<String, Range<usize>>,
+}
+
+/// One plugin a service names: its role (`provider`, `strategy`, `check`), the kind of plugin
+/// the role needs, and where the name is written.
+struct PluginUse<'s> {
+    role: &'static str,
+    name: &'s String,
+    kind: &'static str,
+    span: Option<Range<usize>>,
+}
+
+impl PluginUses {
+    fn new(declared: DeclaredPlugins, layers: &Layers) -> Self {
+        PluginUses {
+            plugins: declared.plugins,
+            declared_keys: declared.keys,
+            defaults_starts: value_starts(&layers.defaults),
+            reported_defaults: BTreeSet::new(),
+            service_keys: layers
+                .services
+                .entries
+                .iter()
+                .map(|(k, _)| (k.name.clone(), layers.key_span(&k.name)))
+                .collect(),
+        }
+    }
+
+    fn check(&mut self, c: &mut Checker, service: &Service, table: &Table) {
+        let span_of = |key: &str| table.get(key).map(|n| n.span.clone());
+        let mut uses = vec![
+            PluginUse {
+                role: "provider",
+                name: &service.provider,
+                kind: "provider",
+                span: span_of("provider"),
+            },
+            PluginUse {
+                role: "strategy",
+                name: &service.strategy,
+                kind: "strategy",
+                span: span_of("strategy"),
+            },
+        ];
+        let check_nodes = match table.get("checks").map(|n| &n.value) {
+            Some(Value::Array(items)) => items.clone(),
+            _ => Vec::new(),
+        };
+        for (check, node) in service.checks.iter().zip(&check_nodes) {
+            uses.push(PluginUse {
+                role: "check",
+                name: &check.plugin,
+                kind: "health",
+                span: Some(node.span.clone()),
+            });
+        }
+        for used in uses {
+            self.check_use(c, &service.name, used);
+        }
+    }
+
+    fn check_use(&mut self, c: &mut Checker, service: &str, used: PluginUse<'_>) {
+        let PluginUse {
+            role,
+            name,
+            kind,
+            span,
+        } = used;
+        let span = span.unwrap_or_else(|| self.service_keys.get(service).cloned().unwrap_or(0..0));
+        let from_defaults = self.defaults_starts.contains(&span.start);
+        if from_defaults && !self.reported_defaults.insert((span.start, name.clone())) {
+            return;
+        }
+        let whose = if from_defaults {
+            format!("the {role} set in [defaults]")
+        } else {
+            format!("the {role} of service `{service}`")
+        };
+        // The kind of a built-in plugin is known now; a file's only when it loads.
+        let builtin = match self.plugins.get(name.as_str()) {
+            Some(PluginDecl {
+                source: PluginSource::Embedded(n),
+                ..
+            }) => find_embedded(n),
+            Some(_) => return,
+            // Declared, but its table has problems of its own, already reported.
+            None if self.declared_keys.contains_key(name.as_str()) => return,
+            None => find_embedded(name),
+        };
+        match builtin {
+            Some(b) if b.kind == kind => {
+                self.plugins
+                    .entry(name.clone())
+                    .or_insert_with(|| PluginDecl {
+                        source: PluginSource::Embedded(name.clone()),
+                        grants: GrantsConfig::default(),
+                    });
+            }
+            Some(b) => c.error(
+                format!(
+                    "{whose} is `{name}`, a {} plugin, not a {kind} plugin",
+                    b.kind
+                ),
+                span,
+                None,
+            ),
+            None => {
+                let help = self.unknown_plugin_help(name, kind);
+                c.error(
+                    format!("{whose} is `{name}`, which is not a declared or built-in plugin"),
+                    span,
+                    Some(help),
+                );
+            }
+        }
+    }
+
+    fn unknown_plugin_help(&self, name: &str, kind: &str) -> String {
+        let mut known: Vec<&str> = self.declared_keys.keys().map(String::as_str).collect();
+        known.extend(embedded().iter().filter(|p| p.kind == kind).map(|p| p.name));
+        match nearest(name, known.iter().copied()) {
+            Some(n) => format!(
+                "did you mean `{n}`? Otherwise declare it in [plugins.{name}] with its source and sha256"
+            ),
+            None => format!("declare it in [plugins.{name}] with its source and sha256"),
+        }
+    }
+}
+
+/// Every dependency names a service of the pipeline, and they form no cycle.
+fn check_dependencies(c: &mut Checker, services: &[(Service, Table)], layers: &Layers) {
+    // Looked up once per reference: a set, so a pipeline of thousands of services stays linear.
+    let names: BTreeSet<&str> = layers
+        .services
+        .entries
+        .iter()
+        .map(|(k, _)| k.name.as_str())
+        .collect();
+    let span_of = |merged: &Table| merged.get("depends_on").map(|n| n.span.clone());
+    for (service, merged) in services {
+        for dep in service
+            .depends_on
+            .iter()
+            .filter(|d| !names.contains(d.as_str()))
+        {
+            c.error(
+                format!(
+                    "service `{}` depends on `{dep}`, which the pipeline does not define",
+                    service.name
+                ),
+                span_of(merged).unwrap_or(0..0),
+                nearest(dep, names.iter().copied()).map(|n| format!("did you mean `{n}`?")),
+            );
+        }
+    }
+    let graph: Vec<(&str, &[String])> = services
+        .iter()
+        .map(|(s, _)| (s.name.as_str(), &s.depends_on[..]))
+        .collect();
+    if let Err(cycle) = crate::graph::waves(&graph) {
+        let span = services
+            .iter()
+            .find(|(s, _)| s.name == cycle[0])
+            .and_then(|(_, merged)| span_of(merged))
+            .unwrap_or(0..0);
+        c.error(
+            format!(
+                "services depend on each other in a cycle: {}",
+                cycle.join(" → ")
+            ),
+            span,
+            Some("remove one of these dependencies".into()),
+        );
+    }
 }
 
 /// The start of every value in a table, nested ones included.
@@ -606,75 +710,98 @@ fn plugin(c: &mut Checker, key: &Key, node: &Node, base: &Path) -> Option<Plugin
         None => key.name.clone(),
     };
     let source = if source_text.ends_with(".wasm") || source_text.contains('/') {
-        match table.get("sha256") {
-            None => {
-                c.error(
-                    format!(
-                        "plugin `{}` loads from a file but has no `sha256` pin",
-                        key.name
-                    ),
-                    table
-                        .key("source")
-                        .map_or(key.span.clone(), |k| k.span.clone()),
-                    Some(format!(
-                        "run `engine plugins inspect {source_text}` and copy its sha256 here"
-                    )),
-                );
-                None
-            }
-            Some(sha) => match c.string(sha, "`sha256`") {
-                Some(sha256)
-                    if sha256.len() == 64 && sha256.chars().all(|ch| ch.is_ascii_hexdigit()) =>
-                {
-                    Some(PluginSource::File {
-                        path: super::resolve_path(base, &source_text),
-                        sha256,
-                    })
-                }
-                Some(_) => {
-                    c.error(
-                        "`sha256` must be 64 hexadecimal characters",
-                        sha.span.clone(),
-                        None,
-                    );
-                    None
-                }
-                None => None,
-            },
-        }
-    } else if find_embedded(&source_text).is_some() {
-        Some(PluginSource::Embedded(source_text))
+        pinned_file(c, key, &table, &source_text, base)
     } else {
-        let span = table
-            .get("source")
-            .map_or(key.span.clone(), |n| n.span.clone());
-        let names: Vec<&str> = embedded().iter().map(|p| p.name).collect();
-        let help = match nearest(&source_text, names.iter().copied()) {
-            Some(n) => format!("did you mean `{n}`?"),
-            None => format!(
-                "give the path of a .wasm file, or one of the built-in plugins: {}",
-                names.join(", ")
-            ),
-        };
-        c.error(
-            format!("there is no built-in plugin named `{source_text}`"),
-            span,
-            Some(help),
-        );
-        None
+        builtin_source(c, key, &table, source_text)
     };
+    let grants = plugin_grants(c, &context, node, &table, base)?;
+    Some(PluginDecl {
+        source: source?,
+        grants,
+    })
+}
+
+/// A plugin loaded from a file, which must be pinned by its sha256.
+fn pinned_file(
+    c: &mut Checker,
+    key: &Key,
+    table: &Table,
+    source_text: &str,
+    base: &Path,
+) -> Option<PluginSource> {
+    let Some(sha) = table.get("sha256") else {
+        c.error(
+            format!(
+                "plugin `{}` loads from a file but has no `sha256` pin",
+                key.name
+            ),
+            table
+                .key("source")
+                .map_or(key.span.clone(), |k| k.span.clone()),
+            Some(format!(
+                "run `engine plugins inspect {source_text}` and copy its sha256 here"
+            )),
+        );
+        return None;
+    };
+    let sha256 = c.string(sha, "`sha256`")?;
+    if sha256.len() != 64 || !sha256.chars().all(|ch| ch.is_ascii_hexdigit()) {
+        c.error(
+            "`sha256` must be 64 hexadecimal characters",
+            sha.span.clone(),
+            None,
+        );
+        return None;
+    }
+    Some(PluginSource::File {
+        path: super::resolve_path(base, source_text),
+        sha256,
+    })
+}
+
+fn builtin_source(
+    c: &mut Checker,
+    key: &Key,
+    table: &Table,
+    source_text: String,
+) -> Option<PluginSource> {
+    if find_embedded(&source_text).is_some() {
+        return Some(PluginSource::Embedded(source_text));
+    }
+    let span = table
+        .get("source")
+        .map_or(key.span.clone(), |n| n.span.clone());
+    let names: Vec<&str> = embedded().iter().map(|p| p.name).collect();
+    let help = match nearest(&source_text, names.iter().copied()) {
+        Some(n) => format!("did you mean `{n}`?"),
+        None => format!(
+            "give the path of a .wasm file, or one of the built-in plugins: {}",
+            names.join(", ")
+        ),
+    };
+    c.error(
+        format!("there is no built-in plugin named `{source_text}`"),
+        span,
+        Some(help),
+    );
+    None
+}
+
+/// The grant keys of a plugin's table, parsed (so a bad pattern or size is reported here, at
+/// its line, rather than when the plugin loads).
+fn plugin_grants(
+    c: &mut Checker,
+    context: &str,
+    node: &Node,
+    table: &Table,
+    base: &Path,
+) -> Option<GrantsConfig> {
     let mut grant_table = table.clone();
     grant_table.entries.retain(|(k, _)| {
         k.name != "source" && k.name != "sha256" && PLUGIN_KEYS.contains(&k.name.as_str())
     });
-    let grants = match GrantsConfig::deserialize(Value::Table(grant_table.clone()).to_toml()) {
-        Ok(mut g) => {
-            // Granted directories are relative to the pipeline file, like plugin sources.
-            for dir in &mut g.dirs {
-                dir.host = super::resolve_path(base, &dir.host.to_string_lossy());
-            }
-            g
-        }
+    let mut grants = match GrantsConfig::deserialize(Value::Table(grant_table.clone()).to_toml()) {
+        Ok(g) => g,
         Err(e) => {
             c.error(
                 format!("{context}: {}", e.message()),
@@ -684,6 +811,10 @@ fn plugin(c: &mut Checker, key: &Key, node: &Node, base: &Path) -> Option<Plugin
             return None;
         }
     };
+    // Granted directories are relative to the pipeline file, like plugin sources.
+    for dir in &mut grants.dirs {
+        dir.host = super::resolve_path(base, &dir.host.to_string_lossy());
+    }
     if let Err(e) = grants.parse() {
         let top = e.key.split('.').next().unwrap_or_default();
         let span = grant_table
@@ -692,10 +823,7 @@ fn plugin(c: &mut Checker, key: &Key, node: &Node, base: &Path) -> Option<Plugin
         c.error(format!("{context} {}: {}", e.key, e.message), span, None);
         return None;
     }
-    Some(PluginDecl {
-        source: source?,
-        grants,
-    })
+    Some(grants)
 }
 
 fn cpu_millis(c: &mut Checker, node: &Node) -> Option<u32> {
@@ -765,28 +893,7 @@ fn service(c: &mut Checker, key: &Key, t: &Table, base: &Path) -> Option<Service
             None
         }
     };
-    let artifact = match (t.get("image"), t.get("artifact")) {
-        (Some(i), None) => c.string(i, "`image`").map(Artifact::Image),
-        (None, Some(a)) => c
-            .string(a, "`artifact`")
-            .map(|path| Artifact::Path(resolve_artifact(base, &path))),
-        (Some(_), Some(a)) => {
-            c.error(
-                format!("service `{name}` sets both `image` and `artifact`"),
-                a.span.clone(),
-                Some("keep one: `image` for a container image, `artifact` for a local file".into()),
-            );
-            None
-        }
-        (None, None) => {
-            c.error(
-                format!("service `{name}` has no `image` or `artifact`"),
-                key.span.clone(),
-                None,
-            );
-            None
-        }
-    };
+    let artifact = artifact(c, key, t, base);
     let opt = |field: &str| t.get(field);
     let args = opt("args").map(|n| c.strings(n, "`args`"));
     let env = opt("env").map(|n| c.string_map(n, "`env`"));
@@ -799,96 +906,15 @@ fn service(c: &mut Checker, key: &Key, t: &Table, base: &Path) -> Option<Service
     let max = opt("max_instances").map(|n| c.count(n, "`max_instances`", 1..=10_000));
     let concurrency = opt("concurrency").map(|n| c.count(n, "`concurrency`", 1..=100_000));
     let port = opt("port").map(|n| c.count(n, "`port`", 1..=65_535));
-    let ingress = match opt("ingress") {
-        None => Some(Ingress::Public),
-        Some(n) => match c.string(n, "`ingress`").as_deref() {
-            Some("public") => Some(Ingress::Public),
-            Some("internal") => Some(Ingress::Internal),
-            Some("none") => Some(Ingress::None),
-            Some(other) => {
-                c.error(
-                    format!("`ingress` is `{other}`"),
-                    n.span.clone(),
-                    Some("use \"public\", \"internal\" or \"none\"".into()),
-                );
-                Some(Ingress::Public)
-            }
-            None => Some(Ingress::Public),
-        },
-    };
+    let ingress = opt("ingress").map_or(Ingress::Public, |n| ingress(c, n));
     let strategy = match opt("strategy") {
         Some(n) => c.string(n, "`strategy`"),
         None => Some(DEFAULT_STRATEGY.to_string()),
     };
-    let config = |c: &mut Checker, field: &str| match t.get(field) {
-        None => Some(serde_json::json!({})),
-        Some(n) => c.table(n, &format!("`{field}`")).map(|_| n.value.to_json()),
-    };
-    let provider_config = config(c, "provider_config");
-    let strategy_config = config(c, "strategy_config");
-    let mut checks = Vec::new();
-    if let Some(n) = t.get("checks") {
-        match &n.value {
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let Some(ct) = c
-                        .table(item, &format!("check {} of service `{name}`", i + 1))
-                        .cloned()
-                    else {
-                        continue;
-                    };
-                    c.unknown_keys(&ct, CHECK_KEYS, &format!("a check of service `{name}`"));
-                    let plugin = match ct.get("plugin") {
-                        Some(p) => c.string(p, "a check's `plugin`"),
-                        None => {
-                            c.error(
-                                format!("a check of service `{name}` has no `plugin`"),
-                                item.span.clone(),
-                                Some("name a health plugin, such as `plugin = \"http\"`".into()),
-                            );
-                            None
-                        }
-                    };
-                    let check_name = ct
-                        .get("name")
-                        .and_then(|p| c.string(p, "a check's `name`"))
-                        .or_else(|| plugin.clone());
-                    let cfg = match ct.get("config") {
-                        None => Some(serde_json::json!({})),
-                        Some(cn) => c
-                            .table(cn, "a check's `config`")
-                            .map(|_| cn.value.to_json()),
-                    };
-                    if let (Some(plugin), Some(name), Some(config)) = (plugin, check_name, cfg) {
-                        checks.push(Check {
-                            name,
-                            plugin,
-                            config,
-                        });
-                    }
-                }
-            }
-            _ => {
-                c.wrong_type(
-                    n,
-                    "`checks`",
-                    "an array of tables ([[services.NAME.checks]])",
-                );
-            }
-        }
-    }
-    let (mut pre_hooks, mut post_hooks) = (Some(Vec::new()), Some(Vec::new()));
-    if let Some(n) = t.get("hooks")
-        && let Some(h) = c.table(n, "`hooks`").cloned()
-    {
-        c.unknown_keys(&h, HOOK_KEYS, &format!("the hooks of service `{name}`"));
-        if let Some(p) = h.get("pre") {
-            pre_hooks = c.strings(p, "`hooks.pre`");
-        }
-        if let Some(p) = h.get("post") {
-            post_hooks = c.strings(p, "`hooks.post`");
-        }
-    }
+    let provider_config = config_table(c, t.get("provider_config"), "`provider_config`");
+    let strategy_config = config_table(c, t.get("strategy_config"), "`strategy_config`");
+    let checks = opt("checks").map_or(Vec::new(), |n| checks(c, &name, n));
+    let (pre_hooks, post_hooks) = opt("hooks").map_or((None, None), |n| hooks(c, &name, n));
 
     // Each optional field is None (absent), Some(None) (invalid, already reported: the load
     // fails, the default only lets the other checks go on) or Some(Some(value)).
@@ -911,15 +937,124 @@ fn service(c: &mut Checker, key: &Key, t: &Table, base: &Path) -> Option<Service
         name,
         provider: provider?,
         artifact: artifact?,
-        ingress: ingress?,
+        ingress,
         strategy: strategy?,
         provider_config: provider_config.unwrap_or_default(),
         strategy_config: strategy_config.unwrap_or_default(),
-        pre_hooks: pre_hooks.unwrap_or_default(),
-        post_hooks: post_hooks.unwrap_or_default(),
+        pre_hooks: take(pre_hooks),
+        post_hooks: take(post_hooks),
     };
     // Returned even with an invalid optional field, so its references are checked too.
     Some(service)
+}
+
+/// Exactly one of `image` and `artifact`.
+fn artifact(c: &mut Checker, key: &Key, t: &Table, base: &Path) -> Option<Artifact> {
+    let name = &key.name;
+    match (t.get("image"), t.get("artifact")) {
+        (Some(i), None) => c.string(i, "`image`").map(Artifact::Image),
+        (None, Some(a)) => c
+            .string(a, "`artifact`")
+            .map(|path| Artifact::Path(resolve_artifact(base, &path))),
+        (Some(_), Some(a)) => {
+            c.error(
+                format!("service `{name}` sets both `image` and `artifact`"),
+                a.span.clone(),
+                Some("keep one: `image` for a container image, `artifact` for a local file".into()),
+            );
+            None
+        }
+        (None, None) => {
+            c.error(
+                format!("service `{name}` has no `image` or `artifact`"),
+                key.span.clone(),
+                None,
+            );
+            None
+        }
+    }
+}
+
+/// An invalid `ingress` is reported; `public` stands in so the other checks go on.
+fn ingress(c: &mut Checker, node: &Node) -> Ingress {
+    match c.string(node, "`ingress`").as_deref() {
+        Some("internal") => Ingress::Internal,
+        Some("none") => Ingress::None,
+        Some("public") | None => Ingress::Public,
+        Some(other) => {
+            c.error(
+                format!("`ingress` is `{other}`"),
+                node.span.clone(),
+                Some("use \"public\", \"internal\" or \"none\"".into()),
+            );
+            Ingress::Public
+        }
+    }
+}
+
+/// A plugin's configuration table as JSON (`{}` when absent); `None` when it is not a table.
+fn config_table(c: &mut Checker, node: Option<&Node>, what: &str) -> Option<serde_json::Value> {
+    match node {
+        None => Some(serde_json::json!({})),
+        Some(n) => c.table(n, what).map(|_| n.value.to_json()),
+    }
+}
+
+/// `[[services.NAME.checks]]`: the valid ones (the others are reported).
+fn checks(c: &mut Checker, service: &str, node: &Node) -> Vec<Check> {
+    let Value::Array(items) = &node.value else {
+        c.wrong_type(
+            node,
+            "`checks`",
+            "an array of tables ([[services.NAME.checks]])",
+        );
+        return Vec::new();
+    };
+    let mut checks = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let what = format!("check {} of service `{service}`", i + 1);
+        let Some(ct) = c.table(item, &what).cloned() else {
+            continue;
+        };
+        c.unknown_keys(&ct, CHECK_KEYS, &format!("a check of service `{service}`"));
+        let plugin = match ct.get("plugin") {
+            Some(p) => c.string(p, "a check's `plugin`"),
+            None => {
+                c.error(
+                    format!("a check of service `{service}` has no `plugin`"),
+                    item.span.clone(),
+                    Some("name a health plugin, such as `plugin = \"http\"`".into()),
+                );
+                None
+            }
+        };
+        let name = ct
+            .get("name")
+            .and_then(|p| c.string(p, "a check's `name`"))
+            .or_else(|| plugin.clone());
+        let config = config_table(c, ct.get("config"), "a check's `config`");
+        if let (Some(plugin), Some(name), Some(config)) = (plugin, name, config) {
+            checks.push(Check {
+                name,
+                plugin,
+                config,
+            });
+        }
+    }
+    checks
+}
+
+/// `hooks = { pre = [...], post = [...] }`, each stage as `take` in [`service`] expects it.
+type HookStages = (Option<Option<Vec<String>>>, Option<Option<Vec<String>>>);
+
+fn hooks(c: &mut Checker, service: &str, node: &Node) -> HookStages {
+    let Some(h) = c.table(node, "`hooks`").cloned() else {
+        return (None, None);
+    };
+    c.unknown_keys(&h, HOOK_KEYS, &format!("the hooks of service `{service}`"));
+    let pre = h.get("pre").map(|p| c.strings(p, "`hooks.pre`"));
+    let post = h.get("post").map(|p| c.strings(p, "`hooks.post`"));
+    (pre, post)
 }
 
 /// A relative artifact path (one with a `/`) starts from the pipeline's directory, so runs from
