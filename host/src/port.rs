@@ -112,6 +112,18 @@ pub enum Feature {
     RetireRevisions,
 }
 
+impl Feature {
+    /// Its name in WIT and in the CLI's output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::TrafficSplit => "traffic-split",
+            Feature::RevisionUrls => "revision-urls",
+            Feature::InstanceBatches => "instance-batches",
+            Feature::RetireRevisions => "retire-revisions",
+        }
+    }
+}
+
 /// A health check's judgement of a revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -182,6 +194,17 @@ impl PortError {
             message: message.into(),
         }
     }
+}
+
+/// A problem a plugin's own `validate` found in the configuration a service gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub severity: crate::config::Severity,
+    /// Where in the configuration, as a JSON pointer (`/region`); empty for all of it.
+    pub path: String,
+    pub message: String,
+    /// How to fix it, when the plugin can say.
+    pub hint: Option<String>,
 }
 
 /// One service on its platform. Every call is idempotent for the same arguments: a resumed

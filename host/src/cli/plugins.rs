@@ -2,8 +2,8 @@
 
 use super::{Cli, CommandError, Format};
 use crate::plugins::{PluginSource, embedded, find_embedded};
-use crate::runtime::bindings::types::{Feature, PluginInfo};
 use crate::runtime::grants::GrantsConfig;
+use crate::runtime::info::PluginInfo;
 use crate::runtime::{LoadedPlugin, MemorySink, Runtime, WIT_PACKAGE};
 use clap::Subcommand;
 use serde_json::{Value, json};
@@ -96,15 +96,6 @@ fn source_for(argument: &str) -> Result<PluginSource, CommandError> {
     )))
 }
 
-fn feature_name(f: &Feature) -> &'static str {
-    match f {
-        Feature::TrafficSplit => "traffic-split",
-        Feature::RevisionUrls => "revision-urls",
-        Feature::InstanceBatches => "instance-batches",
-        Feature::RetireRevisions => "retire-revisions",
-    }
-}
-
 fn export_name(p: &LoadedPlugin) -> String {
     format!("{WIT_PACKAGE}/{}@{}", p.kind(), p.wit_version())
 }
@@ -152,7 +143,7 @@ async fn inspect(runtime: &Runtime, argument: &str, format: Format) -> Result<()
             value["exports"] = json!({ export_name(&plugin): plugin.functions() });
             value["imports"] = json!(plugin.imports());
             value["capabilities"] = capabilities_json(info);
-            value["features"] = json!(info.features.iter().map(feature_name).collect::<Vec<_>>());
+            value["features"] = json!(info.features.iter().map(|f| f.name()).collect::<Vec<_>>());
             value["config_schema"] = schema;
             super::output::print_json(&value);
         }
@@ -187,11 +178,7 @@ fn inspect_text(plugin: &LoadedPlugin, source: &PluginSource, schema: &Value) ->
             )
         })
         .collect();
-    let features: Vec<String> = info
-        .features
-        .iter()
-        .map(|f| feature_name(f).to_string())
-        .collect();
+    let features: Vec<String> = info.features.iter().map(|f| f.name().to_string()).collect();
     let mut out = String::new();
     let mut line = |key: &str, value: &str| out.push_str(&format!("{key:<13} {value}\n"));
     line("name:", &info.name);

@@ -286,6 +286,56 @@ pub fn parse_with(
     Ok(pipeline)
 }
 
+/// What a service uses a plugin for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginRole {
+    Provider,
+    Strategy,
+    /// The service's check at this index.
+    Check(usize),
+}
+
+impl PluginRole {
+    /// The kind of plugin the role needs, as plugins name their kind.
+    pub fn kind(self) -> &'static str {
+        match self {
+            PluginRole::Provider => "provider",
+            PluginRole::Strategy => "strategy",
+            PluginRole::Check(_) => "health",
+        }
+    }
+}
+
+/// A plugin a service uses, with the configuration it gives it.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginUse<'s> {
+    pub role: PluginRole,
+    pub plugin: &'s str,
+    pub config: &'s serde_json::Value,
+}
+
+impl Service {
+    /// Every plugin the service uses: its provider, its strategy, its checks, in that order.
+    pub fn plugin_uses(&self) -> impl Iterator<Item = PluginUse<'_>> {
+        let provider = PluginUse {
+            role: PluginRole::Provider,
+            plugin: &self.provider,
+            config: &self.provider_config,
+        };
+        let strategy = PluginUse {
+            role: PluginRole::Strategy,
+            plugin: &self.strategy,
+            config: &self.strategy_config,
+        };
+        let checks = self.checks.iter().enumerate().map(|(i, c)| PluginUse {
+            role: PluginRole::Check(i),
+            plugin: &c.plugin,
+            config: &c.config,
+        });
+        [provider, strategy].into_iter().chain(checks)
+    }
+}
+
 impl Check {
     /// The checks of `all` that an analysis asking for `wanted` runs: those named, or all of
     /// them when it names none.

@@ -3,21 +3,10 @@
 //! own JSON schema and its `validate`. Problems point into pipeline.toml like the others.
 
 use super::tree::Node;
-use super::{ConfigError, Diagnostic, Pipeline, Severity};
-use crate::runtime::bindings::types::{Diagnostic as PluginDiagnostic, Severity as PluginSeverity};
+use super::{ConfigError, Diagnostic, Pipeline, PluginRole, PluginUse, Service, Severity};
+use crate::port::ConfigProblem;
 use crate::runtime::{LoadedPlugin, PluginKind, Runtime};
 use std::collections::BTreeMap;
-
-/// One configuration a service gives a plugin.
-struct Use<'p> {
-    service: &'p str,
-    plugin: &'p str,
-    /// The key in the service's table: `provider_config`, `strategy_config` or `checks`.
-    field: &'static str,
-    /// For checks, which one.
-    check: Option<usize>,
-    config: &'p serde_json::Value,
-}
 
 /// Loads every plugin the pipeline uses and checks every service's configuration against it.
 /// Returns the loaded plugins by name; warnings are logged.
@@ -51,135 +40,96 @@ pub struct PluginCheck {
 /// Loads every plugin the pipeline uses and checks every service's configuration against it,
 /// keeping warnings as diagnostics (`engine validate` shows them in place).
 pub async fn examine_plugins(pipeline: &Pipeline, runtime: &Runtime) -> PluginCheck {
-    let mut diagnostics = Vec::new();
-    let mut loaded = BTreeMap::new();
+    let mut check = PluginCheck {
+        plugins: BTreeMap::new(),
+        diagnostics: Vec::new(),
+    };
     for (name, decl) in &pipeline.plugins {
         match runtime.load(name, &decl.source, &decl.grants).await {
             Ok(plugin) => {
-                loaded.insert(name.clone(), plugin);
+                check.plugins.insert(name.clone(), plugin);
             }
-            Err(e) => {
-                diagnostics.push(Diagnostic::new(e.to_string(), pipeline.plugin_span(name)));
-            }
+            Err(e) => check
+                .diagnostics
+                .push(Diagnostic::new(e.to_string(), pipeline.plugin_span(name))),
         }
     }
+    let mut schemas = Schemas::default();
+    for service in &pipeline.services {
+        for used in service.plugin_uses() {
+            let Some(plugin) = check.plugins.get(used.plugin) else {
+                continue;
+            };
+            let found = check_use(pipeline, service, used, plugin, &mut schemas).await;
+            check.diagnostics.extend(found);
+        }
+    }
+    check.diagnostics.sort_by_key(|d| d.span.start);
+    check
+}
 
-    let mut uses = Vec::new();
-    for s in &pipeline.services {
-        uses.push(Use {
-            service: &s.name,
-            plugin: &s.provider,
-            field: "provider_config",
-            check: None,
-            config: &s.provider_config,
-        });
-        uses.push(Use {
-            service: &s.name,
-            plugin: &s.strategy,
-            field: "strategy_config",
-            check: None,
-            config: &s.strategy_config,
-        });
-        for (i, c) in s.checks.iter().enumerate() {
-            uses.push(Use {
-                service: &s.name,
-                plugin: &c.plugin,
-                field: "checks",
-                check: Some(i),
-                config: &c.config,
-            });
-        }
+/// Each plugin's configuration schema, compiled once; `None` when it is not a valid one.
+type Schemas = BTreeMap<String, Option<(serde_json::Value, jsonschema::Validator)>>;
+
+/// Checks one configuration a service gives a plugin: the plugin is of the kind the role
+/// needs, the configuration passes the plugin's schema, then the plugin's own `validate`.
+async fn check_use(
+    pipeline: &Pipeline,
+    service: &Service,
+    used: PluginUse<'_>,
+    plugin: &LoadedPlugin,
+    schemas: &mut Schemas,
+) -> Vec<Diagnostic> {
+    let node = config_node(pipeline, &service.name, used.role);
+    let at = node.as_ref().map_or(0..0, |n| n.span.clone());
+    let what = match used.role {
+        PluginRole::Check(i) => format!(
+            "the config of check {} of service `{}`",
+            i + 1,
+            service.name
+        ),
+        PluginRole::Provider => format!("`provider_config` of service `{}`", service.name),
+        PluginRole::Strategy => format!("`strategy_config` of service `{}`", service.name),
+    };
+    let expected = match used.role {
+        PluginRole::Provider => PluginKind::Provider,
+        PluginRole::Strategy => PluginKind::Strategy,
+        PluginRole::Check(_) => PluginKind::Health,
+    };
+    if plugin.kind() != expected {
+        let message = format!(
+            "plugin `{}` is a {} plugin, but service `{}` uses it as a {expected}",
+            used.plugin,
+            plugin.kind(),
+            service.name
+        );
+        return vec![Diagnostic::new(message, at)];
     }
-    let mut schemas = BTreeMap::new();
-    for u in &uses {
-        let Some(plugin) = loaded.get(u.plugin) else {
-            continue;
-        };
-        let node = config_node(pipeline, u);
-        let what = match u.check {
-            Some(i) => format!("the config of check {} of service `{}`", i + 1, u.service),
-            None => format!("`{}` of service `{}`", u.field, u.service),
-        };
-        let expected = match u.field {
-            "provider_config" => PluginKind::Provider,
-            "strategy_config" => PluginKind::Strategy,
-            _ => PluginKind::Health,
-        };
-        if plugin.kind() != expected {
-            diagnostics.push(Diagnostic::new(
-                format!(
-                    "plugin `{}` is a {} plugin, but service `{}` uses it as a {expected}",
-                    u.plugin,
-                    plugin.kind(),
-                    u.service
-                ),
-                node.as_ref().map_or(0..0, |n| n.span.clone()),
-            ));
-            continue;
-        }
-        let validator = schemas.entry(u.plugin.to_string()).or_insert_with(|| {
-            let schema: serde_json::Value =
-                serde_json::from_str(&plugin.info().config_schema).ok()?;
-            let validator = jsonschema::validator_for(&schema).ok()?;
-            Some((schema, validator))
-        });
-        let mut found_schema_error = false;
-        if let Some((schema, validator)) = validator {
-            for error in validator.iter_errors(u.config) {
-                found_schema_error = true;
-                diagnostics.extend(schema_diagnostics(&what, u.plugin, &node, schema, &error));
-            }
-        } else {
-            diagnostics.push(Diagnostic::new(
-                format!(
-                    "plugin `{}` declares a configuration schema that is not a valid JSON Schema",
-                    u.plugin
-                ),
-                node.as_ref().map_or(0..0, |n| n.span.clone()),
-            ));
-        }
-        if found_schema_error {
-            continue; // the plugin's own checks assume a configuration of the right shape
-        }
-        let service = pipeline
-            .services
-            .iter()
-            .find(|s| s.name == u.service)
-            .expect("service");
-        let config_text = u.config.to_string();
-        let result = match expected {
-            PluginKind::Provider => match plugin.provider() {
-                Ok(p) => {
-                    p.validate(&crate::runtime::port::service_spec(service))
-                        .await
-                }
-                Err(e) => Err(e),
-            },
-            PluginKind::Strategy => match plugin.strategy() {
-                Ok(p) => p.validate(&config_text).await,
-                Err(e) => Err(e),
-            },
-            PluginKind::Health => match plugin.health() {
-                Ok(p) => p.validate(&config_text).await,
-                Err(e) => Err(e),
-            },
-        };
-        match result {
-            Ok(found) => diagnostics.extend(
-                found
-                    .into_iter()
-                    .map(|d| plugin_diagnostic(&what, &node, d)),
-            ),
-            Err(e) => diagnostics.push(Diagnostic::new(
-                e.to_string(),
-                node.as_ref().map_or(0..0, |n| n.span.clone()),
-            )),
-        }
+    let schema = schemas.entry(used.plugin.to_string()).or_insert_with(|| {
+        let schema: serde_json::Value = serde_json::from_str(&plugin.info().config_schema).ok()?;
+        let validator = jsonschema::validator_for(&schema).ok()?;
+        Some((schema, validator))
+    });
+    let Some((schema, validator)) = schema else {
+        let message = format!(
+            "plugin `{}` declares a configuration schema that is not a valid JSON Schema",
+            used.plugin
+        );
+        return vec![Diagnostic::new(message, at)];
+    };
+    let refused: Vec<Diagnostic> = validator
+        .iter_errors(used.config)
+        .flat_map(|error| schema_diagnostics(&what, used.plugin, &node, schema, &error))
+        .collect();
+    if !refused.is_empty() {
+        return refused; // the plugin's own checks assume a configuration of the right shape
     }
-    diagnostics.sort_by_key(|d| d.span.start);
-    PluginCheck {
-        plugins: loaded,
-        diagnostics,
+    match plugin.validate_configuration(service, used.role).await {
+        Ok(found) => found
+            .into_iter()
+            .map(|d| plugin_diagnostic(&what, &node, d))
+            .collect(),
+        Err(e) => vec![Diagnostic::new(e.to_string(), at)],
     }
 }
 
@@ -237,13 +187,13 @@ fn schema_diagnostics(
 }
 
 /// A plugin's own diagnostic, pointed at the configuration it is about.
-fn plugin_diagnostic(what: &str, node: &Option<Node>, d: PluginDiagnostic) -> Diagnostic {
-    let message = format!("{what}: {}", d.message);
-    let mut out = match d.severity {
-        PluginSeverity::Error => Diagnostic::new(message, span(node, &d.path)),
-        PluginSeverity::Warning => Diagnostic::warning(message, span(node, &d.path)),
+fn plugin_diagnostic(what: &str, node: &Option<Node>, problem: ConfigProblem) -> Diagnostic {
+    let message = format!("{what}: {}", problem.message);
+    let mut out = match problem.severity {
+        Severity::Error => Diagnostic::new(message, span(node, &problem.path)),
+        Severity::Warning => Diagnostic::warning(message, span(node, &problem.path)),
     };
-    out.help = d.hint;
+    out.help = problem.hint;
     out
 }
 
@@ -252,33 +202,24 @@ fn span(node: &Option<Node>, pointer: &str) -> std::ops::Range<usize> {
 }
 
 /// The spanned node of a configuration; a missing one (the plugin gets `{}`) has none.
-fn config_node(pipeline: &Pipeline, u: &Use<'_>) -> Option<Node> {
-    let table = pipeline.origin.services.get(u.service)?;
-    match u.check {
-        // With no configuration written, point at the plugin's name instead.
-        None => table
-            .get(u.field)
-            .or_else(|| {
-                table.get(if u.field == "provider_config" {
-                    "provider"
-                } else {
-                    "strategy"
-                })
-            })
-            .cloned(),
-        Some(i) => match &table.get("checks")?.value {
-            super::tree::Value::Array(items) => {
-                let check = items.get(i)?;
-                match &check.value {
-                    super::tree::Value::Table(t) => {
-                        t.get("config").cloned().or_else(|| Some(check.clone()))
-                    }
-                    _ => None,
-                }
-            }
-            _ => None,
-        },
-    }
+fn config_node(pipeline: &Pipeline, service: &str, role: PluginRole) -> Option<Node> {
+    let table = pipeline.origin.services.get(service)?;
+    // With no configuration written, point at the plugin's name instead.
+    let (field, name) = match role {
+        PluginRole::Provider => ("provider_config", "provider"),
+        PluginRole::Strategy => ("strategy_config", "strategy"),
+        PluginRole::Check(i) => {
+            let super::tree::Value::Array(items) = &table.get("checks")?.value else {
+                return None;
+            };
+            let check = items.get(i)?;
+            let super::tree::Value::Table(t) = &check.value else {
+                return None;
+            };
+            return t.get("config").cloned().or_else(|| Some(check.clone()));
+        }
+    };
+    table.get(field).or_else(|| table.get(name)).cloned()
 }
 
 impl Pipeline {

@@ -5,7 +5,8 @@ use super::diagnostic::{Diagnostic, nearest};
 use super::tree::{self, Key, Node, Table, Value};
 use super::variables::{Given, Raw, Variables};
 use super::{
-    Artifact, Check, DEFAULT_STRATEGY, Ingress, Inputs, Origin, Pipeline, PluginDecl, Service,
+    Artifact, Check, DEFAULT_STRATEGY, Ingress, Inputs, Origin, Pipeline, PluginDecl, PluginRole,
+    PluginUse, Service,
 };
 use crate::plugins::{PluginSource, embedded, find_embedded};
 use crate::runtime::grants::GrantsConfig;
@@ -434,15 +435,6 @@ struct PluginUses {
     service_keys: BTreeMap<String, Range<usize>>,
 }
 
-/// One plugin a service names: its role (`provider`, `strategy`, `check`), the kind of plugin
-/// the role needs, and where the name is written.
-struct PluginUse<'s> {
-    role: &'static str,
-    name: &'s String,
-    kind: &'static str,
-    span: Option<Range<usize>>,
-}
-
 impl PluginUses {
     fn new(declared: DeclaredPlugins, layers: &Layers) -> Self {
         PluginUses {
@@ -460,48 +452,44 @@ impl PluginUses {
     }
 
     fn check(&mut self, c: &mut Checker, service: &Service, table: &Table) {
-        let span_of = |key: &str| table.get(key).map(|n| n.span.clone());
-        let mut uses = vec![
-            PluginUse {
-                role: "provider",
-                name: &service.provider,
-                kind: "provider",
-                span: span_of("provider"),
-            },
-            PluginUse {
-                role: "strategy",
-                name: &service.strategy,
-                kind: "strategy",
-                span: span_of("strategy"),
-            },
-        ];
         let check_nodes = match table.get("checks").map(|n| &n.value) {
-            Some(Value::Array(items)) => items.clone(),
-            _ => Vec::new(),
+            Some(Value::Array(items)) => &items[..],
+            _ => &[],
         };
-        for (check, node) in service.checks.iter().zip(&check_nodes) {
-            uses.push(PluginUse {
-                role: "check",
-                name: &check.plugin,
-                kind: "health",
-                span: Some(node.span.clone()),
+        for used in service.plugin_uses() {
+            // Where the plugin's name is written; the service's key when it is inherited.
+            let span = match used.role {
+                PluginRole::Provider => table.get("provider").map(|n| n.span.clone()),
+                PluginRole::Strategy => table.get("strategy").map(|n| n.span.clone()),
+                PluginRole::Check(i) => check_nodes.get(i).map(|n| n.span.clone()),
+            };
+            let span = span.unwrap_or_else(|| {
+                let key = self.service_keys.get(&service.name);
+                key.cloned().unwrap_or(0..0)
             });
-        }
-        for used in uses {
-            self.check_use(c, &service.name, used);
+            self.check_use(c, &service.name, used, span);
         }
     }
 
-    fn check_use(&mut self, c: &mut Checker, service: &str, used: PluginUse<'_>) {
-        let PluginUse {
-            role,
-            name,
-            kind,
-            span,
-        } = used;
-        let span = span.unwrap_or_else(|| self.service_keys.get(service).cloned().unwrap_or(0..0));
+    fn check_use(
+        &mut self,
+        c: &mut Checker,
+        service: &str,
+        used: PluginUse<'_>,
+        span: Range<usize>,
+    ) {
+        let (name, kind) = (used.plugin, used.role.kind());
+        let role = match used.role {
+            PluginRole::Provider => "provider",
+            PluginRole::Strategy => "strategy",
+            PluginRole::Check(_) => "check",
+        };
         let from_defaults = self.defaults_starts.contains(&span.start);
-        if from_defaults && !self.reported_defaults.insert((span.start, name.clone())) {
+        if from_defaults
+            && !self
+                .reported_defaults
+                .insert((span.start, name.to_string()))
+        {
             return;
         }
         let whose = if from_defaults {
@@ -510,22 +498,22 @@ impl PluginUses {
             format!("the {role} of service `{service}`")
         };
         // The kind of a built-in plugin is known now; a file's only when it loads.
-        let builtin = match self.plugins.get(name.as_str()) {
+        let builtin = match self.plugins.get(name) {
             Some(PluginDecl {
                 source: PluginSource::Embedded(n),
                 ..
             }) => find_embedded(n),
             Some(_) => return,
             // Declared, but its table has problems of its own, already reported.
-            None if self.declared_keys.contains_key(name.as_str()) => return,
+            None if self.declared_keys.contains_key(name) => return,
             None => find_embedded(name),
         };
         match builtin {
             Some(b) if b.kind == kind => {
                 self.plugins
-                    .entry(name.clone())
+                    .entry(name.to_string())
                     .or_insert_with(|| PluginDecl {
-                        source: PluginSource::Embedded(name.clone()),
+                        source: PluginSource::Embedded(name.to_string()),
                         grants: GrantsConfig::default(),
                     });
             }

@@ -291,15 +291,9 @@ pub async fn execute(
     observer: &dyn Observer,
     options: &RunOptions,
 ) -> Result<RunReport, RunError> {
-    for s in &pipeline.services {
-        for name in std::iter::once(&s.provider)
-            .chain([&s.strategy])
-            .chain(s.checks.iter().map(|c| &c.plugin))
-        {
-            if !plugins.contains_key(name) {
-                return Err(RunError::MissingPlugin(name.clone()));
-            }
-        }
+    let uses = pipeline.services.iter().flat_map(Service::plugin_uses);
+    if let Some(missing) = uses.map(|u| u.plugin).find(|p| !plugins.contains_key(*p)) {
+        return Err(RunError::MissingPlugin(missing.to_string()));
     }
     execute_with(
         pipeline,

@@ -28,6 +28,7 @@ pub mod error;
 pub mod events;
 pub mod google;
 pub mod grants;
+pub mod info;
 pub mod inspect;
 pub mod intersection;
 pub mod plugin;
@@ -283,6 +284,7 @@ impl Runtime {
                 plugin: name.to_string(),
                 error,
             })?;
+        let info = port::plugin_info(info);
         let sandbox = self.effective_sandbox(name, &grants, &info.capabilities)?;
         let plugin = LoadedPlugin {
             inner: Arc::new(plugin::PluginInner {
@@ -370,7 +372,7 @@ impl Runtime {
         &self,
         name: &str,
         grants: &Grants,
-        declared: &bindings::types::Capabilities,
+        declared: &info::Capabilities,
     ) -> Result<Arc<Sandbox>, LoadError> {
         let warn = |message: String| {
             self.shared.sink.event(Event::GrantMismatch {

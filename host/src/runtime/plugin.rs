@@ -348,7 +348,7 @@ pub(crate) struct PluginInner {
     pub wit_version: semver::Version,
     pub functions: Vec<String>,
     pub imports: Vec<String>,
-    pub info: types::PluginInfo,
+    pub info: super::info::PluginInfo,
     pub pre: KindPre,
     pub sandbox: Arc<Sandbox>,
 }
@@ -373,7 +373,7 @@ impl LoadedPlugin {
         &self.inner.wit_version
     }
     /// What the plugin said about itself.
-    pub fn info(&self) -> &types::PluginInfo {
+    pub fn info(&self) -> &super::info::PluginInfo {
         &self.inner.info
     }
     /// Functions of the interface it exports.

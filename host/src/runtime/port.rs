@@ -5,11 +5,11 @@
 use super::bindings::strategy::exports::engine::plugin::strategy as wit;
 use super::bindings::types;
 use super::{CallError, LoadedPlugin, PluginError, Provider};
-use crate::config::{Artifact, Ingress, Service};
+use crate::config::{Artifact, Ingress, PluginRole, Service, Severity};
 use crate::port::{
-    self, CheckReport, CheckRun, Decision, Endpoint, EndpointKind, ErrorKind, Feature, Observation,
-    Plan, PlanAction, Platform, PortError, Ports, Rollout, ServiceState, Step, TrafficShare,
-    Verdict,
+    self, CheckReport, CheckRun, ConfigProblem, Decision, Endpoint, EndpointKind, ErrorKind,
+    Feature, Observation, Plan, PlanAction, Platform, PortError, Ports, Rollout, ServiceState,
+    Step, TrafficShare, Verdict,
 };
 use std::collections::BTreeMap;
 
@@ -67,7 +67,7 @@ struct PluginPlatform<'a> {
 #[async_trait::async_trait]
 impl Platform for PluginPlatform<'_> {
     fn features(&self) -> Vec<Feature> {
-        self.plugin.info().features.iter().map(feature).collect()
+        self.plugin.info().features.clone()
     }
 
     async fn read(&self) -> Result<Option<ServiceState>, PortError> {
@@ -200,6 +200,70 @@ impl port::Strategy for PluginStrategy<'_> {
 }
 
 /// A plugin call's error, classified for [`port::retry`].
+impl LoadedPlugin {
+    /// The plugin's own `validate` of the configuration `service` gives it in `role`.
+    pub async fn validate_configuration(
+        &self,
+        service: &Service,
+        role: PluginRole,
+    ) -> Result<Vec<ConfigProblem>, CallError> {
+        let config = |value: Option<&serde_json::Value>| {
+            value.map_or_else(|| "{}".to_string(), |v| v.to_string())
+        };
+        let found = match role {
+            PluginRole::Provider => self.provider()?.validate(&service_spec(service)).await?,
+            PluginRole::Strategy => {
+                let config = config(Some(&service.strategy_config));
+                self.strategy()?.validate(&config).await?
+            }
+            PluginRole::Check(i) => {
+                let config = config(service.checks.get(i).map(|c| &c.config));
+                self.health()?.validate(&config).await?
+            }
+        };
+        Ok(found.into_iter().map(config_problem).collect())
+    }
+}
+
+/// A plugin's `info`, in the engine's types.
+pub(crate) fn plugin_info(i: types::PluginInfo) -> super::info::PluginInfo {
+    use super::info::{Capabilities, DirNeed, PluginInfo};
+    let c = i.capabilities;
+    PluginInfo {
+        name: i.name,
+        version: i.version,
+        description: i.description,
+        config_schema: i.config_schema,
+        features: i.features.iter().map(feature).collect(),
+        capabilities: Capabilities {
+            http: c.http,
+            env: c.env,
+            dirs: c
+                .dirs
+                .into_iter()
+                .map(|d| DirNeed {
+                    path: d.path,
+                    writable: d.writable,
+                    purpose: d.purpose,
+                })
+                .collect(),
+            secrets: c.secrets,
+        },
+    }
+}
+
+fn config_problem(d: types::Diagnostic) -> ConfigProblem {
+    ConfigProblem {
+        severity: match d.severity {
+            types::Severity::Error => Severity::Error,
+            types::Severity::Warning => Severity::Warning,
+        },
+        path: d.path,
+        message: d.message,
+        hint: d.hint,
+    }
+}
+
 fn port_error(error: CallError) -> PortError {
     let kind = match error.plugin_error() {
         Some(PluginError::RateLimited { retry_after, .. }) => ErrorKind::RateLimited {

@@ -1,0 +1,40 @@
+//! What a plugin says about itself (its `info`), in the engine's own types: the CLI, the
+//! configuration checks and the sandbox read it without knowing the WIT version it came in.
+
+use crate::port::Feature;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// A short kebab-case name, such as `cloud-run`.
+    pub name: String,
+    /// The plugin's own version.
+    pub version: String,
+    pub description: String,
+    /// The JSON Schema of its configuration.
+    pub config_schema: String,
+    /// What a provider's platform can do; empty for other kinds.
+    pub features: Vec<Feature>,
+    pub capabilities: Capabilities,
+}
+
+/// What a plugin declares it needs from the sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Outbound destinations, `scheme://host[:port]`; `tcp://host:port` for TCP connects.
+    pub http: Vec<String>,
+    /// Environment variables it reads.
+    pub env: Vec<String>,
+    pub dirs: Vec<DirNeed>,
+    /// Secrets it opens, by name; `*` for those its configuration names.
+    pub secrets: Vec<String>,
+}
+
+/// A directory a plugin opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirNeed {
+    /// The path inside the sandbox, such as `/artifacts`.
+    pub path: String,
+    pub writable: bool,
+    /// Why, for the person granting it.
+    pub purpose: String,
+}
