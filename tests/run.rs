@@ -327,7 +327,7 @@ fn a_run_killed_mid_rollout_resumes_without_deploying_twice() {
     let project = Project::new(SYSTEM);
     project.edit(
         "image = \"api:1\"",
-        "image = \"api:1\"\nprovider_config = { hold_after_deploy_ms = 3000 }",
+        "image = \"api:1\"\nprovider_config = { hold_after_ms = { deploy = 3000 } }",
     );
     let mut child = project
         .command(&[])
@@ -358,6 +358,92 @@ fn a_run_killed_mid_rollout_resumes_without_deploying_twice() {
             platform["traffic"],
             serde_json::json!([[format!("{service}-r1"), 100]])
         );
+    }
+}
+
+/// api:1 deployed, then api:2 rolled out with all-at-once (traffic, analysis, promotion,
+/// retirement of api-r1), each platform call of `hold` kept going 3 s after its change.
+fn updated_project(hold: &str) -> Project {
+    let project = Project::new(
+        "[services.api]\nimage = \"api:1\"\nstrategy_config = { retire_previous = true }\n",
+    );
+    assert_exit(&project.run(&[]), 0);
+    project.edit("image = \"api:1\"", "image = \"api:2\"");
+    if !hold.is_empty() {
+        project.edit(
+            "provider = \"test\"",
+            &format!(
+                "provider = \"test\"\nprovider_config = {{ hold_after_ms = {{ {hold} = 3000 }} }}"
+            ),
+        );
+    }
+    project
+}
+
+fn outcomes(project: &Project) -> Vec<String> {
+    let rows = history(project, "api");
+    rows.iter()
+        .map(|r| format!("{} {}", r.revision, r.outcome))
+        .collect()
+}
+
+#[test]
+fn a_run_killed_in_any_write_window_resumes_to_the_exact_history() {
+    // What an uninterrupted rollout records.
+    let reference = updated_project("");
+    assert_exit(&reference.run(&[]), 0);
+    let expected = outcomes(&reference);
+    assert_eq!(
+        expected,
+        [
+            "api-r1 retired",
+            "api-r2 promoted",
+            "api-r2 deployed",
+            "api-r1 promoted",
+            "api-r1 deployed"
+        ]
+    );
+    // Each window: the platform has made the change of the update's `nth` call of `verb`
+    // (counted in its calls), the engine has not yet stored the step (`recorded` rows are).
+    // The kill lands there.
+    let windows = [
+        ("deploy", 1, 2),
+        ("set-traffic", 1, 3),
+        ("set-traffic", 2, 3),
+        ("retire", 1, 4),
+    ];
+    for (verb, nth, recorded) in windows {
+        let project = updated_project(verb);
+        let before = project.platform("api")["calls"][verb].as_u64().unwrap_or(0);
+        let mut child = project
+            .command(&[])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until(&format!("api's {verb} number {nth}"), || {
+            std::fs::read_to_string(project.path("platform/api.json")).is_ok_and(|text| {
+                let platform: Value = serde_json::from_str(&text).unwrap_or_default();
+                platform["calls"][verb].as_u64() >= Some(before + nth)
+            })
+        });
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let at_the_kill = &expected[expected.len() - recorded..];
+        assert_eq!(
+            outcomes(&project),
+            at_the_kill,
+            "killed in {verb} number {nth}"
+        );
+        assert_exit(&project.run(&[]), 0);
+        assert_eq!(
+            outcomes(&project),
+            expected,
+            "resumed after {verb} number {nth}"
+        );
+        let api = project.platform("api");
+        assert_eq!(api["traffic"], json!([["api-r2", 100]]), "{verb}: {api}");
+        assert_eq!(api["calls"]["deploy-created"], 2, "{verb}: {api}");
     }
 }
 
@@ -1177,7 +1263,7 @@ fn sigint_lets_the_plugin_call_under_way_finish_and_starts_nothing_new() {
     let project = Project::new(SYSTEM);
     project.edit(
         "image = \"db:1\"",
-        "image = \"db:1\"\nprovider_config = { hold_after_deploy_ms = 2000 }",
+        "image = \"db:1\"\nprovider_config = { hold_after_ms = { deploy = 2000 } }",
     );
     let child = spawn_run(&project, &["--output", "json"]);
     wait_until("db's deploy", || {
@@ -1225,7 +1311,7 @@ fn a_second_signal_exits_at_once_and_the_next_run_recovers() {
     let project = Project::new("[services.api]\nimage = \"api:1\"\n");
     project.edit(
         "image = \"api:1\"",
-        "image = \"api:1\"\nprovider_config = { hold_after_deploy_ms = 30000 }",
+        "image = \"api:1\"\nprovider_config = { hold_after_ms = { deploy = 30000 } }",
     );
     let mut child = spawn_run(&project, &[]);
     wait_until("api's deploy", || {

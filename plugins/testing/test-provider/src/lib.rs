@@ -30,10 +30,11 @@ pub struct Config {
     /// How many times each failing verb fails before it succeeds; unlimited when absent.
     #[serde(default)]
     pub fail_times: Option<u32>,
-    /// How long `deploy` keeps going after it created a revision (like a platform whose
-    /// operation finishes late), so a test can stop the engine in exactly that gap.
+    /// Verb (`deploy`, `set-traffic`, `retire`, `destroy`) → how long the call keeps going
+    /// after its change is stored (like a platform whose operation finishes late), so a test
+    /// can stop the engine in exactly that gap: the platform changed, the engine not told yet.
     #[serde(default)]
-    pub hold_after_deploy_ms: u64,
+    pub hold_after_ms: BTreeMap<String, u64>,
     /// Where the platform directory is; the default is the granted `/platform`.
     #[serde(default)]
     pub dir: Option<String>,
@@ -46,7 +47,7 @@ pub const CONFIG_SCHEMA: &str = r#"{
     "latency_ms": { "type": "integer", "minimum": 0 },
     "fail": { "type": "object", "additionalProperties": { "enum": ["transient", "fatal", "rate-limited", "conflict", "unauthorized"] } },
     "fail_times": { "type": "integer", "minimum": 0 },
-    "hold_after_deploy_ms": { "type": "integer", "minimum": 0 },
+    "hold_after_ms": { "type": "object", "additionalProperties": { "type": "integer", "minimum": 0 } },
     "dir": { "type": "string" }
   },
   "additionalProperties": false
@@ -122,6 +123,13 @@ fn store(config: &Config, service: &str, record: &ServiceRecord) -> Result<(), E
 /// Verbs that only look: they write nothing, so they also work in a read-only dry run, and
 /// their calls and failures are not counted (a failing read fails every time).
 const READ_ONLY: &[&str] = &["read", "get-traffic"];
+
+/// Keeps a call going after its change, as long as the config says for `verb`.
+fn hold(config: &Config, verb: &str) {
+    if let Some(ms) = config.hold_after_ms.get(verb) {
+        std::thread::sleep(std::time::Duration::from_millis(*ms));
+    }
+}
 
 /// Counts the call, sleeps the configured latency, and fails when the config says so.
 fn enter(config: &Config, service: &str, verb: &str) -> Result<ServiceRecord, Error> {
@@ -272,11 +280,7 @@ impl Provider for TestProvider {
                 record.traffic.push((id.clone(), 0));
             }
             store(&config, &spec.name, &record)?;
-            if config.hold_after_deploy_ms > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(
-                    config.hold_after_deploy_ms,
-                ));
-            }
+            hold(&config, "deploy");
         }
         Ok(Revision {
             id,
@@ -307,7 +311,9 @@ impl Provider for TestProvider {
             .filter(|t| t.percent > 0)
             .map(|t| (t.revision, t.percent))
             .collect();
-        store(&config, &service.name, &record)
+        store(&config, &service.name, &record)?;
+        hold(&config, "set-traffic");
+        Ok(())
     }
 
     fn get_traffic(service: ServiceRef) -> Result<Vec<TrafficTarget>, Error> {
@@ -350,17 +356,21 @@ impl Provider for TestProvider {
         for r in record.revisions.iter_mut().filter(|r| r.id == revision) {
             r.retired = true;
         }
-        store(&config, &service.name, &record)
+        store(&config, &service.name, &record)?;
+        hold(&config, "retire");
+        Ok(())
     }
 
     fn destroy(service: ServiceRef) -> Result<(), Error> {
         let config = parse_config(&service.config)?;
         enter(&config, &service.name, "destroy")?;
         match std::fs::remove_file(file(&config, &service.name)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::fatal(format!("cannot remove the service: {e}"))),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::fatal(format!("cannot remove the service: {e}"))),
         }
+        hold(&config, "destroy");
+        Ok(())
     }
 }
 
