@@ -99,6 +99,54 @@ pub mod strategy {
             .collect();
         (!failing.is_empty()).then(|| failing.join("; "))
     }
+
+    /// The end every strategy shares once the candidate has passed its gates: promote it,
+    /// retire the previous revision (when there is one and the strategy retires it), done.
+    /// Keep the stage in the strategy's state and let [`Finish::next`] decide each step, so
+    /// that every strategy ends a rollout the same way (never retiring the candidate itself).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    pub enum Finish {
+        /// Promotion was asked for.
+        Promoting,
+        /// Retiring the previous revision was asked for.
+        Retiring,
+        /// The rollout is finished.
+        Done,
+    }
+
+    /// A stage of the finish with the decision that enters it and the label for the user.
+    pub type FinishStep = (Finish, Decision, String);
+
+    impl Finish {
+        /// The first step of the finish: promotion.
+        pub fn start() -> FinishStep {
+            (Finish::Promoting, Decision::Promote, "promoting".into())
+        }
+
+        /// The step after this stage once the host reports `observation`; `None` when the
+        /// observation does not follow this stage (the strategy reports that as its error).
+        pub fn next(
+            self,
+            rollout: &Rollout,
+            observation: &Observation,
+            retire_previous: bool,
+        ) -> Option<FinishStep> {
+            let done = || (Finish::Done, Decision::Done, "done".to_string());
+            match (self, observation) {
+                (Finish::Promoting, Observation::Promoted) => Some(match &rollout.stable {
+                    Some(old) if retire_previous && *old != rollout.candidate => (
+                        Finish::Retiring,
+                        Decision::Retire(old.clone()),
+                        format!("retiring {old}"),
+                    ),
+                    _ => done(),
+                }),
+                (Finish::Retiring, Observation::Retired(_)) => Some(done()),
+                _ => None,
+            }
+        }
+    }
 }
 
 /// The plan for an existing service, comparing the deployed form the provider stored

@@ -143,3 +143,39 @@ fn update_plans_list_changed_fields_and_map_keys() {
     );
     assert_eq!(same.action, engine_sdk::PlanAction::NoChange);
 }
+
+#[test]
+fn the_shared_finish_promotes_retires_the_previous_revision_only_and_is_done() {
+    use engine_sdk::strategy::{Decision, Finish, Observation, Rollout};
+    let rollout = |stable: Option<&str>| Rollout {
+        service: "api".into(),
+        stable: stable.map(String::from),
+        candidate: "api-r2".into(),
+        features: Vec::new(),
+        config: "{}".into(),
+    };
+    let (stage, decision, _) = Finish::start();
+    assert_eq!((stage, decision), (Finish::Promoting, Decision::Promote));
+    let after_promotion = |stable, retire| {
+        let next = Finish::Promoting.next(&rollout(stable), &Observation::Promoted, retire);
+        next.map(|(stage, decision, _)| (stage, decision))
+    };
+    assert_eq!(
+        after_promotion(Some("api-r1"), true),
+        Some((Finish::Retiring, Decision::Retire("api-r1".into())))
+    );
+    let done = Some((Finish::Done, Decision::Done));
+    assert_eq!(after_promotion(Some("api-r1"), false), done);
+    assert_eq!(after_promotion(None, true), done, "nothing to retire");
+    assert_eq!(
+        after_promotion(Some("api-r2"), true),
+        done,
+        "the candidate itself is never retired"
+    );
+    let retired = Observation::Retired("api-r1".into());
+    let next = Finish::Retiring.next(&rollout(Some("api-r1")), &retired, true);
+    assert_eq!(next.map(|(s, d, _)| (s, d)), done);
+    // An observation that does not follow the stage is the strategy's to report.
+    assert!(Finish::Promoting.next(&rollout(None), &Observation::Waited, true).is_none());
+    assert!(Finish::Done.next(&rollout(None), &Observation::Promoted, true).is_none());
+}

@@ -7,7 +7,7 @@
 //! function of (configuration, state, observation), so the host can checkpoint after any step
 //! and resume from it.
 
-use engine_sdk::strategy::{AnalysisRequest, Decision, Observation, Rollout, StepResult};
+use engine_sdk::strategy::{AnalysisRequest, Decision, Finish, Observation, Rollout, StepResult};
 use engine_sdk::{Capabilities, Diagnostic, Error, ErrorExt, PluginInfo, Strategy, TrafficTarget};
 use serde::{Deserialize, Serialize};
 
@@ -32,12 +32,10 @@ pub enum Phase {
     Shifting,
     /// Health checks were asked for.
     Analysing,
-    /// Promotion was asked for.
-    Promoting,
-    /// Retiring the previous revision was asked for.
-    Retiring,
-    /// Finished.
-    Done,
+    /// Promoting, retiring the previous revision, or finished (done or aborted): the end
+    /// every strategy shares (stored as `promoting`, `retiring`, `done`, as before).
+    #[serde(untagged)]
+    Finishing(Finish),
 }
 
 pub const CONFIG_SCHEMA: &str = r#"{
@@ -79,6 +77,11 @@ fn emit(phase: Phase, decision: Decision, label: &str) -> Result<StepResult, Err
     })
 }
 
+fn promote() -> Result<StepResult, Error> {
+    let (stage, decision, label) = Finish::start();
+    emit(Phase::Finishing(stage), decision, &label)
+}
+
 fn unexpected(phase: Option<Phase>, observation: &Observation) -> Error {
     Error::fatal(format!(
         "all-at-once: observation {observation:?} does not fit phase {phase:?}"
@@ -102,9 +105,7 @@ pub fn step(
             }]),
             "shifting 100%",
         ),
-        (Some(Phase::Shifting), Observation::TrafficSet(_)) if config.skip_analysis => {
-            emit(Phase::Promoting, Decision::Promote, "promoting")
-        }
+        (Some(Phase::Shifting), Observation::TrafficSet(_)) if config.skip_analysis => promote(),
         (Some(Phase::Shifting), Observation::TrafficSet(_)) => emit(
             Phase::Analysing,
             Decision::Analyse(AnalysisRequest {
@@ -115,27 +116,22 @@ pub fn step(
         ),
         (Some(Phase::Analysing), Observation::Analysed(outcomes)) => {
             match engine_sdk::strategy::failing_checks(outcomes, config.fail_on_inconclusive) {
-                None => emit(Phase::Promoting, Decision::Promote, "promoting"),
+                None => promote(),
                 Some(failing) => emit(
-                    Phase::Done,
+                    Phase::Finishing(Finish::Done),
                     Decision::Abort(format!("health checks failed: {failing}")),
                     "aborted",
                 ),
             }
         }
-        (Some(Phase::Promoting), Observation::Promoted) => match &rollout.stable {
-            Some(stable) if config.retire_previous && *stable != rollout.candidate => emit(
-                Phase::Retiring,
-                Decision::Retire(stable.clone()),
-                &format!("retiring {stable}"),
-            ),
-            _ => emit(Phase::Done, Decision::Done, "done"),
-        },
-        (Some(Phase::Retiring), Observation::Retired(_)) => {
-            emit(Phase::Done, Decision::Done, "done")
+        (Some(Phase::Finishing(stage)), observation)
+            if let Some((stage, decision, label)) =
+                stage.next(rollout, observation, config.retire_previous) =>
+        {
+            emit(Phase::Finishing(stage), decision, &label)
         }
         (_, Observation::Rejected(reason)) => emit(
-            Phase::Done,
+            Phase::Finishing(Finish::Done),
             Decision::Abort(format!("rejected: {reason}")),
             "aborted",
         ),
@@ -286,8 +282,8 @@ mod tests {
         for phase in [
             Phase::Shifting,
             Phase::Analysing,
-            Phase::Promoting,
-            Phase::Retiring,
+            Phase::Finishing(Finish::Promoting),
+            Phase::Finishing(Finish::Retiring),
         ] {
             let state = serde_json::to_string(&phase).unwrap();
             let out = step(

@@ -11,7 +11,7 @@
 //! after each and may resume from any.
 
 use engine_sdk::strategy::{
-    AnalysisRequest, Decision, Observation, Rollout, StepResult, failing_checks,
+    AnalysisRequest, Decision, Finish, Observation, Rollout, StepResult, failing_checks,
 };
 use engine_sdk::{Capabilities, Diagnostic, Error, ErrorExt, PluginInfo, Strategy, TrafficTarget};
 use serde::{Deserialize, Serialize};
@@ -81,9 +81,10 @@ pub enum Phase {
     /// Green serves everything; blue idles, ready for a rollback.
     Baking,
     CheckingLive,
-    Promoting,
-    Retiring,
-    Done,
+    /// Promoting, retiring the previous revision, or finished (done or aborted): the end
+    /// every strategy shares (stored as `promoting`, `retiring`, `done`, as before).
+    #[serde(untagged)]
+    Finishing(Finish),
 }
 
 fn emit(phase: Phase, decision: Decision, label: &str) -> Result<StepResult, Error> {
@@ -124,15 +125,9 @@ fn switch(config: &Config, rollout: &Rollout) -> Result<StepResult, Error> {
     }
 }
 
-fn retire_or_done(rollout: &Rollout) -> Result<StepResult, Error> {
-    match &rollout.stable {
-        Some(blue) if *blue != rollout.candidate => emit(
-            Phase::Retiring,
-            Decision::Retire(blue.clone()),
-            &format!("retiring {blue}"),
-        ),
-        _ => emit(Phase::Done, Decision::Done, "done"),
-    }
+fn promote() -> Result<StepResult, Error> {
+    let (stage, decision, label) = Finish::start();
+    emit(Phase::Finishing(stage), decision, &label)
 }
 
 pub fn step(
@@ -147,7 +142,13 @@ pub fn step(
                 .map_err(|e| Error::fatal(format!("blue-green: unreadable checkpoint {s:?}: {e}")))
         })
         .transpose()?;
-    let abort = |why: String| emit(Phase::Done, Decision::Abort(why), "aborted");
+    let abort = |why: String| {
+        emit(
+            Phase::Finishing(Finish::Done),
+            Decision::Abort(why),
+            "aborted",
+        )
+    };
     match (phase, observation) {
         (_, Observation::Rejected(reason)) => abort(format!("rejected: {reason}")),
         (None, Observation::Start) => match &rollout.stable {
@@ -182,7 +183,7 @@ pub fn step(
         }
         (Some(Phase::Switching), Observation::TrafficSet(_)) => {
             if !(config.check_after_switch || rollout.stable.is_none()) {
-                emit(Phase::Promoting, Decision::Promote, "promoting")
+                promote()
             } else if rollout.stable.is_some() && !bake.is_zero() {
                 emit(
                     Phase::Baking,
@@ -199,12 +200,14 @@ pub fn step(
         (Some(Phase::CheckingLive), Observation::Analysed(outcomes)) => {
             match failing_checks(outcomes, config.fail_on_inconclusive) {
                 Some(f) => abort(format!("checks failed after the switch: {f}")),
-                None => emit(Phase::Promoting, Decision::Promote, "promoting"),
+                None => promote(),
             }
         }
-        (Some(Phase::Promoting), Observation::Promoted) => retire_or_done(rollout),
-        (Some(Phase::Retiring), Observation::Retired(_)) => {
-            emit(Phase::Done, Decision::Done, "done")
+        // Blue is retired once green is promoted: a rollback from there is a new rollout.
+        (Some(Phase::Finishing(stage)), observation)
+            if let Some((stage, decision, label)) = stage.next(rollout, observation, true) =>
+        {
+            emit(Phase::Finishing(stage), decision, &label)
         }
         (phase, observation) => Err(Error::fatal(format!(
             "blue-green: observation {observation:?} does not fit phase {phase:?}"

@@ -11,7 +11,7 @@
 //! after each and may resume from any.
 
 use engine_sdk::strategy::{
-    AnalysisRequest, Decision, Observation, Rollout, StepResult, failing_checks,
+    AnalysisRequest, Decision, Finish, Observation, Rollout, StepResult, failing_checks,
 };
 use engine_sdk::{Capabilities, Diagnostic, Error, ErrorExt, PluginInfo, Strategy, TrafficTarget};
 use serde::{Deserialize, Serialize};
@@ -115,12 +115,10 @@ pub enum Phase {
     Analysing,
     /// Approval was asked for.
     AwaitingApproval,
-    /// Promotion was asked for.
-    Promoting,
-    /// Retiring the previous revision was asked for.
-    Retiring,
-    /// Finished (done or aborted).
-    Done,
+    /// Promoting, retiring the previous revision, or finished (done or aborted): the end
+    /// every strategy shares (stored as `promoting`, `retiring`, `done`, as before).
+    #[serde(untagged)]
+    Finishing(Finish),
 }
 
 /// The state the host stores between steps.
@@ -190,7 +188,7 @@ fn finish_steps(config: &Config, rollout: &Rollout, state: State) -> Result<Step
     } else {
         emit(
             State {
-                phase: Phase::Promoting,
+                phase: Phase::Finishing(Finish::Promoting),
                 ..state
             },
             Decision::Promote,
@@ -218,13 +216,13 @@ pub fn step(
     match (state, observation) {
         (_, Observation::Rejected(reason)) => {
             let s = state.unwrap_or(State {
-                phase: Phase::Done,
+                phase: Phase::Finishing(Finish::Done),
                 step: 0,
                 failures: 0,
             });
             emit(
                 State {
-                    phase: Phase::Done,
+                    phase: Phase::Finishing(Finish::Done),
                     ..s
                 },
                 Decision::Abort(format!("rejected: {reason}")),
@@ -304,7 +302,7 @@ pub fn step(
                     if failures > config.failure_limit {
                         emit(
                             State {
-                                phase: Phase::Done,
+                                phase: Phase::Finishing(Finish::Done),
                                 failures,
                                 ..s
                             },
@@ -356,7 +354,7 @@ pub fn step(
             Observation::Approved,
         ) => emit(
             State {
-                phase: Phase::Promoting,
+                phase: Phase::Finishing(Finish::Promoting),
                 ..s
             },
             Decision::Promote,
@@ -365,45 +363,23 @@ pub fn step(
         (
             Some(
                 s @ State {
-                    phase: Phase::Promoting,
+                    phase: Phase::Finishing(stage),
                     ..
                 },
             ),
-            Observation::Promoted,
-        ) => match (&rollout.stable, config.retire_previous) {
-            (Some(stable), true) if *stable != rollout.candidate => emit(
+            observation,
+        ) if let Some((stage, decision, label)) =
+            stage.next(rollout, observation, config.retire_previous) =>
+        {
+            emit(
                 State {
-                    phase: Phase::Retiring,
+                    phase: Phase::Finishing(stage),
                     ..s
                 },
-                Decision::Retire(stable.clone()),
-                format!("retiring {stable}"),
-            ),
-            _ => emit(
-                State {
-                    phase: Phase::Done,
-                    ..s
-                },
-                Decision::Done,
-                "done".into(),
-            ),
-        },
-        (
-            Some(
-                s @ State {
-                    phase: Phase::Retiring,
-                    ..
-                },
-            ),
-            Observation::Retired(_),
-        ) => emit(
-            State {
-                phase: Phase::Done,
-                ..s
-            },
-            Decision::Done,
-            "done".into(),
-        ),
+                decision,
+                label,
+            )
+        }
         (state, observation) => Err(Error::fatal(format!(
             "canary: observation {observation:?} does not fit state {state:?}"
         ))),

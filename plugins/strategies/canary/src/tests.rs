@@ -221,8 +221,8 @@ fn a_rejection_aborts_from_every_phase() {
         Phase::Pausing,
         Phase::Analysing,
         Phase::AwaitingApproval,
-        Phase::Promoting,
-        Phase::Retiring,
+        Phase::Finishing(Finish::Promoting),
+        Phase::Finishing(Finish::Retiring),
     ] {
         let state = serde_json::to_string(&State {
             phase,
@@ -340,4 +340,19 @@ fn the_schema_is_json_with_the_documented_defaults() {
     let defaults = Config::default();
     assert_eq!(defaults.steps, [25, 50, 100]);
     assert_eq!(v["properties"]["pause"]["default"], defaults.pause.as_str());
+}
+
+#[test]
+fn states_stored_before_the_shared_finish_still_resume() {
+    for (stored, phase) in [
+        ("analysing", Phase::Analysing),
+        ("promoting", Phase::Finishing(Finish::Promoting)),
+        ("retiring", Phase::Finishing(Finish::Retiring)),
+        ("done", Phase::Finishing(Finish::Done)),
+    ] {
+        let text = format!(r#"{{"phase":"{stored}","step":1,"failures":0}}"#);
+        let state: State = serde_json::from_str(&text).unwrap();
+        assert_eq!(state.phase, phase);
+        assert_eq!(serde_json::to_string(&state).unwrap(), text);
+    }
 }

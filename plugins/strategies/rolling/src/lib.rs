@@ -7,7 +7,7 @@
 //! Every step is a pure function of (configuration, state, observation).
 
 use engine_sdk::strategy::{
-    AnalysisRequest, Decision, Observation, Rollout, StepResult, failing_checks,
+    AnalysisRequest, Decision, Finish, Observation, Rollout, StepResult, failing_checks,
 };
 use engine_sdk::{
     Capabilities, Diagnostic, Error, ErrorExt, Feature, PluginInfo, Strategy, TrafficTarget,
@@ -77,9 +77,10 @@ pub enum Phase {
     Shifting,
     Waiting,
     Checking,
-    Promoting,
-    Retiring,
-    Done,
+    /// Promoting, retiring the previous revision, or finished (done or aborted): the end
+    /// every strategy shares (stored as `promoting`, `retiring`, `done`, as before).
+    #[serde(untagged)]
+    Finishing(Finish),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,7 +160,7 @@ pub fn step(
     match (state, observation) {
         (s, Observation::Rejected(reason)) => emit(
             State {
-                phase: Phase::Done,
+                phase: Phase::Finishing(Finish::Done),
                 batch: s.map_or(0, |s| s.batch),
             },
             Decision::Abort(format!("rejected: {reason}")),
@@ -208,7 +209,7 @@ pub fn step(
         ) => match failing_checks(outcomes, config.fail_on_inconclusive) {
             Some(f) => emit(
                 State {
-                    phase: Phase::Done,
+                    phase: Phase::Finishing(Finish::Done),
                     ..s
                 },
                 Decision::Abort(format!(
@@ -220,7 +221,7 @@ pub fn step(
             None if s.batch + 1 < batches => shift(s.batch + 1),
             None => emit(
                 State {
-                    phase: Phase::Promoting,
+                    phase: Phase::Finishing(Finish::Promoting),
                     ..s
                 },
                 Decision::Promote,
@@ -230,44 +231,18 @@ pub fn step(
         (
             Some(
                 s @ State {
-                    phase: Phase::Promoting,
+                    phase: Phase::Finishing(stage),
                     ..
                 },
             ),
-            Observation::Promoted,
-        ) => match &rollout.stable {
-            Some(old) if *old != rollout.candidate => emit(
-                State {
-                    phase: Phase::Retiring,
-                    ..s
-                },
-                Decision::Retire(old.clone()),
-                format!("retiring {old}"),
-            ),
-            _ => emit(
-                State {
-                    phase: Phase::Done,
-                    ..s
-                },
-                Decision::Done,
-                "done".into(),
-            ),
-        },
-        (
-            Some(
-                s @ State {
-                    phase: Phase::Retiring,
-                    ..
-                },
-            ),
-            Observation::Retired(_),
-        ) => emit(
+            observation,
+        ) if let Some((stage, decision, label)) = stage.next(rollout, observation, true) => emit(
             State {
-                phase: Phase::Done,
+                phase: Phase::Finishing(stage),
                 ..s
             },
-            Decision::Done,
-            "done".into(),
+            decision,
+            label,
         ),
         (state, observation) => Err(Error::fatal(format!(
             "rolling: observation {observation:?} does not fit state {state:?}"
