@@ -5,10 +5,10 @@
 
 mod support;
 
+use engine::grants::{GrantsConfig, SecretGrantConfig};
 use engine::runtime::LoadedPlugin;
 use engine::runtime::bindings::types::ServiceRef;
 use engine::runtime::google::{Credential, GoogleTokens, TokenKind};
-use engine::runtime::grants::{GrantsConfig, SecretGrantConfig};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;

@@ -4,11 +4,11 @@
 
 mod support;
 
+use engine::grants::GrantsConfig;
 use engine::plugins::PluginSource;
 use engine::runtime::bindings::health::exports::engine::plugin::health::{CheckResult, Target};
 use engine::runtime::bindings::types::{Endpoint, EndpointKind, Verdict};
 use engine::runtime::events::Capability;
-use engine::runtime::grants::GrantsConfig;
 use engine::runtime::{LoadedPlugin, Runtime};
 use local_api::RevisionRequest;
 use std::time::{Duration, Instant};

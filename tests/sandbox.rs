@@ -5,10 +5,10 @@
 
 mod support;
 
+use engine::grants::{DirGrant, GrantsConfig, SecretGrantConfig};
 use engine::plugins::PluginSource;
 use engine::runtime::bindings::types::ServiceRef;
 use engine::runtime::events::{Capability, Denial, PluginEvent};
-use engine::runtime::grants::{DirGrant, GrantsConfig, SecretGrantConfig};
 use engine::runtime::{CallError, LoadError, LoadedPlugin, PluginError};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -1235,12 +1235,11 @@ async fn a_grant_that_covers_the_cache_the_state_or_the_pipeline_is_refused() {
     let pipeline = root.path().join("project/pipeline.toml");
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(&pipeline, "name = \"p\"").unwrap();
-    let protect =
-        |path: &std::path::Path, what: &str, unreadable| engine::runtime::grants::ProtectedPath {
-            path: path.into(),
-            what: what.into(),
-            unreadable,
-        };
+    let protect = |path: &std::path::Path, what: &str, unreadable| engine::grants::ProtectedPath {
+        path: path.into(),
+        what: what.into(),
+        unreadable,
+    };
     let runtime = engine::runtime::Runtime::new(engine::runtime::RuntimeOptions {
         cache_dir: Some(cache.clone()),
         protected_paths: vec![

@@ -10,10 +10,10 @@
 //!   machine's drift does not skew.
 
 use criterion::{Criterion, Throughput};
+use engine::grants::GrantsConfig;
 use engine::plugins::PluginSource;
 use engine::runtime::bindings::health::exports::engine::plugin::health::Target;
 use engine::runtime::bindings::types::{Endpoint, EndpointKind};
-use engine::runtime::grants::GrantsConfig;
 use engine::runtime::{Runtime, RuntimeOptions};
 use local_api::{RevisionRequest, RevisionView, Weight};
 use std::future::Future;

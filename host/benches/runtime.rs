@@ -12,9 +12,9 @@
 //! criterion's output.
 
 use criterion::{BatchSize, Criterion};
+use engine::grants::GrantsConfig;
 use engine::plugins::PluginSource;
 use engine::runtime::bindings::types as host;
-use engine::runtime::grants::GrantsConfig;
 use engine::runtime::{LoadedPlugin, Runtime, RuntimeOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;

@@ -1,6 +1,8 @@
 //! The engine: deploys multi-service systems through sandboxed WebAssembly plugins.
 //!
 //! - [`config`]: pipeline.toml, parsed and validated; [`graph`]: deployment order.
+//! - [`grants`]: what a pipeline grants a plugin (hosts, directories, secrets, limits), parsed.
+//! - [`port`]: the executor's view of platforms and strategies, in domain types.
 //! - [`runtime`]: the plugin runtime (wasmtime, capabilities, limits, secrets).
 //! - [`plugins`]: where plugins come from (built in, or a pinned `.wasm` file).
 //! - [`run`]: the executor: dependency order, strategies, health analysis, rollback.
@@ -11,6 +13,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod grants;
 pub mod graph;
 pub mod plugins;
 pub mod port;

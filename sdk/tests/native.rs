@@ -176,6 +176,14 @@ fn the_shared_finish_promotes_retires_the_previous_revision_only_and_is_done() {
     let next = Finish::Retiring.next(&rollout(Some("api-r1")), &retired, true);
     assert_eq!(next.map(|(s, d, _)| (s, d)), done);
     // An observation that does not follow the stage is the strategy's to report.
-    assert!(Finish::Promoting.next(&rollout(None), &Observation::Waited, true).is_none());
-    assert!(Finish::Done.next(&rollout(None), &Observation::Promoted, true).is_none());
+    assert!(
+        Finish::Promoting
+            .next(&rollout(None), &Observation::Waited, true)
+            .is_none()
+    );
+    assert!(
+        Finish::Done
+            .next(&rollout(None), &Observation::Promoted, true)
+            .is_none()
+    );
 }

@@ -3,8 +3,8 @@
 
 #![allow(dead_code)]
 
+use engine::grants::GrantsConfig;
 use engine::plugins::PluginSource;
-use engine::runtime::grants::GrantsConfig;
 use engine::runtime::{LoadedPlugin, MemorySink, Runtime, RuntimeOptions};
 use std::collections::HashMap;
 use std::io::Read;

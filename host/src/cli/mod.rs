@@ -232,8 +232,8 @@ use crate::runtime as engine_runtime;
 /// platform's tokens (not even to read), its own file and plugin files (not to change).
 pub(crate) fn protected_paths(
     pipeline: &crate::config::Pipeline,
-) -> Vec<engine_runtime::grants::ProtectedPath> {
-    use engine_runtime::grants::ProtectedPath;
+) -> Vec<crate::grants::ProtectedPath> {
+    use crate::grants::ProtectedPath;
     let protect = |path: PathBuf, what: &str, unreadable| ProtectedPath {
         path,
         what: what.to_string(),

@@ -1,8 +1,8 @@
 //! `engine plugins list` and `engine plugins inspect`.
 
 use super::{Cli, CommandError, Format};
+use crate::grants::GrantsConfig;
 use crate::plugins::{PluginSource, embedded, find_embedded};
-use crate::runtime::grants::GrantsConfig;
 use crate::runtime::info::PluginInfo;
 use crate::runtime::{LoadedPlugin, MemorySink, Runtime, WIT_PACKAGE};
 use clap::Subcommand;

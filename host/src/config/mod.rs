@@ -14,8 +14,8 @@ pub mod variables;
 
 pub use plugin_check::{PluginCheck, check_plugins, examine_plugins};
 
+use crate::grants::GrantsConfig;
 use crate::plugins::PluginSource;
-use crate::runtime::grants::GrantsConfig;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -8,8 +8,8 @@ use super::{
     Artifact, Check, DEFAULT_STRATEGY, Ingress, Inputs, Origin, Pipeline, PluginDecl, PluginRole,
     PluginUse, Service,
 };
+use crate::grants::GrantsConfig;
 use crate::plugins::{PluginSource, embedded, find_embedded};
-use crate::runtime::grants::GrantsConfig;
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};

@@ -13,49 +13,9 @@
 //! refused whatever else is granted. The local platform's admin ports are reachable only
 //! through a grant that names the host and port exactly, never through a wildcard.
 
-use super::grants::HttpPattern;
+use crate::grants::HttpPattern;
+pub use crate::grants::host::{CanonicalHost, canonical_host};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-/// A destination host read by the URL parser: lower case, IDNA-normalised, IPv6 without
-/// brackets; `ip` is set when the host is an address in any spelling.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CanonicalHost {
-    pub name: String,
-    pub ip: Option<IpAddr>,
-}
-
-/// Reads `host` (no port; IPv6 with or without brackets) as the HTTP client would.
-pub fn canonical_host(host: &str) -> Result<CanonicalHost, String> {
-    let bracketed = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    };
-    let url = reqwest::Url::parse(&format!("http://{bracketed}/"))
-        .map_err(|e| format!("{host:?} is not a valid host name or address: {e}"))?;
-    url.host()
-        .map(CanonicalHost::from)
-        .ok_or_else(|| format!("{host:?} has no host"))
-}
-
-impl From<url::Host<&str>> for CanonicalHost {
-    fn from(host: url::Host<&str>) -> CanonicalHost {
-        match host {
-            url::Host::Ipv4(v4) => CanonicalHost {
-                name: v4.to_string(),
-                ip: Some(IpAddr::V4(v4)),
-            },
-            url::Host::Ipv6(v6) => CanonicalHost {
-                name: v6.to_string(),
-                ip: Some(IpAddr::V6(v6)),
-            },
-            url::Host::Domain(name) => CanonicalHost {
-                name: name.to_string(),
-                ip: None,
-            },
-        }
-    }
-}
 
 /// Whether an address belongs to a network a plugin must not reach unless it names it.
 pub fn is_internal(ip: IpAddr) -> bool {

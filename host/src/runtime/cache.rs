@@ -93,8 +93,8 @@ impl CompileCache {
     }
 
     /// What no grant may expose: the entries and the key.
-    pub fn protected_paths(&self) -> Vec<super::grants::ProtectedPath> {
-        let protect = |path: PathBuf, what: &str| super::grants::ProtectedPath {
+    pub fn protected_paths(&self) -> Vec<crate::grants::ProtectedPath> {
+        let protect = |path: PathBuf, what: &str| crate::grants::ProtectedPath {
             path,
             what: what.to_string(),
             unreadable: true,

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// The default of a plugin's `disk` limit.
-pub const DEFAULT_DISK_BYTES: u64 = 1 << 30;
+pub use crate::grants::DEFAULT_DISK_BYTES;
 
 /// How often a running call's directories are measured.
 pub const POLL: Duration = Duration::from_millis(100);

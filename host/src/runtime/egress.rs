@@ -22,8 +22,8 @@
 
 use super::address::{AddressPolicy, CanonicalHost, Refusal};
 use super::events::{Capability, Denial, EventSink, PluginEvent};
-use super::grants::{HttpPattern, suggested_http_grant};
 use super::secrets::{PLACEHOLDER_PREFIX, PluginSecrets, ResolvedSecret, SecretValue};
+use crate::grants::{HttpPattern, suggested_http_grant};
 use crate::redact::redactor;
 use crate::redact::stream::{OnFound, Patterns, Window};
 use bytes::Bytes;

@@ -1,7 +1,7 @@
 //! The process-wide wasmtime `Engine`: pooling allocator when the address space allows it,
 //! epoch interruption driven by a ticker thread.
 
-use super::grants::MAX_MEMORY_BYTES;
+use crate::grants::MAX_MEMORY_BYTES;
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 

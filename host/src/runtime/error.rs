@@ -2,7 +2,7 @@
 //! user can do something about it, what to change.
 
 use super::bindings::types;
-use super::grants::GrantError;
+use crate::grants::GrantError;
 use std::time::Duration;
 
 /// An error a plugin returned: the WIT `error` variant, with secret values redacted.

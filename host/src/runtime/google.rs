@@ -13,6 +13,7 @@
 //! (An access token obtained elsewhere needs none of this: grant it as an ordinary secret,
 //! `from = "env:VARIABLE"`.)
 
+pub use crate::grants::source::TokenKind;
 use crate::redact::redactor;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -24,16 +25,6 @@ const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 /// A token is renewed when less than this is left of it.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
-
-/// Which kind of token a secret stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenKind {
-    /// An OAuth2 access token for the Google Cloud APIs.
-    Access,
-    /// An OpenID Connect identity token whose audience is the destination's origin (how one
-    /// Cloud Run service calls another that requires authentication).
-    Identity,
-}
 
 /// A credential that can mint tokens.
 #[derive(Clone)]

@@ -3,8 +3,8 @@
 //! a need nobody granted is not met. Every difference is a warning for the user, since either
 //! side may be the mistake. Pure: no file is looked at, no secret read.
 
-use super::grants::Grants;
 use super::info::Capabilities;
+use crate::grants::Grants;
 
 /// What a plugin gets, and what the user is told about the difference.
 #[derive(Debug)]
@@ -151,9 +151,9 @@ fn intersect_secrets(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::grants::{DirGrant, GrantsConfig};
+    use crate::grants::source::SecretSource;
+    use crate::grants::{DirGrant, GrantsConfig};
     use crate::runtime::info::DirNeed;
-    use crate::runtime::secrets::SecretSource;
 
     fn grants(toml: &str) -> Grants {
         let config: GrantsConfig = toml::from_str(toml).unwrap();

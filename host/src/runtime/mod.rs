@@ -7,7 +7,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use engine::runtime::{Runtime, RuntimeOptions, grants::GrantsConfig};
+//! use engine::grants::GrantsConfig;
+//! use engine::runtime::{Runtime, RuntimeOptions};
 //! use engine::plugins::PluginSource;
 //!
 //! let runtime = Runtime::new(RuntimeOptions::default())?;
@@ -27,7 +28,6 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod google;
-pub mod grants;
 pub mod info;
 pub mod inspect;
 pub mod intersection;
@@ -44,10 +44,10 @@ pub use inspect::{PluginKind, WIT_PACKAGE, WIT_VERSION};
 pub use plugin::{Health, LoadedPlugin, Provider, ProviderSession, Strategy};
 pub use port::PluginPorts;
 
+use crate::grants::{self, Grants, GrantsConfig, HttpPattern};
 use crate::plugins::PluginSource;
 use cache::{CacheOutcome, CompileCache, sha256_hex};
 use events::PluginEvent as Event;
-use grants::{Grants, GrantsConfig, HttpPattern};
 use secrets::PluginSecrets;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -316,7 +316,7 @@ impl Runtime {
         grants.secrets.insert(
             local_api::SECRET_NAME.to_string(),
             grants::SecretGrant {
-                source: secrets::SecretSource::LocalPlatform,
+                source: grants::source::SecretSource::LocalPlatform,
                 hosts: Some(hosts),
                 in_plan: true,
             },

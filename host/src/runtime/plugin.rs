@@ -831,10 +831,10 @@ impl Health<'_> {
 
 /// The rules plugin output must follow beyond its WIT types.
 mod check {
-    use super::super::grants::HttpPattern;
     use super::MAX_STRATEGY_STATE;
     use super::strategy_world::exports::engine::plugin::strategy::{Decision, StepResult};
     use super::types;
+    use crate::grants::HttpPattern;
 
     pub fn json(what: &str, text: &str) -> Result<(), String> {
         serde_json::from_str::<serde_json::Value>(text)

@@ -7,82 +7,45 @@
 //! stored record passes through. Google tokens ([`super::google`]) are secrets whose value the host obtains
 //! and renews itself; each new token is registered with the redactor as it is minted.
 
-use super::google::{Credential, GoogleTokens, TokenKind};
-use super::grants::{HttpPattern, SecretGrant};
+use super::google::{Credential, GoogleTokens};
+use crate::grants::source::SecretSource;
+use crate::grants::source::TokenKind;
+use crate::grants::{HttpPattern, SecretGrant};
 use crate::redact::redactor;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-
-/// Where a secret's value comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    /// `env:NAME`: an environment variable of the engine's process.
-    Env(String),
-    /// `file:PATH`: a file's contents, without the trailing newline.
-    File(PathBuf),
-    /// The local platform's access token: given by the engine to its own `local` provider,
-    /// never written in a pipeline.
-    LocalPlatform,
-    /// `google[:KEY]` (an access token) or `google-id-token[:KEY]` (an identity token for the
-    /// destination), from a key file or the credential chain.
-    Google {
-        kind: TokenKind,
-        key: Option<PathBuf>,
-    },
-}
 
 /// Values shorter than this could not be redacted without mangling ordinary text.
 pub const MIN_SECRET_LEN: usize = 4;
 
-impl SecretSource {
-    pub fn parse(text: &str) -> Result<SecretSource, String> {
-        let google = |kind, key: Option<&str>| SecretSource::Google {
-            kind,
-            key: key.map(PathBuf::from),
-        };
-        match text.split_once(':') {
-            Some(("env", name)) if !name.is_empty() => Ok(SecretSource::Env(name.to_string())),
-            Some(("file", path)) if !path.is_empty() => Ok(SecretSource::File(path.into())),
-            Some(("google", key)) if !key.is_empty() => Ok(google(TokenKind::Access, Some(key))),
-            Some(("google-id-token", key)) if !key.is_empty() => {
-                Ok(google(TokenKind::Identity, Some(key)))
-            }
-            None if text == "google" => Ok(google(TokenKind::Access, None)),
-            None if text == "google-id-token" => Ok(google(TokenKind::Identity, None)),
-            _ => Err(format!(
-                "{text:?} is not a secret source; write \"env:VARIABLE\", \"file:/path/to/file\", \"google\" (an access token) or \"google-id-token\" (an identity token)"
-            )),
+/// Reads the value of `source` now (for Google tokens: finds the credential; tokens come per
+/// request).
+pub fn resolve(source: &SecretSource) -> Result<SecretValue, String> {
+    let value = match source {
+        SecretSource::LocalPlatform => return Ok(SecretValue::LocalPlatform),
+        SecretSource::Google { kind, key } => {
+            let credential = match key {
+                Some(path) => Credential::from_file(path)?,
+                None => Credential::discover()?,
+            };
+            return Ok(SecretValue::Google(Arc::new(GoogleTokens::new(
+                credential, *kind,
+            )?)));
         }
-    }
-
-    /// Reads the value now (for Google tokens: finds the credential; tokens come per request).
-    pub fn resolve(&self) -> Result<SecretValue, String> {
-        let value = match self {
-            SecretSource::LocalPlatform => return Ok(SecretValue::LocalPlatform),
-            SecretSource::Google { kind, key } => {
-                let credential = match key {
-                    Some(path) => Credential::from_file(path)?,
-                    None => Credential::discover()?,
-                };
-                return Ok(SecretValue::Google(Arc::new(GoogleTokens::new(
-                    credential, *kind,
-                )?)));
-            }
-            SecretSource::Env(name) => std::env::var(name)
-                .map_err(|_| format!("environment variable {name} is not set"))?,
-            SecretSource::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
-        };
-        if value.len() < MIN_SECRET_LEN {
-            return Err(format!(
-                "the value is shorter than {MIN_SECRET_LEN} characters, too short to redact from logs safely"
-            ));
+        SecretSource::Env(name) => {
+            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
         }
-        Ok(SecretValue::Fixed(value))
+        SecretSource::File(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
+    };
+    if value.len() < MIN_SECRET_LEN {
+        return Err(format!(
+            "the value is shorter than {MIN_SECRET_LEN} characters, too short to redact from logs safely"
+        ));
     }
+    Ok(SecretValue::Fixed(value))
 }
 
 /// A secret's value: fixed, or a Google token the host mints for each destination.
@@ -201,7 +164,7 @@ pub fn register_pipeline_secrets(pipeline: &crate::config::Pipeline) {
             continue;
         };
         for grant in grants.secrets.values() {
-            if let Ok(SecretValue::Fixed(value)) = grant.source.resolve() {
+            if let Ok(SecretValue::Fixed(value)) = resolve(&grant.source) {
                 redactor().register(&value);
             }
         }
@@ -211,10 +174,7 @@ pub fn register_pipeline_secrets(pipeline: &crate::config::Pipeline) {
 /// Reads one granted secret (registering a fixed value with the redactor) and gives it a
 /// placeholder of its own.
 fn resolve_one(name: &str, grant: &SecretGrant) -> Result<ResolvedSecret, String> {
-    let value = grant
-        .source
-        .resolve()
-        .map_err(|e| format!("secret '{name}': {e}"))?;
+    let value = resolve(&grant.source).map_err(|e| format!("secret '{name}': {e}"))?;
     if let SecretValue::Fixed(v) = &value {
         redactor().register(v);
     }
@@ -251,7 +211,7 @@ mod tests {
         let path = dir.path().join("token");
         std::fs::write(&path, "s3cr3t-value\n").unwrap();
         assert!(
-            matches!(SecretSource::File(path).resolve().unwrap(), SecretValue::Fixed(v) if v == "s3cr3t-value")
+            matches!(resolve(&SecretSource::File(path)).unwrap(), SecretValue::Fixed(v) if v == "s3cr3t-value")
         );
         assert_eq!(
             SecretSource::parse("google-id-token:/k.json").unwrap(),
@@ -268,8 +228,7 @@ mod tests {
             }
         );
         assert!(
-            SecretSource::Env("ENGINE_TEST_SURELY_UNSET".into())
-                .resolve()
+            resolve(&SecretSource::Env("ENGINE_TEST_SURELY_UNSET".into()))
                 .unwrap_err()
                 .contains("is not set")
         );
@@ -281,8 +240,7 @@ mod tests {
         let path = dir.path().join("short");
         std::fs::write(&path, "abc").unwrap();
         assert!(
-            SecretSource::File(path)
-                .resolve()
+            resolve(&SecretSource::File(path))
                 .unwrap_err()
                 .contains("too short")
         );

@@ -8,7 +8,7 @@
 use super::address::{AddressPolicy, Refusal, canonical_host};
 use super::bindings::health::engine::plugin::tcp::{ConnectError, Connected};
 use super::events::{Capability, Denial, EventSink, PluginEvent};
-use super::grants::HttpPattern;
+use crate::grants::HttpPattern;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -5,6 +5,9 @@
 //! directories in `dirs` and the secrets in `secrets`, and only those of them it also declares
 //! in its `info`.
 
+pub mod host;
+pub mod source;
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -72,13 +75,16 @@ pub struct SecretGrantConfig {
     pub in_plan: Option<bool>,
 }
 
+/// The default of a plugin's `disk` limit.
+pub const DEFAULT_DISK_BYTES: u64 = 1 << 30;
+
 /// Per-call limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub timeout: Duration,
     pub memory_bytes: u64,
     pub max_response_bytes: u64,
-    /// What one call may add to the writable directories ([`super::disk`]).
+    /// What one call may add to the writable directories (measured by the runtime).
     pub disk_bytes: u64,
 }
 
@@ -88,7 +94,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(30),
             memory_bytes: 256 << 20,
             max_response_bytes: 16 << 20,
-            disk_bytes: super::disk::DEFAULT_DISK_BYTES,
+            disk_bytes: DEFAULT_DISK_BYTES,
         }
     }
 }
@@ -112,7 +118,7 @@ pub struct Grants {
 /// A parsed secret grant.
 #[derive(Debug, Clone)]
 pub struct SecretGrant {
-    pub source: super::secrets::SecretSource,
+    pub source: source::SecretSource,
     /// None: any destination in `allow_http`.
     pub hosts: Option<Vec<HttpPattern>>,
     /// Whether the value may be sent during `engine plan`.
@@ -179,7 +185,7 @@ impl GrantsConfig {
         let mut secrets = BTreeMap::new();
         for (name, grant) in &self.secrets {
             let key = format!("secrets.{name}");
-            let source = super::secrets::SecretSource::parse(&grant.from)
+            let source = source::SecretSource::parse(&grant.from)
                 .map_err(|m| grant_error(format!("{key}.from"), m))?;
             let hosts = grant
                 .hosts
@@ -362,7 +368,7 @@ impl HttpPattern {
         } else {
             // Read as the HTTP client reads hosts, so `127.1` and `127.0.0.1` are one grant.
             HostPattern::Exact(
-                super::address::canonical_host(&host)
+                host::canonical_host(&host)
                     .map_err(|e| format!("{text:?}: {e}"))?
                     .name,
             )

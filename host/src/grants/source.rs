@@ -1,0 +1,54 @@
+//! Where a granted secret's value comes from, as pipeline.toml writes it (`env:NAME`,
+//! `file:PATH`, `google[:KEY]`, `google-id-token[:KEY]`). Reading the value is the runtime's.
+
+use std::path::PathBuf;
+
+/// Where a secret's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `env:NAME`: an environment variable of the engine's process.
+    Env(String),
+    /// `file:PATH`: a file's contents, without the trailing newline.
+    File(PathBuf),
+    /// The local platform's access token: given by the engine to its own `local` provider,
+    /// never written in a pipeline.
+    LocalPlatform,
+    /// `google[:KEY]` (an access token) or `google-id-token[:KEY]` (an identity token for the
+    /// destination), from a key file or the credential chain.
+    Google {
+        kind: TokenKind,
+        key: Option<PathBuf>,
+    },
+}
+
+/// Which kind of token a secret stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// An OAuth2 access token for the Google Cloud APIs.
+    Access,
+    /// An OpenID Connect identity token whose audience is the destination's origin (how one
+    /// Cloud Run service calls another that requires authentication).
+    Identity,
+}
+
+impl SecretSource {
+    pub fn parse(text: &str) -> Result<SecretSource, String> {
+        let google = |kind, key: Option<&str>| SecretSource::Google {
+            kind,
+            key: key.map(PathBuf::from),
+        };
+        match text.split_once(':') {
+            Some(("env", name)) if !name.is_empty() => Ok(SecretSource::Env(name.to_string())),
+            Some(("file", path)) if !path.is_empty() => Ok(SecretSource::File(path.into())),
+            Some(("google", key)) if !key.is_empty() => Ok(google(TokenKind::Access, Some(key))),
+            Some(("google-id-token", key)) if !key.is_empty() => {
+                Ok(google(TokenKind::Identity, Some(key)))
+            }
+            None if text == "google" => Ok(google(TokenKind::Access, None)),
+            None if text == "google-id-token" => Ok(google(TokenKind::Identity, None)),
+            _ => Err(format!(
+                "{text:?} is not a secret source; write \"env:VARIABLE\", \"file:/path/to/file\", \"google\" (an access token) or \"google-id-token\" (an identity token)"
+            )),
+        }
+    }
+}
