@@ -271,7 +271,7 @@ fn mutated_pipelines_that_parse_go_through_the_plugins_checks_too() {
             let Ok(pipeline) = config::parse_with("pipeline.toml", &text, &base, &inputs) else {
                 return Ok(());
             };
-            let found = tokio.block_on(config::examine_plugins(&pipeline, &runtime));
+            let found = tokio.block_on(engine::runtime::examine_plugins(&pipeline, &runtime));
             for d in &found.diagnostics {
                 assert!(!d.message.is_empty());
                 assert!(d.span.end <= text.len(), "{d:?}");

@@ -102,7 +102,7 @@ fn run_once(
     let text = make(platform.path());
     let pipeline = engine::config::parse("bench.toml", &text, dir.path(), None).expect("valid");
     tokio.block_on(async {
-        let plugins = engine::config::check_plugins(&pipeline, runtime)
+        let plugins = engine::runtime::check_plugins(&pipeline, runtime)
             .await
             .expect("plugins");
         let store = Store::open(&dir.path().join("state.db")).await.unwrap();

@@ -1,6 +1,5 @@
 //! Where plugins come from: built into the `engine` binary, or a `.wasm` file pinned by sha256.
 
-use crate::runtime::LoadError;
 use std::borrow::Cow;
 use std::path::PathBuf;
 
@@ -23,6 +22,30 @@ pub fn embedded() -> &'static [EmbeddedPlugin] {
 /// Looks a built-in plugin up by name.
 pub fn find_embedded(name: &str) -> Option<&'static EmbeddedPlugin> {
     EMBEDDED.iter().find(|p| p.name == name)
+}
+
+/// Why a plugin's bytes could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read plugin '{plugin}' from {path}: {message}")]
+    Read {
+        plugin: String,
+        path: String,
+        message: String,
+    },
+    #[error(
+        "plugin '{plugin}' ({path}) does not match its pinned sha256\n  expected: {expected}\n  actual:   {actual}\nIf you rebuilt or upgraded the plugin on purpose, update `sha256` in [plugins.{plugin}]; otherwise the file was changed and should not be trusted."
+    )]
+    HashMismatch {
+        plugin: String,
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("`sha256` of plugin '{plugin}' must be 64 hexadecimal characters, got {value:?}")]
+    BadPin { plugin: String, value: String },
+    #[error("there is no built-in plugin named '{name}'; built-in plugins: {available}")]
+    UnknownEmbedded { name: String, available: String },
 }
 
 /// Where to load a plugin from.
@@ -48,11 +71,11 @@ impl PluginSource {
     }
 
     /// The plugin's bytes.
-    pub fn read(&self, plugin: &str) -> Result<Cow<'static, [u8]>, LoadError> {
+    pub fn read(&self, plugin: &str) -> Result<Cow<'static, [u8]>, SourceError> {
         match self {
             PluginSource::Embedded(name) => find_embedded(name)
                 .map(|p| Cow::Borrowed(p.bytes))
-                .ok_or_else(|| LoadError::UnknownEmbedded {
+                .ok_or_else(|| SourceError::UnknownEmbedded {
                     name: name.clone(),
                     available: EMBEDDED
                         .iter()
@@ -62,7 +85,7 @@ impl PluginSource {
                 }),
             PluginSource::File { path, .. } | PluginSource::Unpinned(path) => std::fs::read(path)
                 .map(Cow::Owned)
-                .map_err(|e| LoadError::Read {
+                .map_err(|e| SourceError::Read {
                     plugin: plugin.to_string(),
                     path: path.display().to_string(),
                     message: e.to_string(),
@@ -71,19 +94,19 @@ impl PluginSource {
     }
 
     /// Refuses a file whose sha256 is not the pinned one.
-    pub fn verify(&self, plugin: &str, actual: &str) -> Result<(), LoadError> {
+    pub fn verify(&self, plugin: &str, actual: &str) -> Result<(), SourceError> {
         let PluginSource::File { path, sha256 } = self else {
             return Ok(());
         };
         let expected = sha256.trim().to_ascii_lowercase();
         if expected.len() != 64 || !expected.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(LoadError::BadPin {
+            return Err(SourceError::BadPin {
                 plugin: plugin.to_string(),
                 value: sha256.clone(),
             });
         }
         if expected != actual {
-            return Err(LoadError::HashMismatch {
+            return Err(SourceError::HashMismatch {
                 plugin: plugin.to_string(),
                 path: path.display().to_string(),
                 expected,

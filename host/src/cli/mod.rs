@@ -160,7 +160,9 @@ impl PipelineArgs {
     pub fn load(&self) -> Result<crate::config::Pipeline, CommandError> {
         let pipeline = crate::config::load_with(self.path(), &self.inputs())
             .map_err(output::config_failure)?;
-        crate::runtime::secrets::register_pipeline_secrets(&pipeline);
+        crate::runtime::secrets::register_readable_secrets(
+            pipeline.plugins.values().map(|p| &p.grants),
+        );
         Ok(pipeline)
     }
 }

@@ -1,7 +1,6 @@
 //! `engine plan`: what `engine run` would do, from a dry run the runtime enforces.
 
 use super::CommandError;
-use crate::config;
 use crate::redact::redactor;
 use crate::runtime::events::{EventSink, PluginEvent, TracingSink};
 use std::path::PathBuf;
@@ -59,7 +58,7 @@ pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> 
     };
     let runtime = crate::runtime::Runtime::new(options)
         .map_err(|e| CommandError::failure(format!("{e:#}")))?;
-    let plugins = config::check_plugins(&pipeline, &runtime)
+    let plugins = crate::runtime::check_plugins(&pipeline, &runtime)
         .await
         .map_err(super::output::config_failure)?;
     // Reading what is deployed needs the platform; starting an empty one changes nothing.

@@ -27,7 +27,7 @@ pub(super) async fn prepare(
     };
     let runtime = crate::runtime::Runtime::new(options)
         .map_err(|e| CommandError::failure(format!("{e:#}")))?;
-    let plugins = config::check_plugins(&pipeline, &runtime)
+    let plugins = crate::runtime::check_plugins(&pipeline, &runtime)
         .await
         .map_err(output::config_failure)?;
     super::local::ensure_for(&pipeline).await?;

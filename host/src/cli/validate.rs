@@ -77,7 +77,7 @@ async fn validate(cli: &super::Cli, args: &ValidateArgs) -> Result<Found, Comman
         ..cli.runtime_options()
     };
     let runtime = Runtime::new(options).map_err(|e| CommandError::failure(format!("{e:#}")))?;
-    let checked = config::examine_plugins(&pipeline, &runtime).await;
+    let checked = crate::runtime::examine_plugins(&pipeline, &runtime).await;
     let mut diagnostics = checked.diagnostics;
     diagnostics.extend(sink.events().into_iter().filter_map(|event| match event {
         PluginEvent::GrantMismatch { plugin, message } => Some(Diagnostic::warning(

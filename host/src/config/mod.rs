@@ -7,12 +7,10 @@
 //! in the file.
 
 pub mod diagnostic;
-mod plugin_check;
+mod origin;
 mod tree;
 mod validate;
 pub mod variables;
-
-pub use plugin_check::{PluginCheck, check_plugins, examine_plugins};
 
 use crate::grants::GrantsConfig;
 use crate::plugins::PluginSource;

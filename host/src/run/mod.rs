@@ -3,7 +3,7 @@
 //! step.
 //!
 //! Data flows one way: the caller validates the pipeline ([`crate::config`]) and loads its
-//! plugins ([`crate::config::check_plugins`]), takes the lock in the [`Store`], and hands all
+//! plugins ([`crate::runtime::check_plugins`]), takes the lock in the [`Store`], and hands all
 //! three to [`execute`], which reports to an [`Observer`].
 //!
 //! A CI runner that embeds the engine instead of running the `engine` binary does the same as
@@ -26,7 +26,7 @@
 //! let file = Path::new("pipeline.toml");
 //! let pipeline = engine::config::load(file, Some("staging"))?; // every problem, with spans
 //! let runtime = Runtime::new(RuntimeOptions::default())?;
-//! let plugins = engine::config::check_plugins(&pipeline, &runtime).await?;
+//! let plugins = engine::runtime::check_plugins(&pipeline, &runtime).await?;
 //! // Or Location::parse("postgres://…") for state shared by several CI machines.
 //! let store = Store::connect(&Location::beside(file)).await?;
 //! let lock = store.lock(&pipeline.name, "staging", &Holder::this_process("my CI runner")).await?;

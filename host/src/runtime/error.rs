@@ -137,25 +137,9 @@ impl CallError {
 /// A plugin that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read plugin '{plugin}' from {path}: {message}")]
-    Read {
-        plugin: String,
-        path: String,
-        message: String,
-    },
-    #[error(
-        "plugin '{plugin}' ({path}) does not match its pinned sha256\n  expected: {expected}\n  actual:   {actual}\nIf you rebuilt or upgraded the plugin on purpose, update `sha256` in [plugins.{plugin}]; otherwise the file was changed and should not be trusted."
-    )]
-    HashMismatch {
-        plugin: String,
-        path: String,
-        expected: String,
-        actual: String,
-    },
-    #[error("`sha256` of plugin '{plugin}' must be 64 hexadecimal characters, got {value:?}")]
-    BadPin { plugin: String, value: String },
-    #[error("there is no built-in plugin named '{name}'; built-in plugins: {available}")]
-    UnknownEmbedded { name: String, available: String },
+    /// The plugin's bytes could not be found, read, or do not match their pin.
+    #[error(transparent)]
+    Source(#[from] crate::plugins::SourceError),
     #[error("plugin '{plugin}' is not a WebAssembly component this engine can compile: {message}")]
     NotAComponent { plugin: String, message: String },
     #[error(

@@ -22,6 +22,7 @@
 pub mod address;
 pub mod bindings;
 pub mod cache;
+pub mod check;
 pub mod disk;
 pub mod egress;
 pub mod engine;
@@ -38,6 +39,7 @@ pub mod store;
 pub mod tcp;
 pub mod untrusted;
 
+pub use check::{PluginCheck, check_plugins, examine_plugins};
 pub use error::{CallError, LoadError, PluginError};
 pub use events::{Denial, EventSink, MemorySink, PluginEvent, TracingSink};
 pub use inspect::{PluginKind, WIT_PACKAGE, WIT_VERSION};

@@ -10,7 +10,7 @@
 use super::google::{Credential, GoogleTokens};
 use crate::grants::source::SecretSource;
 use crate::grants::source::TokenKind;
-use crate::grants::{HttpPattern, SecretGrant};
+use crate::grants::{GrantsConfig, HttpPattern, SecretGrant};
 use crate::redact::redactor;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -155,12 +155,12 @@ impl PluginSecrets {
     }
 }
 
-/// Registers the values of every secret the pipeline grants that can be read now (from the
+/// Registers the values of every secret `grants` grant that can be read now (from the
 /// environment or a file), so a command that loads no plugin still redacts them from the state
 /// it prints. Unreadable ones are skipped: a real run reports them.
-pub fn register_pipeline_secrets(pipeline: &crate::config::Pipeline) {
-    for declaration in pipeline.plugins.values() {
-        let Ok(grants) = declaration.grants.parse() else {
+pub fn register_readable_secrets<'g>(grants: impl IntoIterator<Item = &'g GrantsConfig>) {
+    for grants in grants {
+        let Ok(grants) = grants.parse() else {
             continue;
         };
         for grant in grants.secrets.values() {

@@ -2,11 +2,12 @@
 //! matches, its WIT version fits), and each service's configuration for it passes the plugin's
 //! own JSON schema and its `validate`. Problems point into pipeline.toml like the others.
 
-use super::tree::Node;
-use super::{ConfigError, Diagnostic, Pipeline, PluginRole, PluginUse, Service, Severity};
+use super::{LoadedPlugin, PluginKind, Runtime};
+use crate::config::diagnostic::nearest;
+use crate::config::{ConfigError, Diagnostic, Pipeline, PluginRole, PluginUse, Service, Severity};
 use crate::port::ConfigProblem;
-use crate::runtime::{LoadedPlugin, PluginKind, Runtime};
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 /// Loads every plugin the pipeline uses and checks every service's configuration against it.
 /// Returns the loaded plugins by name; warnings are logged.
@@ -25,7 +26,7 @@ pub async fn check_plugins(
     if errors.is_empty() {
         Ok(found.plugins)
     } else {
-        Err(pipeline.origin.error(errors))
+        Err(pipeline.error(errors))
     }
 }
 
@@ -80,8 +81,12 @@ async fn check_use(
     plugin: &LoadedPlugin,
     schemas: &mut Schemas,
 ) -> Vec<Diagnostic> {
-    let node = config_node(pipeline, &service.name, used.role);
-    let at = node.as_ref().map_or(0..0, |n| n.span.clone());
+    let written = Written {
+        pipeline,
+        service: &service.name,
+        role: used.role,
+    };
+    let at = written.span("");
     let what = match used.role {
         PluginRole::Check(i) => format!(
             "the config of check {} of service `{}`",
@@ -119,7 +124,7 @@ async fn check_use(
     };
     let refused: Vec<Diagnostic> = validator
         .iter_errors(used.config)
-        .flat_map(|error| schema_diagnostics(&what, used.plugin, &node, schema, &error))
+        .flat_map(|error| schema_diagnostics(&what, used.plugin, &written, schema, &error))
         .collect();
     if !refused.is_empty() {
         return refused; // the plugin's own checks assume a configuration of the right shape
@@ -127,7 +132,7 @@ async fn check_use(
     match plugin.validate_configuration(service, used.role).await {
         Ok(found) => found
             .into_iter()
-            .map(|d| plugin_diagnostic(&what, &node, d))
+            .map(|d| plugin_diagnostic(&what, &written, d))
             .collect(),
         Err(e) => vec![Diagnostic::new(e.to_string(), at)],
     }
@@ -138,7 +143,7 @@ async fn check_use(
 fn schema_diagnostics(
     what: &str,
     plugin: &str,
-    node: &Option<Node>,
+    written: &Written<'_>,
     schema: &serde_json::Value,
     error: &jsonschema::ValidationError<'_>,
 ) -> Vec<Diagnostic> {
@@ -147,7 +152,7 @@ fn schema_diagnostics(
     let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } = error.kind()
     else {
         return vec![
-            Diagnostic::new(format!("{what}: {error}"), span(node, pointer)).help(see_schema),
+            Diagnostic::new(format!("{what}: {error}"), written.span(pointer)).help(see_schema),
         ];
     };
     // The schema object whose `additionalProperties` refused them lists the keys it knows.
@@ -162,21 +167,11 @@ fn schema_diagnostics(
         .and_then(|p| p.as_object())
         .map(|p| p.keys().map(String::as_str).collect())
         .unwrap_or_default();
-    let table = node
-        .as_ref()
-        .map(|n| n.at(pointer))
-        .and_then(|n| match &n.value {
-            super::tree::Value::Table(t) => Some(t),
-            _ => None,
-        });
     unexpected
         .iter()
         .map(|key| {
-            let key_span = table
-                .and_then(|t| t.key(key))
-                .map(|k| k.span.clone())
-                .unwrap_or_else(|| span(node, pointer));
-            let help = match super::diagnostic::nearest(key, known.iter().copied()) {
+            let key_span = written.key_span(pointer, key);
+            let help = match nearest(key, known.iter().copied()) {
                 Some(n) => format!("did you mean `{n}`?"),
                 None if known.is_empty() => see_schema.clone(),
                 None => format!("valid keys here: {}", known.join(", ")),
@@ -187,60 +182,34 @@ fn schema_diagnostics(
 }
 
 /// A plugin's own diagnostic, pointed at the configuration it is about.
-fn plugin_diagnostic(what: &str, node: &Option<Node>, problem: ConfigProblem) -> Diagnostic {
+fn plugin_diagnostic(what: &str, written: &Written<'_>, problem: ConfigProblem) -> Diagnostic {
     let message = format!("{what}: {}", problem.message);
     let mut out = match problem.severity {
-        Severity::Error => Diagnostic::new(message, span(node, &problem.path)),
-        Severity::Warning => Diagnostic::warning(message, span(node, &problem.path)),
+        Severity::Error => Diagnostic::new(message, written.span(&problem.path)),
+        Severity::Warning => Diagnostic::warning(message, written.span(&problem.path)),
     };
     out.help = problem.hint;
     out
 }
 
-fn span(node: &Option<Node>, pointer: &str) -> std::ops::Range<usize> {
-    node.as_ref().map_or(0..0, |n| n.span_at(pointer))
+/// Where the configuration a service gives one plugin is written.
+struct Written<'p> {
+    pipeline: &'p Pipeline,
+    service: &'p str,
+    role: PluginRole,
 }
 
-/// The spanned node of a configuration; a missing one (the plugin gets `{}`) has none.
-fn config_node(pipeline: &Pipeline, service: &str, role: PluginRole) -> Option<Node> {
-    let table = pipeline.origin.services.get(service)?;
-    // With no configuration written, point at the plugin's name instead.
-    let (field, name) = match role {
-        PluginRole::Provider => ("provider_config", "provider"),
-        PluginRole::Strategy => ("strategy_config", "strategy"),
-        PluginRole::Check(i) => {
-            let super::tree::Value::Array(items) = &table.get("checks")?.value else {
-                return None;
-            };
-            let check = items.get(i)?;
-            let super::tree::Value::Table(t) = &check.value else {
-                return None;
-            };
-            return t.get("config").cloned().or_else(|| Some(check.clone()));
-        }
-    };
-    table.get(field).or_else(|| table.get(name)).cloned()
-}
-
-impl Pipeline {
-    /// Where a plugin is declared, or first used when it is a built-in nobody declared.
-    pub fn plugin_span(&self, plugin: &str) -> std::ops::Range<usize> {
-        self.origin
-            .plugin_keys
-            .get(plugin)
-            .cloned()
-            .or_else(|| first_use_span(self, plugin))
-            .unwrap_or(0..0)
+impl Written<'_> {
+    /// The value at JSON `pointer` of the configuration.
+    fn span(&self, pointer: &str) -> Range<usize> {
+        self.pipeline.config_span(self.service, self.role, pointer)
     }
-}
 
-fn first_use_span(pipeline: &Pipeline, plugin: &str) -> Option<std::ops::Range<usize>> {
-    pipeline.services.iter().find_map(|s| {
-        let table = pipeline.origin.services.get(&s.name)?;
-        ["provider", "strategy"]
-            .iter()
-            .filter_map(|k| table.get(k))
-            .find(|n| matches!(&n.value, super::tree::Value::String(v) if v == plugin))
-            .map(|n| n.span.clone())
-    })
+    /// The key `key` of the table at `pointer`, or that table when the key is not written.
+    fn key_span(&self, pointer: &str, key: &str) -> Range<usize> {
+        let found = self
+            .pipeline
+            .config_key_span(self.service, self.role, pointer, key);
+        found.unwrap_or_else(|| self.span(pointer))
+    }
 }
