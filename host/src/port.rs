@@ -229,8 +229,15 @@ pub trait Platform: Send + Sync {
     /// Removes the whole service.
     async fn destroy(&self) -> Result<(), PortError>;
     /// Runs the service's health checks named in `checks` (all of them when empty) against
-    /// `revision`, looking at what happened since `since_ms`.
-    async fn analyse(&self, revision: &str, checks: &[String], since_ms: u64) -> Vec<CheckRun>;
+    /// `revision`, looking at what happened since `since_ms`; tells `each` about every check
+    /// as it finishes (an analysis may take minutes: the user sees each result at once).
+    async fn analyse(
+        &self,
+        revision: &str,
+        checks: &[String],
+        since_ms: u64,
+        each: &(dyn for<'r> Fn(&'r CheckRun) + Sync),
+    ) -> Vec<CheckRun>;
 }
 
 /// What a strategy is told about the rollout it drives.

@@ -40,6 +40,9 @@ struct Fixture {
 
 impl Observer for Fixture {
     fn event(&self, event: &Event) {
+        if let Event::Check { check, .. } = event {
+            self.cloud.note(format!("reported {check}"));
+        }
         self.events.lock().unwrap().push(event.clone());
     }
 }
@@ -449,6 +452,31 @@ async fn a_rollback_decided_before_an_interruption_is_carried_out() {
     assert_eq!(f.cloud.revisions("api"), ["api-r1"]);
 }
 
+#[tokio::test]
+async fn each_check_is_reported_as_it_ends_not_when_the_analysis_does() {
+    let f = Fixture::new().await;
+    let text = pipeline_text("").replace(
+        "[[services.api.checks]]\nplugin = \"http\"\n",
+        "[[services.api.checks]]\nplugin = \"http\"\n\n[[services.api.checks]]\nname = \"second\"\nplugin = \"http\"\n",
+    );
+    assert!(f.run(&f.parse(&text)).await.succeeded());
+    let calls = f.cloud.calls();
+    let analysis: Vec<&str> = calls
+        .iter()
+        .map(String::as_str)
+        .filter(|c| c.starts_with("check api") || c.starts_with("reported "))
+        .collect();
+    assert_eq!(
+        analysis,
+        [
+            "check api-r1 http",
+            "reported http",
+            "check api-r1 second",
+            "reported second"
+        ]
+    );
+}
+
 // `engine plan`: the same executor, over a simulation of the platform.
 
 impl Fixture {
@@ -463,7 +491,14 @@ impl Fixture {
 
     /// Calls that change the cloud.
     fn changes(&self) -> Vec<String> {
-        let reads = ["read ", "plan ", "get-traffic ", "endpoints "];
+        let reads = [
+            "read ",
+            "plan ",
+            "get-traffic ",
+            "endpoints ",
+            "check ",
+            "reported ",
+        ];
         let calls = self.cloud.calls();
         calls
             .into_iter()

@@ -91,6 +91,11 @@ impl Cloud {
         })
     }
 
+    /// Writes `what` into the list of calls, to see what happened between them.
+    pub fn note(&self, what: String) {
+        self.calls.lock().unwrap().push(what);
+    }
+
     /// Records `call` and returns the failure a test asked for, if any.
     fn call(&self, call: String) -> Result<(), PortError> {
         if let Some((prefix, token)) = &*self.interrupt_on.lock().unwrap()
@@ -284,10 +289,18 @@ impl Platform for MemoryPlatform<'_> {
         Ok(())
     }
 
-    async fn analyse(&self, revision: &str, checks: &[String], _since_ms: u64) -> Vec<CheckRun> {
+    async fn analyse(
+        &self,
+        revision: &str,
+        checks: &[String],
+        _since_ms: u64,
+        each: &(dyn for<'r> Fn(&'r CheckRun) + Sync),
+    ) -> Vec<CheckRun> {
         let unhealthy = self.cloud.unhealthy.lock().unwrap().contains(revision);
-        crate::config::Check::selected(&self.service.checks, checks)
-            .map(|c| CheckRun {
+        let mut runs = Vec::new();
+        for c in crate::config::Check::selected(&self.service.checks, checks) {
+            self.cloud.note(format!("check {} {}", revision, c.name));
+            let run = CheckRun {
                 check: c.name.clone(),
                 result: Ok(CheckReport {
                     verdict: if unhealthy {
@@ -297,8 +310,11 @@ impl Platform for MemoryPlatform<'_> {
                     },
                     message: format!("{revision} checked"),
                 }),
-            })
-            .collect()
+            };
+            each(&run);
+            runs.push(run);
+        }
+        runs
     }
 }
 

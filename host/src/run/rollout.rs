@@ -13,8 +13,8 @@ use super::world::World;
 use super::{Event, Observer, Outcome, RunOptions, ServiceReport};
 use crate::config::{Pipeline, Service};
 use crate::port::{
-    AnalysisRequest, Decision, EndpointKind, PlanAction, Platform, PortError, Ports, Rollout,
-    ServiceState, TrafficShare, Verdict,
+    AnalysisRequest, CheckRun, Decision, EndpointKind, PlanAction, Platform, PortError, Ports,
+    Rollout, ServiceState, TrafficShare, Verdict,
 };
 use crate::state::{HistoryEntry, RevisionRecord, Store};
 use std::collections::{BTreeMap, BTreeSet};
@@ -545,7 +545,7 @@ impl Executor<'_> {
         verify_split(platform, split).await
     }
 
-    /// Runs the requested health checks against one revision, and reports each.
+    /// Runs the requested health checks against one revision, and reports each as it ends.
     async fn analyse(
         &self,
         service: &Service,
@@ -554,29 +554,27 @@ impl Executor<'_> {
         since_ms: u64,
         tally: &mut Tally,
     ) -> Vec<CheckSeen> {
-        let runs = platform
-            .analyse(&request.revision, &request.checks, since_ms)
-            .await;
-        let mut seen = Vec::new();
-        for run in runs {
-            // A check that cannot run counts against the revision: better a needless rollback
-            // than an unchecked release.
-            let (verdict, message) = match run.result {
-                Ok(r) => (r.verdict, r.message),
-                Err(e) => (Verdict::Unhealthy, format!("the check could not run: {e}")),
-            };
-            tally.checks_run += 1;
-            if verdict == Verdict::Healthy {
-                tally.checks_passed += 1;
-            }
+        let report = |run: &CheckRun| {
+            let (verdict, message) = judged(run);
             self.observer.event(&Event::Check {
                 service: service.name.clone(),
                 check: run.check.clone(),
                 verdict: verdict.name().into(),
-                message: message.clone(),
+                message,
             });
+        };
+        let runs = platform
+            .analyse(&request.revision, &request.checks, since_ms, &report)
+            .await;
+        let mut seen = Vec::new();
+        for run in &runs {
+            let (verdict, message) = judged(run);
+            tally.checks_run += 1;
+            if verdict == Verdict::Healthy {
+                tally.checks_passed += 1;
+            }
             seen.push(CheckSeen {
-                name: run.check,
+                name: run.check.clone(),
                 verdict: verdict.name().into(),
                 message,
             });
@@ -643,6 +641,15 @@ impl Executor<'_> {
         };
         cp.phase = Phase::Finished { outcome: finished };
         Pass::Next(recorded)
+    }
+}
+
+/// A check's verdict and message. A check that cannot run counts against the revision: better
+/// a needless rollback than an unchecked release.
+fn judged(run: &CheckRun) -> (Verdict, String) {
+    match &run.result {
+        Ok(r) => (r.verdict, r.message.clone()),
+        Err(e) => (Verdict::Unhealthy, format!("the check could not run: {e}")),
     }
 }
 

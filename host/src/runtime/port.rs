@@ -114,7 +114,13 @@ impl Platform for PluginPlatform<'_> {
             .map_err(port_error)
     }
 
-    async fn analyse(&self, revision: &str, checks: &[String], since_ms: u64) -> Vec<CheckRun> {
+    async fn analyse(
+        &self,
+        revision: &str,
+        checks: &[String],
+        since_ms: u64,
+        each: &(dyn for<'r> Fn(&'r CheckRun) + Sync),
+    ) -> Vec<CheckRun> {
         let endpoints = match port::retry(|| self.wit_endpoints(Some(revision))).await {
             Ok(e) => e,
             Err(e) => {
@@ -130,10 +136,12 @@ impl Platform for PluginPlatform<'_> {
         };
         let mut runs = Vec::new();
         for check in crate::config::Check::selected(self.checks, checks) {
-            runs.push(CheckRun {
+            let run = CheckRun {
                 check: check.name.clone(),
                 result: self.check(check, &target).await,
-            });
+            };
+            each(&run);
+            runs.push(run);
         }
         runs
     }
