@@ -1348,6 +1348,46 @@ fn a_second_signal_exits_at_once_and_the_next_run_recovers() {
     assert_eq!(platform["traffic"], json!([["api-r1", 100]]));
 }
 
+/// Whether process `pid` has ended (gone, or a zombie nobody has reaped yet).
+fn ended(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+#[test]
+fn a_second_signal_kills_a_running_hook_with_what_it_started() {
+    let project = Project::new(
+        "[services.api]\nimage = \"api:1\"\nhooks.pre = [\"echo $$ > hook.pid; sleep 600 & echo $! > child.pid; wait\"]\n",
+    );
+    let mut child = spawn_run(&project, &[]);
+    wait_until("the pre hook", || {
+        std::fs::read_to_string(project.path("child.pid")).is_ok_and(|p| p.ends_with('\n'))
+    });
+    send(&child, nix::sys::signal::Signal::SIGINT);
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("SIGINT: stopping at the next checkpoint") {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(read > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    // The first signal lets the hook run on.
+    let hook = std::fs::read_to_string(project.path("hook.pid")).unwrap();
+    let started = std::fs::read_to_string(project.path("child.pid")).unwrap();
+    assert!(!ended(&hook) && !ended(&started));
+    send(&child, nix::sys::signal::Signal::SIGINT);
+    assert_exit(&exit_of(child), 130);
+    wait_until("the hook and its child end", || {
+        ended(&hook) && ended(&started)
+    });
+}
+
 #[test]
 fn a_signal_during_a_pre_hook_lets_it_finish_starts_no_other_and_deploys_nothing() {
     let project = Project::new(

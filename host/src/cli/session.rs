@@ -189,9 +189,10 @@ impl Signals {
             token.cancel();
             let second = next_signal(&mut interrupt, &mut terminate).await;
             output::error(&format!(
-                "{} again: stopping at once; the lock stays until a run sees its holder is gone",
+                "{} again: stopping at once (a hook still running is killed); the lock stays until a run sees its holder is gone",
                 second.name()
             ));
+            crate::run::kill_running_hooks();
             // Other threads may be inside plugin code: end the process without running exit
             // handlers (stderr, written above, is unbuffered).
             // SAFETY: `_exit` only ends the process; nothing after it runs.

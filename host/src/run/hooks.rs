@@ -5,8 +5,10 @@
 //! same trust as the CI step that runs `engine`. They may run again when a crashed run is
 //! resumed, so they must be safe to repeat.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// When a service's hooks run.
@@ -42,6 +44,59 @@ pub struct HookContext<'a> {
     pub url: Option<&'a str>,
 }
 
+/// The process groups of the hooks running now, so that an engine ending at once (a second
+/// signal) takes them with it: [`kill_running`].
+static RUNNING: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// A running hook's process group. Each hook runs in a group of its own: a terminal's Ctrl-C
+/// reaches the engine, which lets the hook finish, not the hook; and the whole group (the
+/// hook's own children too) is killed when the engine gives up on it (a timeout, a run that
+/// is dropped). A hook that ended leaves what it started in the background alone.
+struct Group {
+    id: i32,
+    ended: bool,
+}
+
+impl Group {
+    fn new(leader: Option<u32>) -> Group {
+        let id = leader.map_or(0, |pid| pid as i32);
+        if id > 0 {
+            running().insert(id);
+        }
+        Group { id, ended: false }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if self.id <= 0 {
+            return;
+        }
+        running().remove(&self.id);
+        if !self.ended {
+            kill_group(self.id);
+        }
+    }
+}
+
+fn running() -> std::sync::MutexGuard<'static, BTreeSet<i32>> {
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn kill_group(id: i32) {
+    // SAFETY: kill(2) on a negative id signals that process group and touches no memory.
+    unsafe {
+        libc::kill(-id, libc::SIGKILL);
+    }
+}
+
+/// Kills every hook still running, with what it started: for an engine about to end at once.
+pub fn kill_running() {
+    for id in running().iter() {
+        kill_group(*id);
+    }
+}
+
 /// How much of a failed hook's output the error quotes.
 const OUTPUT_TAIL_LINES: usize = 20;
 
@@ -68,13 +123,18 @@ pub async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         // A run that is stopped takes its hooks with it.
         .kill_on_drop(true);
     let child = child
         .spawn()
         .map_err(|e| format!("hook `{command}` could not start: {e}"))?;
+    let mut group = Group::new(child.id());
     let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(output)) => output,
+        Ok(Ok(output)) => {
+            group.ended = true;
+            output
+        }
         Ok(Err(e)) => return Err(format!("hook `{command}` failed: {e}")),
         Err(_) => {
             return Err(format!(
@@ -152,16 +212,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_hook_that_runs_too_long_is_stopped() {
+    async fn a_hook_over_its_time_is_killed_with_what_it_started() {
         let dir = tempfile::tempdir().unwrap();
         let err = run(
-            "sleep 30",
+            "sleep 600 & echo $! > child.pid; wait",
             dir.path(),
             &context(),
-            Duration::from_millis(200),
+            Duration::from_millis(500),
         )
         .await
         .unwrap_err();
-        assert!(err.contains("did not finish within"), "{err}");
+        assert!(err.contains("did not finish within 500ms"), "{err}");
+        let pid = std::fs::read_to_string(dir.path().join("child.pid")).unwrap();
+        let ended = || match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, s)| s.starts_with('Z')),
+            Err(_) => true,
+        };
+        for _ in 0..100 {
+            if ended() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the hook's child {pid} still runs");
     }
 }

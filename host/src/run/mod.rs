@@ -283,6 +283,12 @@ pub enum RunError {
     Stuck(String),
 }
 
+/// Kills the hooks still running, with what they started: for a process about to end at once
+/// (the `engine` binary's answer to a second signal).
+pub fn kill_running_hooks() {
+    hooks::kill_running();
+}
+
 /// Runs the pipeline. `plugins` are the pipeline's plugins, loaded; the caller holds the lock.
 pub async fn execute(
     pipeline: &Pipeline,
