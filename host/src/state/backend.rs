@@ -243,6 +243,31 @@ fn postgres_refs(owned: &[PostgresParam]) -> Vec<&(dyn tokio_postgres::types::To
         .collect()
 }
 
+/// How long opening a SQLite state keeps trying while other engines open it too.
+const OPEN_BUSY_FOR: Duration = Duration::from_secs(10);
+
+/// Calls `step` again (after a few milliseconds, with jitter so that engines retrying together
+/// do not collide again) while SQLite answers that the database is busy. The busy timeout covers
+/// most waits, but SQLite answers some at once instead of waiting (switching a new file to WAL
+/// while other connections open it, a lock upgrade that could deadlock): engines opening a new
+/// state together then wait their turn here.
+fn while_busy<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + OPEN_BUSY_FOR;
+    loop {
+        match step() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10 + rand::random::<u64>() % 20));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn sqlite_error(location: &Location) -> impl Fn(rusqlite::Error) -> StateError + '_ {
     move |e| StateError::Database {
         location: location.to_string(),
@@ -287,8 +312,7 @@ impl Backend {
         // First: every statement below may meet another engine opening the same file.
         conn.busy_timeout(Duration::from_secs(10)).map_err(&db)?;
         // WAL lets `engine status` read while a run writes.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(&db)?;
+        while_busy(|| conn.pragma_update(None, "journal_mode", "WAL")).map_err(&db)?;
         // In WAL mode NORMAL survives any crash of the process (kill -9 included); only a power
         // loss may drop the last commits, and resuming then repeats a step, which every provider
         // call and strategy step must tolerate anyway. FULL would cost an fsync per checkpoint.
@@ -307,27 +331,32 @@ impl Backend {
         location: &Location,
         conn: &mut rusqlite::Connection,
     ) -> Result<(), StateError> {
-        let db = sqlite_error(location);
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(&db)?;
-        let version: i64 = tx
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(&db)?;
-        if version > SCHEMA_VERSION {
-            return Err(StateError::TooNew {
+        match while_busy(|| Self::migrate_sqlite_schema(conn)) {
+            Ok(None) => Ok(()),
+            Ok(Some(found)) => Err(StateError::TooNew {
                 location: location.to_string(),
-                found: version,
-            });
+                found,
+            }),
+            Err(e) => Err(sqlite_error(location)(e)),
+        }
+    }
+
+    /// Creates or upgrades the schema in one write transaction; a version newer than this
+    /// engine's is returned, not touched.
+    fn migrate_sqlite_schema(conn: &mut rusqlite::Connection) -> rusqlite::Result<Option<i64>> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Ok(Some(version));
         }
         if version < 1 {
-            tx.execute_batch(SQLITE_SCHEMA_V1).map_err(&db)?;
+            tx.execute_batch(SQLITE_SCHEMA_V1)?;
         }
         if version < 2 {
-            tx.execute_batch(&format!("{SCHEMA_V2} PRAGMA user_version = 2;"))
-                .map_err(&db)?;
+            tx.execute_batch(&format!("{SCHEMA_V2} PRAGMA user_version = 2;"))?;
         }
-        tx.commit().map_err(&db)
+        tx.commit()?;
+        Ok(None)
     }
 
     async fn open_postgres(location: &Location, url: &str) -> Result<Backend, StateError> {
