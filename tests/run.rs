@@ -329,12 +329,7 @@ fn a_run_killed_mid_rollout_resumes_without_deploying_twice() {
         "image = \"api:1\"",
         "image = \"api:1\"\nprovider_config = { hold_after_ms = { deploy = 3000 } }",
     );
-    let mut child = project
-        .command(&[])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_quiet(&project);
     // Kill it once api's revision exists, while its deploy call is still running.
     wait_until("api's deploy", || {
         std::fs::read_to_string(project.path("platform/api.json"))
@@ -415,12 +410,7 @@ fn a_run_killed_in_any_write_window_resumes_to_the_exact_history() {
     for (verb, nth, recorded) in windows {
         let project = updated_project(verb);
         let before = project.platform("api")["calls"][verb].as_u64().unwrap_or(0);
-        let mut child = project
-            .command(&[])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_quiet(&project);
         wait_until(&format!("api's {verb} number {nth}"), || {
             std::fs::read_to_string(project.path("platform/api.json")).is_ok_and(|text| {
                 let platform: Value = serde_json::from_str(&text).unwrap_or_default();
@@ -994,12 +984,7 @@ image = "api:1"
         "image = \"api:1\"",
         "image = \"api:2\"\nstrategy = \"canary\"\nstrategy_config = { steps = [50], pause = \"8s\" }",
     );
-    let mut child = project
-        .command(&[])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_quiet(&project);
     // Kill it once the wait is checkpointed.
     wait_until("the canary's pause", || {
         latest_checkpoint(&project, "api").is_some_and(|d| d.contains("\"wait_until_ms\":1"))
@@ -1130,6 +1115,16 @@ fn a_strategy_that_breaks_its_contract_is_stopped_and_the_stable_revision_keeps_
 // lock, reports and exits 130 or 143; a second one exits at once. The next run resumes.
 
 /// A spawned engine, with its output piped.
+/// `engine run` in the background, its output thrown away (for a test that kills it).
+fn spawn_quiet(project: &Project) -> std::process::Child {
+    project
+        .command(&[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn spawn_run(project: &Project, args: &[&str]) -> std::process::Child {
     project
         .command(args)
