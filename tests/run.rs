@@ -269,6 +269,44 @@ fn a_step_whose_history_row_cannot_be_written_fails_and_the_next_run_resumes_it(
     assert_eq!(history(), ["api-r1 promoted", "api-r1 deployed"]);
 }
 
+#[test]
+fn a_rollback_or_destroy_whose_history_row_cannot_be_written_says_so() {
+    let project = Project::new("[services.api]\nimage = \"api:1\"\n");
+    assert_exit(&project.run(&[]), 0);
+    project.edit("image = \"api:1\"", "image = \"api:2\"");
+    assert_exit(&project.run(&[]), 0);
+    rusqlite::Connection::open(project.path(".engine/state.db"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER no_history BEFORE INSERT ON revisions
+             WHEN NEW.outcome IN ('rolled-back-to', 'destroyed')
+             BEGIN SELECT RAISE(ABORT, 'history is broken'); END;",
+        )
+        .unwrap();
+    let out = project.engine(&["rollback", "api"]);
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("api-r1 serves all traffic of `api`, but cannot record the history of `api`")
+            && stderr.contains("history is broken"),
+        "{stderr}"
+    );
+    assert_eq!(project.platform("api")["traffic"], json!([["api-r1", 100]]));
+
+    let out = project.engine(&["destroy"]);
+    assert_exit(&out, 1);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("api: destroyed, but cannot record the history of `api`"),
+        "{stdout}"
+    );
+    assert!(
+        !project.path("platform/api.json").exists(),
+        "it was destroyed"
+    );
+}
+
 /// Takes the project's lock as a run on another machine would (its process is not checked).
 fn lock_from_another_machine(project: &Project) -> (engine::state::Store, engine::state::Lock) {
     let store = block_on(engine::state::Store::open(

@@ -76,7 +76,7 @@ pub async fn destroy(cli: &super::Cli, args: &DestroyArgs) -> Result<(), Command
             Ok(()) if args.dry_run => println!("would destroy {service}"),
             Ok(()) => println!("destroyed {service}"),
             Err(e) => {
-                println!("{service}: not destroyed: {e}");
+                println!("{service}: {e}");
                 failed.push(service.as_str());
             }
         }
@@ -87,7 +87,7 @@ pub async fn destroy(cli: &super::Cli, args: &DestroyArgs) -> Result<(), Command
         Ok(())
     } else {
         Err(CommandError::failure(format!(
-            "{} service(s) not destroyed: {}",
+            "{} service(s) not destroyed, or destroyed without a history row: {}",
             failed.len(),
             failed.join(", ")
         )))

@@ -11,6 +11,8 @@ use crate::state::{RevisionRecord, Store, now_ms};
 use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
 
+/// Records a change an operation made. A row that cannot be written is an error the operation
+/// reports (the platform has changed, the history does not say so), never a log line only.
 async fn record(
     store: &Store,
     pipeline: &Pipeline,
@@ -19,7 +21,7 @@ async fn record(
     traffic: u8,
     outcome: &str,
     detail: Option<String>,
-) {
+) -> Result<(), String> {
     let environment = pipeline.environment.as_deref().unwrap_or("default");
     let r = RevisionRecord {
         revision: revision.into(),
@@ -29,12 +31,10 @@ async fn record(
         outcome: outcome.into(),
         detail,
     };
-    if let Err(e) = store
+    store
         .record_revision(&pipeline.name, environment, service, None, &r)
         .await
-    {
-        tracing::error!("cannot record the history of `{service}`: {e}");
-    }
+        .map_err(|e| format!("cannot record the history of `{service}`: {e}"))
 }
 
 /// Sends all of a service's traffic to `to`, or to the newest revision promoted before the one
@@ -101,7 +101,8 @@ pub async fn rollback(
         "rolled-back-to",
         detail,
     )
-    .await;
+    .await
+    .map_err(|e| format!("{chosen} serves all traffic of `{service_name}`, but {e}"))?;
     Ok(chosen)
 }
 
@@ -113,7 +114,8 @@ pub async fn destroy(
     store: &Store,
     dry_run: bool,
     interrupt: &CancellationToken,
-) -> Vec<(String, Result<(), String>)> {
+) -> Vec<(String, Result<(), DestroyError>)> {
+    let ports = PluginPorts::new(plugins);
     let waves = pipeline.waves();
     let mut results = Vec::new();
     for index in waves.into_iter().rev().flatten() {
@@ -121,23 +123,39 @@ pub async fn destroy(
         // Interrupted: the service being destroyed is finished, the next ones are not begun.
         if interrupt.is_cancelled() {
             let not_begun = "not begun: the command was interrupted".to_string();
-            results.push((service.name.clone(), Err(not_begun)));
+            results.push((
+                service.name.clone(),
+                Err(DestroyError::NotDestroyed(not_begun)),
+            ));
             continue;
         }
         if dry_run {
             results.push((service.name.clone(), Ok(())));
             continue;
         }
-        let result = match PluginPorts::new(plugins).platform(service) {
+        let result = match ports.platform(service) {
             Ok(platform) => retry(|| platform.destroy()).await,
             Err(e) => Err(e.message),
         };
-        if result.is_ok() {
-            record(store, pipeline, &service.name, "-", 0, "destroyed", None).await;
-        }
+        let result = match result {
+            Ok(()) => record(store, pipeline, &service.name, "-", 0, "destroyed", None)
+                .await
+                .map_err(DestroyError::NotRecorded),
+            Err(e) => Err(DestroyError::NotDestroyed(e)),
+        };
         results.push((service.name.clone(), result));
     }
     results
+}
+
+/// Why a service was not destroyed, or was but is not in its history.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DestroyError {
+    #[error("not destroyed: {0}")]
+    NotDestroyed(String),
+    /// The platform removed it; the history does not say so.
+    #[error("destroyed, but {0}")]
+    NotRecorded(String),
 }
 
 /// A person's answer to a rollout.
