@@ -156,7 +156,7 @@ async fn tcp_without_any_grant_is_reported_when_the_plugin_loads() {
 
 fn demo(release: &str, error_rate: f64, latency_ms: u64) -> RevisionRequest {
     RevisionRequest {
-        command: env!("ENGINE_DEMO_SERVICE").into(),
+        command: engine::build_info::DEMO_SERVICE.into(),
         args: vec![
             "--name".into(),
             "api".into(),

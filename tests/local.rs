@@ -84,7 +84,7 @@ config = {{ admin = "{admin}", max_error_rate_percent = 1, min_requests = 20 }}
 depends_on = ["orders"]
 args = ["--name", "web", "--release", "${{release}}"]
 {extra}"#,
-            demo = env!("ENGINE_DEMO_SERVICE"),
+            demo = engine::build_info::DEMO_SERVICE,
         );
         std::fs::write(dir.path().join("pipeline.toml"), text).unwrap();
         Quickstart {

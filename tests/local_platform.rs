@@ -6,9 +6,9 @@ use local_api::{Metrics, RevisionRequest, RevisionState, ServiceView, Weight};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// The demo service, built by host/build.rs.
+/// The demo service, built by host/core/build.rs.
 fn demo_service() -> PathBuf {
-    PathBuf::from(env!("ENGINE_DEMO_SERVICE"))
+    PathBuf::from(engine::build_info::DEMO_SERVICE)
 }
 
 fn demo(release: &str, error_rate: f64, instances: u32) -> RevisionRequest {

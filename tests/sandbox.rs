@@ -1,6 +1,6 @@
 //! The hostile-plugin suite: one test per sandbox rule, each asserting the exact outcome.
 //!
-//! The plugin is `plugins/testing/hostile`, compiled to a real component by host/build.rs; the
+//! The plugin is `plugins/testing/hostile`, compiled to a real component by host/core/build.rs; the
 //! HTTP peer is a real server on loopback.
 
 mod support;

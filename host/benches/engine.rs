@@ -23,7 +23,7 @@ impl Observer for Quiet {
 }
 
 fn plugin() -> (PathBuf, String) {
-    let path = PathBuf::from(env!("ENGINE_TESTING_PLUGINS")).join("testing_test_provider.wasm");
+    let path = PathBuf::from(engine::build_info::PLUGINS_DIR).join("testing_test_provider.wasm");
     let sha = engine::runtime::cache::sha256_hex(&std::fs::read(&path).unwrap());
     (path, sha)
 }

@@ -147,7 +147,7 @@ fn main() {
             .unwrap();
         let admin = format!("http://127.0.0.1:{}", running.admin.port());
         let request = RevisionRequest {
-            command: env!("ENGINE_DEMO_SERVICE").into(),
+            command: engine::build_info::DEMO_SERVICE.into(),
             args: vec!["--release".into(), "v1".into()],
             env: Default::default(),
             secrets: Default::default(),

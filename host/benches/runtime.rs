@@ -94,7 +94,7 @@ fn host_status(s: &engine_sdk::ServiceStatus) -> host::ServiceStatus {
 }
 
 fn bench_plugin() -> PathBuf {
-    PathBuf::from(env!("ENGINE_TESTING_PLUGINS")).join("testing_bench_provider.wasm")
+    PathBuf::from(engine::build_info::PLUGINS_DIR).join("testing_bench_provider.wasm")
 }
 
 fn cache_dir() -> PathBuf {

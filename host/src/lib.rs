@@ -10,15 +10,12 @@
 //! - [`redact`]: secret values kept out of output, state and what plugins read.
 //! - [`report`]: live progress, event lines, JSON events, JUnit and CI annotations.
 //! - [`cli`]: the `engine` command line, a thin layer over the above.
+//!
+//! `run`, `report` and `cli` are this crate's; the others are `engine-core`'s (`host/core`),
+//! re-exported here, so a change to the executor does not rebuild the runtime.
 
 pub mod cli;
-pub mod config;
-pub mod grants;
-pub mod graph;
-pub mod plugins;
-pub mod port;
-pub mod redact;
 pub mod report;
 pub mod run;
-pub mod runtime;
-pub mod state;
+
+pub use engine_core::{build_info, config, grants, graph, plugins, port, redact, runtime, state};

@@ -12,9 +12,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-/// A test-only plugin built by host/build.rs.
+/// A test-only plugin built by host/core/build.rs.
 pub fn testing_plugin(package: &str) -> PathBuf {
-    PathBuf::from(env!("ENGINE_TESTING_PLUGINS"))
+    PathBuf::from(engine::build_info::PLUGINS_DIR)
         .join(format!("{}.wasm", package.replace('-', "_")))
 }
 

@@ -252,11 +252,7 @@ pub(crate) fn protected_paths(
             "the local platform's access tokens",
             true,
         ),
-        protect(
-            PathBuf::from(&pipeline.origin.file),
-            "the pipeline file",
-            false,
-        ),
+        protect(PathBuf::from(pipeline.file()), "the pipeline file", false),
     ];
     if let Ok(state) = std::env::var("ENGINE_STATE")
         && !state.contains("://")

@@ -60,7 +60,7 @@ async fn validate(cli: &super::Cli, args: &ValidateArgs) -> Result<Found, Comman
     };
     if args.skip_plugins {
         return Ok(Found {
-            report: pipeline.origin.error(Vec::new()),
+            report: pipeline.error(Vec::new()),
             pipeline: Some(pipeline),
         });
     }
@@ -89,7 +89,7 @@ async fn validate(cli: &super::Cli, args: &ValidateArgs) -> Result<Found, Comman
     diagnostics.sort_by_key(|d| (d.span.start, d.severity));
     let usable = !diagnostics.iter().any(|d| d.severity == Severity::Error);
     Ok(Found {
-        report: pipeline.origin.error(diagnostics),
+        report: pipeline.error(diagnostics),
         pipeline: usable.then_some(pipeline),
     })
 }

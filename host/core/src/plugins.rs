@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::path::PathBuf;
 
-/// A first-party plugin compiled by `host/build.rs` and embedded in the binary.
+/// A first-party plugin compiled by `host/core/build.rs` and embedded in the binary.
 #[derive(Debug, Clone, Copy)]
 pub struct EmbeddedPlugin {
     pub name: &'static str,

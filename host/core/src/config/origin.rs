@@ -6,6 +6,11 @@ use super::{ConfigError, Diagnostic, Pipeline, PluginRole};
 use std::ops::Range;
 
 impl Pipeline {
+    /// The pipeline file's path, as it was given.
+    pub fn file(&self) -> &str {
+        &self.origin.file
+    }
+
     /// The error of this pipeline's file, with `diagnostics` pointing into it.
     pub fn error(&self, diagnostics: Vec<Diagnostic>) -> ConfigError {
         self.origin.error(diagnostics)

@@ -1,9 +1,9 @@
 //! The executor's port: what a rollout needs from the platform a service runs on and from its
 //! strategy, in the engine's own types.
 //!
-//! [`crate::run`] drives rollouts through these traits only. The runtime adapts plugins to them
-//! ([`crate::runtime::port`]), which is the one place that knows the WIT types of a plugin
-//! version; tests drive the executor with platforms and strategies of their own.
+//! The executor (`engine::run`) drives rollouts through these traits only. The runtime adapts
+//! plugins to them ([`crate::runtime::port`]), which is the one place that knows the WIT types
+//! of a plugin version; tests drive the executor with platforms and strategies of their own.
 
 use crate::config::Service;
 use serde::{Deserialize, Serialize};

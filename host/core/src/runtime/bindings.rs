@@ -7,7 +7,7 @@
 /// The `provider-plugin` world and the shared interfaces.
 pub mod provider {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "engine:plugin/provider-plugin",
         imports: { default: async | trappable },
         exports: { default: async },
@@ -24,7 +24,7 @@ pub mod provider {
 /// The `strategy-plugin` world.
 pub mod strategy {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "engine:plugin/strategy-plugin",
         imports: { default: async | trappable },
         exports: { default: async },
@@ -39,7 +39,7 @@ pub mod strategy {
 /// The `health-plugin` world.
 pub mod health {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "engine:plugin/health-plugin",
         imports: { default: async | trappable },
         exports: { default: async },
