@@ -7,9 +7,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use engine::grants::GrantsConfig;
-//! use engine::runtime::{Runtime, RuntimeOptions};
-//! use engine::plugins::PluginSource;
+//! use engine_core::grants::GrantsConfig;
+//! use engine_core::runtime::{Runtime, RuntimeOptions};
+//! use engine_core::plugins::PluginSource;
 //!
 //! let runtime = Runtime::new(RuntimeOptions::default())?;
 //! let plugin = runtime
