@@ -1441,8 +1441,8 @@ fn a_signal_during_a_pre_hook_lets_it_finish_starts_no_other_and_deploys_nothing
     assert_exit(&out, 0);
     assert_eq!(
         std::fs::read_to_string(project.path("hook-runs")).unwrap(),
-        "first\nfirst\nsecond\n",
-        "the hook under way finished, the next did not start, the resumed run repeats the stage: {out:?}"
+        "first\nsecond\n",
+        "the hook under way finished, the next did not start, the resumed run goes on with it: {out:?}"
     );
     assert_eq!(project.platform("api")["traffic"], json!([["api-r1", 100]]));
 }

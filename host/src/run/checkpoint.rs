@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// The checkpoint format written by this release. Version 1 had no `version` field and kept
 /// the phase as a set of flags; it still loads ([`Checkpoint::parse`]).
-pub const CHECKPOINT_VERSION: u32 = 2;
+pub const CHECKPOINT_VERSION: u32 = 3;
 
 /// Where a service's rollout is: its phase, and what the rollout has learnt so far.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,9 +63,11 @@ impl Default for Checkpoint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "kebab-case")]
 pub enum Phase {
-    /// Nothing changed yet: read and plan the service, retire what earlier runs left, run the
-    /// pre hooks.
+    /// Nothing changed yet: read and plan the service, retire what earlier runs left.
     Planning,
+    /// A change was planned and the first `done` pre hooks passed: run the next one. (Since
+    /// version 3: a version 2 checkpoint ran them all in `planning`.)
+    PreHooks { done: usize },
     /// The pre hooks passed: deploy the candidate. A run stopped between the provider's
     /// `deploy` and storing its result calls it again with the same deployment id (providers
     /// make it idempotent) instead of planning again, which would see its own new revision
@@ -92,8 +94,12 @@ impl Checkpoint {
             None => serde_json::from_value::<CheckpointV1>(value)
                 .map(Checkpoint::from)
                 .map_err(|e| e.to_string()),
-            Some(v) if v == u64::from(CHECKPOINT_VERSION) => {
-                serde_json::from_value(value).map_err(|e| e.to_string())
+            // Version 3 only added a phase: a version 2 checkpoint reads as it is.
+            Some(2 | 3) => {
+                let mut checkpoint: Checkpoint =
+                    serde_json::from_value(value).map_err(|e| e.to_string())?;
+                checkpoint.version = CHECKPOINT_VERSION;
+                Ok(checkpoint)
             }
             Some(v) => Err(format!(
                 "it is of version {v}, written by a newer engine (this one reads up to {CHECKPOINT_VERSION}); finish the run with the engine that started it"
@@ -282,6 +288,7 @@ mod tests {
     fn every_phase_round_trips_through_json() {
         for phase in [
             Phase::Planning,
+            Phase::PreHooks { done: 1 },
             Phase::Deploying,
             example().phase,
             Phase::WaitingUntil {
@@ -372,8 +379,18 @@ mod tests {
     fn a_checkpoint_from_a_newer_engine_is_refused_with_what_to_do() {
         let newer = example()
             .to_json()
-            .replace(r#""version":2"#, r#""version":3"#);
+            .replace(r#""version":3"#, r#""version":4"#);
         let error = Checkpoint::parse(&newer).unwrap_err();
         assert!(error.contains("written by a newer engine"), "{error}");
+    }
+
+    #[test]
+    fn a_version_2_checkpoint_loads_and_is_saved_as_the_current_version() {
+        let v2 = example()
+            .to_json()
+            .replace(r#""version":3"#, r#""version":2"#);
+        let loaded = Checkpoint::parse(&v2).unwrap();
+        assert_eq!(loaded.version, CHECKPOINT_VERSION);
+        assert_eq!(loaded.phase, example().phase);
     }
 }

@@ -616,3 +616,35 @@ async fn a_plan_reports_what_a_run_would_refuse() {
         f.cloud.calls()
     );
 }
+
+#[tokio::test]
+async fn a_resumed_run_goes_on_with_the_pre_hook_after_the_ones_that_passed() {
+    let f = Fixture::new().await;
+    let text = pipeline_text("").replace(
+        "depends_on = [\"db\"]",
+        "depends_on = [\"db\"]\nhooks.pre = [\"echo one >> ran; sleep 0.3\", \"echo two >> ran\"]",
+    );
+    let pipeline = f.parse(&text);
+    let options = RunOptions::default();
+    let ran = f.dir.path().join("ran");
+    // The signal comes while the first hook runs: it finishes, the second does not start.
+    let signal = async {
+        while !ran.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        options.interrupt.cancel();
+    };
+    let (report, ()) = tokio::join!(f.run_with(&pipeline, &options), signal);
+    assert!(
+        matches!(outcome(&report, "api"), Outcome::Interrupted(_)),
+        "{report:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "one\n");
+    let report = f.run(&pipeline).await;
+    assert!(report.resumed && report.succeeded(), "{report:?}");
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap(),
+        "one\ntwo\n",
+        "the hook that passed is not run again"
+    );
+}

@@ -116,6 +116,7 @@ impl Executor<'_> {
                 _ if self.is_interrupted() => return Ok(self.interrupted(cp)),
                 Phase::AwaitingApproval { what } => return Ok(Outcome::AwaitingApproval(what)),
                 Phase::Planning => self.planning(service, platform, cp).await?,
+                Phase::PreHooks { done } => self.pre_hook(service, cp, done).await,
                 Phase::Deploying => self.deploying(service, platform, cp).await?,
                 Phase::WaitingUntil { wait_until_ms } => self.wait(cp, wait_until_ms).await,
                 Phase::Driving { pending } => {
@@ -131,7 +132,7 @@ impl Executor<'_> {
         }
     }
 
-    /// Reads and plans the service, retires what earlier runs left, runs the pre hooks.
+    /// Reads and plans the service and retires what earlier runs left.
     async fn planning(
         &self,
         service: &Service,
@@ -156,16 +157,23 @@ impl Executor<'_> {
             cp.traffic = 100;
             return Ok(finish(cp, Finished::Unchanged));
         }
-        Ok(match self.hooks(service, HookStage::Pre, cp, None).await {
+        cp.phase = after_pre_hooks(service, 0);
+        Ok(Pass::Next(None))
+    }
+
+    /// Runs the next pre hook; the ones before it passed (and are not run again on resume).
+    async fn pre_hook(&self, service: &Service, cp: &mut Checkpoint, done: usize) -> Pass {
+        let next = service.pre_hooks.get(done..=done).unwrap_or_default();
+        match self.hooks(service, HookStage::Pre, next, cp, None).await {
             Ok(()) => {
-                cp.phase = Phase::Deploying;
+                cp.phase = after_pre_hooks(service, done + 1);
                 Pass::Next(None)
             }
             Err(HookStop::Interrupted) => Pass::Stopped(self.interrupted(cp)),
             Err(HookStop::Failed(e)) => {
                 finish(cp, Finished::Failed(format!("{e}\nnothing was deployed")))
             }
-        })
+        }
     }
 
     /// Deploys the candidate, named by the run so that a repeated deploy is the same one.
@@ -352,7 +360,13 @@ impl Executor<'_> {
                 .map(|e| e.url)
         };
         match self
-            .hooks(service, HookStage::Post, cp, url.as_deref())
+            .hooks(
+                service,
+                HookStage::Post,
+                &service.post_hooks,
+                cp,
+                url.as_deref(),
+            )
             .await
         {
             Ok(()) => finish(cp, Finished::Deployed),
@@ -429,13 +443,10 @@ impl Executor<'_> {
         &self,
         service: &Service,
         stage: HookStage,
+        commands: &[String],
         cp: &Checkpoint,
         url: Option<&str>,
     ) -> Result<(), HookStop> {
-        let commands = match stage {
-            HookStage::Pre => &service.pre_hooks,
-            HookStage::Post => &service.post_hooks,
-        };
         let context = hooks::HookContext {
             stage,
             pipeline: &self.pipeline.name,
@@ -664,6 +675,15 @@ struct Decided<'a> {
 fn contract_of(cp: &Checkpoint) -> Contract {
     let candidate = cp.candidate.as_deref().unwrap_or_default();
     Contract::new(candidate, cp.stable.as_deref(), cp.traffic).resumed_after(cp.strategy_steps)
+}
+
+/// The phase once `done` of the service's pre hooks have passed.
+fn after_pre_hooks(service: &Service, done: usize) -> Phase {
+    if done < service.pre_hooks.len() {
+        Phase::PreHooks { done }
+    } else {
+        Phase::Deploying
+    }
 }
 
 /// The strategy is told `observed` on the next pass.
