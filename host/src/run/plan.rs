@@ -78,13 +78,13 @@ pub(crate) async fn simulate(pipeline: &Pipeline, ports: &dyn Ports) -> Vec<Serv
         }
         Err(e) => Err(format!("cannot simulate the run: {e}")),
     };
-    simulation.into_plans(pipeline, report)
+    simulation.into_plans(report)
 }
 
-/// What the simulated run has done so far: the plan of each service, and the clock.
-struct Simulation {
+/// What the simulated run of `pipeline` has done so far: the plan of each service, and the clock.
+struct Simulation<'p> {
+    pipeline: &'p Pipeline,
     sheets: Mutex<BTreeMap<String, Sheet>>,
-    checks: BTreeMap<String, Vec<Check>>,
     clock_ms: AtomicU64,
 }
 
@@ -98,8 +98,8 @@ struct Sheet {
     strategy_aborted: bool,
 }
 
-impl Simulation {
-    fn new(pipeline: &Pipeline) -> Self {
+impl<'p> Simulation<'p> {
+    fn new(pipeline: &'p Pipeline) -> Self {
         let sheet = |service: &Service| Sheet {
             plan: ServicePlan {
                 service: service.name.clone(),
@@ -114,6 +114,7 @@ impl Simulation {
             strategy_aborted: false,
         };
         Simulation {
+            pipeline,
             sheets: Mutex::new(
                 pipeline
                     .services
@@ -121,11 +122,6 @@ impl Simulation {
                     .map(|s| (s.name.clone(), sheet(s)))
                     .collect(),
             ),
-            checks: pipeline
-                .services
-                .iter()
-                .map(|s| (s.name.clone(), s.checks.clone()))
-                .collect(),
             clock_ms: AtomicU64::new(now_ms() as u64),
         }
     }
@@ -140,11 +136,8 @@ impl Simulation {
     }
 
     /// The plans in dependency order; a run that could not go on at all is every plan's error.
-    fn into_plans(
-        self,
-        pipeline: &Pipeline,
-        report: Result<RunReport, String>,
-    ) -> Vec<ServicePlan> {
+    fn into_plans(self, report: Result<RunReport, String>) -> Vec<ServicePlan> {
+        let pipeline = self.pipeline;
         let mut sheets = self.sheets.into_inner().unwrap_or_else(|e| e.into_inner());
         pipeline
             .waves()
@@ -189,7 +182,8 @@ impl Simulation {
                 humantime::format_duration(Duration::from_millis(*ms))
             ),
             Decision::Analyse(request) => {
-                let all = self.checks.get(service).map_or(&[][..], Vec::as_slice);
+                let service = self.pipeline.service(service).ok();
+                let all = service.map_or(&[][..], |s| s.checks.as_slice());
                 let checks: Vec<&str> = Check::selected(all, &request.checks)
                     .map(|c| c.name.as_str())
                     .collect();
@@ -214,7 +208,7 @@ impl Simulation {
     }
 }
 
-impl Observer for Simulation {
+impl Observer for Simulation<'_> {
     fn event(&self, event: &Event) {
         match event {
             Event::Decided { service, decision } => self.decided(service, decision),
@@ -225,7 +219,7 @@ impl Observer for Simulation {
 }
 
 #[async_trait::async_trait]
-impl World for Simulation {
+impl World for Simulation<'_> {
     fn now_ms(&self) -> u64 {
         self.clock_ms.load(Ordering::Relaxed)
     }
@@ -258,7 +252,7 @@ impl World for Simulation {
 /// The pipeline's ports, with each platform simulated past its `read` and `plan`.
 struct SimulatedPorts<'a> {
     ports: &'a dyn Ports,
-    simulation: &'a Simulation,
+    simulation: &'a Simulation<'a>,
 }
 
 impl Ports for SimulatedPorts<'_> {
@@ -283,7 +277,7 @@ impl Ports for SimulatedPorts<'_> {
 struct SimulatedPlatform<'a> {
     real: Box<dyn Platform + 'a>,
     service: &'a Service,
-    simulation: &'a Simulation,
+    simulation: &'a Simulation<'a>,
 }
 
 impl SimulatedPlatform<'_> {
@@ -369,7 +363,7 @@ impl Platform for SimulatedPlatform<'_> {
 struct BoundedStrategy<'a> {
     real: Box<dyn Strategy + 'a>,
     service: &'a str,
-    simulation: &'a Simulation,
+    simulation: &'a Simulation<'a>,
 }
 
 #[async_trait::async_trait]
