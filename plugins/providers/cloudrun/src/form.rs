@@ -173,6 +173,29 @@ pub fn template(
     Ok(template)
 }
 
+/// The fields of a revision template that a `Revision` resource carries as well.
+const REVISION_TEMPLATE_FIELDS: &[&str] = &[
+    "labels",
+    "scaling",
+    "vpcAccess",
+    "serviceAccount",
+    "containers",
+    "volumes",
+    "executionEnvironment",
+    "timeout",
+    "maxInstanceRequestConcurrency",
+    "sessionAffinity",
+];
+
+/// The template a deployed revision was created from, read from the `Revision` resource.
+pub fn template_of(revision: &Value) -> Value {
+    let template: Map<String, Value> = REVISION_TEMPLATE_FIELDS
+        .iter()
+        .filter_map(|key| Some((key.to_string(), revision.get(*key)?.clone())))
+        .collect();
+    Value::Object(template)
+}
+
 /// A whole service body: labels, ingress, the template and a traffic list.
 pub fn service(
     config: &Config,

@@ -109,6 +109,26 @@ fn split(service: &Value) -> Vec<TrafficTarget> {
         .collect()
 }
 
+/// The service as its serving revision (the one with the largest share) runs it: the
+/// service's own fields with that revision's template. Cloud Run keeps a rejected release as
+/// the service's template, so comparing with the template would take a rerun of it for "no
+/// change" while the old revision serves.
+fn serving_form(service: &Value, revisions: &[Value]) -> Value {
+    let serving = split(service)
+        .into_iter()
+        .max_by_key(|t| t.percent)
+        .and_then(|t| {
+            revisions
+                .iter()
+                .find(|r| last(r["name"].as_str().unwrap_or_default()) == t.revision)
+        });
+    let mut body = service.clone();
+    if let Some(revision) = serving {
+        body["template"] = form::template_of(revision);
+    }
+    body
+}
+
 /// A traffic list for the API: `split` by revision, and every tag the service has kept on its
 /// revision (with 0 % where the split leaves that revision out), plus `extra_tag`.
 fn traffic(
@@ -235,7 +255,8 @@ impl Provider for CloudRun {
                     .collect(),
                 traffic: split(&svc),
                 url: svc["uri"].as_str().map(String::from),
-                deployed: form::form(&svc, invokers.as_deref()).to_string(),
+                deployed: form::form(&serving_form(&svc, &revisions), invokers.as_deref())
+                    .to_string(),
             }));
         }
         Ok(None)
@@ -490,6 +511,33 @@ mod tests {
                 { "type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": "api-r1", "percent": 100, "tag": "r1" },
                 { "type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": "api-r2", "percent": 0, "tag": "r2" },
             ])
+        );
+    }
+
+    #[test]
+    fn the_deployed_form_is_the_serving_revisions_not_the_latest_template() {
+        let service = json!({
+            "ingress": "INGRESS_TRAFFIC_ALL",
+            "template": { "containers": [{ "image": "api:2-rejected" }] },
+            "trafficStatuses": [
+                { "revision": "api-r1", "percent": 100 },
+                { "revision": "api-r2", "percent": 0, "tag": "r2" },
+            ],
+        });
+        let revisions = [
+            json!({ "name": "projects/p/locations/l/services/api/revisions/api-r2", "containers": [{ "image": "api:2-rejected" }] }),
+            json!({ "name": "projects/p/locations/l/services/api/revisions/api-r1", "containers": [{ "image": "api:1" }], "timeout": "30s", "createTime": "x" }),
+        ];
+        let deployed = form::form(&serving_form(&service, &revisions), None);
+        assert_eq!(deployed["image"], "api:1");
+        assert_eq!(deployed["timeout"], "30s");
+        assert_eq!(deployed["ingress"], "INGRESS_TRAFFIC_ALL");
+        // Nothing serves (every share 0): the template is all there is to compare.
+        let idle =
+            json!({ "template": { "containers": [{ "image": "api:3" }] }, "trafficStatuses": [] });
+        assert_eq!(
+            form::form(&serving_form(&idle, &revisions), None)["image"],
+            "api:3"
         );
     }
 }
