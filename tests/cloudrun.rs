@@ -219,6 +219,51 @@ async fn deploy_plan_canary_a_failing_container_and_destroy_against_the_publishe
     );
     assert_eq!(serving(&fake, "api"), [("api-r2".to_string(), 100)]);
 
+    // Cloud Run kept the rejected spec as the service's template; the same release again is
+    // neither "unchanged" nor tried again unasked, in a plan or a run.
+    let template = &service(&fake, "api")["template"]["containers"][0]["image"];
+    assert_eq!(template, "europe-docker.pkg.dev/shop/api:fail-to-start");
+    let mut summary = String::new();
+    for command in ["plan", "run"] {
+        let out = run(dir.path(), &[command, "pipeline.toml"]).await;
+        summary = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.status.code(), Some(1), "{command}: {}", text(&out));
+        assert!(
+            text(&out).contains("this release was rejected in run 3:")
+                && text(&out).contains("--retry-rejected"),
+            "{command}: {}",
+            text(&out)
+        );
+    }
+    let row = summary
+        .lines()
+        .find(|l| l.starts_with("api "))
+        .unwrap_or_default();
+    let row: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        row[..4],
+        ["api", "failed", "api-r2", "100%"],
+        "what serves: {summary}"
+    );
+    let out = run(dir.path(), &["plan", "pipeline.toml", "--retry-rejected"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("image: \"europe-docker.pkg.dev/shop/api:2\" → \"europe-docker.pkg.dev/shop/api:fail-to-start\""),
+        "the diff is against what serves: {}",
+        text(&out)
+    );
+    let out = run(dir.path(), &["run", "pipeline.toml", "--retry-rejected"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("failed to start and listen on the port"));
+    let out = run(dir.path(), &["history", "api", "pipeline.toml"]).await;
+    let failed = text(&out).matches("deploy-failed").count();
+    assert_eq!(
+        failed,
+        2,
+        "both attempts are in the history: {}",
+        text(&out)
+    );
+
     let out = run(dir.path(), &["destroy", "pipeline.toml"]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(fake.model().services.is_empty());

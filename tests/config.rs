@@ -488,3 +488,35 @@ fn engine_validate_checks_a_pipeline_whose_secrets_this_machine_cannot_read() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no Google credentials found"));
 }
+
+#[test]
+fn a_release_digest_names_what_the_provider_is_given_and_nothing_else() {
+    let base = parse(VALID, None).unwrap();
+    let digest = |p: &config::Pipeline, name: &str| p.service(name).unwrap().release_digest();
+    let api = digest(&base, "api");
+    assert!(api.starts_with("sha256:") && api.len() == 7 + 64, "{api}");
+    assert_eq!(api, digest(&parse(VALID, None).unwrap(), "api"));
+    assert_ne!(api, digest(&base, "web"));
+
+    // Key order in the provider's configuration is not part of the release.
+    let reordered = VALID.replace(
+        r#"{ region = "europe-west1", note = "price is $5 and $${literal}" }"#,
+        r#"{ note = "price is $5 and $${literal}", region = "europe-west1" }"#,
+    );
+    assert_ne!(reordered, VALID);
+    let reordered = parse(&reordered, None).unwrap();
+    assert_eq!(
+        digest(&base, "db-migrate"),
+        digest(&reordered, "db-migrate")
+    );
+
+    // How it is rolled out is not either; what it runs is.
+    let rollout = VALID.replace(
+        "hooks = { pre = [\"./migrate.sh\"] }",
+        "hooks = { pre = [\"./other.sh\"] }\nstrategy = \"canary\"",
+    );
+    assert_eq!(api, digest(&parse(&rollout, None).unwrap(), "api"));
+    let env = VALID.replace("LOG_LEVEL = \"info\"", "LOG_LEVEL = \"debug\"");
+    assert_ne!(api, digest(&parse(&env, None).unwrap(), "api"));
+    assert_ne!(api, digest(&parse(VALID, Some("staging")).unwrap(), "api"));
+}

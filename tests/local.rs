@@ -310,6 +310,18 @@ fn a_canary_moves_real_traffic_and_a_bad_release_is_rolled_back_by_its_metrics()
         "v3 was retired, v1 after v2's promotion"
     );
 
+    // The same release again is refused with the reason, and v2 keeps serving.
+    let out = q.run(&[]);
+    assert_exit(&out, 1);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "orders: failed: this release was rejected in run 3: health checks failed at 25%"
+        ),
+        "{text}"
+    );
+    assert_eq!(q.traffic("orders"), [("orders-r2".to_string(), 100)]);
+
     // Teardown leaves nothing running.
     let pids = q.pids();
     assert!(!pids.is_empty());

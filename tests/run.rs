@@ -193,8 +193,26 @@ fn a_failing_health_gate_rolls_back_and_skips_dependents() {
     );
     assert_exit(&state_cmd(&["history", "nope"]), 2);
 
-    // The next run tries again: api is still not at the desired image, so it is not "unchanged".
+    // The same release again is refused, not "unchanged" (api is not at the desired image).
     let out = project.run(&["--output", "json"]);
+    assert_exit(&out, 1);
+    let api = json_lines(&out)
+        .into_iter()
+        .find(|e| e["type"] == "service-finished" && e["service"] == "api")
+        .unwrap();
+    assert_eq!(api["outcome"], "failed");
+    assert_eq!(
+        (&api["revision"], &api["traffic"]),
+        (&json!("api-r1"), &json!(100))
+    );
+    let reason = api["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("this release was rejected in run 2: health checks failed"),
+        "{reason}"
+    );
+
+    // Asked to, the next run tries it again.
+    let out = project.run(&["--output", "json", "--retry-rejected"]);
     assert_exit(&out, 0);
     let finished: Vec<(String, String)> = json_lines(&out)
         .iter()
@@ -216,7 +234,7 @@ fn a_failing_health_gate_rolls_back_and_skips_dependents() {
     );
     assert_eq!(
         project.platform("api")["traffic"],
-        serde_json::json!([["api-r3", 100]])
+        serde_json::json!([["api-r4", 100]])
     );
 }
 

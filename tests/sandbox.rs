@@ -1399,6 +1399,7 @@ image = "x:1"
         traffic: 100,
         outcome: "deployed".into(),
         detail: Some(format!("the check saw {VALUE}")),
+        release: None,
     };
     store
         .record_revision("quiet", "default", "api", None, &record)

@@ -224,6 +224,7 @@ async fn a_checkpoint_and_its_history_row_are_written_together_or_not_at_all(at:
         traffic: 0,
         outcome: outcome.into(),
         detail: None,
+        release: None,
     };
     let entry = |record| engine::state::HistoryEntry {
         pipeline: "shop",
@@ -278,6 +279,7 @@ async fn stored_text_is_redacted(at: Location) {
         traffic: 0,
         outcome: "aborted".into(),
         detail: Some("health check saw state-test-secret-value".into()),
+        release: Some("sha256:0123abcd".into()),
     };
     store
         .record_revision("shop", "prod", "api", Some(run), &record)
@@ -288,6 +290,7 @@ async fn stored_text_is_redacted(at: Location) {
         history[0].detail.as_deref(),
         Some("health check saw [REDACTED]")
     );
+    assert_eq!(history[0].release.as_deref(), Some("sha256:0123abcd"));
 }
 
 async fn history_is_newest_first_per_service(at: Location) {
@@ -304,6 +307,7 @@ async fn history_is_newest_first_per_service(at: Location) {
             traffic,
             outcome: outcome.into(),
             detail: None,
+            release: None,
         };
         store
             .record_revision("shop", "prod", "api", None, &r)
@@ -464,7 +468,7 @@ fn start_of(pid: u32) -> Option<String> {
 }
 
 #[tokio::test]
-async fn a_state_from_before_schema_2_is_migrated_and_its_lock_still_read() {
+async fn a_state_from_before_schema_2_is_migrated_and_its_lock_and_history_still_read() {
     on_sqlite(|at| async move {
         drop(Store::connect(&at).await.unwrap());
         let Location::Sqlite(path) = &at else {
@@ -473,9 +477,12 @@ async fn a_state_from_before_schema_2_is_migrated_and_its_lock_still_read() {
         // Back to schema 1, as an engine before this one left it, with a lock held.
         let conn = rusqlite::Connection::open(path).unwrap();
         conn.execute_batch(
-            "ALTER TABLE locks DROP COLUMN process_start; PRAGMA user_version = 1;
+            "ALTER TABLE locks DROP COLUMN process_start;
+             ALTER TABLE revisions DROP COLUMN release_digest; PRAGMA user_version = 1;
              INSERT INTO locks (pipeline, environment, holder, host, pid, acquired_ms)
-             VALUES ('shop', 'prod', 'old engine', 'elsewhere', 7, 0);",
+             VALUES ('shop', 'prod', 'old engine', 'elsewhere', 7, 0);
+             INSERT INTO revisions (pipeline, environment, service, revision, run_id, recorded_ms, traffic, outcome, detail)
+             VALUES ('shop', 'prod', 'api', 'api-r1', NULL, 0, 100, 'promoted', NULL);",
         )
         .unwrap();
         drop(conn);
@@ -485,11 +492,16 @@ async fn a_state_from_before_schema_2_is_migrated_and_its_lock_still_read() {
             (holder.name.as_str(), holder.pid, holder.process_start),
             ("old engine", 7, None)
         );
+        let history = store.history("shop", "prod", "api").await.unwrap();
+        assert_eq!(
+            (history[0].revision.as_str(), history[0].release.as_deref()),
+            ("api-r1", None)
+        );
         let version: i64 = rusqlite::Connection::open(path)
             .unwrap()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
     })
     .await;
 }

@@ -218,6 +218,7 @@ fn record_json(r: &RevisionRecord) -> Value {
         "run": r.run_id,
         "when": time(r.recorded_ms),
         "detail": r.detail,
+        "release": r.release,
     })
 }
 

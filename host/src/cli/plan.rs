@@ -9,7 +9,11 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     #[command(flatten)]
-    pipeline: super::PipelineArgs,
+    scope: super::Scope,
+    /// Plan a release again although its last attempt was rejected, as `engine run
+    /// --retry-rejected` would deploy it
+    #[arg(long)]
+    retry_rejected: bool,
     /// Also write the plan as JSON to this file
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -46,7 +50,7 @@ impl EventSink for DryRunSink {
 }
 
 pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> {
-    let pipeline = args.pipeline.load()?;
+    let pipeline = args.scope.pipeline.load()?;
     let sink = Arc::new(DryRunSink::default());
     let options = crate::runtime::RuntimeOptions {
         dry_run: true,
@@ -63,7 +67,12 @@ pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> 
         .map_err(super::output::config_failure)?;
     // Reading what is deployed needs the platform; starting an empty one changes nothing.
     super::local::ensure_for(&pipeline).await?;
-    let plans = crate::run::plan::plan(&pipeline, &plugins).await;
+    let state = earlier_state(&args.scope).await?;
+    let inputs = crate::run::plan::PlanInputs {
+        state: state.as_ref(),
+        retry_rejected: args.retry_rejected,
+    };
+    let plans = crate::run::plan::plan(&pipeline, &plugins, inputs).await;
     let would_call = sink
         .would_call
         .lock()
@@ -89,6 +98,25 @@ pub async fn run(cli: &super::Cli, args: &PlanArgs) -> Result<(), CommandError> 
         return Err(CommandError::failure("some services could not be planned"));
     }
     Ok(())
+}
+
+/// The state of earlier runs, which says which releases were rejected; none where the
+/// pipeline has not run (no SQLite file yet: the plan creates none).
+async fn earlier_state(scope: &super::Scope) -> Result<Option<crate::state::Store>, CommandError> {
+    let location = scope.location();
+    if let crate::state::Location::Sqlite(path) = &location
+        && !path.exists()
+    {
+        return Ok(None);
+    }
+    crate::state::Store::connect(&location)
+        .await
+        .map(Some)
+        .map_err(|e| {
+            CommandError::failure(format!(
+                "{e} (the plan reads the history of earlier runs there)"
+            ))
+        })
 }
 
 fn plan_text(

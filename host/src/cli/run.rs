@@ -38,6 +38,10 @@ pub struct Execution {
 pub struct RunArgs {
     #[command(flatten)]
     execution: Execution,
+    /// Deploy a release again although its last attempt was rejected (rolled back, or refused
+    /// by the platform); without it such a service fails with the reason
+    #[arg(long)]
+    retry_rejected: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,7 +56,7 @@ pub struct DecisionArgs {
 }
 
 pub async fn run(cli: &super::Cli, args: &RunArgs) -> Result<(), CommandError> {
-    deploy(cli, &args.execution, None).await
+    deploy(cli, &args.execution, None, args.retry_rejected).await
 }
 
 /// `engine promote SERVICE` (`reject` false) and `engine abort SERVICE` (`reject` true).
@@ -74,7 +78,7 @@ pub async fn decide(
     } else {
         Approval::Approve
     };
-    deploy(cli, &args.execution, Some((&args.service, approval))).await
+    deploy(cli, &args.execution, Some((&args.service, approval)), false).await
 }
 
 /// Runs (or resumes) the pipeline's run, first recording a person's decision if given.
@@ -82,6 +86,7 @@ async fn deploy(
     cli: &super::Cli,
     execution: &Execution,
     decision: Option<(&str, Approval)>,
+    retry_rejected: bool,
 ) -> Result<(), CommandError> {
     let (pipeline, plugins) = prepare(cli, &execution.scope.pipeline, false).await?;
     if let Some((service, _)) = &decision {
@@ -116,6 +121,7 @@ async fn deploy(
         concurrency: execution.concurrency.max(1),
         fail_fast: execution.fail_fast,
         interrupt: session.signals.token(),
+        retry_rejected,
         ..RunOptions::default()
     };
     let result = crate::run::execute(&pipeline, &plugins, &session.store, &printer, &options).await;

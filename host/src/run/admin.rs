@@ -30,6 +30,7 @@ async fn record(
         traffic,
         outcome: outcome.into(),
         detail,
+        release: None,
     };
     store
         .record_revision(&pipeline.name, environment, service, None, &r)

@@ -38,6 +38,10 @@ pub struct Checkpoint {
     /// that would not retire): reported as warnings with the deployed outcome.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The release this run deploys ([`crate::config::Service::release_digest`]), written into
+    /// the history rows of its attempt. Absent in checkpoints from before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
 }
 
 impl Default for Checkpoint {
@@ -54,6 +58,7 @@ impl Default for Checkpoint {
             new_service: false,
             window_start_ms: None,
             warnings: Vec::new(),
+            release: None,
         }
     }
 }
@@ -109,6 +114,20 @@ impl Checkpoint {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("checkpoints serialise")
+    }
+
+    /// The share of traffic of the revision a report names: the candidate's once there is one,
+    /// else the share the stable revision had before the run (a service that failed before
+    /// deploying still serves it).
+    pub fn reported_traffic(&self) -> u8 {
+        if self.candidate.is_some() {
+            return self.traffic;
+        }
+        let stable = self.stable.as_deref();
+        self.previous_split
+            .iter()
+            .find(|(revision, _)| Some(revision.as_str()) == stable)
+            .map_or(self.traffic, |(_, percent)| *percent)
     }
 
     /// The finished outcome, once finished.
@@ -181,6 +200,7 @@ impl From<CheckpointV1> for Checkpoint {
             new_service: v1.new_service,
             window_start_ms: v1.window_start_ms,
             warnings: v1.warnings,
+            release: None,
         }
     }
 }
@@ -281,6 +301,7 @@ mod tests {
             new_service: false,
             window_start_ms: Some(1_700_000_000_000),
             warnings: vec!["retiring api-r1 failed".into()],
+            release: Some("sha256:0123".into()),
         }
     }
 

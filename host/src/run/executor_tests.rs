@@ -258,6 +258,91 @@ async fn traffic_that_cannot_be_moved_aborts_and_restores_the_previous_split() {
 }
 
 #[tokio::test]
+async fn a_rejected_release_is_refused_until_it_changes_or_is_retried() {
+    let f = deployed_once().await;
+    f.cloud.make_unhealthy("api-r2");
+    let rejected = f.pipeline("", "api:2");
+    let report = f.run(&rejected).await;
+    assert!(matches!(outcome(&report, "api"), Outcome::RolledBack(_)));
+
+    // The same release again: refused with the run and the reason, nothing deployed.
+    let report = f.run(&rejected).await;
+    let Outcome::Failed(why) = outcome(&report, "api") else {
+        panic!("{report:?}")
+    };
+    assert!(
+        why.starts_with("this release was rejected in run 2: ")
+            && why.contains("api-r2 is unhealthy"),
+        "{why}"
+    );
+    assert!(why.contains("--retry-rejected"), "{why}");
+    assert_eq!(f.cloud.count("deploy api r3"), 0);
+    assert_eq!(f.cloud.traffic("api"), pairs(&[("api-r1", 100)]));
+    assert!(report.failed());
+
+    // Asked to, it is tried again (and is healthy this time).
+    let retry = RunOptions {
+        retry_rejected: true,
+        ..RunOptions::default()
+    };
+    let report = f.run_with(&rejected, &retry).await;
+    assert_eq!(outcome(&report, "api"), &Outcome::Deployed, "{report:?}");
+    assert_eq!(f.cloud.traffic("api"), pairs(&[("api-r4", 100)]));
+
+    // A new release is never refused for an old one's rejection.
+    f.cloud.make_unhealthy("api-r5");
+    assert!(matches!(
+        outcome(&f.run(&f.pipeline("", "api:3")).await, "api"),
+        Outcome::RolledBack(_)
+    ));
+    let report = f.run(&f.pipeline("", "api:4")).await;
+    assert_eq!(outcome(&report, "api"), &Outcome::Deployed, "{report:?}");
+}
+
+#[tokio::test]
+async fn a_failed_deploy_is_in_the_history_and_rejects_its_release_when_permanent() {
+    let f = deployed_once().await;
+    f.cloud.fail("deploy api", ErrorKind::Permanent, 1);
+    let release = f.pipeline("", "api:2");
+    let report = f.run(&release).await;
+    assert!(
+        matches!(outcome(&report, "api"), Outcome::Failed(r) if r.contains("nothing was deployed")),
+        "{report:?}"
+    );
+    let history = f.store.history("shop", "default", "api").await.unwrap();
+    assert_eq!(
+        (history[0].revision.as_str(), history[0].outcome.as_str()),
+        ("r2", "deploy-failed")
+    );
+    assert!(
+        history[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("as the test asked")
+    );
+    let api = release.service("api").unwrap();
+    assert_eq!(history[0].release, Some(api.release_digest()));
+    let report = f.run(&release).await;
+    assert!(
+        matches!(outcome(&report, "api"), Outcome::Failed(r) if r.starts_with("this release was rejected in run 2")),
+        "{report:?}"
+    );
+
+    // A failure that may pass by itself is recorded, and the next run tries again.
+    let f = deployed_once().await;
+    f.cloud.fail("deploy api", ErrorKind::Transient, 5); // every attempt of one run
+    let report = f.run(&release).await;
+    assert!(matches!(outcome(&report, "api"), Outcome::Failed(_)));
+    assert_eq!(
+        f.history("api").await.last().unwrap(),
+        &("r2".into(), "deploy-error".into())
+    );
+    let report = f.run(&release).await;
+    assert_eq!(outcome(&report, "api"), &Outcome::Deployed, "{report:?}");
+}
+
+#[tokio::test]
 async fn a_candidate_left_behind_by_a_failed_abort_is_retired_by_the_next_run() {
     let f = deployed_once().await;
     f.cloud.make_unhealthy("api-r2");
@@ -482,7 +567,20 @@ async fn each_check_is_reported_as_it_ends_not_when_the_analysis_does() {
 impl Fixture {
     /// The plans of `pipeline`, by service.
     async fn plan(&self, pipeline: &Pipeline) -> BTreeMap<String, plan::ServicePlan> {
-        plan::simulate(pipeline, &self.cloud)
+        self.plan_with(pipeline, false).await
+    }
+
+    /// The plans of `pipeline`, reading this fixture's state, by service.
+    async fn plan_with(
+        &self,
+        pipeline: &Pipeline,
+        retry_rejected: bool,
+    ) -> BTreeMap<String, plan::ServicePlan> {
+        let inputs = plan::PlanInputs {
+            state: Some(&self.store),
+            retry_rejected,
+        };
+        plan::simulate(pipeline, &self.cloud, inputs)
             .await
             .into_iter()
             .map(|p| (p.service.clone(), p))
@@ -531,6 +629,31 @@ async fn a_plan_follows_the_strategy_in_dependency_order_and_changes_nothing() {
     // Nothing was recorded either: the run was simulated in a store of its own.
     assert_eq!(f.open_run().await, None);
     assert!(f.history("api").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_plan_says_a_release_was_rejected_unless_it_would_be_retried() {
+    let f = deployed_once().await;
+    f.cloud.make_unhealthy("api-r2");
+    let rejected = f.pipeline("", "api:2");
+    f.run(&rejected).await;
+    let plans = f.plan(&rejected).await;
+    let error = plans["api"].error.as_deref().unwrap_or_default();
+    assert!(
+        error.starts_with("this release was rejected in run 2: "),
+        "{error}"
+    );
+    assert!(plans["api"].timeline.is_empty());
+    assert_eq!(plans["db"].error, None);
+
+    let plans = f.plan_with(&rejected, true).await;
+    assert_eq!(plans["api"].error, None, "{:?}", plans["api"]);
+    assert_eq!(
+        plans["api"].timeline.last().map(String::as_str),
+        Some("done")
+    );
+    // The plan wrote nothing into the real state.
+    assert_eq!(f.history("api").await.last().unwrap().1, "aborted");
 }
 
 #[tokio::test]

@@ -42,6 +42,7 @@ pub mod checkpoint;
 pub mod contract;
 mod hooks;
 pub mod plan;
+mod rejected;
 mod rollout;
 mod world;
 
@@ -79,6 +80,9 @@ pub struct RunOptions {
     /// rollout stops at its next checkpoint (a plugin call or hook under way finishes first),
     /// and the run stays open for the next one to resume.
     pub interrupt: CancellationToken,
+    /// Deploy a release again although the service's last attempt at it was rejected (rolled
+    /// back, or refused by the platform); without it such a service fails with the reason.
+    pub retry_rejected: bool,
 }
 
 impl Default for RunOptions {
@@ -89,6 +93,7 @@ impl Default for RunOptions {
             max_wait: Duration::from_secs(3600),
             hook_timeout: Duration::from_secs(30 * 60),
             interrupt: CancellationToken::new(),
+            retry_rejected: false,
         }
     }
 }
@@ -320,14 +325,28 @@ pub async fn execute_with(
     observer: &dyn Observer,
     options: &RunOptions,
 ) -> Result<RunReport, RunError> {
-    execute_in(pipeline, ports, store, observer, options, &RealWorld).await
+    let stores = Stores {
+        run: store,
+        earlier: store,
+    };
+    execute_in(pipeline, ports, stores, observer, options, &RealWorld).await
+}
+
+/// Where a run writes, and where it reads what earlier runs did.
+#[derive(Clone, Copy)]
+pub(crate) struct Stores<'a> {
+    /// Runs, checkpoints and history rows of this run.
+    pub run: &'a Store,
+    /// The history of earlier runs (rejected releases, revisions left behind): the same store
+    /// in a run; in a plan, the real state, only read, while the simulation writes in memory.
+    pub earlier: &'a Store,
 }
 
 /// Runs the pipeline in `world`: the real one, or the simulation of `engine plan`.
 pub(crate) async fn execute_in(
     pipeline: &Pipeline,
     ports: &dyn Ports,
-    store: &Store,
+    stores: Stores<'_>,
     observer: &dyn Observer,
     options: &RunOptions,
     world: &dyn World,
@@ -336,6 +355,7 @@ pub(crate) async fn execute_in(
         .environment
         .clone()
         .unwrap_or_else(|| "default".into());
+    let store = stores.run;
     let (run_id, resumed) = store.begin_run(&pipeline.name, &environment).await?;
     observer.event(&Event::Started {
         run_id,
@@ -346,6 +366,7 @@ pub(crate) async fn execute_in(
         pipeline,
         ports,
         store,
+        earlier: stores.earlier,
         observer,
         options,
         world,

@@ -47,16 +47,29 @@ pub type PlannedChange = Change;
 /// Longest simulated rollout, in strategy steps; a strategy that never finishes is reported.
 const MAX_STEPS: usize = 1000;
 
+/// What a plan reads besides the pipeline: the state of earlier runs (none when the pipeline
+/// has not run yet), and whether a rejected release would be tried again.
+#[derive(Clone, Copy, Default)]
+pub struct PlanInputs<'a> {
+    pub state: Option<&'a Store>,
+    pub retry_rejected: bool,
+}
+
 /// Plans every service, in dependency order.
 pub async fn plan(
     pipeline: &Pipeline,
     plugins: &BTreeMap<String, LoadedPlugin>,
+    inputs: PlanInputs<'_>,
 ) -> Vec<ServicePlan> {
-    simulate(pipeline, &PluginPorts::new(plugins)).await
+    simulate(pipeline, &PluginPorts::new(plugins), inputs).await
 }
 
 /// Runs the executor over `ports` in a simulation, and reports what it did per service.
-pub(crate) async fn simulate(pipeline: &Pipeline, ports: &dyn Ports) -> Vec<ServicePlan> {
+pub(crate) async fn simulate(
+    pipeline: &Pipeline,
+    ports: &dyn Ports,
+    inputs: PlanInputs<'_>,
+) -> Vec<ServicePlan> {
     let simulation = Simulation::new(pipeline);
     let simulated = SimulatedPorts {
         ports,
@@ -64,11 +77,18 @@ pub(crate) async fn simulate(pipeline: &Pipeline, ports: &dyn Ports) -> Vec<Serv
     };
     let report = match Store::in_memory().await {
         Ok(store) => {
-            let options = RunOptions::default();
+            let options = RunOptions {
+                retry_rejected: inputs.retry_rejected,
+                ..RunOptions::default()
+            };
+            let stores = super::Stores {
+                run: &store,
+                earlier: inputs.state.unwrap_or(&store),
+            };
             super::execute_in(
                 pipeline,
                 &simulated,
-                &store,
+                stores,
                 &simulation,
                 &options,
                 &simulation,

@@ -9,12 +9,13 @@ use super::checkpoint::{
 };
 use super::contract::{self, Contract};
 use super::hooks::{self, HookStage};
+use super::rejected;
 use super::world::World;
 use super::{Event, Observer, Outcome, RunOptions, ServiceReport};
 use crate::config::{Pipeline, Service};
 use crate::port::{
-    AnalysisRequest, CheckRun, Decision, EndpointKind, PlanAction, Platform, PortError, Ports,
-    Rollout, ServiceState, TrafficShare, Verdict,
+    AnalysisRequest, CheckRun, Decision, EndpointKind, ErrorKind, PlanAction, Platform, PortError,
+    Ports, Rollout, ServiceState, TrafficShare, Verdict,
 };
 use crate::state::{HistoryEntry, RevisionRecord, Store};
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +27,8 @@ pub(super) struct Executor<'a> {
     pub pipeline: &'a Pipeline,
     pub ports: &'a dyn Ports,
     pub store: &'a Store,
+    /// Where the history of earlier runs is read (see [`super::Stores`]).
+    pub earlier: &'a Store,
     pub observer: &'a dyn Observer,
     pub options: &'a RunOptions,
     /// The clock, the hooks and the approvals: real in a run, simulated in a plan.
@@ -79,7 +82,7 @@ impl Executor<'_> {
         ServiceReport {
             service: service.name.clone(),
             revision: cp.candidate.clone().or(cp.stable.clone()),
-            traffic: cp.traffic,
+            traffic: cp.reported_traffic(),
             outcome,
             checks_passed: tally.checks_passed,
             checks_run: tally.checks_run,
@@ -148,17 +151,33 @@ impl Executor<'_> {
             .await
             .map_err(RolloutError::Failed)?;
         cp.new_service = current.is_none();
+        cp.release = Some(service.release_digest());
+        let history = self.history(name).await?;
         if let Some(current) = &current {
             cp.previous_split = split_pairs(&current.traffic);
             cp.stable = current.serving().map(String::from);
-            self.retire_leftovers(name, platform, current, cp).await?;
+            self.retire_leftovers(name, platform, current, &history, cp)
+                .await?;
         }
         if plan.action == PlanAction::NoChange {
             cp.traffic = 100;
             return Ok(finish(cp, Finished::Unchanged));
         }
+        if !self.options.retry_rejected
+            && let Some(rejection) = rejected::rejection(&history, &service.release_digest())
+        {
+            return Ok(finish(cp, Finished::Failed(rejection.to_string())));
+        }
         cp.phase = after_pre_hooks(service, 0);
         Ok(Pass::Next(None))
+    }
+
+    /// The service's history in this pipeline and environment from earlier runs, newest first.
+    async fn history(&self, service: &str) -> Result<Vec<RevisionRecord>, RolloutError> {
+        self.earlier
+            .history(&self.pipeline.name, &self.environment, service)
+            .await
+            .map_err(|e| RolloutError::Failed(e.to_string()))
     }
 
     /// Runs the next pre hook; the ones before it passed (and are not run again on resume).
@@ -185,17 +204,34 @@ impl Executor<'_> {
     ) -> Result<Pass, RolloutError> {
         self.phase(&service.name, "deploying", 0);
         let deployment_id = format!("r{}", self.run_id);
-        let revision = retry(|| platform.deploy(&deployment_id))
-            .await
-            .map_err(RolloutError::Failed)?;
+        let revision = match crate::port::retry(|| platform.deploy(&deployment_id)).await {
+            Ok(revision) => revision,
+            Err(e) => return Ok(self.deploy_failed(cp, &deployment_id, e)),
+        };
         cp.candidate = Some(revision.clone());
         cp.window_start_ms = Some(self.world.now_ms());
         cp.phase = Phase::Driving {
             pending: Observed::Start,
         };
         Ok(Pass::Next(Some(
-            self.history_row(&revision, 0, "deployed", None),
+            self.attempt_row(cp, &revision, 0, "deployed", None),
         )))
+    }
+
+    /// Ends a rollout whose deploy failed, with a history row: `deploy-failed` when the
+    /// platform refused the release (calling again gives the same answer), which rejects it
+    /// like a rollback; `deploy-error` when the failure may pass by itself. The row names the
+    /// deployment id, since no revision was returned.
+    fn deploy_failed(&self, cp: &mut Checkpoint, deployment_id: &str, error: PortError) -> Pass {
+        let outcome = match error.kind {
+            ErrorKind::Permanent => "deploy-failed",
+            _ => "deploy-error",
+        };
+        let row = self.attempt_row(cp, deployment_id, 0, outcome, Some(error.message.clone()));
+        cp.phase = Phase::Finished {
+            outcome: Finished::Failed(format!("{}\nnothing was deployed", error.message)),
+        };
+        Pass::Next(Some(row))
     }
 
     /// Waits out what is left of a wait the strategy asked for.
@@ -324,7 +360,7 @@ impl Executor<'_> {
         }
         cp.traffic = 100;
         cp.window_start_ms = Some(self.world.now_ms());
-        let promoted = self.history_row(at.candidate, 100, "promoted", None);
+        let promoted = self.attempt_row(cp, at.candidate, 100, "promoted", None);
         drive_on(cp, Observed::Promoted, Some(promoted))
     }
 
@@ -408,6 +444,21 @@ impl Executor<'_> {
             })
     }
 
+    /// A history row of this run's attempt at its release: the release digest goes with it.
+    fn attempt_row(
+        &self,
+        cp: &Checkpoint,
+        revision: &str,
+        traffic: u8,
+        outcome: &str,
+        detail: Option<String>,
+    ) -> RevisionRecord {
+        RevisionRecord {
+            release: cp.release.clone(),
+            ..self.history_row(revision, traffic, outcome, detail)
+        }
+    }
+
     /// A history row of this run.
     fn history_row(
         &self,
@@ -423,6 +474,7 @@ impl Executor<'_> {
             traffic,
             outcome: outcome.into(),
             detail,
+            release: None,
         }
     }
 
@@ -508,14 +560,10 @@ impl Executor<'_> {
         service: &str,
         platform: &dyn Platform,
         current: &ServiceState,
+        history: &[RevisionRecord],
         cp: &mut Checkpoint,
     ) -> Result<(), RolloutError> {
-        let history = self
-            .store
-            .history(&self.pipeline.name, &self.environment, service)
-            .await
-            .map_err(|e| RolloutError::Failed(e.to_string()))?;
-        for revision in leftovers(&history, current) {
+        for revision in leftovers(history, current) {
             self.phase(
                 service,
                 &format!("retiring {revision}, left by an earlier run"),
@@ -637,7 +685,7 @@ impl Executor<'_> {
                 }
             }
             recorded =
-                Some(self.history_row(&candidate, cp.traffic, "aborted", Some(reason.clone())));
+                Some(self.attempt_row(cp, &candidate, cp.traffic, "aborted", Some(reason.clone())));
         }
         let mut full = reason;
         for extra in notes.iter().chain(&problems) {
@@ -787,6 +835,7 @@ mod tests {
             traffic: 0,
             outcome: outcome.into(),
             detail: None,
+            release: None,
         }
     }
 

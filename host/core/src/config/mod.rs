@@ -332,6 +332,61 @@ impl Service {
         });
         [provider, strategy].into_iter().chain(checks)
     }
+
+    /// What identifies the release the service's spec describes: a digest (`sha256:HEX`) of
+    /// everything the provider is given (provider, its configuration, artifact, args, env,
+    /// secret references, resources, scaling, port, ingress, labels), not of how it is rolled
+    /// out (strategy, checks, hooks, dependencies). A rerun of a rejected release is
+    /// recognised by it.
+    pub fn release_digest(&self) -> String {
+        use sha2::Digest;
+        let artifact = match &self.artifact {
+            Artifact::Image(image) => serde_json::json!({ "image": image }),
+            Artifact::Path(path) => serde_json::json!({ "path": path }),
+        };
+        let ingress = match self.ingress {
+            Ingress::Public => "public",
+            Ingress::Internal => "internal",
+            Ingress::None => "none",
+        };
+        let release = serde_json::json!({
+            "provider": self.provider,
+            "provider_config": self.provider_config,
+            "artifact": artifact,
+            "args": self.args,
+            "env": self.env,
+            "secrets": self.secrets,
+            "cpu_millis": self.cpu_millis,
+            "memory_mib": self.memory_mib,
+            "min_instances": self.min_instances,
+            "max_instances": self.max_instances,
+            "concurrency": self.concurrency,
+            "port": self.port,
+            "ingress": ingress,
+            "labels": self.labels,
+        });
+        let digest = sha2::Sha256::digest(sorted_keys(&release).to_string().as_bytes());
+        format!("sha256:{}", hex::encode(digest))
+    }
+}
+
+/// `value` with every object's keys in sorted order, so that equal values give equal text
+/// whatever order their keys were written in.
+fn sorted_keys(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), sorted_keys(v)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => items.iter().map(sorted_keys).collect(),
+        other => other.clone(),
+    }
 }
 
 impl Check {

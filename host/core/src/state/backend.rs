@@ -116,10 +116,14 @@ pub enum Backend {
 }
 
 /// The schema version this code writes; older databases are migrated forward when opened.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Version 2: a lock records its holder's process start, so a reused PID is not taken for it.
 const SCHEMA_V2: &str = "ALTER TABLE locks ADD COLUMN process_start TEXT;";
+
+/// Version 3: a history row records the release (spec digest) its run deployed, so that a
+/// rerun of a rejected release is recognised.
+const SCHEMA_V3: &str = "ALTER TABLE revisions ADD COLUMN release_digest TEXT;";
 
 const SQLITE_SCHEMA_V1: &str = "
 CREATE TABLE runs (
@@ -355,6 +359,9 @@ impl Backend {
         if version < 2 {
             tx.execute_batch(&format!("{SCHEMA_V2} PRAGMA user_version = 2;"))?;
         }
+        if version < 3 {
+            tx.execute_batch(&format!("{SCHEMA_V3} PRAGMA user_version = 3;"))?;
+        }
         tx.commit()?;
         Ok(None)
     }
@@ -407,13 +414,15 @@ impl Backend {
                 .await
                 .map_err(&db)?;
         }
-        if version < 2 {
-            client
-                .batch_execute(&format!(
-                    "{SCHEMA_V2} UPDATE engine_schema SET version = 2;"
-                ))
-                .await
-                .map_err(&db)?;
+        for (below, migration) in [(2, SCHEMA_V2), (3, SCHEMA_V3)] {
+            if version < below {
+                client
+                    .batch_execute(&format!(
+                        "{migration} UPDATE engine_schema SET version = {below};"
+                    ))
+                    .await
+                    .map_err(&db)?;
+            }
         }
         client.batch_execute("COMMIT").await.map_err(&db)?;
         Ok(Backend::Postgres(tokio::sync::Mutex::new(client)))

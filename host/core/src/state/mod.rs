@@ -90,9 +90,13 @@ pub struct RevisionRecord {
     pub recorded_ms: i64,
     /// Percent of traffic it had when recorded.
     pub traffic: u8,
-    /// `deployed`, `promoted`, `aborted`, `rolled-back`, `retired`…
+    /// `deployed`, `promoted`, `aborted`, `deploy-failed`, `rolled-back-to`, `retired`…
     pub outcome: String,
     pub detail: Option<String>,
+    /// The digest of the release the row's run deployed ([`crate::config::Service::release_digest`]),
+    /// by which a rerun of a rejected release is recognised; none in rows of other commands
+    /// and rows written before schema version 3.
+    pub release: Option<String>,
 }
 
 /// The revision that serves a service's traffic, from its history (newest first): the latest
@@ -141,8 +145,8 @@ fn checkpoint_write(run: i64, service: &str, data: &str) -> (&'static str, Vec<V
 fn revision_write(history: &HistoryEntry<'_>, run: Option<i64>) -> (&'static str, Vec<Value>) {
     let record = history.record;
     (
-        "INSERT INTO revisions (pipeline, environment, service, revision, run_id, recorded_ms, traffic, outcome, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO revisions (pipeline, environment, service, revision, run_id, recorded_ms, traffic, outcome, detail, release_digest)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         vec![
             history.pipeline.into(),
             history.environment.into(),
@@ -153,6 +157,7 @@ fn revision_write(history: &HistoryEntry<'_>, run: Option<i64>) -> (&'static str
             i64::from(record.traffic).into(),
             record.outcome.as_str().into(),
             record.detail.as_deref().map(|d| redactor().redact(d)).into(),
+            record.release.clone().into(),
         ],
     )
 }
@@ -507,7 +512,7 @@ impl Store {
     ) -> Result<Vec<RevisionRecord>, StateError> {
         let rows = self
             .query(
-                "SELECT revision, run_id, recorded_ms, traffic, outcome, detail FROM revisions
+                "SELECT revision, run_id, recorded_ms, traffic, outcome, detail, release_digest FROM revisions
                  WHERE pipeline = $1 AND environment = $2 AND service = $3 ORDER BY id DESC",
                 &[pipeline.into(), environment.into(), service.into()],
             )
@@ -522,6 +527,7 @@ impl Store {
                 outcome: r.text(4).unwrap_or_default(),
                 // Again on the way out: a record may predate the value's registration.
                 detail: r.text(5).map(|d| redactor().redact(&d)),
+                release: r.text(6),
             })
             .collect())
     }
