@@ -589,6 +589,43 @@ async fn a_database_from_a_newer_engine_is_refused() {
 }
 
 #[tokio::test]
+async fn a_postgres_state_of_schema_2_is_migrated_and_its_history_kept() {
+    on_postgres(|at| async move {
+        drop(Store::connect(&at).await.unwrap());
+        let Location::Postgres(url) = &at else {
+            unreachable!()
+        };
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        // Back to schema 2, as the engine before this one left it, with a history row.
+        client
+            .batch_execute(
+                "ALTER TABLE revisions DROP COLUMN release_digest;
+                 UPDATE engine_schema SET version = 2;
+                 INSERT INTO revisions (pipeline, environment, service, revision, run_id, recorded_ms, traffic, outcome, detail)
+                 VALUES ('shop', 'prod', 'api', 'api-r1', NULL, 0, 100, 'promoted', NULL);",
+            )
+            .await
+            .unwrap();
+        let store = Store::connect(&at).await.unwrap();
+        let history = store.history("shop", "prod", "api").await.unwrap();
+        assert_eq!(
+            (history[0].revision.as_str(), history[0].release.as_deref()),
+            ("api-r1", None)
+        );
+        let version: i64 = client
+            .query_one("SELECT version FROM engine_schema", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(version, 3);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_postgres_server_that_is_not_there_gives_a_clear_error() {
     let at = Location::parse("postgres://engine:hunter2@127.0.0.1:1/nothing");
     let err = Store::connect(&at).await.err().unwrap().to_string();
