@@ -169,7 +169,7 @@ async fn deploy_plan_canary_a_failing_container_and_destroy_against_the_publishe
     );
     assert!(stdout.contains("web: no-change"), "{stdout}");
 
-    // The canary: 50/50, then all of it, and the old revision retired.
+    // The canary: 50/50, then all of it, and the old revision kept (without traffic).
     let out = run(dir.path(), &["run", "pipeline.toml"]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(serving(&fake, "api"), [("api-r2".to_string(), 100)]);
@@ -187,7 +187,11 @@ async fn deploy_plan_canary_a_failing_container_and_destroy_against_the_publishe
                     .to_string()
             })
             .collect();
-    assert_eq!(revisions, ["api-r2"], "the canary retired api-r1");
+    assert_eq!(
+        revisions,
+        ["api-r1", "api-r2"],
+        "the canary kept api-r1 for a rollback"
+    );
     let sent = fake.requests();
     let split_50 = sent
         .iter()
@@ -261,6 +265,26 @@ async fn deploy_plan_canary_a_failing_container_and_destroy_against_the_publishe
         failed,
         2,
         "both attempts are in the history: {}",
+        text(&out)
+    );
+
+    // After a rollback to api-r1, the plan of the release that api-r2 runs shows the drift
+    // from what serves now.
+    let out = run(dir.path(), &["rollback", "api", "pipeline.toml"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(serving(&fake, "api"), [("api-r1".to_string(), 100)]);
+    std::fs::write(
+        &file,
+        pipeline(&fake, &SERVICES.replace("shop/api:1", "shop/api:2")),
+    )
+    .unwrap();
+    let out = run(dir.path(), &["plan", "pipeline.toml"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "image: \"europe-docker.pkg.dev/shop/api:1\" → \"europe-docker.pkg.dev/shop/api:2\""
+        ),
+        "{}",
         text(&out)
     );
 

@@ -2,7 +2,8 @@
 //! as 10/25/50/100), with a pause and a health analysis at every step. A failed analysis is
 //! measured again after the pause until more than `failure_limit` have failed, then the rollout
 //! is aborted (the host restores the previous split). After the last step the rollout waits for
-//! a person if `approval` is set, is promoted, and the previous revision is retired.
+//! a person if `approval` is set and is promoted; the previous revision stays, without traffic,
+//! for an instant rollback, unless `retire_previous` is set.
 //!
 //! A first deployment (no stable revision) has nothing to split with: it takes 100 % at once and
 //! is analysed before promotion.
@@ -31,7 +32,9 @@ pub struct Config {
     pub fail_on_inconclusive: bool,
     /// Wait for `engine promote` after the last step, before promotion.
     pub approval: bool,
-    /// Retire the previous revision once the candidate is promoted.
+    /// Retire the previous revision once the candidate is promoted. Off by default: the
+    /// previous revision stays, without traffic, for an instant `engine rollback` (Cloud Run
+    /// keeps revisions too).
     pub retire_previous: bool,
 }
 
@@ -43,7 +46,7 @@ impl Default for Config {
             failure_limit: 0,
             fail_on_inconclusive: false,
             approval: false,
-            retire_previous: true,
+            retire_previous: false,
         }
     }
 }
@@ -58,7 +61,7 @@ pub const CONFIG_SCHEMA: &str = r#"{
     "failure_limit": { "type": "integer", "minimum": 0, "default": 0, "description": "Failed analyses tolerated before the rollout is aborted." },
     "fail_on_inconclusive": { "type": "boolean", "default": false, "description": "Count an inconclusive analysis as failed." },
     "approval": { "type": "boolean", "default": false, "description": "Wait for `engine promote` after the last step." },
-    "retire_previous": { "type": "boolean", "default": true, "description": "Retire the previous revision after promotion." }
+    "retire_previous": { "type": "boolean", "default": false, "description": "Retire the previous revision after promotion instead of keeping it, without traffic, for an instant rollback." }
   },
   "additionalProperties": false
 }"#;

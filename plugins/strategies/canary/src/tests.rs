@@ -63,7 +63,8 @@ fn drive(config: &str, stable: Option<&str>, verdicts: &[Verdict], answer: Answe
 
 #[test]
 fn a_healthy_canary_steps_pauses_analyses_promotes_and_retires_the_old_revision() {
-    let walk = drive("{}", Some("api-1"), &[Verdict::Healthy], Answer::Approve);
+    let config = r#"{"retire_previous": true}"#;
+    let walk = drive(config, Some("api-1"), &[Verdict::Healthy], Answer::Approve);
     let pause = Decision::Wait(30_000);
     assert_eq!(
         walk.decisions,
@@ -182,7 +183,8 @@ fn inconclusive_passes_unless_configured_to_fail() {
 
 #[test]
 fn approval_comes_after_the_last_step_and_before_promotion() {
-    let config = r#"{"steps": [50, 100], "pause": "0s", "approval": true}"#;
+    let config =
+        r#"{"steps": [50, 100], "pause": "0s", "approval": true, "retire_previous": true}"#;
     let approved = drive(config, Some("api-1"), &[Verdict::Healthy], Answer::Approve);
     assert_eq!(
         approved.decisions[4..],
@@ -201,9 +203,9 @@ fn approval_comes_after_the_last_step_and_before_promotion() {
 }
 
 #[test]
-fn the_previous_revision_can_be_kept() {
+fn the_previous_revision_is_kept_by_default() {
     let walk = drive(
-        r#"{"retire_previous": false, "pause": "0s"}"#,
+        r#"{"pause": "0s"}"#,
         Some("api-1"),
         &[Verdict::Healthy],
         Answer::Approve,
@@ -266,7 +268,7 @@ fn an_observation_out_of_order_or_a_broken_checkpoint_is_an_error() {
 #[test]
 fn a_first_step_of_zero_checks_the_revision_before_it_takes_traffic() {
     let walk = drive(
-        r#"{"steps": [0, 25, 100], "pause": "10m"}"#,
+        r#"{"steps": [0, 25, 100], "pause": "10m", "retire_previous": true}"#,
         Some("api-1"),
         &[Verdict::Healthy],
         Answer::Approve,
