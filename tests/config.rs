@@ -520,3 +520,35 @@ fn a_release_digest_names_what_the_provider_is_given_and_nothing_else() {
     assert_ne!(api, digest(&parse(&env, None).unwrap(), "api"));
     assert_ne!(api, digest(&parse(VALID, Some("staging")).unwrap(), "api"));
 }
+
+#[test]
+fn services_without_a_provider_are_one_problem_not_one_each() {
+    let text = "name = \"shop\"\n\n[services.api]\nimage = \"api:1\"\n\n[services.web]\nimage = \"web:1\"\n\n[services.worker]\nimage = \"worker:1\"\n";
+    let err = parse(text, None).unwrap_err();
+    let missing: Vec<_> = err
+        .diagnostics
+        .iter()
+        .filter(|d| d.message.contains("`provider`"))
+        .collect();
+    assert_eq!(missing.len(), 1, "{err}");
+    assert_eq!(
+        missing[0].message,
+        "services `api`, `web` and `worker` have no `provider`"
+    );
+    assert_eq!(
+        missing[0].help.as_deref(),
+        Some("set `provider` in [defaults] for all of them, or in each service")
+    );
+    assert_eq!(&text[missing[0].span.clone()], "api");
+
+    let one = parse(
+        "name = \"shop\"\n\n[services.api]\nimage = \"api:1\"\n",
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        one.to_string()
+            .contains("error: service `api` has no `provider`"),
+        "{one}"
+    );
+}

@@ -389,6 +389,7 @@ impl Layers {
     /// Every valid service, with the merged table it was built from.
     fn services(&self, c: &mut Checker, base: &Path) -> Vec<(Service, Table)> {
         let mut services = Vec::new();
+        let mut without_provider = Vec::new();
         for (key, node) in &self.services.entries {
             let context = format!("[services.{}]", key.name);
             let Some(own) = c.table(node, &context).cloned() else {
@@ -409,10 +410,14 @@ impl Layers {
             };
             c.interpolate(&mut merged);
             let table = as_table(&merged).cloned().unwrap_or_default();
+            if table.get("provider").is_none() {
+                without_provider.push(key);
+            }
             if let Some(s) = service(c, key, &table, base) {
                 services.push((s, table));
             }
         }
+        no_provider(c, &without_provider);
         services
     }
 
@@ -868,19 +873,31 @@ fn memory_mib(c: &mut Checker, node: &Node) -> Option<u32> {
     }
 }
 
+/// One problem for every service that names no provider (they usually share the cause: no
+/// `provider` in [defaults]), at the first of them.
+fn no_provider(c: &mut Checker, keys: &[&Key]) {
+    let Some(first) = keys.first() else {
+        return;
+    };
+    let names: Vec<String> = keys.iter().map(|k| format!("`{}`", k.name)).collect();
+    let (message, help) = match names.as_slice() {
+        [one] => (
+            format!("service {one} has no `provider`"),
+            "set `provider` in the service or in [defaults]".to_string(),
+        ),
+        [rest @ .., last] => (
+            format!("services {} and {last} have no `provider`", rest.join(", ")),
+            "set `provider` in [defaults] for all of them, or in each service".to_string(),
+        ),
+        [] => unreachable!("keys is not empty"),
+    };
+    c.error(message, first.span.clone(), Some(help));
+}
+
 fn service(c: &mut Checker, key: &Key, t: &Table, base: &Path) -> Option<Service> {
     let name = key.name.clone();
-    let provider = match t.get("provider") {
-        Some(n) => c.string(n, "`provider`"),
-        None => {
-            c.error(
-                format!("service `{name}` has no `provider`"),
-                key.span.clone(),
-                Some("set `provider` in the service or in [defaults]".into()),
-            );
-            None
-        }
-    };
+    // A missing provider is reported by the caller, once for all the services without one.
+    let provider = t.get("provider").and_then(|n| c.string(n, "`provider`"));
     let artifact = artifact(c, key, t, base);
     let opt = |field: &str| t.get(field);
     let args = opt("args").map(|n| c.strings(n, "`args`"));
