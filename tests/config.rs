@@ -484,9 +484,24 @@ fn engine_validate_checks_a_pipeline_whose_secrets_this_machine_cannot_read() {
             && stderr.contains("a real run will need it"),
         "{stderr}"
     );
+    // Each at the line that grants the secret, with where to look.
+    let at = |stderr: &str, line: &str| {
+        assert!(
+            stderr.contains(&format!("pipeline.toml:{line}:1")),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("= help: docs/cloudrun.md#credentials"),
+            "{stderr}"
+        );
+    };
+    at(&stderr, "32");
+    at(&stderr, "41");
     let out = engine("run");
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no Google credentials found"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no Google credentials found"), "{stderr}");
+    at(&stderr, "32");
 }
 
 #[test]

@@ -84,6 +84,15 @@ async fn validate(cli: &super::Cli, args: &ValidateArgs) -> Result<Found, Comman
             format!("plugin `{plugin}`: {message}"),
             pipeline.plugin_span(&plugin),
         )),
+        PluginEvent::SecretUnreadable { plugin, error } => Some(
+            Diagnostic::warning(
+                format!(
+                    "plugin `{plugin}`: {error}; a real run will need it (not an error while only checking)"
+                ),
+                pipeline.secret_span(&plugin, &error.secret),
+            )
+            .help(error.hint),
+        ),
         _ => None,
     }));
     diagnostics.sort_by_key(|d| (d.span.start, d.severity));

@@ -42,6 +42,8 @@ pub(crate) struct Origin {
     pub services: BTreeMap<String, tree::Table>,
     /// Where each `[plugins.NAME]` table starts.
     pub plugin_keys: BTreeMap<String, std::ops::Range<usize>>,
+    /// Where each granted secret is written: (plugin, secret) → its key in `secrets`.
+    pub secret_keys: BTreeMap<(String, String), std::ops::Range<usize>>,
     /// The directory relative paths start from (the pipeline file's).
     pub base: PathBuf,
 }

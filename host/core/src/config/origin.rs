@@ -39,6 +39,15 @@ impl Pipeline {
     }
 
     /// Where a plugin is declared, or first used when it is a built-in nobody declared.
+    /// Where secret `secret` of plugin `plugin` is granted, or where the plugin is.
+    pub fn secret_span(&self, plugin: &str, secret: &str) -> Range<usize> {
+        let at = (plugin.to_string(), secret.to_string());
+        match self.origin.secret_keys.get(&at) {
+            Some(span) => span.clone(),
+            None => self.plugin_span(plugin),
+        }
+    }
+
     pub fn plugin_span(&self, plugin: &str) -> Range<usize> {
         self.origin
             .plugin_keys

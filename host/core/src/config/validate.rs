@@ -215,7 +215,8 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
     let (resolved, problems) = Variables::resolve(given);
     c.variables = resolved;
     c.diagnostics.extend(problems);
-    let declared = declared_plugins(&mut c, &root, base);
+    let mut declared = declared_plugins(&mut c, &root, base);
+    let secret_keys = std::mem::take(&mut declared.secret_keys);
     let Some(layers) = Layers::read(&mut c, &root, chosen.as_ref()) else {
         return Err(c.diagnostics);
     };
@@ -235,6 +236,7 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
             .map(|(s, t)| (s.name.clone(), t.clone()))
             .collect(),
         plugin_keys: plugins.declared_keys,
+        secret_keys,
         ..Origin::default()
     };
     Ok(Pipeline {
@@ -301,12 +303,15 @@ fn chosen_environment(c: &mut Checker, root: &Table, environment: Option<&str>) 
 struct DeclaredPlugins {
     plugins: BTreeMap<String, PluginDecl>,
     keys: BTreeMap<String, Range<usize>>,
+    /// Where each granted secret is written: (plugin, secret) → its key in `secrets`.
+    secret_keys: BTreeMap<(String, String), Range<usize>>,
 }
 
 fn declared_plugins(c: &mut Checker, root: &Table, base: &Path) -> DeclaredPlugins {
     let mut declared = DeclaredPlugins {
         plugins: BTreeMap::new(),
         keys: BTreeMap::new(),
+        secret_keys: BTreeMap::new(),
     };
     let Some(node) = root.get("plugins") else {
         return declared;
@@ -318,6 +323,13 @@ fn declared_plugins(c: &mut Checker, root: &Table, base: &Path) -> DeclaredPlugi
     };
     for (key, decl) in &table.entries {
         declared.keys.insert(key.name.clone(), key.span.clone());
+        let secrets = as_table(decl)
+            .and_then(|t| t.get("secrets"))
+            .and_then(as_table);
+        for (secret, _) in secrets.map(|t| &t.entries[..]).unwrap_or_default() {
+            let at = (key.name.clone(), secret.name.clone());
+            declared.secret_keys.insert(at, secret.span.clone());
+        }
         if let Some(d) = plugin(c, key, decl, base) {
             declared.plugins.insert(key.name.clone(), d);
         }

@@ -2,7 +2,7 @@
 //! matches, its WIT version fits), and each service's configuration for it passes the plugin's
 //! own JSON schema and its `validate`. Problems point into pipeline.toml like the others.
 
-use super::{LoadedPlugin, PluginKind, Runtime};
+use super::{LoadError, LoadedPlugin, PluginKind, Runtime};
 use crate::config::diagnostic::nearest;
 use crate::config::{ConfigError, Diagnostic, Pipeline, PluginRole, PluginUse, Service, Severity};
 use crate::port::ConfigProblem;
@@ -50,6 +50,13 @@ pub async fn examine_plugins(pipeline: &Pipeline, runtime: &Runtime) -> PluginCh
             Ok(plugin) => {
                 check.plugins.insert(name.clone(), plugin);
             }
+            Err(LoadError::Secret { plugin, error }) => check.diagnostics.push(
+                Diagnostic::new(
+                    format!("plugin '{plugin}': {error}"),
+                    pipeline.secret_span(&plugin, &error.secret),
+                )
+                .help(error.hint),
+            ),
             Err(e) => check
                 .diagnostics
                 .push(Diagnostic::new(e.to_string(), pipeline.plugin_span(name))),

@@ -170,6 +170,12 @@ pub enum LoadError {
     Grant { plugin: String, error: GrantError },
     #[error("plugin '{plugin}': {message}")]
     Sandbox { plugin: String, message: String },
+    /// A granted secret cannot be read on this machine.
+    #[error("plugin '{plugin}': {error}")]
+    Secret {
+        plugin: String,
+        error: super::secrets::UnreadableSecret,
+    },
     #[error("plugin '{plugin}' failed to describe itself: {error}")]
     Info { plugin: String, error: CallError },
 }

@@ -94,6 +94,12 @@ pub enum PluginEvent {
     /// A capability the plugin declares that the pipeline does not grant (or the reverse),
     /// noticed when the plugin loads.
     GrantMismatch { plugin: String, message: String },
+    /// A granted secret this machine cannot read, noticed while only checking the pipeline
+    /// (a real run fails to load the plugin instead).
+    SecretUnreadable {
+        plugin: String,
+        error: super::secrets::UnreadableSecret,
+    },
     /// A per-call limit stopped something (a response over `max_response`).
     LimitExceeded { plugin: String, message: String },
     /// In a dry run, a request that would change something, blocked.
@@ -152,6 +158,9 @@ impl EventSink for TracingSink {
             }
             PluginEvent::Denied(denial) => tracing::error!("{denial}"),
             PluginEvent::GrantMismatch { plugin, message } => tracing::warn!(plugin, "{message}"),
+            PluginEvent::SecretUnreadable { plugin, error } => {
+                tracing::warn!(plugin, "{error}; a real run will need it")
+            }
             PluginEvent::LimitExceeded { plugin, message } => tracing::error!(plugin, "{message}"),
             PluginEvent::WouldCall {
                 plugin,

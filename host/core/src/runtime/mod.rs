@@ -392,14 +392,18 @@ impl Runtime {
         self.check_dirs(&grants.dirs).map_err(sandbox_error)?;
         let secrets = if self.shared.check_only {
             let (secrets, unreadable) = PluginSecrets::resolve_available(&grants.secrets);
-            for problem in unreadable {
-                warn(format!(
-                    "{problem}; a real run will need it (not an error while only checking)"
-                ));
+            for error in unreadable {
+                self.shared.sink.event(Event::SecretUnreadable {
+                    plugin: name.to_string(),
+                    error,
+                });
             }
             secrets
         } else {
-            PluginSecrets::resolve(&grants.secrets).map_err(sandbox_error)?
+            PluginSecrets::resolve(&grants.secrets).map_err(|error| LoadError::Secret {
+                plugin: name.to_string(),
+                error,
+            })?
         };
         let declared_patterns: Vec<HttpPattern> = declared
             .http

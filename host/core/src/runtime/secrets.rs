@@ -106,11 +106,13 @@ pub const PLACEHOLDER_PREFIX: &str = "engine-secret-";
 
 impl PluginSecrets {
     /// Resolves every granted secret, registering each value with the redactor.
-    pub fn resolve(grants: &BTreeMap<String, SecretGrant>) -> Result<PluginSecrets, String> {
+    pub fn resolve(
+        grants: &BTreeMap<String, SecretGrant>,
+    ) -> Result<PluginSecrets, UnreadableSecret> {
         let by_name = grants
             .iter()
             .map(|(name, grant)| Ok((name.clone(), Arc::new(resolve_one(name, grant)?))))
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, UnreadableSecret>>()?;
         Ok(PluginSecrets { by_name })
     }
 
@@ -118,7 +120,7 @@ impl PluginSecrets {
     /// loading a plugin only to check it.
     pub fn resolve_available(
         grants: &BTreeMap<String, SecretGrant>,
-    ) -> (PluginSecrets, Vec<String>) {
+    ) -> (PluginSecrets, Vec<UnreadableSecret>) {
         let mut secrets = PluginSecrets::default();
         let mut unreadable = Vec::new();
         for (name, grant) in grants {
@@ -173,8 +175,12 @@ pub fn register_readable_secrets<'g>(grants: impl IntoIterator<Item = &'g Grants
 
 /// Reads one granted secret (registering a fixed value with the redactor) and gives it a
 /// placeholder of its own.
-fn resolve_one(name: &str, grant: &SecretGrant) -> Result<ResolvedSecret, String> {
-    let value = resolve(&grant.source).map_err(|e| format!("secret '{name}': {e}"))?;
+fn resolve_one(name: &str, grant: &SecretGrant) -> Result<ResolvedSecret, UnreadableSecret> {
+    let value = resolve(&grant.source).map_err(|message| UnreadableSecret {
+        secret: name.to_string(),
+        message,
+        hint: unreadable_hint(&grant.source),
+    })?;
     if let SecretValue::Fixed(v) = &value {
         redactor().register(v);
     }
@@ -185,6 +191,31 @@ fn resolve_one(name: &str, grant: &SecretGrant) -> Result<ResolvedSecret, String
         hosts: grant.hosts.clone(),
         in_plan: grant.in_plan,
     })
+}
+
+/// A granted secret that cannot be read on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("secret '{secret}': {message}")]
+pub struct UnreadableSecret {
+    pub secret: String,
+    pub message: String,
+    /// How to make it readable.
+    pub hint: String,
+}
+
+/// How to make a secret from `source` readable where the engine runs.
+fn unreadable_hint(source: &SecretSource) -> String {
+    match source {
+        SecretSource::Env(var) => format!(
+            "set {var} in the engine's environment (in CI, from the CI's secret store), or change `from` to where the value is"
+        ),
+        SecretSource::File(path) => format!(
+            "{} must exist and be readable by the engine's user (in CI, write it from the CI's secret store before the engine runs), or change `from` to where the value is",
+            path.display()
+        ),
+        SecretSource::Google { .. } => "docs/cloudrun.md#credentials says where the engine looks for Google credentials and how to name a key file".into(),
+        SecretSource::LocalPlatform => "the local platform's token is the engine's own: run `engine local up` again".into(),
+    }
 }
 
 /// What a plugin holds in its resource table for an open secret.
