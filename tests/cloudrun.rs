@@ -722,3 +722,107 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
     );
     assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_settings_the_guides_use_reach_the_revision_and_plan_quietly_after() {
+    let fake = Fake::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.toml");
+    let settings = r#"
+[services.grpc]
+image = "europe-docker.pkg.dev/shop/grpc:1"
+[services.grpc.provider_config]
+project = "shop"
+region = "europe-west1"
+endpoint = "URL"
+poll_interval_ms = 10
+startup_cpu_boost = true
+http2 = true
+cloud_sql_instances = ["shop:europe-west1:agenthub-postgres"]
+startup_probe = { path = "/health", initial_delay_seconds = 30, period_seconds = 10, failure_threshold = 6 }
+liveness_probe = { grpc_service = "", period_seconds = 30 }
+candidate_tag = "blue"
+secret_volumes = [
+    { secret = "tls-cert", mount_path = "/secrets/tls", file = "cert.pem" },
+    { secret = "tls-cert", mount_path = "/secrets/tls", file = "cert-previous.pem", version = "1" },
+    { secret = "service-key", mount_path = "/secrets/key" },
+]
+"#
+    .replace("URL", &fake.url);
+    std::fs::write(&file, pipeline(&fake, &settings)).unwrap();
+    let out = run(dir.path(), &["run", "pipeline.toml"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let template = &service(&fake, "grpc")["template"];
+    let container = &template["containers"][0];
+    assert_eq!(container["resources"]["startupCpuBoost"], true);
+    assert_eq!(container["ports"][0]["name"], "h2c");
+    assert_eq!(container["startupProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["startupProbe"]["initialDelaySeconds"], 30);
+    assert_eq!(container["livenessProbe"]["grpc"]["service"], "");
+    let volumes = template["volumes"].as_array().unwrap();
+    assert_eq!(
+        volumes[0]["cloudSqlInstance"]["instances"][0],
+        "shop:europe-west1:agenthub-postgres"
+    );
+    assert_eq!(volumes[1]["secret"]["items"].as_array().unwrap().len(), 2);
+    assert_eq!(volumes[2]["secret"]["secret"], "service-key");
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(mounts, ["/cloudsql", "/secrets/tls", "/secrets/key"]);
+    let tags: Vec<(String, String)> = service(&fake, "grpc")["trafficStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| Some((t["revision"].as_str()?.into(), t["tag"].as_str()?.into())))
+        .collect();
+    assert!(
+        tags.contains(&("grpc-r1".into(), "blue".into())),
+        "{tags:?}"
+    );
+
+    // Deployed as written: the plan has nothing to change.
+    let out = run(dir.path(), &["plan", "pipeline.toml"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("grpc: no-change"),
+        "{}",
+        text(&out)
+    );
+
+    // A new release moves the named tag to the new revision.
+    std::fs::write(
+        &file,
+        pipeline(&fake, &settings.replace("grpc:1", "grpc:2")),
+    )
+    .unwrap();
+    let out = run(dir.path(), &["run", "pipeline.toml"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let blue: Vec<String> = service(&fake, "grpc")["trafficStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["tag"] == "blue")
+        .map(|t| t["revision"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(blue, ["grpc-r2"]);
+
+    // Two secrets in one directory: refused with the fix.
+    let clash = settings.replace(
+        r#"mount_path = "/secrets/key" }"#,
+        r#"mount_path = "/secrets/tls" }"#,
+    );
+    std::fs::write(&file, pipeline(&fake, &clash)).unwrap();
+    let out = run(dir.path(), &["validate", "pipeline.toml"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("Cloud Run mounts one secret per directory"),
+        "{}",
+        text(&out)
+    );
+    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
+}

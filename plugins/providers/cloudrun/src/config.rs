@@ -51,9 +51,74 @@ pub struct Config {
     /// by default Cloud Run throttles it.
     #[serde(default)]
     pub cpu_throttling: Option<bool>,
+    /// More CPU while an instance starts (`--cpu-boost`).
+    #[serde(default)]
+    pub startup_cpu_boost: Option<bool>,
+    /// Cloud SQL instances (`PROJECT:REGION:INSTANCE`) reachable through their Unix sockets
+    /// under `/cloudsql` (`--add-cloudsql-instances`).
+    #[serde(default)]
+    pub cloud_sql_instances: Vec<String>,
+    /// HTTP/2 end to end (`--use-http2`): the container receives cleartext HTTP/2 (h2c), as
+    /// gRPC servers need.
+    #[serde(default)]
+    pub http2: Option<bool>,
+    /// Cloud Run's probe while an instance starts; it takes no requests until the probe passes.
+    #[serde(default)]
+    pub startup_probe: Option<Probe>,
+    /// Cloud Run's probe of a running instance; one that keeps failing is restarted.
+    #[serde(default)]
+    pub liveness_probe: Option<Probe>,
+    /// Secret Manager secrets mounted as files (`--set-secrets=/PATH=SECRET:VERSION`).
+    #[serde(default)]
+    pub secret_volumes: Vec<SecretVolume>,
+    /// A tag the newest revision also gets, moved from the revision that had it (the data
+    /// pipeline's `--tag blue`): a fixed URL for the candidate, `https://TAG---SERVICE-…`.
+    #[serde(default)]
+    pub candidate_tag: Option<String>,
     /// Seconds between polls of a long-running operation.
     #[serde(default = "default_poll")]
     pub poll_interval_ms: u64,
+}
+
+/// A startup or liveness probe: an HTTP GET of `path`, a TCP connection, or a gRPC health
+/// check, on the container's port unless `port` says otherwise.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub tcp: bool,
+    /// The gRPC service to check (`""` for the server as a whole).
+    #[serde(default)]
+    pub grpc_service: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub initial_delay_seconds: Option<u32>,
+    #[serde(default)]
+    pub period_seconds: Option<u32>,
+    #[serde(default)]
+    pub timeout_seconds: Option<u32>,
+    #[serde(default)]
+    pub failure_threshold: Option<u32>,
+}
+
+/// A secret mounted as a file: `mount_path/file`, holding `version` of `secret`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretVolume {
+    pub secret: String,
+    pub mount_path: String,
+    /// The file's name in `mount_path`; the secret's name by default.
+    #[serde(default)]
+    pub file: Option<String>,
+    #[serde(default = "latest")]
+    pub version: String,
+}
+
+fn latest() -> String {
+    "latest".into()
 }
 
 fn default_endpoint() -> String {
@@ -64,7 +129,7 @@ fn default_poll() -> u64 {
     1000
 }
 
-pub const CONFIG_SCHEMA: &str = r#"{
+pub const CONFIG_SCHEMA: &str = r##"{
   "$schema": "https://json-schema.org/draft/2020-12/schema",
   "title": "cloudrun provider",
   "type": "object",
@@ -82,11 +147,36 @@ pub const CONFIG_SCHEMA: &str = r#"{
     "invokers": { "type": "array", "items": { "type": "string" }, "description": "Members granted roles/run.invoker; allUsers makes the service public." },
     "execution_environment": { "enum": ["gen1", "gen2"] },
     "cpu_throttling": { "type": "boolean", "description": "false keeps the CPU allocated between requests." },
+    "startup_cpu_boost": { "type": "boolean", "description": "More CPU while an instance starts (--cpu-boost)." },
+    "cloud_sql_instances": { "type": "array", "items": { "type": "string", "pattern": "^[a-z0-9-.:]+:[a-z0-9-]+:[a-z0-9-]+$" }, "description": "Cloud SQL instances (PROJECT:REGION:INSTANCE), reachable at /cloudsql/PROJECT:REGION:INSTANCE." },
+    "http2": { "type": "boolean", "description": "HTTP/2 end to end (h2c to the container), as gRPC servers need." },
+    "startup_probe": { "$ref": "#/$defs/probe", "description": "Probe while an instance starts." },
+    "liveness_probe": { "$ref": "#/$defs/probe", "description": "Probe of a running instance; failing ones are restarted." },
+    "secret_volumes": { "type": "array", "items": { "type": "object", "properties": {
+        "secret": { "type": "string", "description": "The Secret Manager secret's name." },
+        "mount_path": { "type": "string", "pattern": "^/", "description": "The directory the file appears in." },
+        "file": { "type": "string", "description": "The file's name; the secret's name by default." },
+        "version": { "type": "string", "default": "latest" }
+      }, "required": ["secret", "mount_path"], "additionalProperties": false },
+      "description": "Secrets mounted as files." },
+    "candidate_tag": { "type": "string", "pattern": "^[a-z][a-z0-9-]{0,45}$", "description": "A tag the newest revision also gets, moved from the one that had it (such as blue)." },
     "poll_interval_ms": { "type": "integer", "minimum": 10, "maximum": 60000, "default": 1000 }
   },
   "required": ["project"],
-  "additionalProperties": false
-}"#;
+  "additionalProperties": false,
+  "$defs": {
+    "probe": { "type": "object", "properties": {
+      "path": { "type": "string", "pattern": "^/", "description": "HTTP GET of this path." },
+      "tcp": { "type": "boolean", "description": "A TCP connection instead of an HTTP GET." },
+      "grpc_service": { "type": "string", "description": "A gRPC health check of this service instead." },
+      "port": { "type": "integer", "minimum": 1, "maximum": 65535 },
+      "initial_delay_seconds": { "type": "integer", "minimum": 0, "maximum": 240 },
+      "period_seconds": { "type": "integer", "minimum": 1, "maximum": 240 },
+      "timeout_seconds": { "type": "integer", "minimum": 1, "maximum": 240 },
+      "failure_threshold": { "type": "integer", "minimum": 1 }
+    }, "additionalProperties": false }
+  }
+}"##;
 
 impl Config {
     pub fn parse(text: &str) -> Result<Config, Error> {
@@ -137,6 +227,14 @@ impl Config {
                 std::time::Duration::from_secs(3600),
             )?;
         }
+        for (name, probe) in [
+            ("startup_probe", &config.startup_probe),
+            ("liveness_probe", &config.liveness_probe),
+        ] {
+            if let Some(probe) = probe {
+                probe.check(name)?;
+            }
+        }
         if !config.endpoint.starts_with("https://")
             && !config.endpoint.starts_with("http://127.0.0.1:")
             && !config.endpoint.starts_with("http://localhost:")
@@ -147,6 +245,11 @@ impl Config {
             )));
         }
         Ok(config)
+    }
+
+    /// Whether the container is reached over cleartext HTTP/2.
+    pub fn http2(&self) -> bool {
+        self.http2 == Some(true)
     }
 
     /// The Cloud Run service id for the pipeline's service `name`.
@@ -168,5 +271,21 @@ impl Config {
             .as_deref()
             .and_then(|t| humantime::parse_duration(t).ok())
             .map(|d| format!("{}s", d.as_secs()))
+    }
+}
+
+impl Probe {
+    /// Exactly one way to probe.
+    fn check(&self, name: &str) -> Result<(), Error> {
+        let ways = [self.path.is_some(), self.tcp, self.grpc_service.is_some()];
+        match ways.iter().filter(|w| **w).count() {
+            1 => Ok(()),
+            0 => Err(Error::invalid_config(format!(
+                "cloudrun `{name}`: say how to probe: `path = \"/health\"` (HTTP GET), `tcp = true` or `grpc_service = \"\"`"
+            ))),
+            _ => Err(Error::invalid_config(format!(
+                "cloudrun `{name}`: give one of `path`, `tcp` and `grpc_service`, not several"
+            ))),
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! compares: the same fields read from the desired spec and from the deployed service, so the
 //! diff is field by field and also catches changes made outside the engine.
 
-use super::config::Config;
+use super::config::{Config, Probe};
 use engine_sdk::{Artifact, Error, ErrorExt, Ingress, ServiceSpec};
 use serde_json::{Map, Value, json};
 
@@ -111,8 +111,19 @@ pub fn template(
     if !spec.args.is_empty() {
         container["args"] = json!(spec.args);
     }
-    if let Some(port) = spec.port {
-        container["ports"] = json!([{ "containerPort": port }]);
+    match (spec.port, config.http2()) {
+        // Cloud Run's default port, named for HTTP/2.
+        (port, true) => {
+            container["ports"] = json!([{ "name": "h2c", "containerPort": port.unwrap_or(8080) }])
+        }
+        (Some(port), false) => container["ports"] = json!([{ "containerPort": port }]),
+        (None, false) => {}
+    }
+    if let Some(probe) = &config.startup_probe {
+        container["startupProbe"] = probe_body(probe);
+    }
+    if let Some(probe) = &config.liveness_probe {
+        container["livenessProbe"] = probe_body(probe);
     }
     let mut limits = Map::new();
     if let Some(c) = spec.resources.cpu_millis {
@@ -127,7 +138,17 @@ pub fn template(
     if let Some(throttling) = config.cpu_throttling {
         container["resources"]["cpuIdle"] = json!(throttling);
     }
+    if let Some(boost) = config.startup_cpu_boost {
+        container["resources"]["startupCpuBoost"] = json!(boost);
+    }
+    let (volumes, mounts) = volumes(config)?;
+    if !mounts.is_empty() {
+        container["volumeMounts"] = json!(mounts);
+    }
     let mut template = json!({ "revision": revision, "containers": [container] });
+    if !volumes.is_empty() {
+        template["volumes"] = json!(volumes);
+    }
     let mut scaling = Map::new();
     if let Some(n) = spec.scaling.min_instances {
         scaling.insert("minInstanceCount".into(), json!(n));
@@ -196,6 +217,73 @@ pub fn template_of(revision: &Value) -> Value {
     Value::Object(template)
 }
 
+/// A probe as the API writes it.
+fn probe_body(probe: &Probe) -> Value {
+    let mut body = Map::new();
+    let port = probe.port.map(|p| json!(p));
+    if let Some(path) = &probe.path {
+        let mut get = json!({ "path": path });
+        if let Some(port) = &port {
+            get["port"] = port.clone();
+        }
+        body.insert("httpGet".into(), get);
+    } else if let Some(service) = &probe.grpc_service {
+        let mut grpc = json!({ "service": service });
+        if let Some(port) = &port {
+            grpc["port"] = port.clone();
+        }
+        body.insert("grpc".into(), grpc);
+    } else {
+        let tcp = port.map_or(json!({}), |p| json!({ "port": p }));
+        body.insert("tcpSocket".into(), tcp);
+    }
+    for (key, value) in [
+        ("initialDelaySeconds", probe.initial_delay_seconds),
+        ("periodSeconds", probe.period_seconds),
+        ("timeoutSeconds", probe.timeout_seconds),
+        ("failureThreshold", probe.failure_threshold),
+    ] {
+        if let Some(v) = value {
+            body.insert(key.into(), json!(v));
+        }
+    }
+    Value::Object(body)
+}
+
+/// The revision's volumes and the container's mounts: one for the Cloud SQL instances (at
+/// `/cloudsql`, where the client libraries look for their sockets) and one per directory of
+/// secret files. Cloud Run mounts one secret per directory.
+fn volumes(config: &Config) -> Result<(Vec<Value>, Vec<Value>), Error> {
+    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
+    if !config.cloud_sql_instances.is_empty() {
+        volumes.push(json!({ "name": "cloudsql", "cloudSqlInstance": { "instances": config.cloud_sql_instances } }));
+        mounts.push(json!({ "name": "cloudsql", "mountPath": "/cloudsql" }));
+    }
+    let mut directories: Vec<(&str, &str, Vec<Value>)> = Vec::new();
+    for v in &config.secret_volumes {
+        let item = json!({ "path": v.file.as_deref().unwrap_or(&v.secret), "version": v.version });
+        match directories
+            .iter_mut()
+            .find(|(path, _, _)| *path == v.mount_path)
+        {
+            Some((_, secret, items)) if *secret == v.secret => items.push(item),
+            Some((path, secret, _)) => {
+                return Err(Error::invalid_config(format!(
+                    "cloudrun `secret_volumes`: {path} already holds secret `{secret}`; Cloud Run mounts one secret per directory, so give `{}` a `mount_path` of its own",
+                    v.secret
+                )));
+            }
+            None => directories.push((&v.mount_path, &v.secret, vec![item])),
+        }
+    }
+    for (i, (path, secret, items)) in directories.into_iter().enumerate() {
+        let name = format!("secret-{i}");
+        volumes.push(json!({ "name": name, "secret": { "secret": secret, "items": items } }));
+        mounts.push(json!({ "name": name, "mountPath": path }));
+    }
+    Ok((volumes, mounts))
+}
+
 /// A whole service body: labels, ingress, the template and a traffic list.
 pub fn service(
     config: &Config,
@@ -248,6 +336,12 @@ pub fn form(service: &Value, invokers: Option<&[String]>) -> Value {
         "port": c["ports"][0]["containerPort"],
         "cpu": c["resources"]["limits"]["cpu"],
         "cpu_throttling": c["resources"]["cpuIdle"],
+        "startup_cpu_boost": c["resources"]["startupCpuBoost"],
+        "http2": json!(c["ports"][0]["name"] == "h2c"),
+        "startup_probe": c["startupProbe"],
+        "liveness_probe": c["livenessProbe"],
+        "volumes": t["volumes"],
+        "volume_mounts": c["volumeMounts"],
         "memory": c["resources"]["limits"]["memory"],
         "min_instances": t["scaling"]["minInstanceCount"],
         "max_instances": t["scaling"]["maxInstanceCount"],
@@ -266,6 +360,21 @@ pub fn form(service: &Value, invokers: Option<&[String]>) -> Value {
     form
 }
 
+/// The deployed form (JSON text) without what Cloud Run fills in by itself when the pipeline
+/// leaves it unset: a startup probe (Cloud Run adds a TCP one to every revision), so that
+/// leaving it to the platform is not a change on every plan.
+pub fn without_platform_defaults(deployed: &str, desired: &Value) -> String {
+    let Ok(mut deployed) = serde_json::from_str::<Value>(deployed) else {
+        return deployed.to_string();
+    };
+    if desired["startup_probe"].is_null()
+        && let Some(form) = deployed.as_object_mut()
+    {
+        form.remove("startup_probe");
+    }
+    deployed.to_string()
+}
+
 /// The fields `plan` lists, in order.
 pub const FORM_FIELDS: &[&str] = &[
     "image",
@@ -274,6 +383,12 @@ pub const FORM_FIELDS: &[&str] = &[
     "port",
     "cpu",
     "cpu_throttling",
+    "startup_cpu_boost",
+    "http2",
+    "startup_probe",
+    "liveness_probe",
+    "volumes",
+    "volume_mounts",
     "memory",
     "min_instances",
     "max_instances",

@@ -130,12 +130,9 @@ fn serving_form(service: &Value, revisions: &[Value]) -> Value {
 }
 
 /// A traffic list for the API: `split` by revision, and every tag the service has kept on its
-/// revision (with 0 % where the split leaves that revision out), plus `extra_tag`.
-fn traffic(
-    service: Option<&Value>,
-    split: &[(String, u8)],
-    extra_tag: Option<(&str, &str)>,
-) -> Value {
+/// revision (with 0 % where the split leaves that revision out), plus `extra_tags`
+/// (revision, tag); a tag among them is moved from the revision that had it.
+fn traffic(service: Option<&Value>, split: &[(String, u8)], extra_tags: &[(&str, &str)]) -> Value {
     let mut entries: Vec<Value> = split
         .iter()
         .map(|(r, p)| json!({ "type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": r, "percent": p }))
@@ -150,8 +147,9 @@ fn traffic(
                 t["tag"].as_str()?.to_string(),
             ))
         })
+        .filter(|(_, tag)| !extra_tags.iter().any(|(_, moved)| moved == tag))
         .collect();
-    if let Some((revision, tag)) = extra_tag {
+    for (revision, tag) in extra_tags {
         tags.push((revision.to_string(), tag.to_string()));
     }
     for (revision, tag) in tags {
@@ -289,7 +287,8 @@ impl Provider for CloudRun {
                 summary: format!("create {} in {regions}", config.id(&desired.name)),
             });
         };
-        let mut plan = engine_sdk::update_plan(&current.deployed, &after, form::FORM_FIELDS);
+        let deployed = form::without_platform_defaults(&current.deployed, &after);
+        let mut plan = engine_sdk::update_plan(&deployed, &after, form::FORM_FIELDS);
         if plan.action == PlanAction::Update {
             plan.summary = format!("{} in {regions}", plan.summary);
         }
@@ -302,6 +301,10 @@ impl Provider for CloudRun {
         let id = config.id(&spec.name).to_string();
         let revision = revision_id(&id, &deployment_id);
         let tag = tag_for(&revision, &id);
+        let mut tags = vec![(revision.as_str(), tag.as_str())];
+        if let Some(named) = &config.candidate_tag {
+            tags.push((revision.as_str(), named.as_str()));
+        }
         let mut created_at_ms = None;
         for region in config.regions() {
             let name = service_name(&config, &region, &spec.name);
@@ -310,9 +313,7 @@ impl Provider for CloudRun {
                 None => {
                     // A new service: its first revision takes all traffic (there is nothing
                     // to split with) and gets its tag too.
-                    let traffic = json!([
-                        { "type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": revision, "percent": 100, "tag": tag }
-                    ]);
+                    let traffic = traffic(None, &[(revision.clone(), 100)], &tags);
                     let body = form::service(&config, &spec, &region, &revision, traffic)?;
                     api.create(&location(&config, &region), &id, &body)?;
                 }
@@ -323,7 +324,7 @@ impl Provider for CloudRun {
                         .into_iter()
                         .map(|t| (t.revision, t.percent))
                         .collect();
-                    let traffic = traffic(Some(&current), &pinned, Some((&revision, &tag)));
+                    let traffic = traffic(Some(&current), &pinned, &tags);
                     let mut body = form::service(&config, &spec, &region, &revision, traffic)?;
                     if let Some(etag) = current.get("etag") {
                         body["etag"] = etag.clone();
@@ -371,7 +372,7 @@ impl Provider for CloudRun {
                 .service(&name)?
                 .ok_or_else(|| Error::not_found(format!("{name} does not exist")))?;
             let mut body = form::writable(&current);
-            body["traffic"] = traffic(Some(&current), &pairs, None);
+            body["traffic"] = traffic(Some(&current), &pairs, &[]);
             api.update(&name, &body)?;
         }
         Ok(())
@@ -419,8 +420,11 @@ impl Provider for CloudRun {
             let Some(revision) = &revision else {
                 continue;
             };
+            // The revision's own tag, once: a `candidate_tag` reaches the same revision.
+            let named = config.candidate_tag.as_deref();
             for t in current["trafficStatuses"].as_array().into_iter().flatten() {
                 if t["revision"] == revision.as_str()
+                    && (named.is_none() || t["tag"].as_str() != named)
                     && let Some(uri) = t["uri"].as_str()
                 {
                     out.push(Endpoint {
@@ -464,7 +468,7 @@ impl Provider for CloudRun {
                     list.retain(|t| t["revision"] != revision.as_str());
                 }
                 let mut body = form::writable(&current);
-                body["traffic"] = traffic(Some(&without), &keep, None);
+                body["traffic"] = traffic(Some(&without), &keep, &[]);
                 api.update(&name, &body)?;
             }
             api.delete(&format!("{name}/revisions/{revision}"))?;
@@ -503,7 +507,7 @@ mod tests {
         let t = traffic(
             Some(&current),
             &[("api-r1".into(), 100)],
-            Some(("api-r2", "r2")),
+            &[("api-r2", "r2")],
         );
         assert_eq!(
             t,
@@ -511,6 +515,29 @@ mod tests {
                 { "type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": "api-r1", "percent": 100, "tag": "r1" },
                 { "type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": "api-r2", "percent": 0, "tag": "r2" },
             ])
+        );
+    }
+
+    #[test]
+    fn a_named_tag_moves_to_the_new_revision() {
+        let current = json!({ "trafficStatuses": [
+            { "revision": "api-r1", "percent": 100, "tag": "r1" },
+            { "revision": "api-r1", "percent": 0, "tag": "blue" },
+        ] });
+        let t = traffic(
+            Some(&current),
+            &[("api-r1".into(), 100)],
+            &[("api-r2", "r2"), ("api-r2", "blue")],
+        );
+        let tags: Vec<(&str, &str)> = t
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| Some((e["revision"].as_str()?, e["tag"].as_str()?)))
+            .collect();
+        assert_eq!(
+            tags,
+            [("api-r1", "r1"), ("api-r2", "r2"), ("api-r2", "blue")]
         );
     }
 
