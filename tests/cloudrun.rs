@@ -576,6 +576,35 @@ async fn the_atp_example_deploys_both_services_to_three_regions_in_lockstep() {
             [("atp-router-r2".to_string(), 100)],
             "{region}"
         );
+        // The health checks reached the new revision in every region, not only the first.
+        assert!(
+            fake.model().services[&name]
+                .served
+                .contains_key("atp-router-r2"),
+            "{region} was not checked"
+        );
+    }
+
+    // A release broken in one region alone is broken: the canary stops in all three.
+    let asia = "projects/atp-production/locations/asia-southeast1/services/atp-router";
+    fake.model()
+        .broken
+        .insert((asia.to_string(), "atp-router-r3".to_string()));
+    edit(&file, r#"release = "2.1.0""#, r#"release = "2.2.0""#);
+    let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("asia-southeast1/atp-router/_tag/"),
+        "the failing region is named: {}",
+        text(&out)
+    );
+    for region in regions {
+        let name = format!("projects/atp-production/locations/{region}/services/atp-router");
+        assert_eq!(
+            split_at(&fake, &name),
+            [("atp-router-r2".to_string(), 100)],
+            "{region} went back to the release that serves"
+        );
     }
     assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
 }

@@ -42,6 +42,9 @@ pub struct Model {
     counter: u64,
     /// Polls an operation needs before it is done (1: done on the first `get`).
     pub operation_polls: u32,
+    /// (service's full name, revision) pairs whose data plane answers 503: a revision broken
+    /// in one region alone, as when a regional dependency is down.
+    pub broken: std::collections::BTreeSet<(String, String)>,
 }
 
 fn now() -> String {
@@ -68,6 +71,7 @@ impl Model {
             operations: BTreeMap::new(),
             counter: 0,
             operation_polls: 1,
+            broken: Default::default(),
         }
     }
 
@@ -704,8 +708,8 @@ impl Model {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
         // Request n fails when floor(n·rate) moves past floor((n−1)·rate).
-        let fails =
-            (served as f64 * error_rate).floor() > ((served - 1) as f64 * error_rate).floor();
+        let fails = self.broken.contains(&(name.clone(), revision.clone()))
+            || (served as f64 * error_rate).floor() > ((served - 1) as f64 * error_rate).floor();
         let class = if fails { "5xx" } else { "2xx" };
         *svc.answers
             .entry((revision.clone(), class.to_string()))
@@ -713,7 +717,7 @@ impl Model {
         if fails {
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "injected failure (FAKE_ERROR_RATE)",
+                "injected failure (FAKE_ERROR_RATE or a broken revision)",
             )
                 .into_response();
         }

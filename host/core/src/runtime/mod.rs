@@ -32,6 +32,7 @@ pub mod google;
 pub mod info;
 pub mod inspect;
 pub mod intersection;
+pub mod places;
 pub mod plugin;
 pub mod port;
 pub mod secrets;

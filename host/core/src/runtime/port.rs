@@ -2,6 +2,7 @@
 //! domain types meet the WIT types of `engine:plugin@0.1.0`. A second WIT version gets an
 //! adapter of its own beside this one.
 
+use super::bindings::health::exports::engine::plugin::health::Target as HealthTarget;
 use super::bindings::strategy::exports::engine::plugin::strategy as wit;
 use super::bindings::types;
 use super::{CallError, LoadedPlugin, PluginError, Provider};
@@ -128,17 +129,30 @@ impl Platform for PluginPlatform<'_> {
                 Vec::new()
             }
         };
-        let target = super::bindings::health::exports::engine::plugin::health::Target {
-            service: self.target.name.clone(),
-            revision: Some(revision.into()),
-            endpoints,
-            since_ms,
-        };
+        let places: Vec<(Option<String>, HealthTarget)> =
+            super::places::places(endpoints, revision)
+                .into_iter()
+                .map(|place| {
+                    let target = HealthTarget {
+                        service: self.target.name.clone(),
+                        revision: Some(revision.into()),
+                        endpoints: place.endpoints,
+                        since_ms,
+                    };
+                    (place.label, target)
+                })
+                .collect();
         let mut runs = Vec::new();
         for check in crate::config::Check::selected(self.checks, checks) {
+            // Every place at once: each run has the check's whole time budget.
+            let results =
+                futures::future::join_all(places.iter().map(|(label, target)| async {
+                    (label.clone(), self.check(check, target).await)
+                }))
+                .await;
             let run = CheckRun {
                 check: check.name.clone(),
-                result: self.check(check, &target).await,
+                result: super::places::combine(results),
             };
             each(&run);
             runs.push(run);
@@ -151,7 +165,7 @@ impl PluginPlatform<'_> {
     async fn check(
         &self,
         check: &crate::config::Check,
-        target: &super::bindings::health::exports::engine::plugin::health::Target,
+        target: &HealthTarget,
     ) -> Result<CheckReport, PortError> {
         let health = self.ports.plugin(&check.plugin)?.health();
         let config = check.config.to_string();
