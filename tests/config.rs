@@ -567,3 +567,32 @@ fn services_without_a_provider_are_one_problem_not_one_each() {
         "{one}"
     );
 }
+
+#[test]
+fn a_mistake_in_defaults_is_one_problem_for_every_service_it_reaches() {
+    // The ATP example's two services share [defaults.provider_config]; a typo there is one
+    // error at its own line naming both, not one per service.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cloudrun-atp");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.toml");
+    let text = std::fs::read_to_string(example.join("pipeline.toml")).unwrap();
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("vpc_egress"))
+        .unwrap();
+    std::fs::write(&file, text.replace("\nvpc_egress =", "\nvpc_egres =")).unwrap();
+    let (code, _, stderr) = validate(&file);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: `provider_config` of services `atp-router` and `atp-memory-gateway`: unknown key `vpc_egres`\n  --> {}:{line}:1",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("= help: did you mean `vpc_egress`?"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("error: 1 problem in"), "{stderr}");
+}

@@ -135,6 +135,16 @@ pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, c)| c)
 }
 
+/// "service `a`" or "services `a`, `b` and `c`", for one problem that several services share.
+pub fn services_phrase<S: AsRef<str>>(names: &[S]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{}`", n.as_ref())).collect();
+    match quoted.as_slice() {
+        [] => "no services".to_string(),
+        [one] => format!("service {one}"),
+        [rest @ .., last] => format!("services {} and {last}", rest.join(", ")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! The checks behind [`super::load`]. A `Checker` walks the spanned tree, collects every
 //! problem instead of stopping at the first, and builds the model from what is valid.
 
-use super::diagnostic::{Diagnostic, nearest};
+use super::diagnostic::{Diagnostic, nearest, services_phrase};
 use super::tree::{self, Key, Node, Table, Value};
 use super::variables::{Given, Raw, Variables};
 use super::{
@@ -891,19 +891,18 @@ fn no_provider(c: &mut Checker, keys: &[&Key]) {
     let Some(first) = keys.first() else {
         return;
     };
-    let names: Vec<String> = keys.iter().map(|k| format!("`{}`", k.name)).collect();
-    let (message, help) = match names.as_slice() {
-        [one] => (
-            format!("service {one} has no `provider`"),
-            "set `provider` in the service or in [defaults]".to_string(),
-        ),
-        [rest @ .., last] => (
-            format!("services {} and {last} have no `provider`", rest.join(", ")),
-            "set `provider` in [defaults] for all of them, or in each service".to_string(),
-        ),
-        [] => unreachable!("keys is not empty"),
+    let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+    let verb = if names.len() == 1 { "has" } else { "have" };
+    let help = if names.len() == 1 {
+        "set `provider` in the service or in [defaults]"
+    } else {
+        "set `provider` in [defaults] for all of them, or in each service"
     };
-    c.error(message, first.span.clone(), Some(help));
+    c.error(
+        format!("{} {verb} no `provider`", services_phrase(&names)),
+        first.span.clone(),
+        Some(help.to_string()),
+    );
 }
 
 fn service(c: &mut Checker, key: &Key, t: &Table, base: &Path) -> Option<Service> {

@@ -3,7 +3,7 @@
 //! own JSON schema and its `validate`. Problems point into pipeline.toml like the others.
 
 use super::{LoadError, LoadedPlugin, PluginKind, Runtime};
-use crate::config::diagnostic::nearest;
+use crate::config::diagnostic::{nearest, services_phrase};
 use crate::config::{ConfigError, Diagnostic, Pipeline, PluginRole, PluginUse, Service, Severity};
 use crate::port::ConfigProblem;
 use std::collections::BTreeMap;
@@ -63,17 +63,40 @@ pub async fn examine_plugins(pipeline: &Pipeline, runtime: &Runtime) -> PluginCh
         }
     }
     let mut schemas = Schemas::default();
+    let mut per_service = Vec::new();
     for service in &pipeline.services {
         for used in service.plugin_uses() {
             let Some(plugin) = check.plugins.get(used.plugin) else {
                 continue;
             };
             let found = check_use(pipeline, service, used, plugin, &mut schemas).await;
-            check.diagnostics.extend(found);
+            per_service.extend(found.into_iter().map(|d| (service.name.as_str(), d)));
         }
     }
+    check.diagnostics.extend(shared_once(per_service));
     check.diagnostics.sort_by_key(|d| d.span.start);
     check
+}
+
+/// One diagnostic per problem: a line in `[defaults]` that is wrong for every service would
+/// otherwise be reported once per service, at the same place with the same words.
+fn shared_once(found: Vec<(&str, Diagnostic)>) -> Vec<Diagnostic> {
+    const NAME: &str = "service `\u{0}`";
+    let mut groups: Vec<(Diagnostic, Vec<&str>)> = Vec::new();
+    for (service, mut d) in found {
+        d.message = d.message.replacen(&format!("service `{service}`"), NAME, 1);
+        match groups.iter_mut().find(|(g, _)| *g == d) {
+            Some((_, services)) => services.push(service),
+            None => groups.push((d, vec![service])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(mut d, services)| {
+            d.message = d.message.replacen(NAME, &services_phrase(&services), 1);
+            d
+        })
+        .collect()
 }
 
 /// Each plugin's configuration schema, compiled once; `None` when it is not a valid one.
@@ -110,7 +133,7 @@ async fn check_use(
     };
     if plugin.kind() != expected {
         let message = format!(
-            "plugin `{}` is a {} plugin, but service `{}` uses it as a {expected}",
+            "plugin `{}` is a {} plugin, not a {expected} (used by service `{}`)",
             used.plugin,
             plugin.kind(),
             service.name
@@ -218,5 +241,41 @@ impl Written<'_> {
             .pipeline
             .config_key_span(self.service, self.role, pointer, key);
         found.unwrap_or_else(|| self.span(pointer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_every_service_shares_is_reported_once() {
+        let at = |message: &str, span: Range<usize>| Diagnostic::new(message, span).help("fix");
+        let found = vec![
+            (
+                "api",
+                at("`provider_config` of service `api`: unknown key `x`", 5..6),
+            ),
+            (
+                "web",
+                at("`provider_config` of service `web`: unknown key `x`", 5..6),
+            ),
+            (
+                "job",
+                at("`provider_config` of service `job`: unknown key `x`", 5..6),
+            ),
+            (
+                "web",
+                at("`provider_config` of service `web`: unknown key `y`", 9..10),
+            ),
+        ];
+        let messages: Vec<String> = shared_once(found).into_iter().map(|d| d.message).collect();
+        assert_eq!(
+            messages,
+            [
+                "`provider_config` of services `api`, `web` and `job`: unknown key `x`",
+                "`provider_config` of service `web`: unknown key `y`",
+            ]
+        );
     }
 }
