@@ -558,9 +558,11 @@ async fn the_atp_example_deploys_both_services_to_three_regions_in_lockstep() {
         );
         let gateway =
             format!("projects/atp-production/locations/{region}/services/atp-memory-gateway");
+        let gateway = service_at(&fake, &gateway);
+        assert_eq!(gateway["template"]["maxInstanceRequestConcurrency"], 500);
         assert_eq!(
-            service_at(&fake, &gateway)["template"]["maxInstanceRequestConcurrency"],
-            500
+            gateway["template"]["containers"][0]["ports"][0]["containerPort"],
+            8000
         );
     }
 
