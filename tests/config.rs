@@ -596,3 +596,31 @@ fn a_mistake_in_defaults_is_one_problem_for_every_service_it_reaches() {
     );
     assert!(stderr.contains("error: 1 problem in"), "{stderr}");
 }
+
+#[test]
+fn a_check_delay_is_a_duration_of_at_most_an_hour() {
+    let with = |delay: &str| {
+        format!("{VALID}\n[[services.web.checks]]\nplugin = \"http\"\ndelay = {delay}\n")
+    };
+    let p = parse(&with("\"30s\""), None).unwrap();
+    let web = p.service("web").unwrap();
+    assert_eq!(web.checks[0].delay, std::time::Duration::from_secs(30));
+
+    let out = parse(&with("\"soon\""), None).unwrap_err().to_string();
+    assert!(
+        out.contains("error: a check's `delay` is not a duration"),
+        "{out}"
+    );
+    assert!(
+        out.contains("= help: a duration such as \"30s\" or \"2m\", at most 1h"),
+        "{out}"
+    );
+    let out = parse(&with("\"2h\""), None).unwrap_err().to_string();
+    assert!(
+        out.contains("error: a check's `delay` of 2h is longer than 1h"),
+        "{out}"
+    );
+    assert!(out.contains("strategy's pause"), "{out}");
+    let out = parse(&with("30"), None).unwrap_err().to_string();
+    assert!(out.contains("a check's `delay`"), "{out}");
+}

@@ -36,12 +36,22 @@ struct Fixture {
     store: Store,
     cloud: Cloud,
     events: Mutex<Vec<Event>>,
+    /// Cancelled when a phase starting with this text begins, as a signal would.
+    interrupt_at_phase: Mutex<Option<(String, CancellationToken)>>,
 }
 
 impl Observer for Fixture {
     fn event(&self, event: &Event) {
-        if let Event::Check { check, .. } = event {
-            self.cloud.note(format!("reported {check}"));
+        match event {
+            Event::Check { check, .. } => self.cloud.note(format!("reported {check}")),
+            Event::Phase { phase, .. } => {
+                if let Some((at, token)) = &*self.interrupt_at_phase.lock().unwrap()
+                    && phase.starts_with(at.as_str())
+                {
+                    token.cancel();
+                }
+            }
+            _ => {}
         }
         self.events.lock().unwrap().push(event.clone());
     }
@@ -56,6 +66,7 @@ impl Fixture {
             store,
             cloud: Cloud::default(),
             events: Mutex::default(),
+            interrupt_at_phase: Mutex::default(),
         }
     }
 
@@ -770,4 +781,48 @@ async fn a_resumed_run_goes_on_with_the_pre_hook_after_the_ones_that_passed() {
         "one\ntwo\n",
         "the hook that passed is not run again"
     );
+}
+
+#[tokio::test]
+async fn a_check_delay_is_waited_before_the_check_and_resumed_after_an_interruption() {
+    let f = deployed_once().await;
+    let text = pipeline_text("")
+        .replace("api:1", "api:2")
+        .replace("plugin = \"http\"\n", "plugin = \"http\"\ndelay = \"1h\"\n");
+    let pipeline = f.parse(&text);
+    let plans = f.plan(&pipeline).await;
+    assert!(
+        plans["api"]
+            .timeline
+            .contains(&"analyse api-planned: http (after 1h)".to_string()),
+        "{:?}",
+        plans["api"].timeline
+    );
+
+    // Interrupted while it waits: stopped at a checkpoint, nothing checked yet.
+    let interrupt = CancellationToken::new();
+    *f.interrupt_at_phase.lock().unwrap() = Some(("waiting".into(), interrupt.clone()));
+    let options = RunOptions {
+        interrupt,
+        ..RunOptions::default()
+    };
+    let report = f.run_with(&pipeline, &options).await;
+    assert!(
+        matches!(outcome(&report, "api"), Outcome::Interrupted(r) if r.contains("stopped at a checkpoint")),
+        "{report:?}"
+    );
+    let waited = f.events.lock().unwrap().iter().any(
+        |e| matches!(e, Event::Phase { phase, .. } if phase == "waiting 1h before checking api-r2"),
+    );
+    assert!(waited);
+    assert_eq!(f.cloud.count("check api-r2 http"), 0);
+
+    // Resumed with a short delay, the wait is counted from the same traffic change, and the
+    // check runs after it, once, against the same candidate.
+    let text = text.replace("delay = \"1h\"", "delay = \"50ms\"");
+    let report = f.run(&f.parse(&text)).await;
+    assert!(report.resumed && report.succeeded(), "{report:?}");
+    assert_eq!(f.cloud.count("deploy api r2"), 1);
+    assert_eq!(f.cloud.count("check api-r2 http"), 1);
+    assert_eq!(f.cloud.traffic("api"), pairs(&[("api-r2", 100)]));
 }

@@ -204,8 +204,13 @@ impl<'p> Simulation<'p> {
             Decision::Analyse(request) => {
                 let service = self.pipeline.service(service).ok();
                 let all = service.map_or(&[][..], |s| s.checks.as_slice());
-                let checks: Vec<&str> = Check::selected(all, &request.checks)
-                    .map(|c| c.name.as_str())
+                let checks: Vec<String> = Check::selected(all, &request.checks)
+                    .map(|c| match c.delay {
+                        Duration::ZERO => c.name.clone(),
+                        delay => {
+                            format!("{} (after {})", c.name, humantime::format_duration(delay))
+                        }
+                    })
                     .collect();
                 if checks.is_empty() {
                     format!("analyse {} (no checks configured)", request.revision)

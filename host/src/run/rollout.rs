@@ -12,7 +12,7 @@ use super::hooks::{self, HookStage};
 use super::rejected;
 use super::world::World;
 use super::{Event, Observer, Outcome, RunOptions, ServiceReport};
-use crate::config::{Pipeline, Service};
+use crate::config::{Check, Pipeline, Service};
 use crate::port::{
     AnalysisRequest, CheckRun, Decision, EndpointKind, ErrorKind, PlanAction, Platform, PortError,
     Ports, Rollout, ServiceState, TrafficShare, Verdict,
@@ -20,7 +20,7 @@ use crate::port::{
 use crate::state::{HistoryEntry, RevisionRecord, Store};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Rolls out the services of one run.
 pub(super) struct Executor<'a> {
@@ -341,6 +341,9 @@ impl Executor<'_> {
             }
             Decision::Analyse(request) => {
                 let since = cp.window_start_ms.unwrap_or(self.world.now_ms());
+                if !self.delay_checks(at.service, cp, &request, since).await {
+                    return Pass::Stopped(self.interrupted(cp));
+                }
                 let checks = self
                     .analyse(at.service, at.platform, &request, since, tally)
                     .await;
@@ -602,6 +605,32 @@ impl Executor<'_> {
     ) -> Result<(), String> {
         retry(|| platform.set_traffic(split)).await?;
         verify_split(platform, split).await
+    }
+
+    /// Waits until the checks of `request` may run (their `delay` after the window began);
+    /// `false` when interrupted first. Not a checkpointed phase: the strategy is asked again
+    /// on resume, decides the same analysis, and the wait goes on from the stored window.
+    async fn delay_checks(
+        &self,
+        service: &Service,
+        cp: &Checkpoint,
+        request: &AnalysisRequest,
+        since_ms: u64,
+    ) -> bool {
+        let ready_at = Check::ready_at_ms(&service.checks, &request.checks, since_ms);
+        let left = ready_at.saturating_sub(self.world.now_ms());
+        if left == 0 {
+            return true;
+        }
+        let left = humantime::format_duration(Duration::from_secs(left.div_ceil(1000)));
+        self.phase(
+            &service.name,
+            &format!("waiting {left} before checking {}", request.revision),
+            cp.traffic,
+        );
+        self.world
+            .wait_until(ready_at, &self.options.interrupt)
+            .await
     }
 
     /// Runs the requested health checks against one revision, and reports each as it ends.

@@ -86,6 +86,10 @@ pub struct Check {
     pub name: String,
     pub plugin: String,
     pub config: serde_json::Value,
+    /// How long after the analysis window began (the deploy, or the last traffic change) the
+    /// check may first run: a service that warms up for 30 s is not judged before. The engine
+    /// waits it, so it does not count against the check plugin's own time limit.
+    pub delay: std::time::Duration,
 }
 
 /// One service, with defaults, environment overrides and variables applied.
@@ -397,6 +401,16 @@ impl Check {
     pub fn selected<'a>(all: &'a [Check], wanted: &'a [String]) -> impl Iterator<Item = &'a Check> {
         all.iter()
             .filter(move |c| wanted.is_empty() || wanted.contains(&c.name))
+    }
+
+    /// When an analysis of `wanted` that began at `since_ms` may run: after the longest delay
+    /// of the checks it runs.
+    pub fn ready_at_ms(all: &[Check], wanted: &[String], since_ms: u64) -> u64 {
+        let delay = Check::selected(all, wanted)
+            .map(|c| c.delay)
+            .max()
+            .unwrap_or_default();
+        since_ms.saturating_add(delay.as_millis() as u64)
     }
 }
 

@@ -15,6 +15,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::Path;
+use std::time::Duration;
 
 const TOP_KEYS: &[&str] = &[
     "name",
@@ -60,7 +61,7 @@ const SERVICE_KEYS: &[&str] = &[
     "checks",
     "hooks",
 ];
-const CHECK_KEYS: &[&str] = &["name", "plugin", "config"];
+const CHECK_KEYS: &[&str] = &["name", "plugin", "config", "delay"];
 const HOOK_KEYS: &[&str] = &["pre", "post"];
 
 #[derive(Default)]
@@ -1049,15 +1050,49 @@ fn checks(c: &mut Checker, service: &str, node: &Node) -> Vec<Check> {
             .and_then(|p| c.string(p, "a check's `name`"))
             .or_else(|| plugin.clone());
         let config = config_table(c, ct.get("config"), "a check's `config`");
-        if let (Some(plugin), Some(name), Some(config)) = (plugin, name, config) {
+        let delay = match ct.get("delay") {
+            Some(d) => check_delay(c, d),
+            None => Some(Duration::ZERO),
+        };
+        if let (Some(plugin), Some(name), Some(config), Some(delay)) = (plugin, name, config, delay)
+        {
             checks.push(Check {
                 name,
                 plugin,
                 config,
+                delay,
             });
         }
     }
     checks
+}
+
+/// The longest `delay` a check may have: longer waits belong in the strategy (a canary's
+/// `pause`), where `engine plan` shows them and approvals can cut them short.
+const MAX_CHECK_DELAY: Duration = Duration::from_secs(3600);
+
+fn check_delay(c: &mut Checker, node: &Node) -> Option<Duration> {
+    let text = c.string(node, "a check's `delay`")?;
+    let help = "a duration such as \"30s\" or \"2m\", at most 1h";
+    match humantime::parse_duration(&text) {
+        Ok(d) if d <= MAX_CHECK_DELAY => Some(d),
+        Ok(_) => {
+            c.error(
+                format!("a check's `delay` of {text} is longer than 1h"),
+                node.span.clone(),
+                Some("wait longer with the strategy's pause (a canary's `pause`), which `engine plan` shows".into()),
+            );
+            None
+        }
+        Err(e) => {
+            c.error(
+                format!("a check's `delay` is not a duration: {e}"),
+                node.span.clone(),
+                Some(help.into()),
+            );
+            None
+        }
+    }
 }
 
 /// `hooks = { pre = [...], post = [...] }`, each stage as `take` in [`service`] expects it.
