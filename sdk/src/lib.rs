@@ -154,11 +154,17 @@ pub mod strategy {
 /// every listed field is equal, otherwise `update` with one [`Change`] per field that differs.
 /// Where both sides of a field are JSON objects (`env`, `labels`), the change is listed per key
 /// (`env.LOG_LEVEL`), so one changed variable does not print the whole map.
+/// A field that is `null` counts as unset: `null` and a missing field are the same.
 pub fn update_plan(deployed: &str, desired: &serde_json::Value, fields: &[&str]) -> DeploymentPlan {
     let before: serde_json::Value = serde_json::from_str(deployed).unwrap_or_default();
     let mut changes = Vec::new();
     for field in fields {
-        let (old, new) = (before.get(*field), desired.get(*field));
+        // A null field is an unset one, on either side.
+        let set = |v: &&serde_json::Value| !v.is_null();
+        let (old, new) = (
+            before.get(*field).filter(set),
+            desired.get(*field).filter(set),
+        );
         if old == new {
             continue;
         }

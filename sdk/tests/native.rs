@@ -142,6 +142,13 @@ fn update_plans_list_changed_fields_and_map_keys() {
         &["image", "env"],
     );
     assert_eq!(same.action, engine_sdk::PlanAction::NoChange);
+    // A field left unset is the same whether it is missing or null.
+    let unset = engine_sdk::update_plan(
+        r#"{"image":"api:1"}"#,
+        &serde_json::json!({"image": "api:1", "startup_probe": null}),
+        &["image", "startup_probe"],
+    );
+    assert_eq!(unset.action, engine_sdk::PlanAction::NoChange);
 }
 
 #[test]
