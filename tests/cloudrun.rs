@@ -390,11 +390,18 @@ async fn the_agenthub_example_deploys_in_its_order_with_its_security_model() {
         &fake,
         dir.path(),
         "cloudrun-agenthub",
-        &[(r#"canary_pause = "5m""#, r#"canary_pause = "0s""#)],
+        &[
+            (r#"canary_pause = "5m""#, r#"canary_pause = "0s""#),
+            (r#"delay = "30s""#, r#"delay = "1ms""#),
+        ],
     );
     let plan = production_plan(dir.path()).await;
     assert!(
-        plan.contains("api-gateway: create (create api-gateway in us-central1)"),
+        plan.contains("api-gateway: create (create api-gateway in asia-south1)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("analyse api-gateway-planned: health (after 1ms)"),
         "{plan}"
     );
     assert!(
@@ -404,14 +411,14 @@ async fn the_agenthub_example_deploys_in_its_order_with_its_security_model() {
 
     let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
     assert!(out.status.success(), "{}", text(&out));
-    let prefix = "projects/agenthub-production/locations/us-central1/services/";
+    let prefix = "projects/agenthub-production/locations/asia-south1/services/";
     let names: Vec<String> = fake
         .model()
         .services
         .keys()
         .map(|k| k.trim_start_matches(prefix).to_string())
         .collect();
-    assert_eq!(names.len(), 18, "{names:?}");
+    assert_eq!(names.len(), 29, "the guide's 29 services: {names:?}");
 
     // The guide's order: infrastructure, core, domain, and the gateway last.
     let created: Vec<String> = fake
@@ -434,6 +441,8 @@ async fn the_agenthub_example_deploys_in_its_order_with_its_security_model() {
         ),
         ("agent-management-service", "calendar-provider-service"),
         ("embedding-generation-service", "rag-query-service"),
+        ("payment-intent-service", "payment-processing-service"),
+        ("payment-processing-service", "refund-service"),
     ] {
         assert!(at(first) < at(then), "{first} before {then}: {created:?}");
     }
@@ -489,7 +498,7 @@ async fn the_agenthub_example_deploys_in_its_order_with_its_security_model() {
         .filter(|e| e["type"] == "phase" && e["traffic"] == 50)
         .count();
     assert!(
-        halfway >= 18,
+        halfway >= 29,
         "each service spent a step at 50 %: {halfway}"
     );
     let all: Vec<String> = fake.model().services.keys().cloned().collect();

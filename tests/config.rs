@@ -495,13 +495,18 @@ fn engine_validate_checks_a_pipeline_whose_secrets_this_machine_cannot_read() {
             "{stderr}"
         );
     };
-    at(&stderr, "32");
-    at(&stderr, "41");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let line_of = |start: &str| {
+        let i = text.lines().position(|l| l.starts_with(start)).unwrap();
+        (i + 1).to_string()
+    };
+    at(&stderr, &line_of("google = { from"));
+    at(&stderr, &line_of("monitoring = { from"));
     let out = engine("run");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no Google credentials found"), "{stderr}");
-    at(&stderr, "32");
+    at(&stderr, &line_of("google = { from"));
 }
 
 #[test]
@@ -623,4 +628,37 @@ fn a_check_delay_is_a_duration_of_at_most_an_hour() {
     assert!(out.contains("strategy's pause"), "{out}");
     let out = parse(&with("30"), None).unwrap_err().to_string();
     assert!(out.contains("a check's `delay`"), "{out}");
+}
+
+#[test]
+fn an_environment_can_move_a_service_to_another_provider_with_its_own_grants() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/cloudrun-data-pipeline/pipeline.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let dir = example.parent().unwrap();
+    let dev = config::parse("pipeline.toml", &text, dir, Some("development")).unwrap();
+    let api = dev.service("convergence-api").unwrap();
+    assert_eq!(api.provider, "local");
+    // The artifact replaces the image; the Cloud Run settings stay with Cloud Run.
+    assert_eq!(api.artifact, Artifact::Path("python3".into()));
+    assert_eq!(api.provider_config, serde_json::json!({ "port": 8000 }));
+    assert_eq!(api.env["LOG_LEVEL"], "DEBUG");
+    assert_eq!(api.env["ENVIRONMENT"], "development");
+    // The environment's grant replaces the pipeline's for the check plugin; plugins no
+    // service of the environment uses are not loaded at all.
+    assert_eq!(
+        dev.plugins["http"].grants.allow_http,
+        ["http://localhost:*"]
+    );
+    assert!(!dev.plugins.contains_key("cloudrun") && !dev.plugins.contains_key("metrics"));
+
+    let production = config::parse("pipeline.toml", &text, dir, Some("production")).unwrap();
+    let api = production.service("convergence-api").unwrap();
+    assert_eq!(api.provider, "cloudrun");
+    assert!(matches!(&api.artifact, Artifact::Image(i) if i.ends_with("api:v1.1.0")));
+    assert_eq!(
+        production.plugins["http"].grants.allow_http,
+        ["https://*.run.app"]
+    );
+    assert!(production.plugins.contains_key("metrics"));
 }

@@ -431,3 +431,112 @@ strategy_config = {{ approval = true, bake = "1s" }}
     assert_eq!(ids, ["shop-r2"], "blue is retired after the bake");
     q.down();
 }
+
+/// The data pipeline's development environment, from its example: the Cloud Run service run
+/// as a local process (provider, artifact and grants switched by the environment), its checks
+/// and its bootstrap hook, with no Google credentials anywhere. A stand-in for the API answers
+/// as the guide's does.
+#[test]
+fn the_data_pipelines_development_environment_runs_on_the_local_platform() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("http://localhost:{}", free_port());
+    let port = free_port();
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cloudrun-data-pipeline");
+    std::fs::copy(
+        example.join("bootstrap.sh"),
+        dir.path().join("bootstrap.sh"),
+    )
+    .unwrap();
+    let api = dir.path().join("api.py");
+    std::fs::write(&api, STAND_IN_API).unwrap();
+    let text = std::fs::read_to_string(example.join("pipeline.toml")).unwrap();
+    let uvicorn = r#"args = ["-m", "uvicorn", "src.app.main:app", "--app-dir", "${api_dir}", "--host", "127.0.0.1", "--port", "{port}"]"#;
+    assert!(text.contains(uvicorn));
+    let text = text
+        .replace(
+            uvicorn,
+            &format!("args = [\"{}\", \"{{port}}\"]", api.display()),
+        )
+        .replace("http://localhost:7700", &admin)
+        .replace(
+            "provider_config = { port = 8000 }",
+            &format!("provider_config = {{ port = {port}, admin = \"{admin}\" }}"),
+        );
+    std::fs::write(dir.path().join("pipeline.toml"), text).unwrap();
+    let q = Quickstart {
+        dir,
+        admin,
+        orders_port: port,
+    };
+    let no_gcloud = tempfile::tempdir().unwrap();
+    let out = q
+        .engine(&["run"])
+        .arg(q.pipeline())
+        .args(["--env", "development"])
+        .env("CLOUDSDK_CONFIG", no_gcloud.path())
+        .env("ADMIN_API_KEY", "dev-admin-key")
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .env_remove("GCE_METADATA_HOST")
+        .current_dir(q.dir.path())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    // The bootstrap hook reached the service with the admin key the platform passed it (its
+    // output is logged with the run's).
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        output.contains("Bootstrap completed successfully"),
+        "{output}"
+    );
+    assert!(!output.contains("Google"), "{output}");
+    let health: Value = ureq::get(&format!("http://localhost:{port}/health"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap();
+    assert_eq!(health["environment"], "development");
+    assert_eq!(health["log_level"], "DEBUG");
+    q.down();
+}
+
+/// Answers like the Convergence API: `/health` with its environment, and the bootstrap call
+/// when given the admin key the service was started with.
+const STAND_IN_API: &str = r#"#!/usr/bin/env python3
+import http.server, json, os, sys
+
+class Api(http.server.BaseHTTPRequestHandler):
+    def answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/health":
+            self.answer(200, {"status": "healthy", "environment": os.environ["ENVIRONMENT"],
+                              "log_level": os.environ["LOG_LEVEL"]})
+        else:
+            self.answer(404, {"detail": "Not Found"})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        if self.path != "/api/v1/admin/bootstrap":
+            self.answer(404, {"detail": "Not Found"})
+        elif self.headers.get("x-admin-key") != os.environ["ADMIN_API_KEY"]:
+            self.answer(403, {"detail": "Invalid admin key"})
+        else:
+            self.answer(200, {"status": "success", "message": "Bootstrap completed successfully"})
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Api).serve_forever()
+"#;

@@ -25,7 +25,7 @@ const TOP_KEYS: &[&str] = &[
     "defaults",
     "services",
 ];
-const ENVIRONMENT_KEYS: &[&str] = &["variables", "services"];
+const ENVIRONMENT_KEYS: &[&str] = &["variables", "services", "plugins"];
 const PLUGIN_KEYS: &[&str] = &[
     "source",
     "sha256",
@@ -216,7 +216,7 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
     let (resolved, problems) = Variables::resolve(given);
     c.variables = resolved;
     c.diagnostics.extend(problems);
-    let mut declared = declared_plugins(&mut c, &root, base);
+    let mut declared = declared_plugins(&mut c, &root, chosen.as_ref(), base);
     let secret_keys = std::mem::take(&mut declared.secret_keys);
     let Some(layers) = Layers::read(&mut c, &root, chosen.as_ref()) else {
         return Err(c.diagnostics);
@@ -227,6 +227,15 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
         plugins.check(&mut c, service, table);
     }
     check_dependencies(&mut c, &services, &layers);
+    // A plugin no service of this environment uses is not loaded: a developer running the
+    // local environment needs no Google credentials for the Cloud Run provider.
+    let used: BTreeSet<&str> = services
+        .iter()
+        .flat_map(|(s, _)| s.plugin_uses().map(|u| u.plugin))
+        .collect();
+    plugins
+        .plugins
+        .retain(|name, _| used.contains(name.as_str()));
     if !c.diagnostics.is_empty() {
         c.diagnostics.sort_by_key(|d| d.span.start);
         return Err(c.diagnostics);
@@ -308,20 +317,35 @@ struct DeclaredPlugins {
     secret_keys: BTreeMap<(String, String), Range<usize>>,
 }
 
-fn declared_plugins(c: &mut Checker, root: &Table, base: &Path) -> DeclaredPlugins {
+/// The chosen environment's `[environments.ENV.plugins.NAME]` tables are merged over the
+/// pipeline's, key by key, so an environment can grant a check what its own platform needs
+/// (`http://localhost:*` on the local platform) without granting it everywhere.
+fn declared_plugins(
+    c: &mut Checker,
+    root: &Table,
+    chosen: Option<&Table>,
+    base: &Path,
+) -> DeclaredPlugins {
     let mut declared = DeclaredPlugins {
         plugins: BTreeMap::new(),
         keys: BTreeMap::new(),
         secret_keys: BTreeMap::new(),
     };
-    let Some(node) = root.get("plugins") else {
-        return declared;
-    };
-    let mut node = node.clone();
-    c.interpolate(&mut node);
-    let Some(table) = c.table(&node, "[plugins]").cloned() else {
-        return declared;
-    };
+    let mut table = Table::default();
+    for (node, what) in [
+        (root.get("plugins"), "[plugins]"),
+        (
+            chosen.and_then(|t| t.get("plugins")),
+            "the environment's [plugins]",
+        ),
+    ] {
+        let Some(node) = node else { continue };
+        let mut node = node.clone();
+        c.interpolate(&mut node);
+        if let Some(layer) = c.table(&node, what) {
+            table = table.merged(layer);
+        }
+    }
     for (key, decl) in &table.entries {
         declared.keys.insert(key.name.clone(), key.span.clone());
         let secrets = as_table(decl)
@@ -419,7 +443,7 @@ impl Layers {
             c.unknown_keys(&over, SERVICE_KEYS, &whose);
             let mut merged = Node {
                 span: node.span.clone(),
-                value: Value::Table(self.defaults.merged(&own).merged(&over)),
+                value: Value::Table(layered(&layered(&self.defaults, &own), &over)),
             };
             c.interpolate(&mut merged);
             let table = as_table(&merged).cloned().unwrap_or_default();
@@ -438,6 +462,32 @@ impl Layers {
     fn key_span(&self, name: &str) -> Range<usize> {
         self.services.key(name).map_or(0..0, |k| k.span.clone())
     }
+}
+
+/// `over` merged on top of `base`, key by key, except where a key of `over` makes one of
+/// `base`'s meaningless: an `artifact` replaces an `image` (and back), and a different
+/// `provider` or `strategy` drops the configuration written for the other plugin. So an
+/// environment can run a Cloud Run service as a local process:
+/// `provider = "local"`, `artifact = "./api"`, without the Cloud Run settings following.
+fn layered(base: &Table, over: &Table) -> Table {
+    let changes = |key: &str| {
+        over.get(key)
+            .is_some_and(|o| base.get(key).is_some_and(|b| b.value != o.value))
+    };
+    let mut dropped: Vec<&str> = Vec::new();
+    if over.get("image").is_some() || over.get("artifact").is_some() {
+        dropped.extend(["image", "artifact"]);
+    }
+    if changes("provider") {
+        dropped.push("provider_config");
+    }
+    if changes("strategy") {
+        dropped.push("strategy_config");
+    }
+    let mut out = base.clone();
+    out.entries
+        .retain(|(k, _)| !dropped.contains(&k.name.as_str()));
+    out.merged(over)
 }
 
 /// Checks that every plugin a service names exists and is of the kind its role needs, and
