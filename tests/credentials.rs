@@ -385,3 +385,220 @@ async fn user_credentials_are_exchanged_with_their_refresh_token() {
     assert_eq!(tokens.token("").await.unwrap(), "ya29.user-token");
     server.unblock();
 }
+
+/// Google's STS and IAM Credentials API, and a CI's OIDC token endpoint, on loopback: each
+/// verifies what it is sent (the CI's request token, the exchange's form, the federated token
+/// and the request body) and refuses anything else, as the real ones would.
+struct Federation {
+    base: String,
+    server: Arc<tiny_http::Server>,
+}
+
+const CI_REQUEST_TOKEN: &str = "ci-request-token";
+const CI_OIDC_TOKEN: &str = "eyJci.oidc.token";
+const POOL: &str =
+    "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/ci/providers/github";
+const DEPLOYER: &str = "deployer@shop.iam.gserviceaccount.com";
+
+impl Federation {
+    fn start() -> Federation {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let base = format!(
+            "http://127.0.0.1:{}",
+            server.server_addr().to_ip().unwrap().port()
+        );
+        let srv = server.clone();
+        std::thread::spawn(move || {
+            for mut request in srv.incoming_requests() {
+                let mut body = String::new();
+                request.as_reader().read_to_string(&mut body).unwrap();
+                let bearer = request
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("authorization"))
+                    .map(|h| h.value.to_string())
+                    .unwrap_or_default();
+                let answer = Federation::answer(request.url(), &bearer, &body);
+                let response = match answer {
+                    Ok(text) => tiny_http::Response::from_string(text),
+                    Err((code, text)) => {
+                        tiny_http::Response::from_string(text).with_status_code(code)
+                    }
+                };
+                let _ = request.respond(response);
+            }
+        });
+        Federation { base, server }
+    }
+
+    fn answer(url: &str, bearer: &str, body: &str) -> Result<String, (u16, String)> {
+        let iam = format!("/v1/projects/-/serviceAccounts/{DEPLOYER}");
+        if url.starts_with("/oidc?audience=") {
+            // The CI's endpoint (GitHub Actions' ACTIONS_ID_TOKEN_REQUEST_URL).
+            if bearer != format!("Bearer {CI_REQUEST_TOKEN}") {
+                return Err((401, "bad request token".into()));
+            }
+            return Ok(json!({ "value": CI_OIDC_TOKEN }).to_string());
+        }
+        if url == "/v1/token" {
+            let form: std::collections::BTreeMap<String, String> =
+                form_urlencoded::parse(body.as_bytes())
+                    .into_owned()
+                    .collect();
+            let expected = [
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
+                ("audience", POOL),
+                ("scope", "https://www.googleapis.com/auth/cloud-platform"),
+                (
+                    "requested_token_type",
+                    "urn:ietf:params:oauth:token-type:access_token",
+                ),
+                ("subject_token", CI_OIDC_TOKEN),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ];
+            for (k, v) in expected {
+                if form.get(k).map(String::as_str) != Some(v) {
+                    let error = json!({"error": "invalid_request", "error_description": format!("{k} is {:?}", form.get(k))});
+                    return Err((400, error.to_string()));
+                }
+            }
+            return Ok(json!({"access_token": "federated-token", "issued_token_type": "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer", "expires_in": 3600}).to_string());
+        }
+        if bearer != "Bearer federated-token" {
+            let error = json!({"error": {"code": 401, "message": "Request had invalid authentication credentials.", "status": "UNAUTHENTICATED"}});
+            return Err((401, error.to_string()));
+        }
+        let body: Value = serde_json::from_str(body).unwrap_or_default();
+        if url == format!("{iam}:generateAccessToken") {
+            assert_eq!(
+                body["scope"],
+                json!(["https://www.googleapis.com/auth/cloud-platform"])
+            );
+            assert_eq!(body["lifetime"], "1800s");
+            return Ok(
+                json!({"accessToken": "ya29.impersonated", "expireTime": "2099-01-01T00:00:00Z"})
+                    .to_string(),
+            );
+        }
+        if url == format!("{iam}:generateIdToken") {
+            let audience = body["audience"].as_str().unwrap_or_default();
+            assert_eq!(body["includeEmail"], true);
+            return Ok(json!({ "token": format!("id-token-for-{audience}") }).to_string());
+        }
+        let error = json!({"error": {"code": 403, "message": format!("Permission 'iam.serviceAccounts.getAccessToken' denied on {url}"), "status": "PERMISSION_DENIED"}});
+        Err((403, error.to_string()))
+    }
+
+    /// An `external_account` file, as google-github-actions/auth writes one, with `source`.
+    fn file(&self, dir: &Path, source: Value, account: &str) -> std::path::PathBuf {
+        let path = dir.join("wif.json");
+        let file = json!({
+            "type": "external_account",
+            "audience": POOL,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "token_url": format!("{}/v1/token", self.base),
+            "service_account_impersonation_url": format!("{}/v1/projects/-/serviceAccounts/{account}:generateAccessToken", self.base),
+            "service_account_impersonation": { "token_lifetime_seconds": 1800 },
+            "credential_source": source,
+        });
+        std::fs::write(&path, file.to_string()).unwrap();
+        path
+    }
+}
+
+#[tokio::test]
+async fn a_ci_oidc_token_is_exchanged_for_access_and_identity_tokens_without_a_key() {
+    let federation = Federation::start();
+    let dir = tempfile::tempdir().unwrap();
+    // GitHub Actions' form: the OIDC token from a URL, with the job's request token.
+    let from_url = json!({
+        "url": format!("{}/oidc?audience={POOL}", federation.base),
+        "headers": { "Authorization": format!("Bearer {CI_REQUEST_TOKEN}") },
+        "format": { "type": "json", "subject_token_field_name": "value" },
+    });
+    let file = federation.file(dir.path(), from_url, DEPLOYER);
+    let credential = Credential::from_file(&file).unwrap();
+    let access = GoogleTokens::new(credential.clone(), TokenKind::Access).unwrap();
+    assert_eq!(access.token("").await.unwrap(), "ya29.impersonated");
+    let identity = GoogleTokens::new(credential, TokenKind::Identity).unwrap();
+    assert_eq!(
+        identity.token("https://api-xyz.a.run.app").await.unwrap(),
+        "id-token-for-https://api-xyz.a.run.app"
+    );
+    // Every token the exchange touched is redacted from what plugins print.
+    let said = engine::redact::redactor().redact(&format!("{CI_OIDC_TOKEN} federated-token"));
+    assert!(
+        !said.contains(CI_OIDC_TOKEN) && !said.contains("federated-token"),
+        "{said}"
+    );
+
+    // The same from a file the CI wrote.
+    std::fs::write(dir.path().join("oidc.jwt"), format!("{CI_OIDC_TOKEN}\n")).unwrap();
+    let file = federation.file(
+        dir.path(),
+        json!({ "file": dir.path().join("oidc.jwt") }),
+        DEPLOYER,
+    );
+    let tokens = GoogleTokens::new(Credential::from_file(&file).unwrap(), TokenKind::Access);
+    assert_eq!(
+        tokens.unwrap().token("").await.unwrap(),
+        "ya29.impersonated"
+    );
+    federation.server.unblock();
+}
+
+#[tokio::test]
+async fn a_refused_federation_step_says_which_and_why() {
+    let federation = Federation::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A subject token STS does not accept.
+    std::fs::write(dir.path().join("oidc.jwt"), "someone-elses-token").unwrap();
+    let source = json!({ "file": dir.path().join("oidc.jwt") });
+    let file = federation.file(dir.path(), source.clone(), DEPLOYER);
+    let tokens = GoogleTokens::new(Credential::from_file(&file).unwrap(), TokenKind::Access);
+    let error = tokens.unwrap().token("").await.unwrap_err();
+    assert!(
+        error.contains("/v1/token refused the token request (HTTP 400")
+            && error.contains("subject_token"),
+        "{error}"
+    );
+    // A service account the pool may not impersonate.
+    std::fs::write(dir.path().join("oidc.jwt"), CI_OIDC_TOKEN).unwrap();
+    let file = federation.file(dir.path(), source, "other@shop.iam.gserviceaccount.com");
+    let tokens = GoogleTokens::new(Credential::from_file(&file).unwrap(), TokenKind::Access);
+    let error = tokens.unwrap().token("").await.unwrap_err();
+    assert!(
+        error.contains("refused to impersonate the service account (HTTP 403")
+            && error.contains("roles/iam.workloadIdentityUser"),
+        "{error}"
+    );
+    // An executable source runs only when the user allows executables, as Google's libraries do.
+    let script = dir.path().join("token.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho '{{\"version\":1,\"success\":true,\"token_type\":\"urn:ietf:params:oauth:token-type:jwt\",\"id_token\":\"{CI_OIDC_TOKEN}\"}}'\n"),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).unwrap();
+    let file = federation.file(
+        dir.path(),
+        json!({ "executable": { "command": script.display().to_string(), "timeout_millis": 5000 } }),
+        DEPLOYER,
+    );
+    let credential = Credential::from_file(&file).unwrap();
+    let error = GoogleTokens::new(credential, TokenKind::Access)
+        .unwrap()
+        .token("")
+        .await
+        .unwrap_err();
+    assert!(
+        error.contains("runs only when GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1 is set"),
+        "{error}"
+    );
+    federation.server.unblock();
+}

@@ -10,6 +10,12 @@
 //! 3. the metadata server, when the engine runs on Google Cloud (`GCE_METADATA_HOST` overrides
 //!    its address).
 //!
+//! A credentials file may also be an `external_account` (workload identity federation, as
+//! `google-github-actions/auth` or `gcloud iam workload-identity-pools create-cred-config`
+//! write it): the CI's own OIDC token (from a file, a URL or an executable, as the file says) is
+//! exchanged at Google's STS for a federated token, which impersonates the service account the
+//! file names for access and identity tokens ([`external`]).
+//!
 //! (An access token obtained elsewhere needs none of this: grant it as an ordinary secret,
 //! `from = "env:VARIABLE"`.)
 
@@ -21,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The scope of access tokens: the whole Cloud API surface, narrowed by IAM.
-const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+pub(super) const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 /// A token is renewed when less than this is left of it.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
@@ -44,6 +50,7 @@ pub enum Credential {
     Metadata {
         base: String,
     },
+    External(Box<super::google_external::ExternalAccount>),
 }
 
 impl std::fmt::Debug for Credential {
@@ -55,6 +62,7 @@ impl std::fmt::Debug for Credential {
                 write!(f, "user credentials (client {client_id})")
             }
             Credential::Metadata { base } => write!(f, "the metadata server at {base}"),
+            Credential::External(account) => write!(f, "{account:?}"),
         }
     }
 }
@@ -77,6 +85,12 @@ impl Credential {
     pub fn from_file(path: &Path) -> Result<Credential, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read Google credentials {}: {e}", path.display()))?;
+        if serde_json::from_str::<serde_json::Value>(&text)
+            .is_ok_and(|v| v["type"] == "external_account")
+        {
+            let account = super::google_external::ExternalAccount::parse(path, &text)?;
+            return Ok(Credential::External(Box::new(account)));
+        }
         let key: KeyFile = serde_json::from_str(&text)
             .map_err(|e| format!("{} is not a Google credentials file: {e}", path.display()))?;
         let need = |v: Option<String>, field: &str| {
@@ -101,7 +115,7 @@ impl Credential {
                 token_uri: key.token_uri.unwrap_or_else(|| DEFAULT_TOKEN_URI.into()),
             }),
             other => Err(format!(
-                "{}: credentials of type {other:?} are not supported; use a service-account key or `gcloud auth application-default login`",
+                "{}: credentials of type {other:?} are not supported; use a service-account key, an external account (workload identity federation) or `gcloud auth application-default login`",
                 path.display()
             )),
         }
@@ -139,13 +153,13 @@ impl Credential {
 }
 
 #[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: Option<String>,
-    id_token: Option<String>,
-    expires_in: Option<u64>,
+pub(super) struct TokenAnswer {
+    pub access_token: Option<String>,
+    pub id_token: Option<String>,
+    pub expires_in: Option<u64>,
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -263,6 +277,7 @@ impl GoogleTokens {
                 )
                 .await?
             }
+            Credential::External(account) => account.mint(&self.http, self.kind, audience).await?,
             Credential::Metadata { base } => {
                 let account =
                     format!("{base}/computeMetadata/v1/instance/service-accounts/default");
@@ -321,39 +336,48 @@ impl GoogleTokens {
         token_uri: &str,
         form: &[(&str, &str)],
     ) -> Result<TokenAnswer, String> {
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form)
-            .finish();
-        let response = self
-            .http
-            .post(token_uri)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| format!("the token endpoint {token_uri} does not answer: {e}"))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| e.to_string())?;
-        if !status.is_success() {
-            // OAuth2 errors: {"error": "invalid_grant", "error_description": "..."}.
-            let reason = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .map(|v| {
-                    format!(
-                        "{} {}",
-                        v["error"].as_str().unwrap_or(""),
-                        v["error_description"].as_str().unwrap_or("")
-                    )
-                })
-                .unwrap_or(text);
-            return Err(format!(
-                "{token_uri} refused the token request (HTTP {status}): {}",
-                reason.trim()
-            ));
-        }
-        serde_json::from_str(&text)
-            .map_err(|e| format!("the answer of {token_uri} does not parse: {e}"))
+        exchange(&self.http, token_uri, form).await
     }
+}
+
+/// An OAuth2 token request (a form POST) and its answer, with the endpoint's reason when it
+/// refuses.
+pub(super) async fn exchange(
+    http: &reqwest::Client,
+    token_uri: &str,
+    form: &[(&str, &str)],
+) -> Result<TokenAnswer, String> {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let response = http
+        .post(token_uri)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("the token endpoint {token_uri} does not answer: {e}"))?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        // OAuth2 errors: {"error": "invalid_grant", "error_description": "..."}.
+        let reason = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .map(|v| {
+                format!(
+                    "{} {}",
+                    v["error"].as_str().unwrap_or(""),
+                    v["error_description"].as_str().unwrap_or("")
+                )
+            })
+            .unwrap_or(text);
+        return Err(format!(
+            "{token_uri} refused the token request (HTTP {status}): {}",
+            reason.trim()
+        ));
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| format!("the answer of {token_uri} does not parse: {e}"))
 }
 
 #[cfg(test)]
@@ -383,11 +407,18 @@ mod tests {
         let e = GoogleTokens::new(credential, TokenKind::Identity).unwrap_err();
         assert!(e.contains("cannot mint identity tokens"), "{e}");
         let other = dir.path().join("other.json");
-        std::fs::write(&other, r#"{"type":"external_account"}"#).unwrap();
+        std::fs::write(&other, r#"{"type":"impersonated_service_account"}"#).unwrap();
         assert!(
             Credential::from_file(&other)
                 .unwrap_err()
                 .contains("not supported")
+        );
+        // An external account file without what it needs names the file and the field.
+        std::fs::write(&other, r#"{"type":"external_account"}"#).unwrap();
+        let e = Credential::from_file(&other).unwrap_err();
+        assert!(
+            e.contains("is not a valid external account file") && e.contains("audience"),
+            "{e}"
         );
         let broken = dir.path().join("broken.json");
         std::fs::write(

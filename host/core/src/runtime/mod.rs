@@ -29,6 +29,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod google;
+pub mod google_external;
 pub mod info;
 pub mod inspect;
 pub mod intersection;
