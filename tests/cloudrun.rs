@@ -130,6 +130,10 @@ fn serving(fake: &Fake, name: &str) -> Vec<(String, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_plan_canary_a_failing_container_and_destroy_against_the_published_api() {
     let fake = Fake::start().await.unwrap();
+    // The engine runs inside the VPC here: `api` has internal ingress, and its checks reach it.
+    fake.model()
+        .vpc_sources
+        .insert("127.0.0.1".parse().unwrap());
     // Every operation takes three polls: the provider must keep polling until it is done.
     fake.model().operation_polls = 3;
     let dir = tempfile::tempdir().unwrap();
@@ -385,6 +389,11 @@ fn policy_members(fake: &Fake, name: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agenthub_example_deploys_in_its_order_with_its_security_model() {
     let fake = Fake::start().await.unwrap();
+    // The project's VPC, with a real proxy in it; this machine is outside.
+    let proxy = support::proxy::VpcProxy::start();
+    fake.model()
+        .vpc_sources
+        .insert(support::proxy::VpcProxy::inside());
     let dir = tempfile::tempdir().unwrap();
     example(
         &fake,
@@ -409,7 +418,35 @@ async fn the_agenthub_example_deploys_in_its_order_with_its_security_model() {
         "{plan}"
     );
 
+    // From outside the VPC, internal services do not answer: the first checks fail, and the
+    // new services are removed again.
     let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("404"), "{}", text(&out));
+    assert!(
+        fake.model().services.is_empty(),
+        "{:?}",
+        fake.model().services.keys().collect::<Vec<_>>()
+    );
+    // Through a proxy inside the VPC they do; the releases the checks could not reach are
+    // retried on purpose.
+    let file = dir.path().join("pipeline.toml");
+    edit(
+        &file,
+        r#"# proxy = "http://10.8.0.2:3128""#,
+        &format!(r#"proxy = "{}""#, proxy.url),
+    );
+    let out = run(
+        dir.path(),
+        &[
+            "run",
+            "pipeline.toml",
+            "--env",
+            "production",
+            "--retry-rejected",
+        ],
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out));
     let prefix = "projects/agenthub-production/locations/asia-south1/services/";
     let names: Vec<String> = fake
@@ -474,9 +511,20 @@ async fn the_agenthub_example_deploys_in_its_order_with_its_security_model() {
             "serviceAccount:agenthub-microservices@agenthub-production.iam.gserviceaccount.com",
         ]
     );
-    // The data plane enforces it: no token, no answer from an internal service.
+    // The data plane enforces it: from outside, an internal service is not there; from inside,
+    // no token, no answer.
     let client = reqwest::Client::new();
-    let anonymous = client
+    let outside = client
+        .get(format!("{}/health", agent["uri"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(outside.status(), 404);
+    let inside = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::all(&proxy.url).unwrap())
+        .build()
+        .unwrap();
+    let anonymous = inside
         .get(format!("{}/health", agent["uri"].as_str().unwrap()))
         .send()
         .await
@@ -490,7 +538,6 @@ async fn the_agenthub_example_deploys_in_its_order_with_its_security_model() {
     assert_eq!(public.status(), 200);
 
     // A new release: every service goes out as a canary, 50 % then all of it.
-    let file = dir.path().join("pipeline.toml");
     edit(&file, r#"release = "latest""#, r#"release = "v2""#);
     let events = production_run_events(dir.path()).await;
     let halfway = events
@@ -504,7 +551,8 @@ async fn the_agenthub_example_deploys_in_its_order_with_its_security_model() {
     let all: Vec<String> = fake.model().services.keys().cloned().collect();
     for name in &all {
         let id = name.rsplit('/').next().unwrap();
-        assert_eq!(split_at(&fake, name), [(format!("{id}-r2"), 100)], "{name}");
+        // Run 1 was refused from outside the VPC, run 2 deployed through the proxy.
+        assert_eq!(split_at(&fake, name), [(format!("{id}-r3"), 100)], "{name}");
         assert_eq!(
             service_at(&fake, name)["template"]["containers"][0]["image"],
             format!("gcr.io/agenthub-production/{id}:v2")

@@ -1639,3 +1639,39 @@ async fn calls_of_one_plugin_share_its_connections() {
     // Each call is a fresh instance, but the host keeps the plugin's connections.
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_proxy_carries_the_granted_requests_and_is_no_destination_of_its_own() {
+    let proxy = TestServer::start();
+    let target = TestServer::start();
+    let (runtime, sink) = runtime();
+    let grants = GrantsConfig {
+        allow_http: vec![format!("http://127.0.0.1:{}", target.port)],
+        proxy: Some(format!("http://127.0.0.1:{}", proxy.port)),
+        ..Default::default()
+    };
+    let plugin = load_hostile(&runtime, grants).await;
+    // The proxy itself is not granted: a plugin cannot talk to it as a destination.
+    let own = format!("http://127.0.0.1:{}/", proxy.port);
+    let denial = denied_get(&plugin, &sink, &own).await;
+    assert_eq!(denial.capability, Capability::Http);
+    assert!(proxy.received.lock().unwrap().is_empty());
+    // A granted request travels through it, in the absolute form a forward proxy is sent.
+    let url = format!("http://127.0.0.1:{}/x", target.port);
+    let (outcome, detail) = probe(&plugin, json!({"mode": "http", "url": url}))
+        .await
+        .unwrap();
+    assert_eq!((outcome.as_str(), detail.as_str()), ("ok", "200 hello"));
+    let seen: Vec<String> = proxy
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.url.clone())
+        .collect();
+    assert_eq!(seen, [url]);
+    assert!(
+        target.received.lock().unwrap().is_empty(),
+        "only through the proxy"
+    );
+}

@@ -172,3 +172,4 @@ impl Drop for TestServer {
 pub mod postgres;
 pub mod project;
 pub mod prometheus;
+pub mod proxy;

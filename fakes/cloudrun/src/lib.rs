@@ -99,6 +99,7 @@ impl Fake {
             .fallback(handle)
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let _ = axum::serve(listener, app).await;
         });
         Ok(Fake {
@@ -141,6 +142,7 @@ fn json_response(status: StatusCode, value: &Value) -> Response {
 
 async fn handle(
     State(shared): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -157,7 +159,11 @@ async fn handle(
         .map(String::from);
 
     if let Some(rest) = path.strip_prefix("_run/") {
-        return lock(&shared.model).serve(method.as_str(), rest, bearer.as_deref());
+        let caller = model::Caller {
+            bearer: bearer.as_deref(),
+            source: peer.ip(),
+        };
+        return lock(&shared.model).serve(method.as_str(), rest, caller);
     }
     if path == "metrics" {
         let text = lock(&shared.model).metrics();

@@ -45,6 +45,16 @@ pub struct Model {
     /// (service's full name, revision) pairs whose data plane answers 503: a revision broken
     /// in one region alone, as when a regional dependency is down.
     pub broken: std::collections::BTreeSet<(String, String)>,
+    /// Source addresses inside the project's VPC networks. A service with internal ingress
+    /// answers only requests from them, as Cloud Run does: a proxy in the VPC, or the engine
+    /// running there. Empty by default: this machine is outside.
+    pub vpc_sources: std::collections::BTreeSet<std::net::IpAddr>,
+}
+
+/// Who calls a service's URL: their identity token, and the address the request comes from.
+pub struct Caller<'a> {
+    pub bearer: Option<&'a str>,
+    pub source: std::net::IpAddr,
 }
 
 fn now() -> String {
@@ -72,6 +82,7 @@ impl Model {
             counter: 0,
             operation_polls: 1,
             broken: Default::default(),
+            vpc_sources: Default::default(),
         }
     }
 
@@ -624,7 +635,7 @@ impl Model {
     /// `{"status": "healthy", "service", "revision", "version", "environment"}`, the last two
     /// from its container's `VERSION` and `ENVIRONMENT` variables. A container variable
     /// `FAKE_ERROR_RATE` (0 to 1) makes that share of its answers 500s, spread evenly.
-    pub fn serve(&mut self, method: &str, rest: &str, bearer: Option<&str>) -> Response {
+    pub fn serve(&mut self, method: &str, rest: &str, caller: Caller<'_>) -> Response {
         use axum::http::StatusCode;
         let parts: Vec<&str> = rest.splitn(4, '/').collect();
         if parts.len() < 3 {
@@ -636,9 +647,23 @@ impl Model {
         );
         let path = parts.get(3).copied().unwrap_or("");
         let counter = self.next();
+        let inside = self.vpc_sources.contains(&caller.source);
         let Some(svc) = self.services.get_mut(&name) else {
             return (StatusCode::NOT_FOUND, "no such service").into_response();
         };
+        // Ingress is checked before IAM: from outside the VPC an internal service does not
+        // exist (Cloud Run answers 404 with its "Page not found" page).
+        let ingress = svc.resource["ingress"]
+            .as_str()
+            .unwrap_or("INGRESS_TRAFFIC_ALL");
+        if ingress != "INGRESS_TRAFFIC_ALL" && !inside {
+            return (
+                StatusCode::NOT_FOUND,
+                "Error: Page not found. The requested URL was not found on this server.",
+            )
+                .into_response();
+        }
+        let bearer = caller.bearer;
         let public = svc.policy["bindings"]
             .as_array()
             .into_iter()

@@ -176,6 +176,19 @@ async fn services_get_revisions_traffic_tags_and_long_running_operations() {
         .find(|t| t["tag"] == "candidate")
         .unwrap()
         .clone();
+    // Internal ingress: from outside the VPC the service is not there, token or not.
+    let outside = client()
+        .get(format!("{}/health", tagged["uri"].as_str().unwrap()))
+        .bearer_auth("id-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(outside.status(), 404);
+    assert!(outside.text().await.unwrap().contains("Page not found"));
+    // From inside it is, with IAM on top.
+    fake.model()
+        .vpc_sources
+        .insert("127.0.0.1".parse().unwrap());
     let answer: Value = client()
         .get(format!("{}/health", tagged["uri"].as_str().unwrap()))
         .bearer_auth("id-token")

@@ -38,6 +38,7 @@ const PLUGIN_KEYS: &[&str] = &[
     "memory",
     "max_response",
     "disk",
+    "proxy",
 ];
 const SERVICE_KEYS: &[&str] = &[
     "provider",

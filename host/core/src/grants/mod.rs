@@ -46,6 +46,10 @@ pub struct GrantsConfig {
     /// The most bytes one call may add to the plugin's writable directories, such as `1GiB`.
     #[serde(default)]
     pub disk: Option<String>,
+    /// An HTTP proxy every outbound request of the plugin goes through (`http://HOST:PORT`):
+    /// one inside a private network, to reach services that accept only requests from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 /// A directory granted to a plugin.
@@ -113,6 +117,50 @@ pub struct Grants {
     pub dirs: Vec<DirGrant>,
     pub secrets: BTreeMap<String, SecretGrant>,
     pub limits: Limits,
+    pub proxy: Option<ProxyGrant>,
+}
+
+/// A parsed `proxy`: its URL, and the exact destination it is, which the address rules allow
+/// (the pipeline named it; a private address is what such a proxy has).
+#[derive(Debug, Clone)]
+pub struct ProxyGrant {
+    pub url: String,
+    pub destination: HttpPattern,
+}
+
+impl ProxyGrant {
+    fn parse(text: &str) -> Result<ProxyGrant, GrantError> {
+        let refuse = |why: &str| {
+            grant_error(
+                "proxy",
+                format!(
+                    "{text:?} {why}; write it as http://HOST:PORT, such as \"http://10.8.0.2:3128\""
+                ),
+            )
+        };
+        let url = reqwest::Url::parse(text).map_err(|_| refuse("is not a URL"))?;
+        if url.scheme() != "http" {
+            return Err(refuse(
+                "is not an http:// proxy (HTTPS destinations go through it with CONNECT)",
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(refuse(
+                "carries credentials, which would be written in the pipeline",
+            ));
+        }
+        if url.path() != "/" || url.query().is_some() {
+            return Err(refuse("has a path"));
+        }
+        let host = url.host_str().ok_or_else(|| refuse("has no host"))?;
+        let port = url.port_or_known_default().unwrap_or(80);
+        let destination = HttpPattern::parse(&format!("http://{host}:{port}"))
+            .map_err(|m| grant_error("proxy", m))?;
+        Ok(ProxyGrant {
+            url: format!("http://{host}:{port}"),
+            destination,
+        })
+    }
 }
 
 /// A parsed secret grant.
@@ -243,6 +291,7 @@ impl GrantsConfig {
         if let Some(d) = &self.disk {
             limits.disk_bytes = parse_size("disk", d)?;
         }
+        let proxy = self.proxy.as_deref().map(ProxyGrant::parse).transpose()?;
         Ok(Grants {
             http,
             tcp,
@@ -250,6 +299,7 @@ impl GrantsConfig {
             dirs: self.dirs.clone(),
             secrets,
             limits,
+            proxy,
         })
     }
 }
@@ -463,6 +513,28 @@ mod tests {
 
     fn p(s: &str) -> HttpPattern {
         HttpPattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_proxy_is_a_plain_http_host_and_port_without_credentials() {
+        let proxy = ProxyGrant::parse("http://10.8.0.2:3128").unwrap();
+        assert_eq!(proxy.url, "http://10.8.0.2:3128");
+        assert!(proxy.destination.matches("http", "10.8.0.2", 3128));
+        assert_eq!(
+            ProxyGrant::parse("http://proxy.internal").unwrap().url,
+            "http://proxy.internal:80"
+        );
+        for (bad, why) in [
+            ("https://proxy:3128", "is not an http:// proxy"),
+            ("http://user:pw@proxy:3128", "carries credentials"),
+            ("http://proxy:3128/path", "has a path"),
+            ("proxy:3128", "is not an http:// proxy"),
+            ("not a url", "is not a URL"),
+        ] {
+            let e = ProxyGrant::parse(bad).unwrap_err();
+            assert_eq!(e.key, "proxy");
+            assert!(e.message.contains(why), "{bad}: {}", e.message);
+        }
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! values are masked (`*`, same length) in every response before the plugin reads it.
 //!
 //! Redirects are not followed (a granted host could redirect anywhere) and proxies from the
-//! environment are ignored.
+//! environment are ignored: only the plugin's `proxy` grant is used. Through a proxy, names
+//! are resolved by the proxy, so rule 2 applies to address literals and to the proxy itself;
+//! the proxy's own rules decide what the names reach.
 
 use super::address::{AddressPolicy, CanonicalHost, Refusal};
 use super::events::{Capability, Denial, EventSink, PluginEvent};
@@ -168,6 +170,7 @@ impl EgressPolicy {
         declared: Vec<HttpPattern>,
         secrets: Arc<PluginSecrets>,
         max_response_bytes: u64,
+        proxy: Option<&crate::grants::ProxyGrant>,
         runtime: &super::RuntimeShared,
     ) -> anyhow::Result<EgressPolicy> {
         let (resolve_overrides, sink, dry_run, withhold_secrets) = (
@@ -176,10 +179,17 @@ impl EgressPolicy {
             runtime.dry_run,
             runtime.dry_run && runtime.withhold_secrets,
         );
-        let addresses = AddressPolicy::new(&granted, &runtime.local_admin_ports);
-        let client = reqwest::Client::builder()
+        // The proxy is a destination the pipeline named: the address rules allow it, and only
+        // the engine's client connects to it (a plugin's own request to it is not granted).
+        let mut reachable = granted.clone();
+        reachable.extend(proxy.map(|p| p.destination.clone()));
+        let addresses = AddressPolicy::new(&reachable, &runtime.local_admin_ports);
+        let builder = match proxy {
+            Some(p) => reqwest::Client::builder().proxy(reqwest::Proxy::all(&p.url)?),
+            None => reqwest::Client::builder().no_proxy(),
+        };
+        let client = builder
             .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
             .connect_timeout(Duration::from_secs(10))
             .dns_resolver(Arc::new(GuardedResolver {
                 policy: addresses.clone(),

@@ -20,6 +20,8 @@ pub fn intersect(name: &str, grants: &Grants, declared: &Capabilities) -> Inters
         http: grants.http.clone(),
         tcp: grants.tcp.clone(),
         limits: grants.limits,
+        // How the plugin's granted requests travel, not something it declares.
+        proxy: grants.proxy.clone(),
         ..Grants::default()
     };
     intersect_env(name, grants, declared, &mut effective, &mut warnings);

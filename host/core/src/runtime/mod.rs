@@ -341,6 +341,7 @@ impl Runtime {
             declared,
             secrets.clone(),
             grants.limits.max_response_bytes,
+            grants.proxy.as_ref(),
             &self.shared,
         )
         .map_err(|e| LoadError::Sandbox {

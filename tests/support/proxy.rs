@@ -1,0 +1,91 @@
+//! A real HTTP proxy (Debian's `tinyproxy`) standing in for a proxy inside a VPC: it listens on
+//! 127.0.0.1 and connects onwards from 127.0.0.2, the address the Cloud Run test server is told
+//! is inside the project's network. Forwarding and CONNECT both.
+//!
+//! Like the Prometheus server, it runs under a shell that waits on a pipe from this process, so
+//! it stops when the value is dropped or the test process ends.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct VpcProxy {
+    /// `http://127.0.0.1:PORT`, for a `proxy` grant.
+    pub url: String,
+    guard: Child,
+}
+
+/// The address the proxy's outgoing connections come from.
+pub const INSIDE: &str = "127.0.0.2";
+
+impl VpcProxy {
+    pub fn start() -> VpcProxy {
+        let found = Command::new("tinyproxy")
+            .arg("-v")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "the VPC proxy tests need tinyproxy: install it (`apt-get install tinyproxy-bin`, as .ci/run does)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = format!(
+            r#"set -e
+dir=$(mktemp -d /tmp/engine-test-proxy-XXXXXX)
+cat >"$dir/tinyproxy.conf" <<'CONF'
+Port {port}
+Listen 127.0.0.1
+Bind {INSIDE}
+Timeout 60
+MaxClients 100
+Allow 127.0.0.1
+DisableViaHeader Yes
+LogLevel Warning
+CONF
+tinyproxy -d -c "$dir/tinyproxy.conf" >"$dir/proxy.log" 2>&1 &
+pid=$!
+read _ || true
+kill $pid 2>/dev/null || true
+wait $pid 2>/dev/null || true
+rm -rf "$dir"
+"#
+        );
+        let guard = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the test proxy");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the test proxy did not listen on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        VpcProxy {
+            url: format!("http://127.0.0.1:{port}"),
+            guard,
+        }
+    }
+
+    /// The source address of the proxy's requests, for the test server's VPC.
+    pub fn inside() -> IpAddr {
+        INSIDE.parse().unwrap()
+    }
+}
+
+impl Drop for VpcProxy {
+    fn drop(&mut self) {
+        if let Some(stdin) = self.guard.stdin.as_mut() {
+            let _ = stdin.write_all(b"stop\n");
+        }
+        let _ = self.guard.wait();
+    }
+}
