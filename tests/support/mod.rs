@@ -173,3 +173,28 @@ pub mod postgres;
 pub mod project;
 pub mod prometheus;
 pub mod proxy;
+
+/// Starts `start` (shell lines that start one server in the background, in `$dir`, a fresh
+/// directory) under a shell that waits on a pipe from this process: when the returned child's
+/// stdin closes (the guard is dropped, or the test process ends in whatever way), the shell
+/// stops the server and deletes the directory.
+pub fn guarded_server(name: &str, start: &str) -> std::process::Child {
+    let script = format!(
+        "set -e\ndir=$(mktemp -d /tmp/engine-test-{name}-XXXXXX)\n{start}\npid=$!\nread _ || true\nkill $pid 2>/dev/null || true\nwait $pid 2>/dev/null || true\nrm -rf \"$dir\"\n"
+    );
+    std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start the {name} test server: {e}"))
+}
+
+/// Stops a [`guarded_server`].
+pub fn stop_guarded(guard: &mut std::process::Child) {
+    use std::io::Write;
+    if let Some(stdin) = guard.stdin.as_mut() {
+        let _ = stdin.write_all(b"stop\n");
+    }
+    let _ = guard.wait();
+}

@@ -6,9 +6,8 @@
 //! dropped, or the test process ends in whatever way, the pipe closes and the shell stops the
 //! server and deletes its directory.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 pub struct Prometheus {
@@ -44,26 +43,13 @@ impl Prometheus {
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: engine\n    static_configs:\n      - targets: [{}]\n",
             targets.join(", ")
         );
-        let script = format!(
-            r#"set -e
-dir=$(mktemp -d /tmp/engine-test-prometheus-XXXXXX)
-cat >"$dir/prometheus.yml" <<'YAML'
+        let start = format!(
+            r#"cat >"$dir/prometheus.yml" <<'YAML'
 {config}YAML
 {binary} --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
-  --web.listen-address=127.0.0.1:{port} --log.level=warn >"$dir/server.log" 2>&1 &
-pid=$!
-read _ || true
-kill $pid 2>/dev/null || true
-wait $pid 2>/dev/null || true
-rm -rf "$dir"
-"#
+  --web.listen-address=127.0.0.1:{port} --log.level=warn >"$dir/server.log" 2>&1 &"#
         );
-        let guard = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the Prometheus test server");
+        let guard = super::guarded_server("prometheus", &start);
         let url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -105,9 +91,6 @@ rm -rf "$dir"
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        if let Some(stdin) = self.guard.stdin.as_mut() {
-            let _ = stdin.write_all(b"stop\n");
-        }
-        let _ = self.guard.wait();
+        super::stop_guarded(&mut self.guard);
     }
 }

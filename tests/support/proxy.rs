@@ -5,9 +5,8 @@
 //! Like the Prometheus server, it runs under a shell that waits on a pipe from this process, so
 //! it stops when the value is dropped or the test process ends.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 pub struct VpcProxy {
@@ -34,10 +33,8 @@ impl VpcProxy {
             .local_addr()
             .unwrap()
             .port();
-        let script = format!(
-            r#"set -e
-dir=$(mktemp -d /tmp/engine-test-proxy-XXXXXX)
-cat >"$dir/tinyproxy.conf" <<'CONF'
+        let start = format!(
+            r#"cat >"$dir/tinyproxy.conf" <<'CONF'
 Port {port}
 Listen 127.0.0.1
 Bind {INSIDE}
@@ -47,20 +44,9 @@ Allow 127.0.0.1
 DisableViaHeader Yes
 LogLevel Warning
 CONF
-tinyproxy -d -c "$dir/tinyproxy.conf" >"$dir/proxy.log" 2>&1 &
-pid=$!
-read _ || true
-kill $pid 2>/dev/null || true
-wait $pid 2>/dev/null || true
-rm -rf "$dir"
-"#
+tinyproxy -d -c "$dir/tinyproxy.conf" >"$dir/proxy.log" 2>&1 &"#
         );
-        let guard = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the test proxy");
+        let guard = super::guarded_server("proxy", &start);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -83,9 +69,6 @@ rm -rf "$dir"
 
 impl Drop for VpcProxy {
     fn drop(&mut self) {
-        if let Some(stdin) = self.guard.stdin.as_mut() {
-            let _ = stdin.write_all(b"stop\n");
-        }
-        let _ = self.guard.wait();
+        super::stop_guarded(&mut self.guard);
     }
 }
