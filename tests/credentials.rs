@@ -576,6 +576,9 @@ async fn a_refused_federation_step_says_which_and_why() {
         "{error}"
     );
     // An executable source runs only when the user allows executables, as Google's libraries do.
+    if std::env::var_os("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES").is_some() {
+        return; // allowed in this environment: nothing to refuse
+    }
     let script = dir.path().join("token.sh");
     std::fs::write(
         &script,
@@ -599,6 +602,57 @@ async fn a_refused_federation_step_says_which_and_why() {
     assert!(
         error.contains("runs only when GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1 is set"),
         "{error}"
+    );
+    federation.server.unblock();
+}
+
+/// An executable credential source, allowed: the test runs itself again as a child process
+/// with `GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1` (setting it here would race the other
+/// tests' threads), and the child exchanges the token the executable prints.
+#[tokio::test]
+async fn an_allowed_credential_executable_gives_the_subject_token() {
+    if std::env::var_os("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES").is_none() {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "an_allowed_credential_executable_gives_the_subject_token",
+                "--nocapture",
+            ])
+            .env("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES", "1")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains("1 passed"), "{said}");
+        return;
+    }
+    let federation = Federation::start();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("token.sh");
+    // Google's protocol: the audience comes in the environment, the answer is JSON on stdout.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE\" = '{POOL}' ] || exit 3\necho '{{\"version\":1,\"success\":true,\"token_type\":\"urn:ietf:params:oauth:token-type:jwt\",\"id_token\":\"{CI_OIDC_TOKEN}\"}}'\n"
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).unwrap();
+    let file = federation.file(
+        dir.path(),
+        json!({ "executable": { "command": script.display().to_string(), "timeout_millis": 5000 } }),
+        DEPLOYER,
+    );
+    let tokens = GoogleTokens::new(Credential::from_file(&file).unwrap(), TokenKind::Access);
+    assert_eq!(
+        tokens.unwrap().token("").await.unwrap(),
+        "ya29.impersonated"
     );
     federation.server.unblock();
 }
