@@ -1255,7 +1255,7 @@ fn sigterm_stops_a_canary_at_its_checkpoint_releases_the_lock_and_the_next_run_r
     assert_exit(&project.run(&[]), 0);
     project.edit(
         "image = \"api:1\"",
-        "image = \"api:2\"\nstrategy = \"canary\"\nstrategy_config = { steps = [50], pause = \"6s\" }",
+        "image = \"api:2\"\nstrategy = \"canary\"\nstrategy_config = { steps = [50], pause = \"6s\", retire_previous = true }",
     );
     let child = spawn_run(&project, &["--output", "json"]);
     wait_until("the canary's pause", || {
