@@ -10,6 +10,9 @@
 use super::bindings::types::{Endpoint, EndpointKind};
 use crate::port::{CheckReport, PortError, Verdict};
 
+/// How many places one check runs in at the same time.
+pub const MAX_PLACES_AT_ONCE: usize = 8;
+
 /// The endpoints one run of a check gets, and the place's name for people (the revision's URL
 /// without its scheme) when there are several places.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,7 +80,7 @@ pub fn combine(
             Err(e) => {
                 return Err(PortError {
                     kind: e.kind,
-                    message: format!("{label}: {}", e.message),
+                    message: super::untrusted::text(&format!("{label}: {}", e.message)),
                 });
             }
             Ok(report) => {
@@ -86,9 +89,10 @@ pub fn combine(
             }
         }
     }
+    // Each message is bounded, their sum is too: it is printed and stored like one.
     Ok(CheckReport {
         verdict: worst,
-        message: messages.join("; "),
+        message: super::untrusted::text(&messages.join("; ")),
     })
 }
 
@@ -171,5 +175,26 @@ mod tests {
             ),
         ]);
         assert_eq!(failed.unwrap_err().message, "uc: timed out");
+
+        // However many places a provider lists, the combined message stays one message long.
+        let long = "x".repeat(super::super::untrusted::MAX_TEXT);
+        let many = (0..3)
+            .map(|i| (Some(format!("place-{i}")), report(Verdict::Healthy, &long)))
+            .collect();
+        let combined = combine(many).unwrap().message;
+        assert!(
+            combined.len() < 2 * super::super::untrusted::MAX_TEXT,
+            "{}",
+            combined.len()
+        );
+        assert!(combined.ends_with("more bytes)"));
+    }
+
+    #[test]
+    fn a_provider_lists_a_bounded_number_of_endpoints() {
+        use super::super::plugin::check::{MAX_ENDPOINTS, endpoint_count};
+        assert!(endpoint_count(MAX_ENDPOINTS).is_ok());
+        let e = endpoint_count(MAX_ENDPOINTS + 1).unwrap_err();
+        assert!(e.contains("over the limit of 256"), "{e}");
     }
 }

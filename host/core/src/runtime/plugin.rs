@@ -565,6 +565,7 @@ impl Provider<'_> {
             })
             .await?;
         self.check("endpoints", endpoints, |e| {
+            check::endpoint_count(e.len())?;
             e.iter().try_for_each(|e| check::url(&e.url))
         })
     }
@@ -830,7 +831,7 @@ impl Health<'_> {
 }
 
 /// The rules plugin output must follow beyond its WIT types.
-mod check {
+pub(crate) mod check {
     use super::MAX_STRATEGY_STATE;
     use super::strategy_world::exports::engine::plugin::strategy::{Decision, StepResult};
     use super::types;
@@ -840,6 +841,17 @@ mod check {
         serde_json::from_str::<serde_json::Value>(text)
             .map(|_| ())
             .map_err(|e| format!("{what} is not valid JSON ({e})"))
+    }
+
+    /// The most endpoints a provider may list for one service: each revision URL is a place
+    /// every health check runs in ([`crate::runtime::places`]).
+    pub const MAX_ENDPOINTS: usize = 256;
+
+    pub fn endpoint_count(n: usize) -> Result<(), String> {
+        if n > MAX_ENDPOINTS {
+            return Err(format!("{n} endpoints, over the limit of {MAX_ENDPOINTS}"));
+        }
+        Ok(())
     }
 
     pub fn url(text: &str) -> Result<(), String> {

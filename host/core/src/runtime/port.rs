@@ -144,12 +144,15 @@ impl Platform for PluginPlatform<'_> {
                 .collect();
         let mut runs = Vec::new();
         for check in crate::config::Check::selected(self.checks, checks) {
-            // Every place at once: each run has the check's whole time budget.
-            let results =
-                futures::future::join_all(places.iter().map(|(label, target)| async {
+            // Several places at once (each run has the check's whole time budget), a bounded
+            // number at a time, since the provider decides how many places there are.
+            let mut results = Vec::with_capacity(places.len());
+            for batch in places.chunks(super::places::MAX_PLACES_AT_ONCE) {
+                let runs = batch.iter().map(|(label, target)| async {
                     (label.clone(), self.check(check, target).await)
-                }))
-                .await;
+                });
+                results.extend(futures::future::join_all(runs).await);
+            }
             let run = CheckRun {
                 check: check.name.clone(),
                 result: super::places::combine(results),
