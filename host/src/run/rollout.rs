@@ -151,7 +151,8 @@ impl Executor<'_> {
             .await
             .map_err(RolloutError::Failed)?;
         cp.new_service = current.is_none();
-        cp.release = Some(service.release_digest());
+        let release = service.release_digest();
+        cp.release = Some(release.clone());
         let history = self.history(name).await?;
         if let Some(current) = &current {
             cp.previous_split = split_pairs(&current.traffic);
@@ -164,7 +165,7 @@ impl Executor<'_> {
             return Ok(finish(cp, Finished::Unchanged));
         }
         if !self.options.retry_rejected
-            && let Some(rejection) = rejected::rejection(&history, &service.release_digest())
+            && let Some(rejection) = rejected::rejection(&history, &release)
         {
             return Ok(finish(cp, Finished::Failed(rejection.to_string())));
         }

@@ -38,7 +38,6 @@ impl Pipeline {
         table.key(key).map(|k| k.span.clone())
     }
 
-    /// Where a plugin is declared, or first used when it is a built-in nobody declared.
     /// Where secret `secret` of plugin `plugin` is granted, or where the plugin is.
     pub fn secret_span(&self, plugin: &str, secret: &str) -> Range<usize> {
         let at = (plugin.to_string(), secret.to_string());
@@ -48,6 +47,7 @@ impl Pipeline {
         }
     }
 
+    /// Where a plugin is declared, or first used when it is a built-in nobody declared.
     pub fn plugin_span(&self, plugin: &str) -> Range<usize> {
         self.origin
             .plugin_keys

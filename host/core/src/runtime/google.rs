@@ -14,7 +14,7 @@
 //! `google-github-actions/auth` or `gcloud iam workload-identity-pools create-cred-config`
 //! write it): the CI's own OIDC token (from a file, a URL or an executable, as the file says) is
 //! exchanged at Google's STS for a federated token, which impersonates the service account the
-//! file names for access and identity tokens ([`external`]).
+//! file names for access and identity tokens ([`super::google_external`]).
 //!
 //! (An access token obtained elsewhere needs none of this: grant it as an ordinary secret,
 //! `from = "env:VARIABLE"`.)
@@ -81,16 +81,11 @@ struct KeyFile {
 }
 
 impl Credential {
-    /// Reads a credentials file: a service-account key or gcloud's user credentials.
+    /// Reads a credentials file: a service-account key, gcloud's user credentials, or an
+    /// external account (workload identity federation).
     pub fn from_file(path: &Path) -> Result<Credential, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read Google credentials {}: {e}", path.display()))?;
-        if serde_json::from_str::<serde_json::Value>(&text)
-            .is_ok_and(|v| v["type"] == "external_account")
-        {
-            let account = super::google_external::ExternalAccount::parse(path, &text)?;
-            return Ok(Credential::External(Box::new(account)));
-        }
         let key: KeyFile = serde_json::from_str(&text)
             .map_err(|e| format!("{} is not a Google credentials file: {e}", path.display()))?;
         let need = |v: Option<String>, field: &str| {
@@ -114,6 +109,8 @@ impl Credential {
                 refresh_token: need(key.refresh_token, "refresh_token")?,
                 token_uri: key.token_uri.unwrap_or_else(|| DEFAULT_TOKEN_URI.into()),
             }),
+            "external_account" => super::google_external::ExternalAccount::parse(path, &text)
+                .map(|account| Credential::External(Box::new(account))),
             other => Err(format!(
                 "{}: credentials of type {other:?} are not supported; use a service-account key, an external account (workload identity federation) or `gcloud auth application-default login`",
                 path.display()
@@ -251,7 +248,8 @@ impl GoogleTokens {
                 header.kid = (!key_id.is_empty()).then(|| key_id.clone());
                 let assertion = jsonwebtoken::encode(&header, &claims, private_key)
                     .map_err(|e| format!("cannot sign the token request for {email}: {e}"))?;
-                self.exchange(
+                exchange(
+                    &self.http,
                     token_uri,
                     &[
                         ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
@@ -266,7 +264,8 @@ impl GoogleTokens {
                 refresh_token,
                 token_uri,
             } => {
-                self.exchange(
+                exchange(
+                    &self.http,
                     token_uri,
                     &[
                         ("grant_type", "refresh_token"),
@@ -329,14 +328,6 @@ impl GoogleTokens {
             .or_else(|| jwt_expiry(&token).map(|exp| exp.saturating_sub(unix_now())))
             .unwrap_or(3600);
         Ok((token, Duration::from_secs(lifetime)))
-    }
-
-    async fn exchange(
-        &self,
-        token_uri: &str,
-        form: &[(&str, &str)],
-    ) -> Result<TokenAnswer, String> {
-        exchange(&self.http, token_uri, form).await
     }
 }
 

@@ -219,24 +219,18 @@ pub fn template_of(revision: &Value) -> Value {
 
 /// A probe as the API writes it.
 fn probe_body(probe: &Probe) -> Value {
-    let mut body = Map::new();
-    let port = probe.port.map(|p| json!(p));
-    if let Some(path) = &probe.path {
-        let mut get = json!({ "path": path });
-        if let Some(port) = &port {
-            get["port"] = port.clone();
-        }
-        body.insert("httpGet".into(), get);
+    let (kind, mut action) = if let Some(path) = &probe.path {
+        ("httpGet", json!({ "path": path }))
     } else if let Some(service) = &probe.grpc_service {
-        let mut grpc = json!({ "service": service });
-        if let Some(port) = &port {
-            grpc["port"] = port.clone();
-        }
-        body.insert("grpc".into(), grpc);
+        ("grpc", json!({ "service": service }))
     } else {
-        let tcp = port.map_or(json!({}), |p| json!({ "port": p }));
-        body.insert("tcpSocket".into(), tcp);
+        ("tcpSocket", json!({}))
+    };
+    if let Some(port) = probe.port {
+        action["port"] = json!(port);
     }
+    let mut body = Map::new();
+    body.insert(kind.into(), action);
     for (key, value) in [
         ("initialDelaySeconds", probe.initial_delay_seconds),
         ("periodSeconds", probe.period_seconds),
