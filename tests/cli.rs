@@ -62,7 +62,7 @@ fn plugins_list_shows_every_built_in_plugin_with_its_hash() {
     for (row, builtin) in rows.iter().zip(builtins) {
         assert_eq!(row["name"], builtin.name);
         assert_eq!(row["kind"], builtin.kind);
-        assert_eq!(row["wit"], "0.1.0");
+        assert_eq!(row["wit"], "0.1.1");
         assert_eq!(row["source"], "built-in");
         assert_eq!(
             row["sha256"],
@@ -97,7 +97,7 @@ fn inspect_shows_exports_capabilities_and_schema() {
     let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["kind"], "provider");
     assert_eq!(
-        v["exports"]["engine:plugin/provider@0.1.0"],
+        v["exports"]["engine:plugin/provider@0.1.1"],
         serde_json::json!([
             "info",
             "validate",
@@ -139,7 +139,7 @@ fn inspecting_a_plugin_of_another_wit_version_fails_readably() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out).trim(),
-        "error: plugin 'testing-future-wit' was built against WIT engine:plugin@0.2.0, but this engine implements engine:plugin@0.1.0; upgrade the engine, or rebuild the plugin against the engine's WIT version"
+        "error: plugin 'testing-future-wit' was built against WIT engine:plugin@0.2.0, but this engine implements engine:plugin@0.1.1; upgrade the engine, or rebuild the plugin against the engine's WIT version"
     );
     assert!(!stderr(&out).contains("matching implementation"));
 }
@@ -614,4 +614,36 @@ fn a_closed_stdout_ends_the_engine_quietly() {
             out.status
         );
     }
+}
+
+/// WIT 0.1.1 only added to 0.1.0: a provider built against the released 0.1.0 (exporting
+/// `provider@0.1.0`, importing the 0.1.0 host interfaces) loads and plans on this engine.
+#[test]
+fn a_provider_built_against_wit_0_1_0_still_loads_and_plans() {
+    let path = support::testing_plugin("testing-wit-0-1-0");
+    let text = stdout(&engine(&["plugins", "inspect", path.to_str().unwrap()]));
+    assert!(text.contains("WIT:          engine:plugin@0.1.0"), "{text}");
+    assert!(
+        text.contains("exports:      engine:plugin/provider@0.1.0: info, validate, read"),
+        "{text}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sha = engine::runtime::cache::sha256_hex(&std::fs::read(&path).unwrap());
+    let pipeline = format!(
+        "name = \"compat\"\n[plugins.old]\nsource = \"{}\"\nsha256 = \"{sha}\"\n\n[services.api]\nprovider = \"old\"\nimage = \"example/api:1\"\n",
+        path.display()
+    );
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["plan", "pipeline.toml"])
+        .env("ENGINE_CACHE_DIR", support::cache_dir())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("api: create (a 0.1.0 plugin would create api)"),
+        "{}",
+        stdout(&out)
+    );
 }

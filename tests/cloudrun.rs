@@ -311,11 +311,15 @@ fn example(fake: &Fake, dir: &Path, name: &str, extra: &[(&str, &str)]) {
     let api = format!(r#"allow_http = ["{url}"]"#);
     let provider =
         format!("[defaults.provider_config]\nendpoint = \"{url}\"\npoll_interval_ms = 10");
+    // The API grant, with Cloud Scheduler's host where the example has scheduler jobs.
+    let with_scheduler =
+        r#"allow_http = ["https://run.googleapis.com", "https://cloudscheduler.googleapis.com"]"#;
+    let api_grant = match text.contains(with_scheduler) {
+        true => with_scheduler,
+        false => r#"allow_http = ["https://run.googleapis.com"]"#,
+    };
     let mut replacements: Vec<(&str, &str)> = vec![
-        (
-            r#"allow_http = ["https://run.googleapis.com"]"#,
-            api.as_str(),
-        ),
+        (api_grant, api.as_str()),
         (r#"google = { from = "google" }"#, token.as_str()),
         (r#"allow_http = ["https://*.run.app"]"#, api.as_str()),
     ];
@@ -808,6 +812,161 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
         split_at(&fake, name),
         [("convergence-api-prod-r1".to_string(), 100)]
     );
+    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
+}
+
+/// The data pipeline's scheduler jobs in staging: created after the API with its URL, left alone
+/// when unchanged, updated field by field when the pipeline changes, shown by `plan`, and
+/// deleted by `destroy`, which leaves a job the engine did not create in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_pipelines_scheduler_jobs_follow_the_pipeline_and_destroy_removes_only_its_own() {
+    let fake = Fake::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    example(&fake, dir.path(), "cloudrun-data-pipeline", &[]);
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/cloudrun-data-pipeline/bootstrap.sh"),
+        dir.path().join("bootstrap.sh"),
+    )
+    .unwrap();
+    let file = dir.path().join("pipeline.toml");
+    let staging = ["--env", "staging"];
+    let with = |args: &[&'static str]| [args, &staging[..]].concat();
+    let jobs = "projects/gac-stage-471220/locations/us-central1/jobs";
+    let reset = format!("{jobs}/reset-daily-quotas");
+    let cleanup = format!("{jobs}/cleanup-orphaned-pipelines");
+
+    // The plan before anything exists: the jobs will be created, with a stand-in for the URL.
+    let out = run(dir.path(), &with(&["plan", "pipeline.toml"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = text(&out);
+    assert!(
+        plan.contains("resource reset-daily-quotas (scheduler-job): create"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(
+            "convergence-api.known-after-deploy.invalid/api/v1/scheduler/reset-daily-quotas"
+        ),
+        "{plan}"
+    );
+
+    let out = run(dir.path(), &with(&["run", "pipeline.toml"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let url = service_at(
+        &fake,
+        "projects/gac-stage-471220/locations/us-central1/services/convergence-api-staging",
+    )["uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let created = fake.jobs();
+    let job = &created[&reset];
+    assert_eq!(job["schedule"], "0 0 * * *");
+    assert_eq!(
+        job["httpTarget"]["uri"],
+        format!("{url}/api/v1/scheduler/reset-daily-quotas")
+    );
+    assert_eq!(job["attemptDeadline"], "180s");
+    assert_eq!(job["retryConfig"]["retryCount"], 3);
+    assert_eq!(job["retryConfig"]["minBackoffDuration"], "30s");
+    assert_eq!(
+        job["httpTarget"]["oidcToken"]["serviceAccountEmail"],
+        "convergence-scheduler-staging@gac-stage-471220.iam.gserviceaccount.com"
+    );
+    assert_eq!(created[&cleanup]["schedule"], "*/30 * * * *");
+
+    // Again: nothing changes (Google's defaults are not drift), and no job is written.
+    let writes = |fake: &Fake| {
+        fake.requests()
+            .iter()
+            .filter(|r| r.contains("/jobs") && !r.starts_with("GET"))
+            .count()
+    };
+    let before = writes(&fake);
+    let out = run(
+        dir.path(),
+        &with(&["run", "pipeline.toml", "--output", "json"]),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(r#""resource":"scheduler-job""#),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(writes(&fake), before, "{:#?}", fake.requests());
+
+    // The guide's update (section 5.5): the cleanup every 15 minutes.
+    edit(
+        &file,
+        r#"schedule = "*/30 * * * *""#,
+        r#"schedule = "*/15 * * * *""#,
+    );
+    let out = run(dir.path(), &with(&["plan", "pipeline.toml"])).await;
+    let plan = text(&out);
+    assert!(
+        plan.contains("resource cleanup-orphaned-pipelines (scheduler-job): update"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("schedule: */30 * * * * → */15 * * * *"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("resource reset-daily-quotas (scheduler-job): no-change"),
+        "{plan}"
+    );
+    let out = run(dir.path(), &with(&["run", "pipeline.toml"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(fake.jobs()[&cleanup]["schedule"], "*/15 * * * *");
+
+    // A job made by hand before the engine first applied it is not the engine's to delete.
+    let hand = format!("{jobs}/made-by-hand");
+    edit(
+        &file,
+        "[resources.cleanup-orphaned-pipelines]",
+        "[resources.made-by-hand]\nprovider = \"cloudrun\"\nkind = \"scheduler-job\"\nenvironments = [\"staging\"]\nspec = { schedule = \"0 1 * * *\", uri = \"${services.convergence-api.url}/x\" }\n\n[resources.cleanup-orphaned-pipelines]",
+    );
+    let created_by_hand = reqwest::Client::new()
+        .post(format!("{}/v1/{jobs}", fake.url))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({ "name": hand, "schedule": "0 1 * * *", "httpTarget": { "uri": format!("{url}/x") } }))
+        .send()
+        .await
+        .unwrap();
+    assert!(created_by_hand.status().is_success());
+    let out = run(dir.path(), &with(&["run", "pipeline.toml"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = run(dir.path(), &with(&["destroy", "pipeline.toml"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("destroyed resource reset-daily-quotas"),
+        "{said}"
+    );
+    assert!(
+        said.contains("left resource made-by-hand in place"),
+        "{said}"
+    );
+    let left: Vec<String> = fake.jobs().into_keys().collect();
+    assert_eq!(
+        left,
+        [hand],
+        "only the job the engine did not create is left"
+    );
+    // The jobs went before the service they call.
+    let order: Vec<&str> = said.lines().collect();
+    let job_at = order
+        .iter()
+        .position(|l| l.contains("reset-daily-quotas"))
+        .unwrap();
+    let service_at_line = order
+        .iter()
+        .position(|l| l.contains("destroyed convergence-api"))
+        .unwrap();
+    assert!(job_at < service_at_line, "{said}");
     assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
 }
 

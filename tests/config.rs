@@ -662,3 +662,184 @@ fn an_environment_can_move_a_service_to_another_provider_with_its_own_grants() {
     );
     assert!(production.plugins.contains_key("metrics"));
 }
+
+const WITH_RESOURCES: &str = r#"
+name = "shop"
+
+[defaults]
+provider = "local"
+provider_config = { port = 9000 }
+
+[services.api]
+image = "api:1"
+
+[services.web]
+image = "web:1"
+env = { API = "${services.api.url}", JOB = "${resources.nightly.outputs.name}" }
+
+[resources.nightly]
+provider = "local"
+kind = "job"
+environments = ["production"]
+spec = { uri = "${services.api.url}/nightly" }
+
+[environments.production.resources.nightly]
+spec = { uri = "${services.api.url}/nightly", schedule = "0 0 * * *" }
+"#;
+
+fn resource_problems(from: &str, to: &str, env: Option<&str>) -> String {
+    assert!(WITH_RESOURCES.contains(from), "{from}");
+    match parse(&WITH_RESOURCES.replacen(from, to, 1), env) {
+        Ok(_) => panic!("{to} was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn resources_join_the_graph_through_their_references_and_exist_in_their_environments() {
+    let production = parse(WITH_RESOURCES, Some("production")).unwrap();
+    let nightly = production.resource("nightly").unwrap();
+    assert_eq!(nightly.depends_on, ["api"]);
+    assert_eq!(
+        nightly.spec["schedule"], "0 0 * * *",
+        "the environment's override"
+    );
+    assert_eq!(
+        nightly.provider_config["port"], 9000,
+        "[defaults]' config, same provider"
+    );
+    let web = production.service("web").unwrap();
+    assert_eq!(web.depends_on, ["api", "nightly"]);
+    assert_eq!(
+        web.env["API"], "${services.api.url}",
+        "filled in at run time"
+    );
+    assert_eq!(production.unit_waves().len(), 3);
+
+    // Elsewhere the resource does not exist, so nothing may refer to it.
+    let out = parse(WITH_RESOURCES, None).unwrap_err().to_string();
+    assert!(
+        out.contains("${resources.nightly.outputs.name} names no resource of the pipeline"),
+        "{out}"
+    );
+}
+
+#[test]
+fn wrong_references_are_reported_where_they_are_written() {
+    let env = Some("production");
+    let out = resource_problems(
+        "${services.api.url}\", JOB",
+        "${services.apu.url}\", JOB",
+        env,
+    );
+    assert!(
+        out.contains("error: ${services.apu.url} names no service of the pipeline"),
+        "{out}"
+    );
+    assert!(out.contains("did you mean `api`?"), "{out}");
+    assert!(
+        out.contains("--> pipeline.toml:13:15"),
+        "at the env line: {out}"
+    );
+
+    let out = resource_problems(
+        "${services.api.url}\", JOB",
+        "${services.api.uri}\", JOB",
+        env,
+    );
+    assert!(
+        out.contains("a service's reference is `${services.api.url}`"),
+        "{out}"
+    );
+
+    let out = resource_problems(
+        "image = \"web:1\"",
+        "image = \"${services.api.url}/web:1\"",
+        env,
+    );
+    assert!(out.contains("in `image` is never filled in"), "{out}");
+
+    // A cycle through a resource: api waits on the job, which calls api.
+    let out = resource_problems(
+        "image = \"api:1\"",
+        "image = \"api:1\"\ndepends_on = [\"nightly\"]",
+        env,
+    );
+    assert!(
+        out.contains("services and resources depend on each other in a cycle: api → nightly → api"),
+        "{out}"
+    );
+
+    let out = resource_problems("[resources.nightly]", "[resources.api]", env);
+    assert!(out.contains("has the name of a service"), "{out}");
+
+    let out = resource_problems("kind = \"job\"\n", "", env);
+    assert!(out.contains("resource `nightly` has no `kind`"), "{out}");
+
+    let out = resource_problems(
+        "[environments.production.resources.nightly]",
+        "[environments.production.resources.nigthly]",
+        env,
+    );
+    assert!(
+        out.contains(
+            "the environment overrides resource `nigthly`, which the pipeline does not define"
+        ),
+        "{out}"
+    );
+}
+
+/// What only the provider knows is checked when it loads: that it manages resources, has the
+/// kind, and the spec passes the kind's schema (a reference standing in as a URL).
+#[test]
+fn a_resources_kind_and_spec_are_checked_against_its_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.toml");
+    let pipeline = r#"
+name = "shop"
+
+[plugins.cloudrun]
+allow_http = ["https://run.googleapis.com"]
+
+[services.api]
+provider = "cloudrun"
+image = "api:1"
+provider_config = { project = "shop", region = "europe-west1" }
+
+[resources.nightly]
+provider = "cloudrun"
+kind = "scheduler-jobs"
+provider_config = { project = "shop", region = "europe-west1" }
+spec = { schedule = "0 0 * * *", uri = "${services.api.url}/nightly" }
+
+[resources.hourly]
+provider = "cloudrun"
+kind = "scheduler-job"
+provider_config = { project = "shop", region = "europe-west1" }
+spec = { schedule = "0 * * * *", uri = "${services.api.url}/hourly", retry = { count = 9 } }
+
+[resources.local]
+provider = "local"
+kind = "job"
+"#;
+    std::fs::write(&file, pipeline).unwrap();
+    let (code, _, stderr) = validate(&file);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("resource `nightly`: provider `cloudrun` has no kind `scheduler-jobs`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("did you mean `scheduler-job`?"), "{stderr}");
+    assert!(
+        stderr.contains("`spec` of resource `hourly`: 9 is greater than the maximum of 5"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the provider of resource `local` is `local`, which manages no resources"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("^https?://"),
+        "the reference stands in as a URL: {stderr}"
+    );
+}

@@ -695,7 +695,7 @@ async fn a_plugin_built_against_another_wit_version_gets_a_readable_error() {
     assert!(matches!(err, LoadError::IncompatibleWit { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
-        "plugin 'future' was built against WIT engine:plugin@0.2.0, but this engine implements engine:plugin@0.1.0; upgrade the engine, or rebuild the plugin against the engine's WIT version"
+        "plugin 'future' was built against WIT engine:plugin@0.2.0, but this engine implements engine:plugin@0.1.1; upgrade the engine, or rebuild the plugin against the engine's WIT version"
     );
 }
 

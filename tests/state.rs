@@ -52,6 +52,7 @@ on_both_backends!(
     history_is_newest_first_per_service,
     runs_opening_a_new_state_at_once_all_succeed,
     a_checkpoint_and_its_history_row_are_written_together_or_not_at_all,
+    a_resource_record_keeps_who_created_it,
 );
 
 async fn a_second_holder_finds_the_lock_busy_and_is_told_who_holds_it(at: Location) {
@@ -478,7 +479,8 @@ async fn a_state_from_before_schema_2_is_migrated_and_its_lock_and_history_still
         let conn = rusqlite::Connection::open(path).unwrap();
         conn.execute_batch(
             "ALTER TABLE locks DROP COLUMN process_start;
-             ALTER TABLE revisions DROP COLUMN release_digest; PRAGMA user_version = 1;
+             ALTER TABLE revisions DROP COLUMN release_digest; DROP TABLE resources;
+             PRAGMA user_version = 1;
              INSERT INTO locks (pipeline, environment, holder, host, pid, acquired_ms)
              VALUES ('shop', 'prod', 'old engine', 'elsewhere', 7, 0);
              INSERT INTO revisions (pipeline, environment, service, revision, run_id, recorded_ms, traffic, outcome, detail)
@@ -501,7 +503,7 @@ async fn a_state_from_before_schema_2_is_migrated_and_its_lock_and_history_still
             .unwrap()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
     })
     .await;
 }
@@ -602,7 +604,7 @@ async fn a_postgres_state_of_schema_2_is_migrated_and_its_history_kept() {
         // Back to schema 2, as the engine before this one left it, with a history row.
         client
             .batch_execute(
-                "ALTER TABLE revisions DROP COLUMN release_digest;
+                "ALTER TABLE revisions DROP COLUMN release_digest; DROP TABLE resources;
                  UPDATE engine_schema SET version = 2;
                  INSERT INTO revisions (pipeline, environment, service, revision, run_id, recorded_ms, traffic, outcome, detail)
                  VALUES ('shop', 'prod', 'api', 'api-r1', NULL, 0, 100, 'promoted', NULL);",
@@ -620,7 +622,7 @@ async fn a_postgres_state_of_schema_2_is_migrated_and_its_history_kept() {
             .await
             .unwrap()
             .get(0);
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
     })
     .await;
 }
@@ -634,4 +636,53 @@ async fn a_postgres_server_that_is_not_there_gives_a_clear_error() {
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+/// A resource's record keeps whether the engine created it from its first write: an object
+/// found existing stays someone else's whatever later runs record.
+async fn a_resource_record_keeps_who_created_it(at: Location) {
+    use engine::state::ResourceRecord;
+    {
+        let store = Store::connect(&at).await.unwrap();
+        let mut record = ResourceRecord {
+            name: "nightly".into(),
+            provider: "cloudrun".into(),
+            kind: "scheduler-job".into(),
+            platform_id: "projects/p/locations/l/jobs/nightly".into(),
+            spec: r#"{"schedule":"0 0 * * *"}"#.into(),
+            config: "{}".into(),
+            outputs: [(
+                "name".to_string(),
+                "projects/p/locations/l/jobs/nightly".to_string(),
+            )]
+            .into(),
+            created: false,
+            digest: "sha256:1".into(),
+            run_id: None,
+            updated_ms: 0,
+        };
+        store
+            .record_resource("shop", "prod", &record)
+            .await
+            .unwrap();
+        record.created = true;
+        record.spec = r#"{"schedule":"0 1 * * *"}"#.into();
+        store
+            .record_resource("shop", "prod", &record)
+            .await
+            .unwrap();
+        let found = store
+            .resource("shop", "prod", "nightly")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!found.created, "the first record decides");
+        assert_eq!(found.spec, r#"{"schedule":"0 1 * * *"}"#);
+        assert_eq!(found.outputs["name"], "projects/p/locations/l/jobs/nightly");
+        store
+            .forget_resource("shop", "prod", "nightly")
+            .await
+            .unwrap();
+        assert!(store.resources("shop", "prod").await.unwrap().is_empty());
+    }
 }

@@ -1,7 +1,7 @@
 //! The Rust SDK for engine plugins.
 //!
 //! A plugin is a WebAssembly component that implements one of three worlds of the WIT package
-//! `engine:plugin@0.1.0`: a **provider** (a platform such as Cloud Run), a **strategy** (how a
+//! `engine:plugin@0.1.1`: a **provider** (a platform such as Cloud Run), a **strategy** (how a
 //! new revision replaces the old one) or a **health** check. With this crate a plugin author
 //! implements one trait and calls one export macro:
 //!
@@ -70,6 +70,17 @@ pub use error::ErrorExt;
 
 /// The trait a provider plugin implements: one function per export of the `provider` interface.
 pub use bindings::provider::exports::engine::plugin::provider::Guest as Provider;
+
+/// The trait a provider that manages resources (WIT 0.1.1) implements besides [`Provider`]
+/// (`Resources` is the CPU and memory of a service spec).
+pub use bindings::resource_provider::exports::engine::plugin::resources::Guest as ResourceProvider;
+
+/// The types of the `resources` interface: kinds, specs and statuses.
+pub mod resources {
+    pub use crate::bindings::resource_provider::exports::engine::plugin::resources::{
+        ResourceKind, ResourceSpec, ResourceStatus,
+    };
+}
 
 /// The trait a strategy plugin implements.
 pub use bindings::strategy::exports::engine::plugin::strategy::Guest as Strategy;
@@ -212,13 +223,23 @@ pub fn config_diagnostics<T>(parsed: Result<T, Error>, hint: Option<&str>) -> Ve
 }
 
 /// The version of the WIT package this SDK implements.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.1.1";
 
 /// Exports a type implementing [`Provider`] as the plugin's `provider` interface.
 #[macro_export]
 macro_rules! export_provider {
     ($plugin:ident) => {
         $crate::bindings::provider::__export_provider_world!($plugin with_types_in $crate::bindings::provider);
+    };
+}
+
+/// Exports a type implementing [`Provider`] and [`ResourceProvider`] as the plugin's `provider` and
+/// `resources` interfaces (the `resource-provider-plugin` world of WIT 0.1.1).
+#[macro_export]
+macro_rules! export_resource_provider {
+    ($plugin:ident) => {
+        $crate::bindings::provider::__export_provider_world!($plugin with_types_in $crate::bindings::provider);
+        $crate::bindings::resource_provider::__export_resource_provider_world!($plugin with_types_in $crate::bindings::resource_provider);
     };
 }
 

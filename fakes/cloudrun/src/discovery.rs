@@ -21,6 +21,12 @@ const MEMBER_DIR: &str = "googleapiclient/discovery_cache/documents";
 
 /// Downloads the wheel into `cache` unless it is there, and returns the two documents (v2, v1).
 pub fn fetch(cache: &Path) -> anyhow::Result<(Value, Value)> {
+    Ok((read(cache, "run.v2.json")?, read(cache, "run.v1.json")?))
+}
+
+/// One document of the wheel, such as `cloudscheduler.v1.json` (downloading the wheel first
+/// unless it is in `cache`).
+pub fn read(cache: &Path, document: &str) -> anyhow::Result<Value> {
     std::fs::create_dir_all(cache)?;
     let wheel = cache.join(WHEEL_FILE);
     if !wheel.exists() {
@@ -59,7 +65,7 @@ pub fn fetch(cache: &Path) -> anyhow::Result<(Value, Value)> {
         let entry = archive.by_name(&format!("{MEMBER_DIR}/{name}"))?;
         Ok(serde_json::from_reader(entry)?)
     };
-    Ok((read("run.v2.json")?, read("run.v1.json")?))
+    read(document)
 }
 
 /// Where test binaries keep the wheel: `target/discovery`.

@@ -18,6 +18,7 @@
 
 pub mod discovery;
 mod model;
+mod scheduler;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -62,6 +63,9 @@ impl IntoResponse for ApiError {
 struct Shared {
     v2: Document,
     v1: Document,
+    /// Cloud Scheduler v1, for `scheduler-job` resources (paths `v1/projects/*/locations/*/jobs…`).
+    scheduler: Document,
+    jobs: Mutex<scheduler::Jobs>,
     model: Mutex<Model>,
     /// `127.0.0.1:PORT`, to recognise gcloud's regional host names (`us-central1-127.0.0.1:PORT`).
     own: String,
@@ -83,13 +87,19 @@ impl Fake {
     /// (downloading them on first use).
     pub async fn start() -> anyhow::Result<Fake> {
         let cache = discovery::default_cache();
-        let (v2, v1) = tokio::task::spawn_blocking(move || discovery::fetch(&cache)).await??;
+        let (v2, v1, scheduler) = tokio::task::spawn_blocking(move || {
+            let (v2, v1) = discovery::fetch(&cache)?;
+            anyhow::Ok((v2, v1, discovery::read(&cache, "cloudscheduler.v1.json")?))
+        })
+        .await??;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let url = format!("http://{addr}");
         let shared = Arc::new(Shared {
             v2: Document::new(&v2),
             v1: Document::new(&v1),
+            scheduler: Document::new(&scheduler),
+            jobs: Mutex::default(),
             model: Mutex::new(Model::new(&url)),
             own: addr.to_string(),
             violations: Mutex::default(),
@@ -118,6 +128,11 @@ impl Fake {
     /// Every API request, as `METHOD path?query`, in order.
     pub fn requests(&self) -> Vec<String> {
         lock(&self.shared.requests).clone()
+    }
+
+    /// Cloud Scheduler's jobs, by full name.
+    pub fn jobs(&self) -> std::collections::BTreeMap<String, Value> {
+        lock(&self.shared.jobs).jobs.clone()
     }
 
     /// The model, for assertions and for setting up a scenario.
@@ -179,8 +194,11 @@ async fn handle(
         lock(&shared.violations).push(format!("{shown}: {problem}"));
     };
 
+    let is_scheduler = is_scheduler_path(&path);
     let document = if path.starts_with("v2/") {
         &shared.v2
+    } else if is_scheduler {
+        &shared.scheduler
     } else {
         &shared.v1
     };
@@ -246,7 +264,9 @@ async fn handle(
         .strip_suffix(&format!("-{}", shared.own))
         .map(String::from);
 
-    let result = {
+    let result = if is_scheduler {
+        lock(&shared.jobs).call(&api_method.id, &params, &query, input)
+    } else {
         let mut model = lock(&shared.model);
         if path.starts_with("v2/") {
             model.call(&api_method.id, &params, &query, input)
@@ -265,4 +285,14 @@ async fn handle(
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// Cloud Scheduler's paths: `v1/projects/P/locations/L/jobs[/ID[:verb]]`.
+fn is_scheduler_path(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    parts.len() >= 6
+        && parts[0] == "v1"
+        && parts[1] == "projects"
+        && parts[3] == "locations"
+        && parts[5] == "jobs"
 }

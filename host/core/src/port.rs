@@ -5,8 +5,9 @@
 //! plugins to them ([`crate::runtime::port`]), which is the one place that knows the WIT types
 //! of a plugin version; tests drive the executor with platforms and strategies of their own.
 
-use crate::config::Service;
+use crate::config::{Resource, Service};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A revision's share of a service's traffic.
@@ -240,6 +241,30 @@ pub trait Platform: Send + Sync {
     ) -> Vec<CheckRun>;
 }
 
+/// A resource as it exists on its platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceState {
+    /// The platform's identifier, for messages and history.
+    pub id: String,
+    /// The provider's own record of what it observed, handed back to its `plan` and `apply`.
+    pub observed: String,
+    /// Values others reference as `${resources.NAME.outputs.KEY}`.
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// One resource on its platform. Every call is idempotent for the same arguments.
+#[async_trait::async_trait]
+pub trait ResourcePlatform: Send + Sync {
+    /// The object as it exists now; `None` when it does not.
+    async fn read(&self) -> Result<Option<ResourceState>, PortError>;
+    /// What applying the spec over `current` would change.
+    async fn plan(&self, current: Option<&ResourceState>) -> Result<Plan, PortError>;
+    /// Creates or updates the object to the spec; returns it as it now is.
+    async fn apply(&self, current: Option<&ResourceState>) -> Result<ResourceState, PortError>;
+    /// Deletes the object; one that does not exist is deleted already.
+    async fn delete(&self) -> Result<(), PortError>;
+}
+
 /// What a strategy is told about the rollout it drives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rollout {
@@ -318,6 +343,16 @@ pub trait Strategy: Send + Sync {
 pub trait Ports: Sync {
     fn platform<'a>(&'a self, service: &'a Service) -> Result<Box<dyn Platform + 'a>, PortError>;
     fn strategy<'a>(&'a self, service: &'a Service) -> Result<Box<dyn Strategy + 'a>, PortError>;
+    /// The platform of a resource, its spec's references filled in.
+    fn resource<'a>(
+        &'a self,
+        resource: &'a Resource,
+    ) -> Result<Box<dyn ResourcePlatform + 'a>, PortError> {
+        Err(PortError::permanent(format!(
+            "resource `{}`: this engine has no platform for resources",
+            resource.name
+        )))
+    }
 }
 
 /// Calls the platform again on the errors that ask for it: rate limited after its

@@ -72,9 +72,11 @@ pub async fn destroy(cli: &super::Cli, args: &DestroyArgs) -> Result<(), Command
     session.close().await;
     let mut failed = Vec::new();
     for (service, result) in &results {
+        use crate::run::admin::Destroyed;
         match result {
-            Ok(()) if args.dry_run => println!("would destroy {service}"),
-            Ok(()) => println!("destroyed {service}"),
+            Ok(Destroyed::Removed) if args.dry_run => println!("would destroy {service}"),
+            Ok(Destroyed::Removed) => println!("destroyed {service}"),
+            Ok(Destroyed::LeftInPlace(why)) => println!("left {service} in place: {why}"),
             Err(e) => {
                 println!("{service}: {e}");
                 failed.push(service.as_str());

@@ -34,7 +34,7 @@ pub mod exit {
 /// from and the wasmtime under it.
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    " (plugin WIT engine:plugin@0.1.0, commit ",
+    " (plugin WIT engine:plugin@0.1.1, commit ",
     env!("ENGINE_COMMIT"),
     ", wasmtime ",
     env!("ENGINE_WASMTIME_VERSION"),

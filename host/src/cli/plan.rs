@@ -125,12 +125,16 @@ fn plan_text(
 ) -> String {
     let mut text = String::new();
     for p in plans {
+        // A resource is named with its kind: `resource reset-quotas (scheduler-job)`.
+        let name = match &p.resource {
+            Some(kind) => format!("resource {} ({kind})", p.service),
+            None => p.service.clone(),
+        };
         match (&p.action, &p.error) {
-            (_, Some(e)) => text.push_str(&format!("{}: cannot plan: {e}\n", p.service)),
+            (_, Some(e)) => text.push_str(&format!("{name}: cannot plan: {e}\n")),
             (Some(action), None) => {
                 text.push_str(&format!(
-                    "{}: {action}{}\n",
-                    p.service,
+                    "{name}: {action}{}\n",
                     if p.summary.is_empty() {
                         String::new()
                     } else {

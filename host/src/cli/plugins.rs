@@ -145,6 +145,19 @@ async fn inspect(runtime: &Runtime, argument: &str, format: Format) -> Result<()
             value["capabilities"] = capabilities_json(info);
             value["features"] = json!(info.features.iter().map(|f| f.name()).collect::<Vec<_>>());
             value["config_schema"] = schema;
+            value["resource_kinds"] = info
+                .resource_kinds
+                .iter()
+                .map(|k| {
+                    json!({
+                        "name": k.name,
+                        "description": k.description,
+                        "outputs": k.outputs,
+                        "spec_schema": serde_json::from_str::<Value>(&k.spec_schema).unwrap_or(Value::Null),
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into();
             super::output::print_json(&value);
         }
         Format::Text => print!("{}", inspect_text(&plugin, &source, &schema)),
@@ -202,6 +215,18 @@ fn inspect_text(plugin: &LoadedPlugin, source: &PluginSource, schema: &Value) ->
     out.push_str("config schema:\n");
     for l in serde_json::to_string_pretty(schema).expect("JSON").lines() {
         out.push_str(&format!("  {l}\n"));
+    }
+    for kind in &info.resource_kinds {
+        out.push_str(&format!(
+            "resource kind {}: {}\n  outputs: {}\n  spec schema:\n",
+            kind.name,
+            kind.description,
+            list(&kind.outputs)
+        ));
+        let spec: Value = serde_json::from_str(&kind.spec_schema).unwrap_or(Value::Null);
+        for l in serde_json::to_string_pretty(&spec).expect("JSON").lines() {
+            out.push_str(&format!("    {l}\n"));
+        }
     }
     if let PluginSource::Unpinned(path) = source {
         out.push_str(&format!(

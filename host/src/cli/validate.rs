@@ -104,18 +104,22 @@ async fn validate(cli: &super::Cli, args: &ValidateArgs) -> Result<Found, Comman
 }
 
 fn summary(file: &str, pipeline: &Pipeline) -> String {
-    let waves = pipeline.waves();
+    let waves = pipeline.unit_waves();
     let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let (services, resources) = (pipeline.services.len(), pipeline.resources.len());
+    let resources = match resources {
+        0 => String::new(),
+        n => format!(" and {n} resource{}", plural(n)),
+    };
     let mut out = format!(
-        "{file}: pipeline `{}`{} is valid: {} service{} in {} wave{}\n",
+        "{file}: pipeline `{}`{} is valid: {services} service{}{resources} in {} wave{}\n",
         pipeline.name,
         pipeline
             .environment
             .as_deref()
             .map(|e| format!(" (environment `{e}`)"))
             .unwrap_or_default(),
-        pipeline.services.len(),
-        plural(pipeline.services.len()),
+        plural(services),
         waves.len(),
         plural(waves.len()),
     );
@@ -125,13 +129,18 @@ fn summary(file: &str, pipeline: &Pipeline) -> String {
     out
 }
 
-fn wave_names(pipeline: &Pipeline) -> Vec<Vec<&str>> {
+/// Each wave's services and resources (`resource NAME`), in order.
+fn wave_names(pipeline: &Pipeline) -> Vec<Vec<String>> {
+    let units = pipeline.units();
     pipeline
-        .waves()
+        .unit_waves()
         .iter()
         .map(|wave| {
             wave.iter()
-                .map(|&s| pipeline.services[s].name.as_str())
+                .map(|&i| match units[i] {
+                    crate::config::Unit::Service(s) => s.name.clone(),
+                    crate::config::Unit::Resource(r) => format!("resource {}", r.name),
+                })
                 .collect()
         })
         .collect()

@@ -144,6 +144,7 @@ mod tests {
         live.event(&phase("api", "analysing at 25%", 25));
         live.event(&Event::Finished(ServiceReport {
             service: "db".into(),
+            resource: None,
             outcome: Outcome::Deployed,
             revision: Some("db-r1".into()),
             traffic: 100,

@@ -97,6 +97,9 @@ impl Printer {
                 .iter()
                 .map(|s| {
                     let mut v = serde_json::json!({ "service": s.service, "revision": s.revision, "traffic": s.traffic, "warnings": s.warnings });
+                    if let Some(kind) = &s.resource {
+                        v["resource"] = kind.as_str().into();
+                    }
                     outcome_fields(&mut v, &s.outcome);
                     v
                 })
@@ -189,6 +192,9 @@ impl Observer for Printer {
                     "checks_passed": r.checks_passed, "checks_run": r.checks_run, "seconds": r.elapsed.as_secs_f64(),
                     "warnings": r.warnings,
                 });
+                if let Some(kind) = &r.resource {
+                    json["resource"] = kind.as_str().into();
+                }
                 outcome_fields(&mut json, &r.outcome);
                 let mut reason = r
                     .outcome
@@ -214,12 +220,30 @@ pub fn summary_table(report: &RunReport) -> String {
         .to_vec(),
     ];
     for s in &report.services {
+        // A resource has no traffic or checks; its revision column is the platform's id.
+        let (name, outcome, traffic, checks) = match &s.resource {
+            None => (
+                s.service.clone(),
+                s.outcome.label(),
+                format!("{}%", s.traffic),
+                format!("{}/{}", s.checks_passed, s.checks_run),
+            ),
+            Some(kind) => (
+                format!("{} ({kind})", s.service),
+                match s.outcome {
+                    super::run::Outcome::Deployed => "applied",
+                    ref other => other.label(),
+                },
+                "-".into(),
+                "-".into(),
+            ),
+        };
         rows.push(vec![
-            s.service.clone(),
-            s.outcome.label().into(),
+            name,
+            outcome.into(),
             s.revision.clone().unwrap_or_else(|| "-".into()),
-            format!("{}%", s.traffic),
-            format!("{}/{}", s.checks_passed, s.checks_run),
+            traffic,
+            checks,
             format!("{:.1}s", s.elapsed.as_secs_f64()),
         ]);
     }
@@ -326,6 +350,7 @@ mod tests {
                 .into_iter()
                 .map(|(name, outcome)| ServiceReport {
                     service: name.into(),
+                    resource: None,
                     outcome,
                     revision: Some(format!("{name}-r3")),
                     traffic: 25,

@@ -4,7 +4,7 @@
 
 use super::checkpoint::{Observed, Phase};
 use super::{retry, verify_split};
-use crate::config::Pipeline;
+use crate::config::{Pipeline, Unit};
 use crate::port::{Ports, TrafficShare};
 use crate::runtime::{LoadedPlugin, PluginPorts};
 use crate::state::{RevisionRecord, Store, now_ms};
@@ -107,46 +107,114 @@ pub async fn rollback(
     Ok(chosen)
 }
 
-/// Destroys every service, dependents before their dependencies. With `dry_run`, only says what
-/// it would destroy. Returns each service with its result, in the order handled.
+/// Destroys every service and every resource the engine created, dependents before their
+/// dependencies; a resource the engine did not create is left in place. With `dry_run`, only
+/// says what it would do. Returns each unit (a resource as `resource NAME`) with its result,
+/// in the order handled.
 pub async fn destroy(
     pipeline: &Pipeline,
     plugins: &BTreeMap<String, LoadedPlugin>,
     store: &Store,
     dry_run: bool,
     interrupt: &CancellationToken,
-) -> Vec<(String, Result<(), DestroyError>)> {
+) -> Vec<(String, Result<Destroyed, DestroyError>)> {
     let ports = PluginPorts::new(plugins);
-    let waves = pipeline.waves();
+    let units = pipeline.units();
     let mut results = Vec::new();
-    for index in waves.into_iter().rev().flatten() {
-        let service = &pipeline.services[index];
-        // Interrupted: the service being destroyed is finished, the next ones are not begun.
+    for index in pipeline.unit_waves().into_iter().rev().flatten() {
+        let unit = units[index];
+        let label = match unit {
+            Unit::Service(s) => s.name.clone(),
+            Unit::Resource(r) => format!("resource {}", r.name),
+        };
+        // Interrupted: the unit being destroyed is finished, the next ones are not begun.
         if interrupt.is_cancelled() {
             let not_begun = "not begun: the command was interrupted".to_string();
-            results.push((
-                service.name.clone(),
-                Err(DestroyError::NotDestroyed(not_begun)),
-            ));
+            results.push((label, Err(DestroyError::NotDestroyed(not_begun))));
             continue;
         }
-        if dry_run {
-            results.push((service.name.clone(), Ok(())));
-            continue;
-        }
-        let result = match ports.platform(service) {
-            Ok(platform) => retry(|| platform.destroy()).await,
-            Err(e) => Err(e.message),
+        let result = match unit {
+            Unit::Service(_) if dry_run => Ok(Destroyed::Removed),
+            Unit::Service(service) => destroy_service(&ports, store, pipeline, service).await,
+            Unit::Resource(resource) => {
+                delete_resource(&ports, store, pipeline, resource, dry_run).await
+            }
         };
-        let result = match result {
-            Ok(()) => record(store, pipeline, &service.name, "-", 0, "destroyed", None)
-                .await
-                .map_err(DestroyError::NotRecorded),
-            Err(e) => Err(DestroyError::NotDestroyed(e)),
-        };
-        results.push((service.name.clone(), result));
+        results.push((label, result));
     }
     results
+}
+
+/// What destroying one unit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destroyed {
+    /// It is gone (or, in a dry run, would be).
+    Removed,
+    /// A resource the engine did not create, or never applied: not the engine's to delete.
+    LeftInPlace(String),
+}
+
+async fn destroy_service(
+    ports: &PluginPorts<'_>,
+    store: &Store,
+    pipeline: &Pipeline,
+    service: &crate::config::Service,
+) -> Result<Destroyed, DestroyError> {
+    let destroyed = match ports.platform(service) {
+        Ok(platform) => retry(|| platform.destroy()).await,
+        Err(e) => Err(e.message),
+    };
+    destroyed.map_err(DestroyError::NotDestroyed)?;
+    record(store, pipeline, &service.name, "-", 0, "destroyed", None)
+        .await
+        .map_err(DestroyError::NotRecorded)?;
+    Ok(Destroyed::Removed)
+}
+
+/// Deletes a resource the state says the engine created, as it was last applied (its
+/// references as they were then), and forgets it.
+async fn delete_resource(
+    ports: &PluginPorts<'_>,
+    store: &Store,
+    pipeline: &Pipeline,
+    resource: &crate::config::Resource,
+    dry_run: bool,
+) -> Result<Destroyed, DestroyError> {
+    let environment = pipeline.environment.as_deref().unwrap_or("default");
+    let record = store
+        .resource(&pipeline.name, environment, &resource.name)
+        .await
+        .map_err(|e| DestroyError::NotDestroyed(e.to_string()))?;
+    let Some(record) = record else {
+        return Ok(Destroyed::LeftInPlace(
+            "no run of this pipeline applied it".into(),
+        ));
+    };
+    if !record.created {
+        return Ok(Destroyed::LeftInPlace(format!(
+            "{} existed before the engine first applied it, so it is not the engine's to delete",
+            record.platform_id
+        )));
+    }
+    if dry_run {
+        return Ok(Destroyed::Removed);
+    }
+    let json = |text: &str| serde_json::from_str(text).unwrap_or(serde_json::json!({}));
+    let applied = crate::config::Resource {
+        spec: json(&record.spec),
+        provider_config: json(&record.config),
+        ..resource.clone()
+    };
+    let deleted = match ports.resource(&applied) {
+        Ok(platform) => retry(|| platform.delete()).await,
+        Err(e) => Err(e.message),
+    };
+    deleted.map_err(DestroyError::NotDestroyed)?;
+    store
+        .forget_resource(&pipeline.name, environment, &resource.name)
+        .await
+        .map_err(|e| DestroyError::NotRecorded(format!("the state still lists it ({e})")))?;
+    Ok(Destroyed::Removed)
 }
 
 /// Why a service was not destroyed, or was but is not in its history.

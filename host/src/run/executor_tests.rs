@@ -826,3 +826,94 @@ async fn a_check_delay_is_waited_before_the_check_and_resumed_after_an_interrupt
     assert_eq!(f.cloud.count("check api-r2 http"), 1);
     assert_eq!(f.cloud.traffic("api"), pairs(&[("api-r2", 100)]));
 }
+
+/// `api`, a job calling its URL, and `web` reading the job's id: the references order them.
+const WITH_RESOURCES: &str = r#"
+name = "shop"
+
+[defaults]
+provider = "local"
+strategy = "canary"
+
+[services.api]
+image = "api:1"
+
+[resources.job]
+provider = "local"
+kind = "job"
+spec = { uri = "${services.api.url}/reset", schedule = "0 0 * * *" }
+
+[services.web]
+image = "web:1"
+env = { JOB = "${resources.job.outputs.id}", LITERAL = "$${not.a.reference}" }
+"#;
+
+#[tokio::test]
+async fn references_order_the_graph_and_are_filled_in_from_what_was_deployed() {
+    let f = Fixture::new().await;
+    let pipeline = f.parse(WITH_RESOURCES);
+    let web = pipeline.service("web").unwrap();
+    assert_eq!(web.depends_on, ["job"], "the reference implies the edge");
+    assert_eq!(pipeline.resource("job").unwrap().depends_on, ["api"]);
+    let report = f.run(&pipeline).await;
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(
+        f.cloud.resource("job").unwrap()["uri"],
+        "http://api.memory/reset"
+    );
+    let calls = f.cloud.calls();
+    let at = |prefix: &str| calls.iter().position(|c| c.starts_with(prefix)).unwrap();
+    assert!(at("deploy api") < at("apply-resource job"), "{calls:?}");
+    assert!(at("apply-resource job") < at("deploy web"), "{calls:?}");
+    let job = report.services.iter().find(|s| s.service == "job").unwrap();
+    assert_eq!(job.resource.as_deref(), Some("job"));
+    assert_eq!(job.outcome, Outcome::Deployed);
+    let recorded = f
+        .store
+        .resource("shop", "default", "job")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        recorded.created,
+        "it did not exist before the engine applied it"
+    );
+    assert_eq!(recorded.outputs["id"], "memory/job");
+    assert!(recorded.spec.contains("http://api.memory/reset"));
+
+    // Again: the job is unchanged and not applied twice.
+    let report = f.run(&pipeline).await;
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(outcome(&report, "job"), &Outcome::Unchanged);
+    assert_eq!(f.cloud.count("apply-resource job"), 1);
+}
+
+#[tokio::test]
+async fn a_resource_that_fails_skips_what_depends_on_it_and_one_found_existing_is_not_ours() {
+    let f = Fixture::new().await;
+    let pipeline = f.parse(WITH_RESOURCES);
+    f.cloud
+        .put_resource("job", serde_json::json!({"made": "by hand"}));
+    f.cloud.fail("apply-resource job", ErrorKind::Permanent, 1);
+    let report = f.run(&pipeline).await;
+    assert!(
+        matches!(outcome(&report, "job"), Outcome::Failed(r) if r.contains("apply-resource job")),
+        "{report:?}"
+    );
+    assert!(
+        matches!(outcome(&report, "web"), Outcome::Skipped(SkipReason::Dependency { service, .. }) if service == "job"),
+        "{report:?}"
+    );
+    assert_eq!(f.cloud.count("deploy web"), 0);
+
+    // Applied over what existed, it is recorded as not the engine's: destroy leaves it.
+    let report = f.run(&pipeline).await;
+    assert!(report.succeeded(), "{report:?}");
+    let recorded = f
+        .store
+        .resource("shop", "default", "job")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!recorded.created);
+}

@@ -5,11 +5,11 @@
 //! calls a test asks it to. The strategy is a scripted canary: 10 % to the candidate, analyse,
 //! optionally wait for approval, promote, retire the stable revision, done.
 
-use crate::config::{Artifact, Service};
+use crate::config::{Artifact, Resource, Service};
 use crate::port::{
     CheckReport, CheckRun, Decision, Endpoint, EndpointKind, ErrorKind, Feature, Observation, Plan,
-    PlanAction, Platform, PortError, Ports, RevisionInfo, Rollout, ServiceState, Step, Strategy,
-    TrafficShare, Verdict,
+    PlanAction, Platform, PortError, Ports, ResourcePlatform, ResourceState, RevisionInfo, Rollout,
+    ServiceState, Step, Strategy, TrafficShare, Verdict,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
@@ -37,6 +37,8 @@ pub struct Cloud {
     unhealthy: Mutex<BTreeSet<String>>,
     /// Cancelled when a call named here is made: a signal arriving during that call.
     interrupt_on: Mutex<Option<(String, CancellationToken)>>,
+    /// Resources by name: the spec each was last applied with.
+    resources: Mutex<BTreeMap<String, serde_json::Value>>,
 }
 
 impl Cloud {
@@ -91,6 +93,16 @@ impl Cloud {
         })
     }
 
+    /// A resource's spec as last applied; `None` when it does not exist.
+    pub fn resource(&self, name: &str) -> Option<serde_json::Value> {
+        self.resources.lock().unwrap().get(name).cloned()
+    }
+
+    /// Creates a resource as someone else would, outside the engine.
+    pub fn put_resource(&self, name: &str, spec: serde_json::Value) {
+        self.resources.lock().unwrap().insert(name.into(), spec);
+    }
+
     /// Writes `what` into the list of calls, to see what happened between them.
     pub fn note(&self, what: String) {
         self.calls.lock().unwrap().push(what);
@@ -122,6 +134,16 @@ impl Cloud {
 /// The cloud as the executor's ports: every service's platform is the cloud, every strategy
 /// the scripted canary.
 impl Ports for Cloud {
+    fn resource<'a>(
+        &'a self,
+        resource: &'a Resource,
+    ) -> Result<Box<dyn ResourcePlatform + 'a>, PortError> {
+        Ok(Box::new(MemoryResource {
+            cloud: self,
+            resource,
+        }))
+    }
+
     fn platform<'a>(&'a self, service: &'a Service) -> Result<Box<dyn Platform + 'a>, PortError> {
         Ok(Box::new(MemoryPlatform {
             cloud: self,
@@ -196,7 +218,7 @@ impl Platform for MemoryPlatform<'_> {
                 })
                 .collect(),
             traffic: d.traffic.clone(),
-            url: None,
+            url: Some(format!("http://{}.memory", self.name())),
             deployed: String::new(),
         }))
     }
@@ -399,5 +421,77 @@ impl Strategy for ScriptedCanary {
             decision,
             phase: next.into(),
         })
+    }
+}
+
+/// A resource in the memory cloud: its spec is all there is; its output `id` is its name.
+struct MemoryResource<'a> {
+    cloud: &'a Cloud,
+    resource: &'a Resource,
+}
+
+impl MemoryResource<'_> {
+    fn state(&self, spec: &serde_json::Value) -> ResourceState {
+        let name = &self.resource.name;
+        ResourceState {
+            id: format!("memory/{name}"),
+            observed: spec.to_string(),
+            outputs: [("id".to_string(), format!("memory/{name}"))].into(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ResourcePlatform for MemoryResource<'_> {
+    async fn read(&self) -> Result<Option<ResourceState>, PortError> {
+        self.cloud
+            .call(format!("read-resource {}", self.resource.name))?;
+        Ok(self
+            .cloud
+            .resource(&self.resource.name)
+            .map(|s| self.state(&s)))
+    }
+
+    async fn plan(&self, current: Option<&ResourceState>) -> Result<Plan, PortError> {
+        self.cloud
+            .call(format!("plan-resource {}", self.resource.name))?;
+        let action = match current {
+            None => PlanAction::Create,
+            Some(c)
+                if serde_json::from_str::<serde_json::Value>(&c.observed)
+                    .ok()
+                    .as_ref()
+                    == Some(&self.resource.spec) =>
+            {
+                PlanAction::NoChange
+            }
+            Some(_) => PlanAction::Update,
+        };
+        Ok(Plan {
+            action,
+            changes: Vec::new(),
+            summary: String::new(),
+        })
+    }
+
+    async fn apply(&self, _current: Option<&ResourceState>) -> Result<ResourceState, PortError> {
+        self.cloud.call(format!(
+            "apply-resource {} {}",
+            self.resource.name, self.resource.spec
+        ))?;
+        let spec = self.resource.spec.clone();
+        self.cloud.put_resource(&self.resource.name, spec.clone());
+        Ok(self.state(&spec))
+    }
+
+    async fn delete(&self) -> Result<(), PortError> {
+        self.cloud
+            .call(format!("delete-resource {}", self.resource.name))?;
+        self.cloud
+            .resources
+            .lock()
+            .unwrap()
+            .remove(&self.resource.name);
+        Ok(())
     }
 }

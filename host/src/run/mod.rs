@@ -42,7 +42,9 @@ pub mod checkpoint;
 pub mod contract;
 mod hooks;
 pub mod plan;
+mod references;
 mod rejected;
+mod resource;
 mod rollout;
 mod world;
 
@@ -51,7 +53,7 @@ mod executor_tests;
 #[cfg(test)]
 mod memory;
 
-use crate::config::{Pipeline, Service};
+use crate::config::{Pipeline, Service, Unit};
 use crate::port::Ports;
 use crate::runtime::{LoadedPlugin, PluginPorts};
 use crate::state::{StateError, Store};
@@ -187,10 +189,13 @@ impl std::fmt::Display for SkipReason {
     }
 }
 
-/// One service in the final report.
+/// One service (or resource) in the final report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceReport {
+    /// The service's name, or the resource's.
     pub service: String,
+    /// For a resource, its kind (`scheduler-job`); `None` for a service.
+    pub resource: Option<String>,
     pub outcome: Outcome,
     pub revision: Option<String>,
     /// The candidate's share of traffic at the end.
@@ -303,7 +308,9 @@ pub async fn execute(
     options: &RunOptions,
 ) -> Result<RunReport, RunError> {
     let uses = pipeline.services.iter().flat_map(Service::plugin_uses);
-    if let Some(missing) = uses.map(|u| u.plugin).find(|p| !plugins.contains_key(*p)) {
+    let uses = uses.map(|u| u.plugin);
+    let mut used = uses.chain(pipeline.resources.iter().map(|r| r.provider.as_str()));
+    if let Some(missing) = used.find(|p| !plugins.contains_key(*p)) {
         return Err(RunError::MissingPlugin(missing.to_string()));
     }
     execute_with(
@@ -360,7 +367,7 @@ pub(crate) async fn execute_in(
     observer.event(&Event::Started {
         run_id,
         resumed,
-        services: pipeline.services.len(),
+        services: pipeline.services.len() + pipeline.resources.len(),
     });
     let executor = Executor {
         pipeline,
@@ -373,15 +380,16 @@ pub(crate) async fn execute_in(
         run_id,
         environment,
         state_failed: AtomicBool::new(false),
+        known: references::Known::default(),
     };
     let mut reports = roll_out_all(&executor).await?;
     let report = RunReport {
         run_id,
         resumed,
         services: pipeline
-            .services
+            .units()
             .iter()
-            .map(|s| reports.remove(&s.name).expect("every service reported"))
+            .map(|u| reports.remove(u.name()).expect("every unit reported"))
             .collect(),
     };
     // A run with a rollout waiting for approval stays open: the next `engine run` (or
@@ -415,7 +423,7 @@ async fn roll_out_all(
         }
         while running.len() < options.concurrency.max(1) {
             match schedule.next_ready(options.fail_fast) {
-                Some(service) => running.push(executor.service(service)),
+                Some(unit) => running.push(executor.unit(unit)),
                 None => break,
             }
         }
@@ -431,9 +439,9 @@ async fn roll_out_all(
     }
 }
 
-/// Which services have started, and how those that ended, ended.
+/// Which services and resources have started, and how those that ended, ended.
 struct Schedule<'p> {
-    pipeline: &'p Pipeline,
+    units: Vec<Unit<'p>>,
     observer: &'p dyn Observer,
     reports: BTreeMap<String, ServiceReport>,
     started: BTreeSet<String>,
@@ -443,7 +451,7 @@ struct Schedule<'p> {
 impl<'p> Schedule<'p> {
     fn new(pipeline: &'p Pipeline, observer: &'p dyn Observer) -> Self {
         Schedule {
-            pipeline,
+            units: pipeline.units(),
             observer,
             reports: BTreeMap::new(),
             started: BTreeSet::new(),
@@ -457,50 +465,49 @@ impl<'p> Schedule<'p> {
         self.reports.insert(report.service.clone(), report);
     }
 
-    /// Reports every service that has not started as interrupted before it started.
+    /// Reports every unit that has not started as interrupted before it started.
     fn interrupt_the_rest(&mut self) {
-        for service in &self.pipeline.services {
-            if self.started.insert(service.name.clone()) {
-                self.settle(not_started(service));
+        for unit in self.units.clone() {
+            if self.started.insert(unit.name().to_string()) {
+                self.settle(not_started(unit));
             }
         }
     }
 
-    /// The next service whose dependencies have settled and allow it to start; the services
-    /// they forbid to start are settled as skipped on the way.
-    fn next_ready(&mut self, fail_fast: bool) -> Option<&'p Service> {
-        for service in &self.pipeline.services {
-            if self.started.contains(&service.name) {
+    /// The next unit whose dependencies have settled and allow it to start; the units they
+    /// forbid to start are settled as skipped on the way.
+    fn next_ready(&mut self, fail_fast: bool) -> Option<Unit<'p>> {
+        for unit in self.units.clone() {
+            if self.started.contains(unit.name()) {
                 continue;
             }
-            let deps: Vec<&ServiceReport> = service
-                .depends_on
+            let deps: Vec<&ServiceReport> = unit
+                .depends_on()
                 .iter()
                 .filter_map(|d| self.reports.get(d))
                 .collect();
-            if deps.len() < service.depends_on.len() {
+            if deps.len() < unit.depends_on().len() {
                 continue;
             }
-            self.started.insert(service.name.clone());
+            self.started.insert(unit.name().to_string());
             match skip_reason(&deps, self.failed_any && fail_fast) {
-                Some(reason) => self.settle(skipped(service, reason)),
-                None => return Some(service),
+                Some(reason) => self.settle(skipped(unit, reason)),
+                None => return Some(unit),
             }
         }
         None
     }
 
     fn all_settled(&self) -> bool {
-        self.reports.len() == self.pipeline.services.len()
+        self.reports.len() == self.units.len()
     }
 
     fn unsettled(&self) -> String {
         let waiting: Vec<&str> = self
-            .pipeline
-            .services
+            .units
             .iter()
-            .filter(|s| !self.reports.contains_key(&s.name))
-            .map(|s| s.name.as_str())
+            .filter(|u| !self.reports.contains_key(u.name()))
+            .map(|u| u.name())
             .collect();
         waiting.join(", ")
     }
@@ -530,17 +537,21 @@ fn skip_reason(deps: &[&ServiceReport], fail_fast_tripped: bool) -> Option<SkipR
     }
 }
 
-fn skipped(service: &Service, reason: SkipReason) -> ServiceReport {
+fn skipped(unit: Unit<'_>, reason: SkipReason) -> ServiceReport {
     ServiceReport {
         outcome: Outcome::Skipped(reason),
-        ..not_started(service)
+        ..not_started(unit)
     }
 }
 
-/// A service the run was interrupted before it started.
-fn not_started(service: &Service) -> ServiceReport {
+/// A unit the run was interrupted before it started.
+fn not_started(unit: Unit<'_>) -> ServiceReport {
     ServiceReport {
-        service: service.name.clone(),
+        service: unit.name().to_string(),
+        resource: match unit {
+            Unit::Service(_) => None,
+            Unit::Resource(r) => Some(r.kind.clone()),
+        },
         outcome: Outcome::Interrupted("the run was interrupted before it started".into()),
         revision: None,
         traffic: 0,

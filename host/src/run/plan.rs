@@ -13,10 +13,11 @@
 use super::hooks::HookContext;
 use super::world::World;
 use super::{Event, Observer, Outcome, RunOptions, RunReport};
-use crate::config::{Check, Pipeline, Service};
+use crate::config::{Check, Pipeline, Resource, Service, Unit};
 use crate::port::{
     Change, CheckReport, CheckRun, Decision, Endpoint, Feature, Observation, Plan, Platform,
-    PortError, Ports, Rollout, ServiceState, Step, Strategy, TrafficShare, Verdict,
+    PortError, Ports, ResourcePlatform, ResourceState, Rollout, ServiceState, Step, Strategy,
+    TrafficShare, Verdict,
 };
 use crate::runtime::{LoadedPlugin, PluginPorts};
 use crate::state::{Store, now_ms};
@@ -28,10 +29,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The plan of one service.
+/// The plan of one service, or of one resource.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServicePlan {
+    /// The service's name, or the resource's.
     pub service: String,
+    /// For a resource, its kind; absent for a service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
     /// `create`, `update` or `no-change`; absent when planning failed.
     pub action: Option<String>,
     pub summary: String,
@@ -120,9 +125,13 @@ struct Sheet {
 
 impl<'p> Simulation<'p> {
     fn new(pipeline: &'p Pipeline) -> Self {
-        let sheet = |service: &Service| Sheet {
+        let sheet = |unit: &Unit<'_>| Sheet {
             plan: ServicePlan {
-                service: service.name.clone(),
+                service: unit.name().to_string(),
+                resource: match unit {
+                    Unit::Service(_) => None,
+                    Unit::Resource(r) => Some(r.kind.clone()),
+                },
                 action: None,
                 summary: String::new(),
                 changes: Vec::new(),
@@ -137,9 +146,9 @@ impl<'p> Simulation<'p> {
             pipeline,
             sheets: Mutex::new(
                 pipeline
-                    .services
+                    .units()
                     .iter()
-                    .map(|s| (s.name.clone(), sheet(s)))
+                    .map(|u| (u.name().to_string(), sheet(u)))
                     .collect(),
             ),
             clock_ms: AtomicU64::new(now_ms() as u64),
@@ -159,11 +168,12 @@ impl<'p> Simulation<'p> {
     fn into_plans(self, report: Result<RunReport, String>) -> Vec<ServicePlan> {
         let pipeline = self.pipeline;
         let mut sheets = self.sheets.into_inner().unwrap_or_else(|e| e.into_inner());
+        let units = pipeline.units();
         pipeline
-            .waves()
+            .unit_waves()
             .into_iter()
             .flatten()
-            .filter_map(|index| sheets.remove(&pipeline.services[index].name))
+            .filter_map(|index| sheets.remove(units[index].name()))
             .map(|mut sheet| {
                 if let Err(e) = &report {
                     sheet.plan.error.get_or_insert_with(|| e.clone());
@@ -272,6 +282,10 @@ impl World for Simulation<'_> {
     fn approves_at_once(&self) -> bool {
         true
     }
+
+    fn simulated(&self) -> bool {
+        true
+    }
 }
 
 /// The pipeline's ports, with each platform simulated past its `read` and `plan`.
@@ -295,6 +309,59 @@ impl Ports for SimulatedPorts<'_> {
             service: &service.name,
             simulation: self.simulation,
         }))
+    }
+
+    fn resource<'a>(
+        &'a self,
+        resource: &'a Resource,
+    ) -> Result<Box<dyn ResourcePlatform + 'a>, PortError> {
+        Ok(Box::new(SimulatedResource {
+            real: self.ports.resource(resource)?,
+            resource,
+            simulation: self.simulation,
+        }))
+    }
+}
+
+/// A resource that is read and planned for real, and applied in pretence only.
+struct SimulatedResource<'a> {
+    real: Box<dyn ResourcePlatform + 'a>,
+    resource: &'a Resource,
+    simulation: &'a Simulation<'a>,
+}
+
+#[async_trait::async_trait]
+impl ResourcePlatform for SimulatedResource<'_> {
+    async fn read(&self) -> Result<Option<ResourceState>, PortError> {
+        self.real.read().await
+    }
+
+    async fn plan(&self, current: Option<&ResourceState>) -> Result<Plan, PortError> {
+        let plan = self.real.plan(current).await?;
+        self.simulation.with_sheet(&self.resource.name, |sheet| {
+            sheet.plan.action = Some(plan.action.label().into());
+            sheet.plan.summary = plan.summary.clone();
+            sheet.plan.changes = plan.changes.clone();
+            sheet
+                .plan
+                .timeline
+                .push(format!("{} {}", plan.action.label(), self.resource.kind));
+        });
+        Ok(plan)
+    }
+
+    /// What exists stays as it is; what does not has no outputs yet (its dependents' plans show
+    /// stand-ins).
+    async fn apply(&self, current: Option<&ResourceState>) -> Result<ResourceState, PortError> {
+        Ok(current.cloned().unwrap_or_else(|| ResourceState {
+            id: format!("{}-planned", self.resource.name),
+            observed: "{}".into(),
+            outputs: Default::default(),
+        }))
+    }
+
+    async fn delete(&self) -> Result<(), PortError> {
+        Ok(())
     }
 }
 

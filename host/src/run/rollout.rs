@@ -38,6 +38,8 @@ pub(super) struct Executor<'a> {
     /// A checkpoint or history write failed: the run is left open, so that the next run
     /// resumes from the last step that was saved instead of trusting a state that missed one.
     pub state_failed: AtomicBool,
+    /// What referenced units became in this run (URLs, outputs).
+    pub known: super::references::Known,
 }
 
 /// Why a rollout could not go on. The service ends failed, its checkpoint as last saved.
@@ -81,6 +83,7 @@ impl Executor<'_> {
         };
         ServiceReport {
             service: service.name.clone(),
+            resource: None,
             revision: cp.candidate.clone().or(cp.stable.clone()),
             traffic: cp.reported_traffic(),
             outcome,
@@ -482,7 +485,7 @@ impl Executor<'_> {
         }
     }
 
-    fn phase(&self, service: &str, phase: &str, traffic: u8) {
+    pub(super) fn phase(&self, service: &str, phase: &str, traffic: u8) {
         self.observer.event(&Event::Phase {
             service: service.into(),
             phase: phase.into(),
@@ -540,7 +543,7 @@ impl Executor<'_> {
         Ok(())
     }
 
-    fn is_interrupted(&self) -> bool {
+    pub(super) fn is_interrupted(&self) -> bool {
         self.options.interrupt.is_cancelled()
     }
 

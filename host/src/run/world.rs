@@ -28,6 +28,9 @@ pub(crate) trait World: Send + Sync {
 
     /// An approval the strategy asks for is given at once, without stopping the run.
     fn approves_at_once(&self) -> bool;
+
+    /// This is `engine plan`'s simulation: a value known only after a deploy gets a stand-in.
+    fn simulated(&self) -> bool;
 }
 
 /// The world of a real run: wall-clock time, hooks run by `sh`, approvals by people.
@@ -58,6 +61,10 @@ impl World for RealWorld {
     }
 
     fn approves_at_once(&self) -> bool {
+        false
+    }
+
+    fn simulated(&self) -> bool {
         false
     }
 }

@@ -8,6 +8,8 @@
 
 pub mod diagnostic;
 mod origin;
+pub mod references;
+mod resources;
 mod tree;
 mod validate;
 pub mod variables;
@@ -29,6 +31,8 @@ pub struct Pipeline {
     pub plugins: BTreeMap<String, PluginDecl>,
     /// Services in the order the file lists them.
     pub services: Vec<Service>,
+    /// Resources (provisioning steps) of this environment, in the order the file lists them.
+    pub resources: Vec<Resource>,
     /// Where everything came from, to point later diagnostics (plugin schemas) at the file.
     pub(crate) origin: Origin,
 }
@@ -40,6 +44,8 @@ pub(crate) struct Origin {
     pub source: String,
     /// Each service's merged table (defaults, its own table, the environment's override).
     pub services: BTreeMap<String, tree::Table>,
+    /// Each resource's merged table (its own, the environment's override).
+    pub resources: BTreeMap<String, tree::Table>,
     /// Where each `[plugins.NAME]` table starts.
     pub plugin_keys: BTreeMap<String, std::ops::Range<usize>>,
     /// Where each granted secret is written: (plugin, secret) → its key in `secrets`.
@@ -118,6 +124,62 @@ pub struct Service {
     /// Commands run before and after the service's rollout.
     pub pre_hooks: Vec<String>,
     pub post_hooks: Vec<String>,
+}
+
+/// A provisioning step: an object a provider manages beside the services (a scheduler job, an
+/// IAM binding), created, updated and deleted with the pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub name: String,
+    pub provider: String,
+    /// The provider's configuration: `[defaults].provider_config` when the resource has the
+    /// same provider as [defaults], with its own `provider_config` over it.
+    pub provider_config: serde_json::Value,
+    /// One of the kinds the provider lists.
+    pub kind: String,
+    /// The object, checked against the kind's JSON Schema; references are filled in at run
+    /// time.
+    pub spec: serde_json::Value,
+    /// What it waits for: written in `depends_on`, and implied by its references.
+    pub depends_on: Vec<String>,
+}
+
+impl Resource {
+    /// What identifies the object the spec describes, as [`Service::release_digest`] does.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let described = serde_json::json!({
+            "provider": self.provider,
+            "provider_config": self.provider_config,
+            "kind": self.kind,
+            "spec": self.spec,
+        });
+        let digest = sha2::Sha256::digest(sorted_keys(&described).to_string().as_bytes());
+        format!("sha256:{}", hex::encode(digest))
+    }
+}
+
+/// A service or a resource: the nodes of the pipeline's dependency graph.
+#[derive(Debug, Clone, Copy)]
+pub enum Unit<'p> {
+    Service(&'p Service),
+    Resource(&'p Resource),
+}
+
+impl<'p> Unit<'p> {
+    pub fn name(&self) -> &'p str {
+        match self {
+            Unit::Service(s) => &s.name,
+            Unit::Resource(r) => &r.name,
+        }
+    }
+
+    pub fn depends_on(&self) -> &'p [String] {
+        match self {
+            Unit::Service(s) => &s.depends_on,
+            Unit::Resource(r) => &r.depends_on,
+        }
+    }
 }
 
 /// The JSON Schema of pipeline.toml (as TOML maps to JSON), for editors: `engine schema`.
@@ -427,12 +489,40 @@ impl Pipeline {
     /// Services grouped into deployment waves (indices into `services`); validation has
     /// rejected cycles, so every service is in one.
     pub fn waves(&self) -> crate::graph::Waves {
-        let order: Vec<(&str, &[String])> = self
-            .services
-            .iter()
-            .map(|s| (s.name.as_str(), &s.depends_on[..]))
-            .collect();
+        // Services come first among the units, so their indices are the same; an order through
+        // a resource (a service waits on a job that waits on another service) is kept.
+        let services = self.services.len();
+        self.unit_waves()
+            .into_iter()
+            .map(|wave| {
+                wave.into_iter()
+                    .filter(|&i| i < services)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|wave| !wave.is_empty())
+            .collect()
+    }
+
+    /// Services and resources, services first, each in the order the file lists them.
+    pub fn units(&self) -> Vec<Unit<'_>> {
+        let services = self.services.iter().map(Unit::Service);
+        services
+            .chain(self.resources.iter().map(Unit::Resource))
+            .collect()
+    }
+
+    /// Services and resources grouped into waves (indices into [`Pipeline::units`]): each
+    /// waits only on units of earlier waves.
+    pub fn unit_waves(&self) -> crate::graph::Waves {
+        let units = self.units();
+        let order: Vec<(&str, &[String])> =
+            units.iter().map(|u| (u.name(), u.depends_on())).collect();
         crate::graph::waves(&order).expect("validation rejects dependency cycles")
+    }
+
+    /// A resource by name.
+    pub fn resource(&self, name: &str) -> Option<&Resource> {
+        self.resources.iter().find(|r| r.name == name)
     }
 
     /// A service by name, or an error that lists the services there are.

@@ -38,6 +38,18 @@ impl Pipeline {
         table.key(key).map(|k| k.span.clone())
     }
 
+    /// Where the value at JSON `pointer` of field `field` (`spec`, `kind`, `provider`) of
+    /// resource `resource` is written, or the deepest part of it that is.
+    pub fn resource_span(&self, resource: &str, field: &str, pointer: &str) -> Range<usize> {
+        let Some(table) = self.origin.resources.get(resource) else {
+            return 0..0;
+        };
+        match table.get(field).or_else(|| table.get("kind")) {
+            Some(node) => node.span_at(pointer),
+            None => 0..0,
+        }
+    }
+
     /// Where secret `secret` of plugin `plugin` is granted, or where the plugin is.
     pub fn secret_span(&self, plugin: &str, secret: &str) -> Range<usize> {
         let at = (plugin.to_string(), secret.to_string());

@@ -2,11 +2,12 @@
 //! problem instead of stopping at the first, and builds the model from what is valid.
 
 use super::diagnostic::{Diagnostic, nearest, services_phrase};
+use super::resources::{ResourceLayers, check_graph};
 use super::tree::{self, Key, Node, Table, Value};
 use super::variables::{Given, Raw, Variables};
 use super::{
     Artifact, Check, DEFAULT_STRATEGY, Ingress, Inputs, Origin, Pipeline, PluginDecl, PluginRole,
-    PluginUse, Service,
+    PluginUse, Resource, Service,
 };
 use crate::grants::GrantsConfig;
 use crate::plugins::{PluginSource, embedded, find_embedded};
@@ -24,8 +25,9 @@ const TOP_KEYS: &[&str] = &[
     "environments",
     "defaults",
     "services",
+    "resources",
 ];
-const ENVIRONMENT_KEYS: &[&str] = &["variables", "services", "plugins"];
+const ENVIRONMENT_KEYS: &[&str] = &["variables", "services", "resources", "plugins"];
 const PLUGIN_KEYS: &[&str] = &[
     "source",
     "sha256",
@@ -66,12 +68,12 @@ const CHECK_KEYS: &[&str] = &["name", "plugin", "config", "delay"];
 const HOOK_KEYS: &[&str] = &["pre", "post"];
 
 #[derive(Default)]
-struct Checker {
+pub(super) struct Checker {
     diagnostics: Vec<Diagnostic>,
     variables: Variables,
 }
 
-fn as_table(node: &Node) -> Option<&Table> {
+pub(super) fn as_table(node: &Node) -> Option<&Table> {
     match &node.value {
         Value::Table(t) => Some(t),
         _ => None,
@@ -79,13 +81,18 @@ fn as_table(node: &Node) -> Option<&Table> {
 }
 
 impl Checker {
-    fn error(&mut self, message: impl Into<String>, span: Range<usize>, help: Option<String>) {
+    pub(super) fn error(
+        &mut self,
+        message: impl Into<String>,
+        span: Range<usize>,
+        help: Option<String>,
+    ) {
         let mut d = Diagnostic::new(message, span);
         d.help = help;
         self.diagnostics.push(d);
     }
 
-    fn wrong_type(&mut self, node: &Node, what: &str, expected: &str) {
+    pub(super) fn wrong_type(&mut self, node: &Node, what: &str, expected: &str) {
         self.error(
             format!("{what} must be {expected}, not {}", node.value.type_name()),
             node.span.clone(),
@@ -93,7 +100,7 @@ impl Checker {
         );
     }
 
-    fn unknown_keys(&mut self, table: &Table, allowed: &[&str], context: &str) {
+    pub(super) fn unknown_keys(&mut self, table: &Table, allowed: &[&str], context: &str) {
         for (key, _) in &table.entries {
             if !allowed.contains(&key.name.as_str()) {
                 let help = match nearest(&key.name, allowed.iter().copied()) {
@@ -109,7 +116,7 @@ impl Checker {
         }
     }
 
-    fn table<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n Table> {
+    pub(super) fn table<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n Table> {
         let t = as_table(node);
         if t.is_none() {
             self.wrong_type(node, what, "a table");
@@ -117,7 +124,7 @@ impl Checker {
         t
     }
 
-    fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+    pub(super) fn string(&mut self, node: &Node, what: &str) -> Option<String> {
         match &node.value {
             Value::String(s) => Some(s.clone()),
             _ => {
@@ -127,7 +134,7 @@ impl Checker {
         }
     }
 
-    fn strings(&mut self, node: &Node, what: &str) -> Option<Vec<String>> {
+    pub(super) fn strings(&mut self, node: &Node, what: &str) -> Option<Vec<String>> {
         let Value::Array(items) = &node.value else {
             self.wrong_type(node, what, "an array of strings");
             return None;
@@ -138,7 +145,11 @@ impl Checker {
             .collect()
     }
 
-    fn string_map(&mut self, node: &Node, what: &str) -> Option<BTreeMap<String, String>> {
+    pub(super) fn string_map(
+        &mut self,
+        node: &Node,
+        what: &str,
+    ) -> Option<BTreeMap<String, String>> {
         let t = self.table(node, what)?;
         t.entries
             .iter()
@@ -151,7 +162,7 @@ impl Checker {
             .collect()
     }
 
-    fn count(
+    pub(super) fn count(
         &mut self,
         node: &Node,
         what: &str,
@@ -176,7 +187,7 @@ impl Checker {
 
     /// Replaces `${name}` in every string of the tree; `$${` writes a literal `${`. Walks
     /// with a stack of its own, so no nesting depth can overflow the engine's.
-    fn interpolate(&mut self, node: &mut Node) {
+    pub(super) fn interpolate(&mut self, node: &mut Node) {
         let mut pending = vec![node];
         while let Some(node) = pending.pop() {
             match &mut node.value {
@@ -222,17 +233,29 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
     let Some(layers) = Layers::read(&mut c, &root, chosen.as_ref()) else {
         return Err(c.diagnostics);
     };
-    let services = layers.services(&mut c, base);
+    let mut services = layers.services(&mut c, base);
+    let mut resources = ResourceLayers {
+        root: &root,
+        defaults: &layers.defaults,
+        environment: environment.zip(chosen.as_ref()),
+    }
+    .read(&mut c);
     let mut plugins = PluginUses::new(declared, &layers);
     for (service, table) in &services {
         plugins.check(&mut c, service, table);
     }
-    check_dependencies(&mut c, &services, &layers);
-    // A plugin no service of this environment uses is not loaded: a developer running the
-    // local environment needs no Google credentials for the Cloud Run provider.
+    for (resource, table) in &resources {
+        plugins.check_resource(&mut c, resource, table);
+    }
+    check_graph(&mut c, &mut services, &mut resources, &|n| {
+        layers.key_span(n)
+    });
+    // A plugin no service or resource of this environment uses is not loaded: a developer
+    // running the local environment needs no Google credentials for the Cloud Run provider.
     let used: BTreeSet<&str> = services
         .iter()
         .flat_map(|(s, _)| s.plugin_uses().map(|u| u.plugin))
+        .chain(resources.iter().map(|(r, _)| r.provider.as_str()))
         .collect();
     plugins
         .plugins
@@ -246,6 +269,10 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
             .iter()
             .map(|(s, t)| (s.name.clone(), t.clone()))
             .collect(),
+        resources: resources
+            .iter()
+            .map(|(r, t)| (r.name.clone(), t.clone()))
+            .collect(),
         plugin_keys: plugins.declared_keys,
         secret_keys,
         ..Origin::default()
@@ -255,6 +282,7 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
         environment: environment.map(str::to_string),
         plugins: plugins.plugins,
         services: services.into_iter().map(|(s, _)| s).collect(),
+        resources: resources.into_iter().map(|(r, _)| r).collect(),
         origin,
     })
 }
@@ -470,7 +498,7 @@ impl Layers {
 /// `provider` or `strategy` drops the configuration written for the other plugin. So an
 /// environment can run a Cloud Run service as a local process:
 /// `provider = "local"`, `artifact = "./api"`, without the Cloud Run settings following.
-fn layered(base: &Table, over: &Table) -> Table {
+pub(super) fn layered(base: &Table, over: &Table) -> Table {
     let changes = |key: &str| {
         over.get(key)
             .is_some_and(|o| base.get(key).is_some_and(|b| b.value != o.value))
@@ -536,17 +564,23 @@ impl PluginUses {
                 let key = self.service_keys.get(&service.name);
                 key.cloned().unwrap_or(0..0)
             });
-            self.check_use(c, &service.name, used, span);
+            self.check_use(c, &format!("service `{}`", service.name), used, span);
         }
     }
 
-    fn check_use(
-        &mut self,
-        c: &mut Checker,
-        service: &str,
-        used: PluginUse<'_>,
-        span: Range<usize>,
-    ) {
+    /// A resource's provider exists and is a provider (whether it manages the resource's kind
+    /// is known when it loads).
+    fn check_resource(&mut self, c: &mut Checker, resource: &Resource, table: &Table) {
+        let used = PluginUse {
+            role: PluginRole::Provider,
+            plugin: &resource.provider,
+            config: &resource.provider_config,
+        };
+        let span = table.get("provider").map_or(0..0, |n| n.span.clone());
+        self.check_use(c, &format!("resource `{}`", resource.name), used, span);
+    }
+
+    fn check_use(&mut self, c: &mut Checker, owner: &str, used: PluginUse<'_>, span: Range<usize>) {
         let (name, kind) = (used.plugin, used.role.kind());
         let role = match used.role {
             PluginRole::Provider => "provider",
@@ -564,7 +598,7 @@ impl PluginUses {
         let whose = if from_defaults {
             format!("the {role} set in [defaults]")
         } else {
-            format!("the {role} of service `{service}`")
+            format!("the {role} of {owner}")
         };
         // The kind of a built-in plugin is known now; a file's only when it loads.
         let builtin = match self.plugins.get(name) {
@@ -614,53 +648,6 @@ impl PluginUses {
             ),
             None => format!("declare it in [plugins.{name}] with its source and sha256"),
         }
-    }
-}
-
-/// Every dependency names a service of the pipeline, and they form no cycle.
-fn check_dependencies(c: &mut Checker, services: &[(Service, Table)], layers: &Layers) {
-    // Looked up once per reference: a set, so a pipeline of thousands of services stays linear.
-    let names: BTreeSet<&str> = layers
-        .services
-        .entries
-        .iter()
-        .map(|(k, _)| k.name.as_str())
-        .collect();
-    let span_of = |merged: &Table| merged.get("depends_on").map(|n| n.span.clone());
-    for (service, merged) in services {
-        for dep in service
-            .depends_on
-            .iter()
-            .filter(|d| !names.contains(d.as_str()))
-        {
-            c.error(
-                format!(
-                    "service `{}` depends on `{dep}`, which the pipeline does not define",
-                    service.name
-                ),
-                span_of(merged).unwrap_or(0..0),
-                nearest(dep, names.iter().copied()).map(|n| format!("did you mean `{n}`?")),
-            );
-        }
-    }
-    let graph: Vec<(&str, &[String])> = services
-        .iter()
-        .map(|(s, _)| (s.name.as_str(), &s.depends_on[..]))
-        .collect();
-    if let Err(cycle) = crate::graph::waves(&graph) {
-        let span = services
-            .iter()
-            .find(|(s, _)| s.name == cycle[0])
-            .and_then(|(_, merged)| span_of(merged))
-            .unwrap_or(0..0);
-        c.error(
-            format!(
-                "services depend on each other in a cycle: {}",
-                cycle.join(" → ")
-            ),
-            span,
-            Some("remove one of these dependencies".into()),
-        );
     }
 }
 
@@ -1061,7 +1048,11 @@ fn ingress(c: &mut Checker, node: &Node) -> Ingress {
 }
 
 /// A plugin's configuration table as JSON (`{}` when absent); `None` when it is not a table.
-fn config_table(c: &mut Checker, node: Option<&Node>, what: &str) -> Option<serde_json::Value> {
+pub(super) fn config_table(
+    c: &mut Checker,
+    node: Option<&Node>,
+    what: &str,
+) -> Option<serde_json::Value> {
     match node {
         None => Some(serde_json::json!({})),
         Some(n) => c.table(n, what).map(|_| n.value.to_json()),

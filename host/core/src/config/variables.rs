@@ -11,6 +11,7 @@
 //! pipeline, however hostile, can exhaust the stack, the memory or the time of the engine.
 
 use super::diagnostic::{Diagnostic, nearest};
+use super::references::{Reference, is_reference};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
@@ -188,10 +189,28 @@ impl Variables {
         if !text.contains('$') {
             return Ok(Cow::Borrowed(text));
         }
+        let pieces = pieces(text);
+        // A reference (`${services.api.url}`) is filled in at run time, so it stays as
+        // written; a literal `${` beside one stays escaped, to be read the same way then.
+        let keeps_references = pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Var(n) if is_reference(n)));
         let mut out = String::new();
-        for piece in pieces(text) {
+        for piece in pieces {
+            let kept;
             let part = match piece {
+                Piece::Text("${") if keeps_references => "$${",
                 Piece::Text(t) => t,
+                Piece::Var(name) if is_reference(name) => match Reference::parse(name) {
+                    Some(Ok(_)) => {
+                        kept = format!("${{{name}}}");
+                        kept.as_str()
+                    }
+                    Some(Err(wrong)) => {
+                        return Err(Some(Diagnostic::new(wrong, span)));
+                    }
+                    None => unreachable!("is_reference said it is one"),
+                },
                 Piece::Var(name) => match self.values.get(name) {
                     Some(value) => value.as_str(),
                     None if self.failed.contains(name) => return Err(None),
@@ -405,6 +424,23 @@ mod tests {
         assert_eq!(
             problems[0].message,
             "variable `v16` expands to more than 256 KiB"
+        );
+    }
+
+    #[test]
+    fn references_to_services_and_resources_are_kept_for_the_run() {
+        let (mut vars, _) = Variables::resolve(vec![file("path", "/reset")]);
+        let kept = vars
+            .expand("${services.api.url}${path} $${x}", 0..0, "this value")
+            .unwrap();
+        assert_eq!(kept, "${services.api.url}/reset $${x}");
+        let wrong = vars.expand("${services.api.uri}", 0..0, "this value");
+        assert!(
+            wrong
+                .unwrap_err()
+                .unwrap()
+                .message
+                .contains("${services.api.url}")
         );
     }
 

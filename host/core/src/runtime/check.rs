@@ -74,8 +74,127 @@ pub async fn examine_plugins(pipeline: &Pipeline, runtime: &Runtime) -> PluginCh
         }
     }
     check.diagnostics.extend(shared_once(per_service));
+    for resource in &pipeline.resources {
+        if let Some(plugin) = check.plugins.get(&resource.provider) {
+            check
+                .diagnostics
+                .extend(check_resource(pipeline, resource, plugin));
+        }
+    }
+    check
+        .diagnostics
+        .extend(check_output_references(pipeline, &check.plugins));
     check.diagnostics.sort_by_key(|d| d.span.start);
     check
+}
+
+/// A resource's provider manages its kind, and its spec passes the kind's schema.
+fn check_resource(
+    pipeline: &Pipeline,
+    resource: &crate::config::Resource,
+    plugin: &LoadedPlugin,
+) -> Vec<Diagnostic> {
+    let name = &resource.name;
+    let at = |field: &str, pointer: &str| pipeline.resource_span(name, field, pointer);
+    let kinds = &plugin.info().resource_kinds;
+    if plugin.kind() != PluginKind::Provider || kinds.is_empty() {
+        let message = format!(
+            "the provider of resource `{name}` is `{}`, which manages no resources",
+            resource.provider
+        );
+        return vec![Diagnostic::new(message, at("provider", "")).help(
+            "a provider that manages resources lists its kinds in `engine plugins inspect NAME`",
+        )];
+    }
+    let Some(kind) = plugin.info().resource_kind(&resource.kind) else {
+        let names: Vec<&str> = kinds.iter().map(|k| k.name.as_str()).collect();
+        let help = match nearest(&resource.kind, names.iter().copied()) {
+            Some(n) => format!("did you mean `{n}`?"),
+            None => format!("its kinds: {}", names.join(", ")),
+        };
+        let message = format!(
+            "resource `{name}`: provider `{}` has no kind `{}`",
+            resource.provider, resource.kind
+        );
+        return vec![Diagnostic::new(message, at("kind", "")).help(help)];
+    };
+    // The kind's schema was checked when the plugin loaded.
+    let Ok(schema) = serde_json::from_str::<serde_json::Value>(&kind.spec_schema) else {
+        return Vec::new();
+    };
+    let Ok(validator) = jsonschema::validator_for(&schema) else {
+        return Vec::new();
+    };
+    let see = format!(
+        "see the `{}` kind's schema with `engine plugins inspect {}`",
+        kind.name, resource.provider
+    );
+    // References are filled in at run time; until then a stand-in of the right form stands
+    // for each.
+    let spec = crate::config::references::with_stand_ins(&resource.spec);
+    validator
+        .iter_errors(&spec)
+        .map(|error| {
+            let pointer = error.instance_path().as_str().to_string();
+            Diagnostic::new(
+                format!("`spec` of resource `{name}`: {error}"),
+                at("spec", &pointer),
+            )
+            .help(see.clone())
+        })
+        .collect()
+}
+
+/// Each `${resources.NAME.outputs.KEY}` names an output the resource's kind declares.
+fn check_output_references(
+    pipeline: &Pipeline,
+    plugins: &BTreeMap<String, LoadedPlugin>,
+) -> Vec<Diagnostic> {
+    use crate::config::references::{self, Reference};
+    let mut found = Vec::new();
+    let mut written: Vec<(serde_json::Value, Range<usize>)> = Vec::new();
+    for service in &pipeline.services {
+        let env = serde_json::to_value(&service.env).unwrap_or_default();
+        let at = pipeline.config_span(&service.name, PluginRole::Provider, "");
+        written.push((env, at.clone()));
+        written.push((service.provider_config.clone(), at.clone()));
+        for check in &service.checks {
+            written.push((check.config.clone(), at.clone()));
+        }
+    }
+    for resource in &pipeline.resources {
+        let at = pipeline.resource_span(&resource.name, "spec", "");
+        written.push((resource.spec.clone(), at));
+    }
+    for (value, at) in written {
+        for reference in references::in_json(&value) {
+            let Reference::ResourceOutput { resource, key } = &reference else {
+                continue;
+            };
+            let Some(r) = pipeline.resource(resource) else {
+                continue;
+            };
+            let kind = plugins
+                .get(&r.provider)
+                .and_then(|p| p.info().resource_kind(&r.kind));
+            let Some(kind) = kind else { continue };
+            if !kind.outputs.iter().any(|o| o == key) {
+                let outputs = if kind.outputs.is_empty() {
+                    "none".to_string()
+                } else {
+                    kind.outputs.join(", ")
+                };
+                found.push(
+                    Diagnostic::new(
+                        format!("{reference}: a `{}` has no output `{key}`", kind.name),
+                        at.clone(),
+                    )
+                    .help(format!("its outputs: {outputs}")),
+                );
+            }
+        }
+    }
+    found
 }
 
 /// One diagnostic per problem: a line in `[defaults]` that is wrong for every service would

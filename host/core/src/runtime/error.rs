@@ -122,6 +122,11 @@ pub enum CallError {
         expected: &'static str,
         actual: &'static str,
     },
+    /// The plugin is no provider, or a provider that manages no resources.
+    #[error(
+        "plugin '{plugin}' manages no resources (a provider exports them by targeting the resource-provider-plugin world of WIT 0.1.1)"
+    )]
+    NoResources { plugin: String },
 }
 
 impl CallError {

@@ -15,6 +15,27 @@ pub struct PluginInfo {
     /// What a provider's platform can do; empty for other kinds.
     pub features: Vec<Feature>,
     pub capabilities: Capabilities,
+    /// The kinds of resource a provider manages (WIT 0.1.1 `resources`); empty when it
+    /// manages none.
+    pub resource_kinds: Vec<ResourceKind>,
+}
+
+/// A kind of resource a provider manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceKind {
+    pub name: String,
+    pub description: String,
+    /// The JSON Schema every `spec` of this kind must pass.
+    pub spec_schema: String,
+    /// The outputs a resource of this kind has.
+    pub outputs: Vec<String>,
+}
+
+impl PluginInfo {
+    /// One of its resource kinds by name.
+    pub fn resource_kind(&self, name: &str) -> Option<&ResourceKind> {
+        self.resource_kinds.iter().find(|k| k.name == name)
+    }
 }
 
 /// What a plugin declares it needs from the sandbox.

@@ -8,7 +8,7 @@ use wasmtime::component::{Component, types::ComponentItem};
 /// The WIT package this engine implements.
 pub const WIT_PACKAGE: &str = "engine:plugin";
 /// Its version.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.1.1";
 
 /// The three kinds of plugin, one per world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -36,6 +36,7 @@ pub mod intersection;
 pub mod places;
 pub mod plugin;
 pub mod port;
+pub mod resources;
 pub mod secrets;
 pub mod store;
 pub mod tcp;
@@ -288,7 +289,15 @@ impl Runtime {
                 plugin: name.to_string(),
                 error,
             })?;
-        let info = port::plugin_info(info);
+        let kinds = pre
+            .resource_kinds(shared, &bare)
+            .await
+            .map_err(|error| LoadError::Info {
+                plugin: name.to_string(),
+                error,
+            })?;
+        let mut info = port::plugin_info(info);
+        info.resource_kinds = port::resource_kinds(kinds);
         let sandbox = self.effective_sandbox(name, &grants, &info.capabilities)?;
         let plugin = LoadedPlugin {
             inner: Arc::new(plugin::PluginInner {

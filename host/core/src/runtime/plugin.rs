@@ -7,11 +7,12 @@
 use super::RuntimeShared;
 use super::bindings::health::{HealthPlugin, HealthPluginPre};
 use super::bindings::provider::{ProviderPlugin, ProviderPluginPre};
+use super::bindings::resource_provider::{ResourceProviderPlugin, ResourceProviderPluginPre};
 use super::bindings::strategy::{StrategyPlugin, StrategyPluginPre};
 use super::bindings::{health as health_world, strategy as strategy_world, types};
 use super::error::{CallError, PluginError};
 use super::events::{PluginEvent, Stream};
-use super::inspect::PluginKind;
+use super::inspect::{PluginKind, WIT_PACKAGE, WIT_VERSION};
 use super::store::{CallProbes, Pinned, PluginState, Sandbox};
 use crate::redact::redactor;
 use futures::future::BoxFuture;
@@ -52,10 +53,19 @@ macro_rules! world_pre {
 world_pre!(ProviderPluginPre<PluginState>, ProviderPlugin);
 world_pre!(StrategyPluginPre<PluginState>, StrategyPlugin);
 world_pre!(HealthPluginPre<PluginState>, HealthPlugin);
+world_pre!(
+    ResourceProviderPluginPre<PluginState>,
+    ResourceProviderPlugin
+);
 
-/// The pre-instantiated component, by kind.
+/// The pre-instantiated component, by kind. A provider that exports `resources` (WIT 0.1.1)
+/// has that interface bound too.
 pub enum KindPre {
-    Provider(ProviderPluginPre<PluginState>),
+    Provider(
+        ProviderPluginPre<PluginState>,
+        // Boxed: its export indices would make every other variant as large.
+        Option<Box<ResourceProviderPluginPre<PluginState>>>,
+    ),
     Strategy(StrategyPluginPre<PluginState>),
     Health(HealthPluginPre<PluginState>),
 }
@@ -63,7 +73,16 @@ pub enum KindPre {
 impl KindPre {
     pub fn new(kind: PluginKind, pre: InstancePre<PluginState>) -> wasmtime::Result<KindPre> {
         Ok(match kind {
-            PluginKind::Provider => KindPre::Provider(ProviderPluginPre::new(pre)?),
+            PluginKind::Provider => {
+                // Looked up by name, semver-compatibly, as wasmtime looks up every export.
+                let export = format!("{WIT_PACKAGE}/resources@{WIT_VERSION}");
+                let exports_resources = pre.component().get_export_index(None, &export).is_some();
+                let resources = match exports_resources {
+                    true => Some(Box::new(ResourceProviderPluginPre::new(pre.clone())?)),
+                    false => None,
+                };
+                KindPre::Provider(ProviderPluginPre::new(pre)?, resources)
+            }
             PluginKind::Strategy => KindPre::Strategy(StrategyPluginPre::new(pre)?),
             PluginKind::Health => KindPre::Health(HealthPluginPre::new(pre)?),
         })
@@ -71,7 +90,7 @@ impl KindPre {
 
     pub fn kind(&self) -> PluginKind {
         match self {
-            KindPre::Provider(_) => PluginKind::Provider,
+            KindPre::Provider(..) => PluginKind::Provider,
             KindPre::Strategy(_) => PluginKind::Strategy,
             KindPre::Health(_) => PluginKind::Health,
         }
@@ -84,7 +103,7 @@ impl KindPre {
         sandbox: &Arc<Sandbox>,
     ) -> Result<types::PluginInfo, CallError> {
         let info = match self {
-            KindPre::Provider(pre) => {
+            KindPre::Provider(pre, _) => {
                 invoke(runtime, sandbox, pre, "info", |b, mut s| async move {
                     b.engine_plugin_provider().call_info(&mut s).await
                 })
@@ -318,7 +337,7 @@ fn clean_diagnostics(mut diagnostics: Vec<types::Diagnostic>) -> Vec<types::Diag
     diagnostics
 }
 
-fn malformed(plugin: &str, function: &'static str, detail: String) -> CallError {
+pub(super) fn malformed(plugin: &str, function: &'static str, detail: String) -> CallError {
     CallError::MalformedOutput {
         plugin: plugin.to_string(),
         function,
@@ -326,7 +345,7 @@ fn malformed(plugin: &str, function: &'static str, detail: String) -> CallError 
     }
 }
 
-fn plugin_error(plugin: &str, function: &'static str, error: types::Error) -> CallError {
+pub(super) fn plugin_error(plugin: &str, function: &'static str, error: types::Error) -> CallError {
     CallError::Plugin {
         plugin: plugin.to_string(),
         function,
@@ -396,11 +415,24 @@ impl LoadedPlugin {
     /// The provider calls, if this is a provider.
     pub fn provider(&self) -> Result<Provider<'_>, CallError> {
         match &self.inner.pre {
-            KindPre::Provider(pre) => Ok(Provider {
+            KindPre::Provider(pre, _) => Ok(Provider {
                 plugin: &self.inner,
                 pre,
             }),
             _ => Err(self.wrong_kind("provider")),
+        }
+    }
+
+    /// The resource calls, if this is a provider that manages resources.
+    pub fn resources(&self) -> Result<super::resources::Resources<'_>, CallError> {
+        match &self.inner.pre {
+            KindPre::Provider(_, Some(pre)) => Ok(super::resources::Resources {
+                plugin: &self.inner,
+                pre: pre.as_ref(),
+            }),
+            _ => Err(CallError::NoResources {
+                plugin: self.inner.name.clone(),
+            }),
         }
     }
 
@@ -609,7 +641,7 @@ pub struct ProviderSession {
 impl LoadedPlugin {
     /// Instantiates the provider once for a [`ProviderSession`].
     pub async fn provider_session(&self) -> Result<ProviderSession, CallError> {
-        let KindPre::Provider(pre) = &self.inner.pre else {
+        let KindPre::Provider(pre, _) = &self.inner.pre else {
             return Err(self.wrong_kind("provider"));
         };
         let sandbox = &self.inner.sandbox;

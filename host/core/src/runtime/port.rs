@@ -1,16 +1,17 @@
 //! Plugins behind the executor's port ([`crate::port`]): the one place where the executor's
-//! domain types meet the WIT types of `engine:plugin@0.1.0`. A second WIT version gets an
+//! domain types meet the WIT types of `engine:plugin@0.1.1`. A second WIT version gets an
 //! adapter of its own beside this one.
 
 use super::bindings::health::exports::engine::plugin::health::Target as HealthTarget;
 use super::bindings::strategy::exports::engine::plugin::strategy as wit;
 use super::bindings::types;
+use super::resources::{ResourceSpec, ResourceStatus, Resources};
 use super::{CallError, LoadedPlugin, PluginError, Provider};
-use crate::config::{Artifact, Ingress, PluginRole, Service, Severity};
+use crate::config::{Artifact, Ingress, PluginRole, Resource, Service, Severity};
 use crate::port::{
     self, CheckReport, CheckRun, ConfigProblem, Decision, Endpoint, EndpointKind, ErrorKind,
-    Feature, Observation, Plan, PlanAction, Platform, PortError, Ports, Rollout, ServiceState,
-    Step, TrafficShare, Verdict,
+    Feature, Observation, Plan, PlanAction, Platform, PortError, Ports, ResourcePlatform,
+    ResourceState, Rollout, ServiceState, Step, TrafficShare, Verdict,
 };
 use std::collections::BTreeMap;
 
@@ -52,6 +53,86 @@ impl Ports for PluginPorts<'_> {
         Ok(Box::new(PluginStrategy {
             strategy: plugin.strategy().map_err(port_error)?,
         }))
+    }
+
+    fn resource<'s>(
+        &'s self,
+        resource: &'s Resource,
+    ) -> Result<Box<dyn ResourcePlatform + 's>, PortError> {
+        Ok(Box::new(self.resource_platform(resource)?))
+    }
+}
+
+impl PluginPorts<'_> {
+    fn resource_platform<'s>(
+        &'s self,
+        resource: &'s Resource,
+    ) -> Result<PluginResource<'s>, PortError> {
+        let plugin = self.plugin(&resource.provider)?;
+        Ok(PluginResource {
+            resources: plugin.resources().map_err(port_error)?,
+            spec: resource_spec(resource),
+        })
+    }
+}
+
+/// The `ResourceSpec` a provider is given for a resource.
+pub(crate) fn resource_spec(resource: &Resource) -> ResourceSpec {
+    ResourceSpec {
+        kind: resource.kind.clone(),
+        name: resource.name.clone(),
+        spec: resource.spec.to_string(),
+        config: resource.provider_config.to_string(),
+    }
+}
+
+/// A resource's provider plugin.
+struct PluginResource<'a> {
+    resources: Resources<'a>,
+    spec: ResourceSpec,
+}
+
+#[async_trait::async_trait]
+impl ResourcePlatform for PluginResource<'_> {
+    async fn read(&self) -> Result<Option<ResourceState>, PortError> {
+        let status = self.resources.read(&self.spec).await.map_err(port_error)?;
+        Ok(status.map(resource_state))
+    }
+
+    async fn plan(&self, current: Option<&ResourceState>) -> Result<Plan, PortError> {
+        let current = current.map(resource_status);
+        let plan = self.resources.plan(&self.spec, current.as_ref()).await;
+        Ok(domain_plan(plan.map_err(port_error)?))
+    }
+
+    async fn apply(&self, current: Option<&ResourceState>) -> Result<ResourceState, PortError> {
+        let current = current.map(resource_status);
+        let applied = self.resources.apply(&self.spec, current.as_ref()).await;
+        Ok(resource_state(applied.map_err(port_error)?))
+    }
+
+    async fn delete(&self) -> Result<(), PortError> {
+        self.resources.delete(&self.spec).await.map_err(port_error)
+    }
+}
+
+fn resource_state(status: ResourceStatus) -> ResourceState {
+    ResourceState {
+        id: status.id,
+        observed: status.observed,
+        outputs: status.outputs.into_iter().collect(),
+    }
+}
+
+fn resource_status(state: &ResourceState) -> ResourceStatus {
+    ResourceStatus {
+        id: state.id.clone(),
+        observed: state.observed.clone(),
+        outputs: state
+            .outputs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -274,7 +355,27 @@ pub(crate) fn plugin_info(i: types::PluginInfo) -> super::info::PluginInfo {
                 .collect(),
             secrets: c.secrets,
         },
+        resource_kinds: Vec::new(),
     }
+}
+
+/// A provider's resource kinds in the engine's own types.
+pub(crate) fn resource_kinds(
+    kinds: Vec<super::resources::ResourceKind>,
+) -> Vec<super::info::ResourceKind> {
+    kinds
+        .into_iter()
+        .map(|k| super::info::ResourceKind {
+            name: k.name,
+            description: untrusted_text(&k.description),
+            spec_schema: k.spec_schema,
+            outputs: k.outputs,
+        })
+        .collect()
+}
+
+fn untrusted_text(text: &str) -> String {
+    super::untrusted::text(text)
 }
 
 fn config_problem(d: types::Diagnostic) -> ConfigProblem {

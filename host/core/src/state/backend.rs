@@ -116,7 +116,7 @@ pub enum Backend {
 }
 
 /// The schema version this code writes; older databases are migrated forward when opened.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Version 2: a lock records its holder's process start, so a reused PID is not taken for it.
 const SCHEMA_V2: &str = "ALTER TABLE locks ADD COLUMN process_start TEXT;";
@@ -124,6 +124,26 @@ const SCHEMA_V2: &str = "ALTER TABLE locks ADD COLUMN process_start TEXT;";
 /// Version 3: a history row records the release (spec digest) its run deployed, so that a
 /// rerun of a rejected release is recognised.
 const SCHEMA_V3: &str = "ALTER TABLE revisions ADD COLUMN release_digest TEXT;";
+
+/// Version 4: the resources (provisioning steps) a pipeline's runs applied, and whether the
+/// engine created each, so that `destroy` deletes only what it created.
+const SCHEMA_V4: &str = "
+CREATE TABLE resources (
+    pipeline    TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    provider    TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    platform_id TEXT NOT NULL,
+    spec        TEXT NOT NULL,
+    config      TEXT NOT NULL,
+    outputs     TEXT NOT NULL,
+    created     BIGINT NOT NULL,
+    digest      TEXT NOT NULL,
+    run_id      BIGINT,
+    updated_ms  BIGINT NOT NULL,
+    PRIMARY KEY (pipeline, environment, name)
+);";
 
 const SQLITE_SCHEMA_V1: &str = "
 CREATE TABLE runs (
@@ -362,6 +382,9 @@ impl Backend {
         if version < 3 {
             tx.execute_batch(&format!("{SCHEMA_V3} PRAGMA user_version = 3;"))?;
         }
+        if version < 4 {
+            tx.execute_batch(&format!("{SCHEMA_V4} PRAGMA user_version = 4;"))?;
+        }
         tx.commit()?;
         Ok(None)
     }
@@ -414,7 +437,7 @@ impl Backend {
                 .await
                 .map_err(&db)?;
         }
-        for (below, migration) in [(2, SCHEMA_V2), (3, SCHEMA_V3)] {
+        for (below, migration) in [(2, SCHEMA_V2), (3, SCHEMA_V3), (4, SCHEMA_V4)] {
             if version < below {
                 client
                     .batch_execute(&format!(

@@ -10,10 +10,12 @@
 
 mod backend;
 mod process;
+mod resources;
 
 pub use backend::Location;
 use backend::{Backend, Row, Value};
 pub use process::Liveness;
+pub use resources::ResourceRecord;
 
 use crate::redact::redactor;
 use std::path::Path;

@@ -75,6 +75,10 @@ pub struct Config {
     /// pipeline's `--tag blue`): a fixed URL for the candidate, `https://TAG---SERVICE-…`.
     #[serde(default)]
     pub candidate_tag: Option<String>,
+    /// The Cloud Scheduler API's base URL, for `scheduler-job` resources; by default Google's
+    /// (`https://cloudscheduler.googleapis.com`), or `endpoint` when that names a test server.
+    #[serde(default)]
+    pub scheduler_endpoint: Option<String>,
     /// Seconds between polls of a long-running operation.
     #[serde(default = "default_poll")]
     pub poll_interval_ms: u64,
@@ -137,6 +141,7 @@ pub const CONFIG_SCHEMA: &str = r##"{
     "project": { "type": "string", "description": "The Google Cloud project id." },
     "service_id": { "type": "string", "description": "The Cloud Run service id, when it differs from the pipeline's service name." },
     "region": { "type": "string", "description": "The region, such as europe-west1." },
+    "scheduler_endpoint": { "type": "string", "description": "The Cloud Scheduler API's base URL (scheduler-job resources); by default Google's, or `endpoint` when that names a test server." },
     "regions": { "type": "array", "items": { "type": "string" }, "description": "Several regions, deployed in lockstep." },
     "endpoint": { "type": "string", "default": "https://run.googleapis.com", "description": "The Cloud Run Admin API; only a test server needs another." },
     "ingress": { "enum": ["all", "internal", "internal-and-cloud-load-balancing"], "description": "Who can reach the service; default from the service's ingress." },
@@ -248,6 +253,17 @@ impl Config {
     }
 
     /// Whether the container is reached over cleartext HTTP/2.
+    /// The Cloud Scheduler API's base URL.
+    pub fn scheduler_endpoint(&self) -> String {
+        match &self.scheduler_endpoint {
+            Some(endpoint) => endpoint.clone(),
+            None if self.endpoint == default_endpoint() => {
+                "https://cloudscheduler.googleapis.com".into()
+            }
+            None => self.endpoint.clone(),
+        }
+    }
+
     pub fn http2(&self) -> bool {
         self.http2 == Some(true)
     }

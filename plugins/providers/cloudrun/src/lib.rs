@@ -17,6 +17,7 @@
 mod api;
 mod config;
 mod form;
+mod scheduler;
 
 use api::Api;
 use config::{CONFIG_SCHEMA, Config};
@@ -206,6 +207,7 @@ impl Provider for CloudRun {
                 // Loopback only for a test server (`endpoint`); the pipeline grants which.
                 http: vec![
                     "https://run.googleapis.com".into(),
+                    "https://cloudscheduler.googleapis.com".into(),
                     "http://127.0.0.1:*".into(),
                     "http://localhost:*".into(),
                 ],
@@ -486,7 +488,52 @@ impl Provider for CloudRun {
     }
 }
 
-engine_sdk::export_provider!(CloudRun);
+/// Resources beside the services: Cloud Scheduler jobs.
+impl engine_sdk::ResourceProvider for CloudRun {
+    fn kinds() -> Vec<engine_sdk::resources::ResourceKind> {
+        vec![scheduler::kind()]
+    }
+
+    fn read(
+        target: engine_sdk::resources::ResourceSpec,
+    ) -> Result<Option<engine_sdk::resources::ResourceStatus>, Error> {
+        of_kind(&target)?;
+        scheduler::read(&target)
+    }
+
+    fn plan(
+        desired: engine_sdk::resources::ResourceSpec,
+        current: Option<engine_sdk::resources::ResourceStatus>,
+    ) -> Result<DeploymentPlan, Error> {
+        of_kind(&desired)?;
+        scheduler::plan(&desired, current.as_ref())
+    }
+
+    fn apply(
+        desired: engine_sdk::resources::ResourceSpec,
+        current: Option<engine_sdk::resources::ResourceStatus>,
+    ) -> Result<engine_sdk::resources::ResourceStatus, Error> {
+        of_kind(&desired)?;
+        scheduler::apply(&desired, current.as_ref())
+    }
+
+    fn delete(target: engine_sdk::resources::ResourceSpec) -> Result<(), Error> {
+        of_kind(&target)?;
+        scheduler::delete(&target)
+    }
+}
+
+/// The host checks kinds before calling; a kind it let through that is not ours is a bug.
+fn of_kind(target: &engine_sdk::resources::ResourceSpec) -> Result<(), Error> {
+    match target.kind.as_str() {
+        scheduler::KIND => Ok(()),
+        other => Err(Error::invalid_config(format!(
+            "cloudrun manages no `{other}` resources"
+        ))),
+    }
+}
+
+engine_sdk::export_resource_provider!(CloudRun);
 
 #[cfg(test)]
 mod tests {
