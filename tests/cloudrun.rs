@@ -815,6 +815,99 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
     assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
 }
 
+/// The env of a service's serving revision as a map.
+fn env_of(fake: &Fake, name: &str) -> std::collections::BTreeMap<String, String> {
+    let service = service_at(fake, name);
+    let env = service["template"]["containers"][0]["env"]
+        .as_array()
+        .cloned();
+    env.unwrap_or_default()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The Agent Exchange's ten services learn each other's URLs from Cloud Run, through
+/// references, and are deployed in the order those references and the guide's tiers give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_exchange_services_get_each_others_urls_from_references() {
+    let fake = Fake::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    example(
+        &fake,
+        dir.path(),
+        "cloudrun-agent-exchange",
+        &[(r#"pause = "1m""#, r#"pause = "0s""#)],
+    );
+    let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let name = |s: &str| format!("projects/aex-production/locations/us-central1/services/{s}");
+    let url = |s: &str| {
+        service_at(&fake, &name(s))["uri"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let gateway = env_of(&fake, &name("aex-gateway"));
+    for (var, target) in [
+        ("WORK_PUBLISHER_URL", "aex-work-publisher"),
+        ("BID_GATEWAY_URL", "aex-bid-gateway"),
+        ("PROVIDER_REGISTRY_URL", "aex-provider-registry"),
+        ("SETTLEMENT_URL", "aex-settlement"),
+        ("IDENTITY_URL", "aex-identity"),
+    ] {
+        assert_eq!(gateway[var], url(target), "{var}");
+    }
+    let evaluator = env_of(&fake, &name("aex-bid-evaluator"));
+    assert_eq!(evaluator["TRUST_BROKER_URL"], url("aex-trust-broker"));
+    assert_eq!(
+        env_of(&fake, &name("aex-work-publisher"))["STORE_TYPE"],
+        "firestore"
+    );
+    // Each service was created after the ones whose URLs it holds.
+    let creates: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("POST") && r.contains("serviceId="))
+        .map(|r| {
+            r.rsplit("serviceId=")
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    let at = |s: &str| creates.iter().position(|c| c.starts_with(s)).unwrap();
+    assert!(
+        at("aex-identity") < at("aex-provider-registry"),
+        "{creates:?}"
+    );
+    assert!(
+        at("aex-bid-gateway") < at("aex-bid-evaluator"),
+        "{creates:?}"
+    );
+    assert!(at("aex-contract-engine") < at("aex-gateway"), "{creates:?}");
+
+    // The URLs are the same next time: nothing to deploy.
+    let out = run(
+        dir.path(),
+        &["plan", "pipeline.toml", "--env", "production"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        text(&out).matches(": no-change").count(),
+        10,
+        "{}",
+        text(&out)
+    );
+    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
+}
+
 /// The data pipeline's scheduler jobs in staging: created after the API with its URL, left alone
 /// when unchanged, updated field by field when the pipeline changes, shown by `plan`, and
 /// deleted by `destroy`, which leaves a job the engine did not create in place.
