@@ -1675,3 +1675,46 @@ async fn a_proxy_carries_the_granted_requests_and_is_no_destination_of_its_own()
         "only through the proxy"
     );
 }
+
+/// A resource's answers are stored and written into other specs, so the host takes them exact
+/// or not at all: every broken one is malformed output, and a plan's text is made safe to print.
+#[tokio::test]
+async fn a_resource_answer_that_breaks_the_contract_is_malformed_output() {
+    use engine::runtime::resources::ResourceSpec;
+    let (runtime, _) = runtime();
+    let plugin = load_hostile(&runtime, GrantsConfig::default()).await;
+    assert_eq!(plugin.info().resource_kinds[0].name, "hostile-object");
+    let resources = plugin.resources().unwrap();
+    let spec = |mode: &str| ResourceSpec {
+        kind: "hostile-object".into(),
+        name: "x".into(),
+        spec: json!({ "mode": mode }).to_string(),
+        config: "{}".into(),
+    };
+    for (mode, expected) in [
+        ("newline-output", "output `value` holds control characters"),
+        ("huge-observed", "over the 262144-byte limit"),
+        ("bad-id", "a resource's id"),
+        ("many-outputs", "over 64 outputs"),
+    ] {
+        for result in [
+            resources.read(&spec(mode)).await.map(|_| ()),
+            resources.apply(&spec(mode), None).await.map(|_| ()),
+        ] {
+            match result {
+                Err(CallError::MalformedOutput { detail, .. }) => {
+                    assert!(detail.contains(expected), "{mode}: {detail}")
+                }
+                other => panic!("{mode}: expected malformed output, got {other:?}"),
+            }
+        }
+    }
+    let fine = resources.read(&spec("ok")).await.unwrap().unwrap();
+    assert_eq!(fine.outputs, [("value".to_string(), "fine".to_string())]);
+    let plan = resources.plan(&spec("ok"), None).await.unwrap();
+    assert!(
+        !plan.summary.contains('\u{1b}') && !plan.summary.contains('\n'),
+        "{}",
+        plan.summary
+    );
+}

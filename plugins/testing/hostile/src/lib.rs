@@ -330,4 +330,76 @@ impl Provider for Hostile {
     }
 }
 
-engine_sdk::export_provider!(Hostile);
+/// Resources whose answers break the contract, by the spec's `mode`: the host must refuse each
+/// as malformed output before anything is stored or written into another spec.
+impl engine_sdk::ResourceProvider for Hostile {
+    fn kinds() -> Vec<engine_sdk::resources::ResourceKind> {
+        vec![engine_sdk::resources::ResourceKind {
+            name: "hostile-object".into(),
+            description: "answers as its spec's mode says".into(),
+            spec_schema: r#"{"type":"object"}"#.into(),
+            outputs: vec!["value".into()],
+        }]
+    }
+
+    fn read(
+        target: engine_sdk::resources::ResourceSpec,
+    ) -> Result<Option<engine_sdk::resources::ResourceStatus>, Error> {
+        Ok(Some(hostile_status(&target)))
+    }
+
+    fn plan(
+        _desired: engine_sdk::resources::ResourceSpec,
+        _current: Option<engine_sdk::resources::ResourceStatus>,
+    ) -> Result<DeploymentPlan, Error> {
+        Ok(DeploymentPlan {
+            action: PlanAction::Update,
+            changes: Vec::new(),
+            summary: "\u{1b}[2Jcleared your terminal\nerror: forged".into(),
+        })
+    }
+
+    fn apply(
+        desired: engine_sdk::resources::ResourceSpec,
+        _current: Option<engine_sdk::resources::ResourceStatus>,
+    ) -> Result<engine_sdk::resources::ResourceStatus, Error> {
+        Ok(hostile_status(&desired))
+    }
+
+    fn delete(_target: engine_sdk::resources::ResourceSpec) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+fn hostile_status(
+    target: &engine_sdk::resources::ResourceSpec,
+) -> engine_sdk::resources::ResourceStatus {
+    let spec: Value = serde_json::from_str(&target.spec).unwrap_or_default();
+    let output = |value: String| vec![("value".to_string(), value)];
+    let (id, observed, outputs) = match spec["mode"].as_str().unwrap_or("ok") {
+        "newline-output" => ("o".into(), "{}".into(), output("a\n::error::forged".into())),
+        "huge-observed" => (
+            "o".into(),
+            format!("\"{}\"", "x".repeat(300 << 10)),
+            output("v".into()),
+        ),
+        "bad-id" => (
+            "an id\nwith a newline".into(),
+            "{}".into(),
+            output("v".into()),
+        ),
+        "many-outputs" => (
+            "o".into(),
+            "{}".into(),
+            (0..100).map(|i| (format!("k{i}"), "v".into())).collect(),
+        ),
+        _ => ("o".into(), "{}".into(), output("fine".into())),
+    };
+    engine_sdk::resources::ResourceStatus {
+        id,
+        observed,
+        outputs,
+    }
+}
+
+engine_sdk::export_resource_provider!(Hostile);
