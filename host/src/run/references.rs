@@ -54,21 +54,6 @@ impl Known {
     }
 }
 
-/// A service's references: in its env, its plugin configurations and its checks'.
-fn service_references(service: &Service) -> BTreeSet<Reference> {
-    let mut found: BTreeSet<Reference> = service
-        .env
-        .values()
-        .flat_map(|v| references::in_text(v))
-        .collect();
-    found.extend(references::in_json(&service.provider_config));
-    found.extend(references::in_json(&service.strategy_config));
-    for check in &service.checks {
-        found.extend(references::in_json(&check.config));
-    }
-    found
-}
-
 impl Executor<'_> {
     /// Runs one unit of the graph: a service's rollout or a resource's apply.
     pub(super) async fn unit(&self, unit: Unit<'_>) -> ServiceReport {
@@ -94,7 +79,7 @@ impl Executor<'_> {
 
     /// The service with its references filled in.
     async fn resolved_service(&self, service: &Service) -> Result<Service, String> {
-        let wanted = service_references(service);
+        let wanted = service.references();
         if wanted.is_empty() {
             return Ok(service.clone());
         }

@@ -401,6 +401,22 @@ impl Service {
         [provider, strategy].into_iter().chain(checks)
     }
 
+    /// The references (`${services.NAME.url}`, `${resources.NAME.outputs.KEY}`) it holds where
+    /// they are filled in: its env, its plugin configurations and its checks'.
+    pub fn references(&self) -> std::collections::BTreeSet<references::Reference> {
+        let mut found: std::collections::BTreeSet<_> = self
+            .env
+            .values()
+            .flat_map(|v| references::in_text(v))
+            .collect();
+        found.extend(references::in_json(&self.provider_config));
+        found.extend(references::in_json(&self.strategy_config));
+        for check in &self.checks {
+            found.extend(references::in_json(&check.config));
+        }
+        found
+    }
+
     /// What identifies the release the service's spec describes: a digest (`sha256:HEX`) of
     /// everything the provider is given (provider, its configuration, artifact, args, env,
     /// secret references, resources, scaling, port, ingress, labels), not of how it is rolled

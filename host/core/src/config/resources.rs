@@ -182,21 +182,6 @@ impl ResourceLayers<'_> {
     }
 }
 
-/// Where references may be written in a service, and where they may not: they are filled in
-/// only where a running service or a check reads them.
-fn service_references(service: &Service) -> BTreeSet<Reference> {
-    let mut found = BTreeSet::new();
-    for value in service.env.values() {
-        found.extend(references::in_text(value));
-    }
-    found.extend(references::in_json(&service.provider_config));
-    found.extend(references::in_json(&service.strategy_config));
-    for check in &service.checks {
-        found.extend(references::in_json(&check.config));
-    }
-    found
-}
-
 /// A reference written where it is not filled in: the service's name of what it runs, its
 /// arguments, labels and secret names.
 fn misplaced_reference(service: &Service) -> Option<(&'static str, Reference)> {
@@ -259,7 +244,7 @@ pub(super) fn check_graph(
     }
     let mut units: Vec<Written<'_>> = Vec::new();
     for (s, table) in services.iter_mut() {
-        let references = service_references(s);
+        let references = s.references();
         let span = key_span(&s.name);
         units.push(Written {
             name: &s.name,
