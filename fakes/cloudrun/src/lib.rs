@@ -16,6 +16,7 @@
 //! role wants a bearer token, and `/metrics` exports the answers under the names Google's
 //! managed Prometheus gives Cloud Run's metrics.
 
+pub mod directory;
 pub mod discovery;
 mod model;
 mod scheduler;
@@ -63,9 +64,12 @@ impl IntoResponse for ApiError {
 struct Shared {
     v2: Document,
     v1: Document,
-    /// Cloud Scheduler v1, for `scheduler-job` resources (paths `v1/projects/*/locations/*/jobs…`).
-    scheduler: Document,
+    /// The other APIs the provider calls, each its own document: Cloud Scheduler for
+    /// `scheduler-job` resources, IAM, VPC Access and Secret Manager for the lookups `plan`
+    /// makes and the secret IAM bindings. Tried in this order; run v1 serves what none routes.
+    others: Vec<(Api, Document)>,
     jobs: Mutex<scheduler::Jobs>,
+    directory: Mutex<directory::Directory>,
     model: Mutex<Model>,
     /// `127.0.0.1:PORT`, to recognise gcloud's regional host names (`us-central1-127.0.0.1:PORT`).
     own: String,
@@ -87,9 +91,18 @@ impl Fake {
     /// (downloading them on first use).
     pub async fn start() -> anyhow::Result<Fake> {
         let cache = discovery::default_cache();
-        let (v2, v1, scheduler) = tokio::task::spawn_blocking(move || {
+        let (v2, v1, others) = tokio::task::spawn_blocking(move || {
             let (v2, v1) = discovery::fetch(&cache)?;
-            anyhow::Ok((v2, v1, discovery::read(&cache, "cloudscheduler.v1.json")?))
+            let others = Api::OTHERS
+                .iter()
+                .map(|api| {
+                    Ok((
+                        *api,
+                        Document::new(&discovery::read(&cache, api.document())?),
+                    ))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::Ok((v2, v1, others))
         })
         .await??;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -98,8 +111,9 @@ impl Fake {
         let shared = Arc::new(Shared {
             v2: Document::new(&v2),
             v1: Document::new(&v1),
-            scheduler: Document::new(&scheduler),
+            others,
             jobs: Mutex::default(),
+            directory: Mutex::default(),
             model: Mutex::new(Model::new(&url)),
             own: addr.to_string(),
             violations: Mutex::default(),
@@ -133,6 +147,11 @@ impl Fake {
     /// Cloud Scheduler's jobs, by full name.
     pub fn jobs(&self) -> std::collections::BTreeMap<String, Value> {
         lock(&self.shared.jobs).jobs.clone()
+    }
+
+    /// Service accounts, VPC connectors and secrets, for setting up what services name.
+    pub fn directory(&self) -> std::sync::MutexGuard<'_, directory::Directory> {
+        lock(&self.shared.directory)
     }
 
     /// The model, for assertions and for setting up a scenario.
@@ -194,20 +213,26 @@ async fn handle(
         lock(&shared.violations).push(format!("{shown}: {problem}"));
     };
 
-    let is_scheduler = is_scheduler_path(&path);
-    let document = if path.starts_with("v2/") {
-        &shared.v2
-    } else if is_scheduler {
-        &shared.scheduler
-    } else {
-        &shared.v1
+    let routed = match path.starts_with("v2/") {
+        true => shared
+            .v2
+            .route(method.as_str(), &path)
+            .map(|r| (Api::RunV2, &shared.v2, r)),
+        false => shared
+            .others
+            .iter()
+            .find_map(|(api, doc)| Some((*api, doc, doc.route(method.as_str(), &path)?)))
+            .or_else(|| {
+                let r = shared.v1.route(method.as_str(), &path)?;
+                Some((Api::RunV1, &shared.v1, r))
+            }),
     };
-    let Some((api_method, params)) = document.route(method.as_str(), &path) else {
-        violation(format!("no method of {} serves it", document.name));
+    let Some((api, document, (api_method, params))) = routed else {
+        violation("no method of the modelled APIs serves it".into());
         return ApiError::new(
             404,
             "NOT_FOUND",
-            format!("{method} /{path} is not part of {}", document.name),
+            format!("{method} /{path} is not part of the APIs the test server models"),
         )
         .into_response();
     };
@@ -264,15 +289,13 @@ async fn handle(
         .strip_suffix(&format!("-{}", shared.own))
         .map(String::from);
 
-    let result = if is_scheduler {
-        lock(&shared.jobs).call(&api_method.id, &params, &query, input)
-    } else {
-        let mut model = lock(&shared.model);
-        if path.starts_with("v2/") {
-            model.call(&api_method.id, &params, &query, input)
-        } else {
-            model.call_v1(&api_method.id, &params, region.as_deref())
+    let result = match api {
+        Api::Scheduler => lock(&shared.jobs).call(&api_method.id, &params, &query, input),
+        Api::Iam | Api::VpcAccess | Api::SecretManager => {
+            lock(&shared.directory).call(&api_method.id, &params, input)
         }
+        Api::RunV2 => lock(&shared.model).call(&api_method.id, &params, &query, input),
+        Api::RunV1 => lock(&shared.model).call_v1(&api_method.id, &params, region.as_deref()),
     };
     match result {
         Ok(output) => {
@@ -287,12 +310,29 @@ async fn handle(
     }
 }
 
-/// Cloud Scheduler's paths: `v1/projects/P/locations/L/jobs[/ID[:verb]]`.
-fn is_scheduler_path(path: &str) -> bool {
-    let parts: Vec<&str> = path.split('/').collect();
-    parts.len() >= 6
-        && parts[0] == "v1"
-        && parts[1] == "projects"
-        && parts[3] == "locations"
-        && parts[5] == "jobs"
+/// The Google APIs the server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    RunV2,
+    RunV1,
+    Scheduler,
+    Iam,
+    VpcAccess,
+    SecretManager,
+}
+
+impl Api {
+    /// Those beside Cloud Run's own, in the order paths are matched against them.
+    const OTHERS: [Api; 4] = [Api::Scheduler, Api::Iam, Api::VpcAccess, Api::SecretManager];
+
+    fn document(self) -> &'static str {
+        match self {
+            Api::RunV2 => "run.v2.json",
+            Api::RunV1 => "run.v1.json",
+            Api::Scheduler => "cloudscheduler.v1.json",
+            Api::Iam => "iam.v1.json",
+            Api::VpcAccess => "vpcaccess.v1.json",
+            Api::SecretManager => "secretmanager.v1.json",
+        }
+    }
 }
