@@ -14,10 +14,73 @@ use std::time::Duration;
 /// The secret the pipeline grants for the access token.
 pub const TOKEN_SECRET: &str = "google";
 
-pub struct Api {
+/// One Google API at its base URL (such as `https://run.googleapis.com/v2`), called with the
+/// access token's placeholder.
+pub struct Google {
     base: String,
     token: Secret,
     client: Client,
+}
+
+impl Google {
+    /// `what` names the API in the error when the token secret is not granted.
+    pub fn new(base: String, what: &str) -> Result<Google, Error> {
+        let token = Secret::open(TOKEN_SECRET).map_err(|e| {
+            e.context(format!(
+                "cloudrun needs the secret `{TOKEN_SECRET}` (an access token) for {what}; grant it under [plugins.cloudrun.secrets]"
+            ))
+        })?;
+        Ok(Google {
+            base,
+            token,
+            client: Client::new().with_timeout(Duration::from_secs(30)),
+        })
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value, Error> {
+        self.client
+            .get(&format!("{}/{path}", self.base))
+            .bearer(&self.token)
+            .send_json()
+    }
+
+    /// `get`, with 404 as `None`.
+    pub fn find(&self, path: &str) -> Result<Option<Value>, Error> {
+        match self.get(path) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Error> {
+        let mut request = self
+            .client
+            .request(method, &format!("{}/{path}", self.base))
+            .bearer(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send_json()
+    }
+
+    /// Deletes what answers no operation (a job); nothing to delete is not an error.
+    pub fn delete(&self, path: &str) -> Result<(), Error> {
+        let deleted = self
+            .client
+            .delete(&format!("{}/{path}", self.base))
+            .bearer(&self.token)
+            .send();
+        match deleted {
+            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The Cloud Run Admin API v2.
+pub struct Api {
+    google: Google,
     poll: Duration,
 }
 
@@ -40,44 +103,24 @@ fn is_not_found(e: &Error) -> bool {
 
 impl Api {
     pub fn new(config: &Config) -> Result<Api, Error> {
-        let token = Secret::open(TOKEN_SECRET).map_err(|e| {
-            e.context(format!(
-                "cloudrun needs the secret `{TOKEN_SECRET}` (an access token for the Cloud Run API); grant it under [plugins.cloudrun.secrets]"
-            ))
-        })?;
+        let base = format!("{}/v2", config.endpoint.trim_end_matches('/'));
         Ok(Api {
-            base: format!("{}/v2", config.endpoint.trim_end_matches('/')),
-            token,
-            client: Client::new().with_timeout(Duration::from_secs(30)),
+            google: Google::new(base, "the Cloud Run API")?,
             poll: Duration::from_millis(config.poll_interval_ms),
         })
     }
 
     fn get(&self, path: &str) -> Result<Value, Error> {
-        self.client
-            .get(&format!("{}/{path}", self.base))
-            .bearer(&self.token)
-            .send_json()
+        self.google.get(path)
     }
 
     fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Error> {
-        let mut request = self
-            .client
-            .request(method, &format!("{}/{path}", self.base))
-            .bearer(&self.token);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        request.send_json()
+        self.google.send(method, path, body)
     }
 
     /// A service, or `None` when it does not exist.
     pub fn service(&self, name: &str) -> Result<Option<Value>, Error> {
-        match self.get(name) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.google.find(name)
     }
 
     /// Creates a service and waits for it; returns the service.
@@ -106,11 +149,7 @@ impl Api {
     }
 
     pub fn revision(&self, name: &str) -> Result<Option<Value>, Error> {
-        match self.get(name) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.google.find(name)
     }
 
     /// A revision once its Ready condition has settled (succeeded or failed): a resumed
@@ -140,16 +179,9 @@ impl Api {
         Ok(list["revisions"].as_array().cloned().unwrap_or_default())
     }
 
-    pub fn policy(&self, name: &str) -> Result<Value, Error> {
-        self.get(&format!("{name}:getIamPolicy"))
-    }
-
-    pub fn set_policy(&self, name: &str, policy: &Value) -> Result<Value, Error> {
-        self.send(
-            "POST",
-            &format!("{name}:setIamPolicy"),
-            Some(&serde_json::json!({ "policy": policy })),
-        )
+    /// The API itself, for calls shared with the other APIs (IAM policies).
+    pub fn google(&self) -> &Google {
+        &self.google
     }
 
     /// Polls a long-running operation until it is done: its `response`, or its `error` as the

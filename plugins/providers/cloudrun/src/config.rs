@@ -79,6 +79,11 @@ pub struct Config {
     /// (`https://cloudscheduler.googleapis.com`), or `endpoint` when that names a test server.
     #[serde(default)]
     pub scheduler_endpoint: Option<String>,
+    /// Whether `plan` looks up what the service names (its service account, VPC connector and
+    /// secret versions) so a typo fails the plan rather than the rollout. On by default; a
+    /// deploying identity that may not read them can turn it off.
+    #[serde(default = "yes")]
+    pub check_references: bool,
     /// Seconds between polls of a long-running operation.
     #[serde(default = "default_poll")]
     pub poll_interval_ms: u64,
@@ -129,6 +134,10 @@ fn default_endpoint() -> String {
     "https://run.googleapis.com".into()
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn default_poll() -> u64 {
     1000
 }
@@ -165,6 +174,7 @@ pub const CONFIG_SCHEMA: &str = r##"{
       }, "required": ["secret", "mount_path"], "additionalProperties": false },
       "description": "Secrets mounted as files." },
     "candidate_tag": { "type": "string", "pattern": "^[a-z][a-z0-9-]{0,45}$", "description": "A tag the newest revision also gets, moved from the one that had it (such as blue)." },
+    "check_references": { "type": "boolean", "default": true, "description": "Whether plan looks up the service account, VPC connector and secret versions the service names (IAM, VPC Access and Secret Manager APIs)." },
     "poll_interval_ms": { "type": "integer", "minimum": 10, "maximum": 60000, "default": 1000 }
   },
   "required": ["project"],
@@ -252,18 +262,25 @@ impl Config {
         Ok(config)
     }
 
-    /// Whether the container is reached over cleartext HTTP/2.
     /// The Cloud Scheduler API's base URL.
     pub fn scheduler_endpoint(&self) -> String {
         match &self.scheduler_endpoint {
             Some(endpoint) => endpoint.clone(),
-            None if self.endpoint == default_endpoint() => {
-                "https://cloudscheduler.googleapis.com".into()
-            }
-            None => self.endpoint.clone(),
+            None => self.google_api("cloudscheduler"),
         }
     }
 
+    /// The base URL of another Google API the provider calls (`iam`, `vpcaccess`,
+    /// `secretmanager`): Google's, or `endpoint` when that names a test server, which serves
+    /// them all.
+    pub fn google_api(&self, service: &str) -> String {
+        match self.endpoint == default_endpoint() {
+            true => format!("https://{service}.googleapis.com"),
+            false => self.endpoint.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Whether the container is reached over cleartext HTTP/2.
     pub fn http2(&self) -> bool {
         self.http2 == Some(true)
     }

@@ -395,39 +395,6 @@ pub const FORM_FIELDS: &[&str] = &[
     "invokers",
 ];
 
-/// The members of `roles/run.invoker` in a policy, sorted.
-pub fn invokers(policy: &Value) -> Vec<String> {
-    let mut members: Vec<String> = policy["bindings"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|b| b["role"] == "roles/run.invoker")
-        .flat_map(|b| b["members"].as_array().cloned().unwrap_or_default())
-        .filter_map(|m| m.as_str().map(String::from))
-        .collect();
-    members.sort();
-    members
-}
-
-/// `policy` with `roles/run.invoker` granted to exactly `members` (other roles untouched).
-pub fn with_invokers(policy: &Value, members: &[String]) -> Value {
-    let mut out = policy.clone();
-    let mut bindings: Vec<Value> = policy["bindings"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|b| b["role"] != "roles/run.invoker")
-        .cloned()
-        .collect();
-    if !members.is_empty() {
-        let mut sorted = members.to_vec();
-        sorted.sort();
-        bindings.push(json!({ "role": "roles/run.invoker", "members": sorted }));
-    }
-    out["bindings"] = json!(bindings);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,21 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn invoker_bindings_are_replaced_and_other_roles_kept() {
-        let policy = json!({ "etag": "e1", "bindings": [
-            { "role": "roles/run.invoker", "members": ["user:old@example.com"] },
-            { "role": "roles/run.developer", "members": ["group:devs@example.com"] },
-        ] });
-        let new = with_invokers(
-            &policy,
-            &["serviceAccount:web@p.iam.gserviceaccount.com".into()],
-        );
-        assert_eq!(
-            invokers(&new),
-            ["serviceAccount:web@p.iam.gserviceaccount.com"]
-        );
-        assert_eq!(new["etag"], "e1");
-        assert_eq!(new["bindings"][0]["role"], "roles/run.developer");
+    fn cpu_is_written_in_cores_or_millicores() {
         assert_eq!(cpu(1000), "1");
         assert_eq!(cpu(500), "500m");
     }

@@ -17,6 +17,9 @@
 mod api;
 mod config;
 mod form;
+mod iam;
+mod lookups;
+mod policy;
 mod scheduler;
 
 use api::Api;
@@ -167,26 +170,10 @@ fn traffic(service: Option<&Value>, split: &[(String, u8)], extra_tags: &[(&str,
 
 /// Keeps `roles/run.invoker` to exactly the configured members, when they are configured.
 fn ensure_invokers(api: &Api, config: &Config, name: &str) -> Result<(), Error> {
-    let Some(wanted) = &config.invokers else {
-        return Ok(());
-    };
-    let mut sorted = wanted.clone();
-    sorted.sort();
-    for _ in 0..3 {
-        let policy = api.policy(name)?;
-        if form::invokers(&policy) == sorted {
-            return Ok(());
-        }
-        match api.set_policy(name, &form::with_invokers(&policy, wanted)) {
-            Ok(_) => return Ok(()),
-            // Someone changed the policy between the read and the write: read it again.
-            Err(Error::Conflict(_)) => continue,
-            Err(e) => return Err(e),
-        }
+    match &config.invokers {
+        Some(wanted) => policy::update(api.google(), name, policy::INVOKER, |_| wanted.clone()),
+        None => Ok(()),
     }
-    Err(Error::conflict(format!(
-        "the IAM policy of {name} kept changing while the invoker binding was set"
-    )))
 }
 
 pub struct CloudRun;
@@ -208,6 +195,9 @@ impl Provider for CloudRun {
                 http: vec![
                     "https://run.googleapis.com".into(),
                     "https://cloudscheduler.googleapis.com".into(),
+                    "https://iam.googleapis.com".into(),
+                    "https://vpcaccess.googleapis.com".into(),
+                    "https://secretmanager.googleapis.com".into(),
                     "http://127.0.0.1:*".into(),
                     "http://localhost:*".into(),
                 ],
@@ -236,7 +226,10 @@ impl Provider for CloudRun {
             };
             let revisions = api.revisions(&name)?;
             let invokers = match &config.invokers {
-                Some(_) => Some(form::invokers(&api.policy(&name)?)),
+                Some(_) => Some(policy::members(
+                    &policy::read(api.google(), &name)?,
+                    policy::INVOKER,
+                )),
                 None => None,
             };
             return Ok(Some(ServiceStatus {
@@ -264,6 +257,7 @@ impl Provider for CloudRun {
 
     fn plan(desired: ServiceSpec, current: Option<ServiceStatus>) -> Result<DeploymentPlan, Error> {
         let config = Config::parse(&desired.config)?;
+        lookups::check(&config, &desired)?;
         let first = config.regions().first().cloned().unwrap_or_default();
         let body = form::service(&config, &desired, &first, "planned", json!([]))?;
         let after = form::form(&body, config.invokers.as_deref());
@@ -488,45 +482,62 @@ impl Provider for CloudRun {
     }
 }
 
-/// Resources beside the services: Cloud Scheduler jobs.
+/// Resources beside the services: Cloud Scheduler jobs and IAM bindings.
 impl engine_sdk::ResourceProvider for CloudRun {
     fn kinds() -> Vec<engine_sdk::resources::ResourceKind> {
-        vec![scheduler::kind()]
+        let mut kinds = vec![scheduler::kind()];
+        kinds.extend(iam::kinds());
+        kinds
     }
 
     fn read(
         target: engine_sdk::resources::ResourceSpec,
     ) -> Result<Option<engine_sdk::resources::ResourceStatus>, Error> {
-        of_kind(&target)?;
-        scheduler::read(&target)
+        match kind_of(&target)? {
+            Kind::SchedulerJob => scheduler::read(&target),
+            Kind::Binding => iam::read(&target),
+        }
     }
 
     fn plan(
         desired: engine_sdk::resources::ResourceSpec,
         current: Option<engine_sdk::resources::ResourceStatus>,
     ) -> Result<DeploymentPlan, Error> {
-        of_kind(&desired)?;
-        scheduler::plan(&desired, current.as_ref())
+        match kind_of(&desired)? {
+            Kind::SchedulerJob => scheduler::plan(&desired, current.as_ref()),
+            Kind::Binding => iam::plan(&desired, current.as_ref()),
+        }
     }
 
     fn apply(
         desired: engine_sdk::resources::ResourceSpec,
         current: Option<engine_sdk::resources::ResourceStatus>,
     ) -> Result<engine_sdk::resources::ResourceStatus, Error> {
-        of_kind(&desired)?;
-        scheduler::apply(&desired, current.as_ref())
+        match kind_of(&desired)? {
+            Kind::SchedulerJob => scheduler::apply(&desired, current.as_ref()),
+            Kind::Binding => iam::apply(&desired),
+        }
     }
 
     fn delete(target: engine_sdk::resources::ResourceSpec) -> Result<(), Error> {
-        of_kind(&target)?;
-        scheduler::delete(&target)
+        match kind_of(&target)? {
+            Kind::SchedulerJob => scheduler::delete(&target),
+            Kind::Binding => iam::delete(&target),
+        }
     }
 }
 
+/// The modules that manage the provider's kinds.
+enum Kind {
+    SchedulerJob,
+    Binding,
+}
+
 /// The host checks kinds before calling; a kind it let through that is not ours is a bug.
-fn of_kind(target: &engine_sdk::resources::ResourceSpec) -> Result<(), Error> {
+fn kind_of(target: &engine_sdk::resources::ResourceSpec) -> Result<Kind, Error> {
     match target.kind.as_str() {
-        scheduler::KIND => Ok(()),
+        scheduler::KIND => Ok(Kind::SchedulerJob),
+        iam::RUN_INVOKER | iam::SECRET_ACCESSOR => Ok(Kind::Binding),
         other => Err(Error::invalid_config(format!(
             "cloudrun manages no `{other}` resources"
         ))),

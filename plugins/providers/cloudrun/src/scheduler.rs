@@ -7,12 +7,10 @@
 //! `oidc`: Cloud Scheduler mints an identity token for the service account, which the target
 //! service's `invokers` admits.
 
-use super::api::TOKEN_SECRET;
+use super::api::Google;
 use super::config::Config;
 use base64::Engine as _;
-use engine_sdk::http::Client;
 use engine_sdk::resources::{ResourceKind, ResourceSpec, ResourceStatus};
-use engine_sdk::secrets::Secret;
 use engine_sdk::{Change, DeploymentPlan, Error, ErrorExt, PlanAction};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -241,59 +239,10 @@ fn changes(desired: &Value, observed: &Value) -> Vec<Change> {
         .collect()
 }
 
-struct SchedulerApi {
-    base: String,
-    token: Secret,
-    client: Client,
-}
-
-impl SchedulerApi {
-    fn new(target: &ResourceSpec) -> Result<SchedulerApi, Error> {
-        let config = Config::parse(&target.config)?;
-        let token = Secret::open(TOKEN_SECRET).map_err(|e| {
-            e.context(format!(
-                "cloudrun needs the secret `{TOKEN_SECRET}` for Cloud Scheduler; grant it under [plugins.cloudrun.secrets]"
-            ))
-        })?;
-        Ok(SchedulerApi {
-            base: format!("{}/v1", config.scheduler_endpoint().trim_end_matches('/')),
-            token,
-            client: Client::new().with_timeout(Duration::from_secs(30)),
-        })
-    }
-
-    fn job(&self, name: &str) -> Result<Option<Value>, Error> {
-        let got = self
-            .client
-            .get(&format!("{}/{name}", self.base))
-            .bearer(&self.token)
-            .send_json();
-        match got {
-            Ok(job) => Ok(Some(job)),
-            Err(Error::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn send(&self, method: &str, path: &str, body: &Value) -> Result<Value, Error> {
-        self.client
-            .request(method, &format!("{}/{path}", self.base))
-            .bearer(&self.token)
-            .json(body)
-            .send_json()
-    }
-
-    fn delete(&self, name: &str) -> Result<(), Error> {
-        let deleted = self
-            .client
-            .delete(&format!("{}/{name}", self.base))
-            .bearer(&self.token)
-            .send();
-        match deleted {
-            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
+fn scheduler(target: &ResourceSpec) -> Result<Google, Error> {
+    let config = Config::parse(&target.config)?;
+    let base = format!("{}/v1", config.scheduler_endpoint().trim_end_matches('/'));
+    Google::new(base, "Cloud Scheduler")
 }
 
 fn status(job: Value) -> ResourceStatus {
@@ -311,7 +260,7 @@ fn status(job: Value) -> ResourceStatus {
 
 pub fn read(target: &ResourceSpec) -> Result<Option<ResourceStatus>, Error> {
     let (name, _) = desired(target)?;
-    Ok(SchedulerApi::new(target)?.job(&name)?.map(status))
+    Ok(scheduler(target)?.find(&name)?.map(status))
 }
 
 pub fn plan(
@@ -349,13 +298,13 @@ pub fn apply(
     current: Option<&ResourceStatus>,
 ) -> Result<ResourceStatus, Error> {
     let (name, job) = desired(target)?;
-    let api = SchedulerApi::new(target)?;
+    let api = scheduler(target)?;
     let parent = name
         .rsplit_once("/jobs/")
         .map(|(p, _)| p)
         .unwrap_or_default();
     // Read again rather than trust `current`: a resumed run may repeat an apply that landed.
-    let exists = current.is_some() || api.job(&name)?.is_some();
+    let exists = current.is_some() || api.find(&name)?.is_some();
     let applied = if exists {
         // Every field the engine manages, replaced as a whole (httpTarget with its headers).
         let mut mask: Vec<&str> = job
@@ -371,11 +320,11 @@ pub fn apply(
         api.send(
             "PATCH",
             &format!("{name}?updateMask={}", mask.join(",")),
-            &job,
+            Some(&job),
         )?
     } else {
-        match api.send("POST", &format!("{parent}/jobs"), &job) {
-            Err(Error::Conflict(_)) => api.job(&name)?.ok_or_else(|| {
+        match api.send("POST", &format!("{parent}/jobs"), Some(&job)) {
+            Err(Error::Conflict(_)) => api.find(&name)?.ok_or_else(|| {
                 Error::conflict(format!("{name} exists and vanished again; run again"))
             })?,
             other => other?,
@@ -386,7 +335,7 @@ pub fn apply(
 
 pub fn delete(target: &ResourceSpec) -> Result<(), Error> {
     let (name, _) = desired(target)?;
-    SchedulerApi::new(target)?.delete(&name)
+    scheduler(target)?.delete(&name)
 }
 
 #[cfg(test)]
