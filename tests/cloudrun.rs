@@ -5,6 +5,7 @@
 mod support;
 
 use cloudrun_fake::Fake;
+use cloudrun_fake::directory::VersionState;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -311,15 +312,14 @@ fn example(fake: &Fake, dir: &Path, name: &str, extra: &[(&str, &str)]) {
     let api = format!(r#"allow_http = ["{url}"]"#);
     let provider =
         format!("[defaults.provider_config]\nendpoint = \"{url}\"\npoll_interval_ms = 10");
-    // The API grant, with Cloud Scheduler's host where the example has scheduler jobs.
-    let with_scheduler =
-        r#"allow_http = ["https://run.googleapis.com", "https://cloudscheduler.googleapis.com"]"#;
-    let api_grant = match text.contains(with_scheduler) {
-        true => with_scheduler,
-        false => r#"allow_http = ["https://run.googleapis.com"]"#,
-    };
+    // The API grant: the line naming Cloud Run's API, with whichever other Google APIs it names.
+    let api_grant = text
+        .lines()
+        .find(|l| l.starts_with(r#"allow_http = ["https://run.googleapis.com""#))
+        .unwrap_or_else(|| panic!("{name}: the example no longer grants run.googleapis.com"))
+        .to_string();
     let mut replacements: Vec<(&str, &str)> = vec![
-        (api_grant, api.as_str()),
+        (api_grant.as_str(), api.as_str()),
         (r#"google = { from = "google" }"#, token.as_str()),
         (r#"allow_http = ["https://*.run.app"]"#, api.as_str()),
     ];
@@ -342,6 +342,34 @@ fn example(fake: &Fake, dir: &Path, name: &str, extra: &[(&str, &str)]) {
         text = text.replace(from, to);
     }
     std::fs::write(dir.join("pipeline.toml"), text).unwrap();
+}
+
+/// What a guide's setup made before the first deploy, as `plan` looks it up: service accounts
+/// (short names, in `project`), VPC connectors (`region`, name) and secrets with one enabled
+/// version.
+fn provision(
+    fake: &Fake,
+    project: &str,
+    accounts: &[&str],
+    connectors: &[(&str, &str)],
+    secrets: &[&str],
+) {
+    let mut directory = fake.directory();
+    for account in accounts {
+        directory.add_service_account(
+            project,
+            &format!("{account}@{project}.iam.gserviceaccount.com"),
+        );
+    }
+    for (region, connector) in connectors {
+        directory.add_connector(
+            &format!("projects/{project}/locations/{region}/connectors/{connector}"),
+            "READY",
+        );
+    }
+    for secret in secrets {
+        directory.add_secret(project, secret, &[VersionState::Enabled]);
+    }
 }
 
 /// `engine run --env production --output json`, which must succeed; its events.
@@ -408,6 +436,20 @@ async fn the_agenthub_example_deploys_in_its_order_with_its_security_model() {
             (r#"delay = "30s""#, r#"delay = "1ms""#),
         ],
     );
+    let accounts = [
+        "agenthub-agent-management",
+        "agenthub-api-gateway",
+        "agenthub-authentication",
+        "agenthub-conversation-management",
+        "agenthub-database-operations",
+        "agenthub-document-processing",
+        "agenthub-embedding-generation",
+        "agenthub-microservices",
+        "agenthub-payment-intent",
+        "agenthub-rag-query",
+    ];
+    let connector = [("asia-south1", "agenthub-connector")];
+    provision(&fake, "agenthub-production", &accounts, &connector, &[]);
     let plan = production_plan(dir.path()).await;
     assert!(
         plan.contains("api-gateway: create (create api-gateway in asia-south1)"),
@@ -575,6 +617,25 @@ async fn the_atp_example_deploys_both_services_to_three_regions_in_lockstep() {
         "cloudrun-atp",
         &[(r#"pause = "2m""#, r#"pause = "0s""#)],
     );
+    let atp_secrets = [
+        "atp-database-secret",
+        "atp-redis-secret",
+        "atp-auth-secret",
+        "atp-oidc-secret",
+        "atp-provider-secrets",
+        "atp-encryption-secret",
+    ];
+    provision(
+        &fake,
+        "atp-production",
+        &["atp-router", "atp-memory-gateway"],
+        &[
+            ("us-central1", "atp-connector"),
+            ("europe-west1", "atp-connector"),
+            ("asia-southeast1", "atp-connector"),
+        ],
+        &atp_secrets,
+    );
     let plan = production_plan(dir.path()).await;
     assert!(
         plan.contains(
@@ -727,6 +788,13 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
             (r#"min_window = "2m""#, r#"min_window = "20s""#),
         ],
     );
+    provision(
+        &fake,
+        "gac-prod-471220",
+        &["convergence-api-prod", "convergence-scheduler-prod"],
+        &[],
+        &["admin-api-key-prod"],
+    );
     std::fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../examples/cloudrun-data-pipeline/bootstrap.sh"),
@@ -844,6 +912,13 @@ async fn the_agent_exchange_services_get_each_others_urls_from_references() {
         "cloudrun-agent-exchange",
         &[(r#"pause = "1m""#, r#"pause = "0s""#)],
     );
+    provision(
+        &fake,
+        "aex-production",
+        &["aex-runner"],
+        &[("us-central1", "aex-connector")],
+        &["aex-jwt-secret", "aex-api-key-salt"],
+    );
     let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
     assert!(out.status.success(), "{}", text(&out));
     let name = |s: &str| format!("projects/aex-production/locations/us-central1/services/{s}");
@@ -916,6 +991,13 @@ async fn the_data_pipelines_scheduler_jobs_follow_the_pipeline_and_destroy_remov
     let fake = Fake::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     example(&fake, dir.path(), "cloudrun-data-pipeline", &[]);
+    provision(
+        &fake,
+        "gac-stage-471220",
+        &["convergence-api-staging", "convergence-scheduler-staging"],
+        &[],
+        &["admin-api-key-staging"],
+    );
     std::fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../examples/cloudrun-data-pipeline/bootstrap.sh"),
@@ -1090,6 +1172,9 @@ secret_volumes = [
 "#
     .replace("URL", &fake.url);
     std::fs::write(&file, pipeline(&fake, &settings)).unwrap();
+    fake.directory()
+        .add_secret("shop", "tls-cert", &[VersionState::Enabled; 2]);
+    provision(&fake, "shop", &[], &[], &["service-key"]);
     let out = run(dir.path(), &["run", "pipeline.toml"]).await;
     assert!(out.status.success(), "{}", text(&out));
 
@@ -1163,6 +1248,223 @@ secret_volumes = [
         text(&out).contains("Cloud Run mounts one secret per directory"),
         "{}",
         text(&out)
+    );
+    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
+}
+
+/// `plan` looks up what a service names, as Google answers: a typo, an unusable version or a
+/// project the deployer cannot read fails the plan with each name and its fix, before anything
+/// is deployed; `check_references = false` leaves the lookups to the deploy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_refuses_a_missing_service_account_connector_or_secret_version_with_the_fix() {
+    let fake = Fake::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.toml");
+    {
+        let mut directory = fake.directory();
+        directory.add_service_account("shop", "api@shop.iam.gserviceaccount.com");
+        directory.add_connector(
+            "projects/shop/locations/europe-west1/connectors/shop-vpc",
+            "READY",
+        );
+        directory.add_connector(
+            "projects/shop/locations/europe-west1/connectors/still-creating",
+            "CREATING",
+        );
+        use VersionState::{Destroyed, Disabled, Enabled};
+        directory.add_secret("shop", "db-password", &[Enabled, Disabled]);
+        directory.add_secret("shop", "old-key", &[Destroyed]);
+    }
+    let service = |provider_config: &str, secrets: &str| {
+        format!(
+            r#"
+[services.api]
+image = "europe-docker.pkg.dev/shop/api:1"
+[services.api.provider_config]
+project = "shop"
+region = "europe-west1"
+endpoint = "{url}"
+poll_interval_ms = 10
+{provider_config}
+[services.api.secrets]
+{secrets}
+"#,
+            url = fake.url
+        )
+    };
+    let good = service(
+        r#"service_account = "api@shop.iam.gserviceaccount.com"
+vpc_connector = "shop-vpc""#,
+        r#"DB_PASSWORD = "db-password:1""#,
+    );
+    std::fs::write(&file, pipeline(&fake, &good)).unwrap();
+    let out = run(dir.path(), &["plan", "pipeline.toml"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let bad = service(
+        r#"service_account = "apj@shop.iam.gserviceaccount.com"
+vpc_connector = "still-creating""#,
+        r#"DB_PASSWORD = "db-password:2"
+OLD_KEY = "old-key:latest"
+PARTNER_KEY = "projects/partner/secrets/partner-key/versions/latest""#,
+    );
+    std::fs::write(&file, pipeline(&fake, &bad)).unwrap();
+    let out = run(dir.path(), &["plan", "pipeline.toml"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    for expected in [
+        "service account apj@shop.iam.gserviceaccount.com does not exist",
+        "projects/shop/locations/europe-west1/connectors/still-creating",
+        "CREATING",
+        "version 2 of secret db-password (for variable DB_PASSWORD)",
+        "DISABLED",
+        "old-key",
+        "DESTROYED",
+        "partner-key",
+        "cannot be read (403",
+    ] {
+        assert!(said.contains(expected), "no {expected:?} in\n{said}");
+    }
+    // Nothing was deployed.
+    assert!(fake.model().services.is_empty());
+
+    // Lookups off: the plan no longer reads the directory.
+    let off = bad.replace(
+        "poll_interval_ms = 10",
+        "poll_interval_ms = 10\ncheck_references = false",
+    );
+    std::fs::write(&file, pipeline(&fake, &off)).unwrap();
+    let lookups = |fake: &Fake| {
+        fake.requests()
+            .iter()
+            .filter(|r| r.contains("serviceAccounts") || r.contains("/secrets/"))
+            .count()
+    };
+    let before = lookups(&fake);
+    let out = run(dir.path(), &["plan", "pipeline.toml"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(lookups(&fake), before, "{:#?}", fake.requests());
+    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
+}
+
+/// Invoker and secret-accessor bindings as resources: added beside the members already there,
+/// unchanged when held, and destroyed by removing only their own members; a binding whose
+/// members held the role before is left in place; `exclusive` makes the role exactly the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_bindings_add_their_members_and_destroy_removes_only_those() {
+    let fake = Fake::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.toml");
+    let accessor = "roles/secretmanager.secretAccessor";
+    // `api` has internal ingress: the engine runs inside the VPC here.
+    fake.model()
+        .vpc_sources
+        .insert("127.0.0.1".parse().unwrap());
+    fake.directory()
+        .add_secret("shop", "api-key", &[VersionState::Enabled]);
+    let resources = r#"
+[resources.web-calls-api]
+provider = "cloudrun"
+kind = "run-invoker"
+depends_on = ["api"]
+spec = { service = "api", members = ["serviceAccount:web@shop.iam.gserviceaccount.com"] }
+
+[resources.api-reads-key]
+provider = "cloudrun"
+kind = "secret-accessor"
+spec = { secret = "api-key", members = ["serviceAccount:api@shop.iam.gserviceaccount.com"] }
+
+[resources.ops-reads-audit]
+provider = "cloudrun"
+kind = "secret-accessor"
+spec = { secret = "audit-key", members = ["user:ops@example.com"] }
+"#;
+    let body = format!("{SERVICES}{resources}");
+    std::fs::write(&file, pipeline(&fake, &body)).unwrap();
+    // Someone granted both keys to an operator by hand.
+    {
+        let mut directory = fake.directory();
+        directory.add_secret("shop", "audit-key", &[VersionState::Enabled]);
+        directory.add_secret_member("shop", "api-key", accessor, "user:ops@example.com");
+        directory.add_secret_member("shop", "audit-key", accessor, "user:ops@example.com");
+    }
+
+    let out = run(dir.path(), &["plan", "pipeline.toml"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("resource web-calls-api (run-invoker): create"),
+        "{}",
+        text(&out)
+    );
+    let out = run(dir.path(), &["run", "pipeline.toml"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let web = "serviceAccount:web@shop.iam.gserviceaccount.com";
+    assert!(
+        policy_members(&fake, "projects/shop/locations/europe-west1/services/api")
+            .contains(&web.to_string())
+    );
+    let mut holders = fake.directory().secret_members("shop", "api-key", accessor);
+    holders.sort();
+    assert_eq!(
+        holders,
+        [
+            "serviceAccount:api@shop.iam.gserviceaccount.com",
+            "user:ops@example.com"
+        ]
+    );
+
+    // Held: nothing to do.
+    let out = run(dir.path(), &["plan", "pipeline.toml"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("resource api-reads-key (secret-accessor): no-change"),
+        "{}",
+        text(&out)
+    );
+
+    // Exclusive: the operator's hand-made grant goes.
+    edit(
+        &file,
+        r#"members = ["serviceAccount:api@shop.iam.gserviceaccount.com"] }"#,
+        r#"members = ["serviceAccount:api@shop.iam.gserviceaccount.com"], exclusive = true }"#,
+    );
+    let out = run(dir.path(), &["plan", "pipeline.toml"]).await;
+    assert!(
+        text(&out).contains("resource api-reads-key (secret-accessor): update"),
+        "{}",
+        text(&out)
+    );
+    let out = run(dir.path(), &["run", "pipeline.toml"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        fake.directory().secret_members("shop", "api-key", accessor),
+        ["serviceAccount:api@shop.iam.gserviceaccount.com"]
+    );
+
+    // Destroy removes the bindings' own members and leaves the rest.
+    fake.directory()
+        .add_secret_member("shop", "api-key", accessor, "user:ops@example.com");
+    let out = run(dir.path(), &["destroy", "pipeline.toml"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("destroyed resource api-reads-key"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        fake.directory().secret_members("shop", "api-key", accessor),
+        ["user:ops@example.com"]
+    );
+    // The operator's grant on the audit key was there before the engine: it stays.
+    assert!(
+        text(&out).contains("left resource ops-reads-audit in place"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        fake.directory()
+            .secret_members("shop", "audit-key", accessor),
+        ["user:ops@example.com"]
     );
     assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
 }
