@@ -15,6 +15,10 @@
 //! its container sets `FAKE_ERROR_RATE`), a service that does not grant `allUsers` the invoker
 //! role wants a bearer token, and `/metrics` exports the answers under the names Google's
 //! managed Prometheus gives Cloud Run's metrics.
+//!
+//! Beside the run API, each held to its own discovery document: Cloud Scheduler v1 jobs
+//! (`scheduler.rs`), and the IAM, Serverless VPC Access and Secret Manager reads `plan` makes
+//! to check what a service names ([`directory`]), which tests seed through [`Fake::directory`].
 
 pub mod directory;
 pub mod discovery;

@@ -434,3 +434,76 @@ async fn gcloud_describes_and_lists_what_the_fake_serves() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Cannot find service [nope]"));
     assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
 }
+
+/// The lookups `plan` makes answer as Google does: found, 404 in a project the caller may
+/// read, 403 in any other; a secret's policy is written only with its current etag.
+#[tokio::test]
+async fn service_accounts_connectors_and_secrets_answer_404_or_403_as_google_does() {
+    use cloudrun_fake::directory::VersionState::{Disabled, Enabled};
+    let fake = Fake::start().await.unwrap();
+    {
+        let mut directory = fake.directory();
+        directory.add_service_account("shop", "api@shop.iam.gserviceaccount.com");
+        directory.add_connector(
+            "projects/shop/locations/europe-west1/connectors/vpc",
+            "READY",
+        );
+        directory.add_secret("shop", "db", &[Enabled, Disabled]);
+    }
+    let get = |path: &'static str| send(&fake, reqwest::Method::GET, path, None);
+
+    let (status, account) =
+        get("v1/projects/-/serviceAccounts/api@shop.iam.gserviceaccount.com").await;
+    assert_eq!(status, 200, "{account}");
+    assert_eq!(account["projectId"], "shop");
+    let (status, _) = get("v1/projects/-/serviceAccounts/apj@shop.iam.gserviceaccount.com").await;
+    assert_eq!(status, 404);
+    let (status, error) =
+        get("v1/projects/-/serviceAccounts/api@elsewhere.iam.gserviceaccount.com").await;
+    assert_eq!(status, 403, "{error}");
+    assert_eq!(error["error"]["status"], "PERMISSION_DENIED");
+
+    let (status, connector) = get("v1/projects/shop/locations/europe-west1/connectors/vpc").await;
+    assert_eq!((status, connector["state"].clone()), (200, json!("READY")));
+    let (status, _) = get("v1/projects/shop/locations/us-east1/connectors/vpc").await;
+    assert_eq!(status, 404);
+
+    let (status, version) = get("v1/projects/shop/secrets/db/versions/1").await;
+    assert_eq!((status, version["state"].clone()), (200, json!("ENABLED")));
+    // `latest` is the newest version, whatever its state.
+    let (_, latest) = get("v1/projects/shop/secrets/db/versions/latest").await;
+    assert_eq!(latest["state"], "DISABLED");
+    let (status, _) = get("v1/projects/shop/secrets/db/versions/3").await;
+    assert_eq!(status, 404);
+    let (status, _) = get("v1/projects/other/secrets/db/versions/1").await;
+    assert_eq!(status, 403);
+
+    // A policy written with a stale etag is refused, as concurrent writers are.
+    let (_, policy) = get("v1/projects/shop/secrets/db:getIamPolicy").await;
+    let grant = |etag: &Value| {
+        json!({ "policy": { "etag": etag, "bindings": [
+            { "role": "roles/secretmanager.secretAccessor", "members": ["user:a@example.com"] }
+        ] } })
+    };
+    let post =
+        |path: &'static str, body: Value| send(&fake, reqwest::Method::POST, path, Some(body));
+    let (status, written) = post(
+        "v1/projects/shop/secrets/db:setIamPolicy",
+        grant(&policy["etag"]),
+    )
+    .await;
+    assert_eq!(status, 200, "{written}");
+    assert_ne!(written["etag"], policy["etag"]);
+    let (status, _) = post(
+        "v1/projects/shop/secrets/db:setIamPolicy",
+        grant(&policy["etag"]),
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        fake.directory()
+            .secret_members("shop", "db", "roles/secretmanager.secretAccessor"),
+        ["user:a@example.com"]
+    );
+    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
+}

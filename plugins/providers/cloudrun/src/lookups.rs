@@ -123,26 +123,47 @@ pub fn check(config: &Config, spec: &ServiceSpec) -> Result<(), Error> {
     }
 }
 
-/// A lookup's answer: `Some(body)`, or `Err(problem)` when Google says it is missing or
-/// hidden; any other failure (the network, a quota) is the caller's error.
-fn look_up(api: &Google, path: &str) -> Result<Result<Value, &'static str>, Error> {
+/// Why a lookup found nothing, as Google answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    /// 404: the project is readable, and the name is not in it.
+    NotFound,
+    /// 403: the project cannot be read by the deployer, or does not exist.
+    Hidden,
+}
+
+impl Missing {
+    /// The problem and its fix: `create` for a name that is not there, `viewer` (the role
+    /// that reads it) for a project the deployer cannot see.
+    fn explain(self, what: &str, create: &str, viewer: &str) -> String {
+        match self {
+            Missing::NotFound => format!("{what} does not exist: {create}"),
+            Missing::Hidden => format!(
+                "{what} cannot be read (403: the deployer may not read the project, or it does not exist): grant the deployer {viewer} there, or correct the name"
+            ),
+        }
+    }
+}
+
+/// A lookup's answer: `Ok(body)`, or why there is none; any other failure (the network, a
+/// quota) is the caller's error.
+fn look_up(api: &Google, path: &str) -> Result<Result<Value, Missing>, Error> {
     match api.get(path) {
         Ok(v) => Ok(Ok(v)),
-        Err(Error::NotFound(_)) => Ok(Err("does not exist")),
-        Err(Error::Unauthorized(_)) => Ok(Err(
-            "cannot be read (403: it does not exist, or the deploying identity may not see it)",
-        )),
+        Err(Error::NotFound(_)) => Ok(Err(Missing::NotFound)),
+        Err(Error::Unauthorized(_)) => Ok(Err(Missing::Hidden)),
         Err(e) => Err(e),
     }
 }
 
 fn service_account(api: &Google, email: &str) -> Result<Option<String>, Error> {
-    let fix = "create it (`gcloud iam service-accounts create`), correct `service_account` in provider_config, or let the deployer read it (roles/iam.serviceAccountViewer)";
+    let what = format!("service account {email}");
+    let create = "create it (`gcloud iam service-accounts create`) or correct `service_account` in provider_config";
     Ok(
         match look_up(api, &format!("projects/-/serviceAccounts/{email}"))? {
-            Err(why) => Some(format!("service account {email} {why}: {fix}")),
+            Err(missing) => Some(missing.explain(&what, create, "roles/iam.serviceAccountViewer")),
             Ok(account) if account["disabled"] == true => Some(format!(
-                "service account {email} is disabled: enable it (`gcloud iam service-accounts enable {email}`) or name another"
+                "{what} is disabled: enable it (`gcloud iam service-accounts enable {email}`) or name another"
             )),
             Ok(_) => None,
         },
@@ -150,11 +171,12 @@ fn service_account(api: &Google, email: &str) -> Result<Option<String>, Error> {
 }
 
 fn connector(api: &Google, name: &str) -> Result<Option<String>, Error> {
-    let fix = "create it (`gcloud compute networks vpc-access connectors create`), correct `vpc_connector` in provider_config, or let the deployer read it (roles/vpcaccess.viewer)";
+    let what = format!("VPC connector {name}");
+    let create = "create it (`gcloud compute networks vpc-access connectors create`) or correct `vpc_connector` in provider_config";
     Ok(match look_up(api, name)? {
-        Err(why) => Some(format!("VPC connector {name} {why}: {fix}")),
+        Err(missing) => Some(missing.explain(&what, create, "roles/vpcaccess.viewer")),
         Ok(c) if c["state"] != "READY" => Some(format!(
-            "VPC connector {name} is {}, not READY: wait for it or repair it before deploying",
+            "{what} is {}, not READY: wait for it or repair it before deploying",
             c["state"].as_str().unwrap_or("in no state")
         )),
         Ok(_) => None,
@@ -170,11 +192,11 @@ fn secret_version(
 ) -> Result<Option<String>, Error> {
     let path = format!("projects/{project}/secrets/{secret}/versions/{version}");
     let what = format!("version {version} of secret {secret} (for {used_by})");
-    let fix = format!(
-        "add it (`gcloud secrets versions add {secret}`), correct the reference, or let the deployer read it (roles/secretmanager.viewer)"
+    let create = format!(
+        "create the secret or add the version (`gcloud secrets create {secret}`, `gcloud secrets versions add {secret}`), or correct the reference"
     );
     Ok(match look_up(api, &path)? {
-        Err(why) => Some(format!("{what} {why}: {fix}")),
+        Err(missing) => Some(missing.explain(&what, &create, "roles/secretmanager.viewer")),
         Ok(v) if v["state"] != "ENABLED" => Some(format!(
             "{what} is {}: a revision could not read it; enable it or name another version",
             v["state"].as_str().unwrap_or("in no state")
@@ -245,5 +267,15 @@ mod tests {
         );
         // Off: no lookup at all (none could be made here: no host is reachable in a unit test).
         assert!(check(&c, &spec).is_ok());
+    }
+
+    #[test]
+    fn a_missing_name_and_a_hidden_project_have_different_fixes() {
+        let missing = Missing::NotFound.explain("service account a@p", "create it", "roles/v");
+        assert_eq!(missing, "service account a@p does not exist: create it");
+        let hidden = Missing::Hidden.explain("service account a@p", "create it", "roles/v");
+        assert!(hidden.contains("403"), "{hidden}");
+        assert!(hidden.contains("grant the deployer roles/v"), "{hidden}");
+        assert!(!hidden.contains("create it"), "{hidden}");
     }
 }
