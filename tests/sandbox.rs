@@ -661,6 +661,46 @@ async fn a_secret_is_not_sent_to_a_host_it_is_not_granted_for() {
     );
 }
 
+/// A placeholder in a JSON body is filled in, JSON-escaped, for a destination the secret is
+/// granted; the response reflecting it is masked before the plugin reads it.
+#[tokio::test]
+async fn a_secret_placeholder_in_a_json_body_reaches_only_a_granted_host() {
+    const VALUE: &str = r#"adm1n"key\value"#;
+    let file = secret_file(VALUE);
+    let granted = TestServer::start();
+    let other = TestServer::start();
+    let (runtime, sink) = runtime();
+    let hosts = Some(vec![format!("http://127.0.0.1:{}", granted.port)]);
+    let plugin = load_hostile(&runtime, secret_grants(&file, hosts, &[&granted, &other])).await;
+    let post = |port: u16| json!({"mode": "post-secret", "secret": "token", "url": format!("http://127.0.0.1:{port}/keep")});
+
+    let (outcome, seen) = probe(&plugin, post(granted.port)).await.unwrap();
+    assert_eq!(outcome, "ok", "{seen}");
+    let sent: Value = serde_json::from_slice(&granted.requests()[0].body).unwrap();
+    assert_eq!(sent, json!({ "headers": { "X-Admin-Key": VALUE } }));
+    assert!(!seen.contains("adm1n"), "the plugin read the value: {seen}");
+
+    // Not granted there: refused before it leaves, with the grant to add.
+    let (outcome, _) = probe(&plugin, post(other.port)).await.unwrap();
+    assert_eq!(outcome, "err");
+    assert!(other.requests().is_empty());
+    let denials = sink.denials();
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    assert_eq!(denials[0].capability, Capability::Secret);
+    assert!(
+        denials[0].attempted.contains("the body of POST"),
+        "{}",
+        denials[0]
+    );
+    assert!(
+        denials[0]
+            .hint
+            .contains("to secrets.token.hosts in [plugins.hostile]"),
+        "{}",
+        denials[0]
+    );
+}
+
 #[tokio::test]
 async fn an_ungranted_secret_cannot_be_opened() {
     let (runtime, sink) = runtime();

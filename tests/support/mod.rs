@@ -69,7 +69,7 @@ pub struct Received {
 /// `/echo-encoded` with the bearer token in several encodings (and in an `x-echo` header),
 /// `/echo-reversed` with the bearer token backwards, `/big` with 2 MiB, `/sink` reads the
 /// request body and answers with its length, `/keep` keeps up to 1 MiB of it in
-/// [`Received::body`], anything else answers `hello`.
+/// [`Received::body`] and answers with it, anything else answers `hello`.
 pub struct TestServer {
     pub port: u16,
     pub received: Arc<Mutex<Vec<Received>>>,
@@ -103,7 +103,7 @@ impl TestServer {
                     url: request.url().to_string(),
                     authorization: authorization.clone(),
                     headers,
-                    body: kept,
+                    body: kept.clone(),
                 });
                 let token = authorization
                     .as_deref()
@@ -125,6 +125,7 @@ impl TestServer {
                         n.map_or_else(|e| e.to_string(), |n| format!("{n} bytes"))
                             .into_bytes()
                     }
+                    "/keep" => kept,
                     "/big" => vec![b'x'; 2 << 20],
                     _ => b"hello".to_vec(),
                 };

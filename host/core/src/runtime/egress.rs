@@ -7,8 +7,8 @@
 //! 2. the address rules of [`super::address`]: internal addresses only when named, on the
 //!    named ports; names that resolve to internal addresses never; the local platform's admin
 //!    port only through an exact grant;
-//! 3. secret placeholders in its headers are replaced only for destinations the secret is
-//!    granted for;
+//! 3. secret placeholders in its headers, and in the strings of a JSON body
+//!    ([`super::json_body`]), are replaced only for destinations the secret is granted for;
 //! 4. no secret the destination is not granted travels in its URL, headers or body, in any
 //!    spelling of [`crate::redact::forms`] (a plugin may hold a value a granted host reflected);
 //! 5. the call has fewer than [`MAX_REQUESTS_IN_FLIGHT`] requests open.
@@ -24,6 +24,7 @@
 
 use super::address::{AddressPolicy, CanonicalHost, Refusal};
 use super::events::{Capability, Denial, EventSink, PluginEvent};
+use super::json_body;
 use super::secrets::{PLACEHOLDER_PREFIX, PluginSecrets, ResolvedSecret, SecretValue};
 use crate::grants::{HttpPattern, suggested_http_grant};
 use crate::redact::redactor;
@@ -133,6 +134,8 @@ struct Filled {
     /// Values minted for this request (Google tokens, the local platform's), masked in its
     /// response along with the plugin's fixed secret values.
     minted: Vec<String>,
+    /// The destination's origin, the audience of an identity token put in the body.
+    origin: String,
     withheld: Option<Withheld>,
 }
 
@@ -469,20 +472,8 @@ impl EgressPolicy {
         for (name, text, secrets) in pending {
             let mut replaced = text;
             for secret in secrets {
-                let value = secret.value.for_destination(&origin).await.map_err(|e| {
-                    let message = format!("secret '{}' has no value: {e}", secret.name);
-                    self.sink.event(PluginEvent::Log {
-                        plugin: self.plugin.clone(),
-                        level: super::events::LogLevel::Error,
-                        message: redactor().redact(&message),
-                        fields: Vec::new(),
-                    });
-                    HttpError::InternalError(Some(redactor().redact(&message)))
-                })?;
+                let value = self.secret_value(&secret, &origin, &mut minted).await?;
                 replaced = replaced.replace(&secret.placeholder, &value);
-                if fixed_value(&secret).is_none() {
-                    minted.push(value);
-                }
             }
             let value =
                 HeaderValue::from_str(&replaced).map_err(|_| HttpError::HttpRequestHeaderSize {
@@ -495,8 +486,93 @@ impl EgressPolicy {
             url,
             headers,
             minted,
+            origin,
             withheld,
         })
+    }
+
+    /// The value of a secret for this destination (a Google token is minted for it, and
+    /// noted in `minted` to be masked in the response).
+    async fn secret_value(
+        &self,
+        secret: &ResolvedSecret,
+        origin: &str,
+        minted: &mut Vec<String>,
+    ) -> Result<String, HttpError> {
+        let value = secret.value.for_destination(origin).await.map_err(|e| {
+            let message = format!("secret '{}' has no value: {e}", secret.name);
+            self.sink.event(PluginEvent::Log {
+                plugin: self.plugin.clone(),
+                level: super::events::LogLevel::Error,
+                message: redactor().redact(&message),
+                fields: Vec::new(),
+            });
+            HttpError::InternalError(Some(redactor().redact(&message)))
+        })?;
+        if fixed_value(secret).is_none() {
+            minted.push(value.clone());
+        }
+        Ok(value)
+    }
+
+    /// The body to send: a JSON body collected and its placeholders filled in (checked as a
+    /// header's are), any other streamed as written. Either way, searched for the secrets
+    /// its destination is not granted.
+    async fn body(
+        self: &Arc<Self>,
+        body: WasiBody,
+        method: &http::Method,
+        filled: &mut Filled,
+    ) -> Result<reqwest::Body, HttpError> {
+        let guard = filled.withheld.clone().map(|w| (w, self.clone()));
+        if !json_body::is_json(&filled.headers) {
+            return Ok(streamed(body, guard).await);
+        }
+        let bytes = match json_body::read(body, json_body::MAX_COLLECTED).await? {
+            json_body::Read::TooLarge(body) => return Ok(streamed(body, guard).await),
+            json_body::Read::Whole(bytes) => bytes,
+        };
+        let bytes = self.fill_body(bytes, method, filled).await?;
+        if let Some((withheld, _)) = &guard
+            && withheld.patterns.found_in(&bytes)
+        {
+            return Err(self.leak(withheld, "body"));
+        }
+        // The length changed with the values; the client sets it from the body.
+        filled.headers.remove(http::header::CONTENT_LENGTH);
+        Ok(reqwest::Body::from(bytes))
+    }
+
+    /// A JSON body with the placeholders of the secrets this destination is granted filled in.
+    async fn fill_body(
+        &self,
+        bytes: Bytes,
+        method: &http::Method,
+        filled: &mut Filled,
+    ) -> Result<Bytes, HttpError> {
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            return Ok(bytes);
+        };
+        if !text.contains(PLACEHOLDER_PREFIX) {
+            return Ok(bytes);
+        }
+        let url = &filled.url;
+        let host = url
+            .host()
+            .map(CanonicalHost::from)
+            .ok_or(HttpError::HttpRequestUriInvalid)?
+            .name;
+        let port = url.port_or_known_default().unwrap_or_default();
+        let place = format!("the body of {method} {url}");
+        let mut values = Vec::new();
+        for secret in self.secrets.placeholders_in(text) {
+            self.check_secret(secret, &place, (url.scheme(), &host, port))?;
+            let value = self
+                .secret_value(secret, &filled.origin, &mut filled.minted)
+                .await?;
+            values.push((secret.placeholder.clone(), value));
+        }
+        Ok(Bytes::from(json_body::fill(text, &values)))
     }
 
     /// The spellings masked in this request's response.
@@ -511,19 +587,19 @@ impl EgressPolicy {
     async fn send(
         self: Arc<Self>,
         request: http::Request<WasiBody>,
-        filled: Filled,
+        mut filled: Filled,
         options: Option<RequestOptions>,
         permit: OwnedSemaphorePermit,
     ) -> Result<http::Response<WasiBody>, HttpError> {
         let (parts, body) = request.into_parts();
         let shown = redactor().redact(filled.url.as_str());
+        let body = self.body(body, &parts.method, &mut filled).await?;
         let masked = self.masked_in_response(&filled.minted);
-        let guard = filled.withheld.map(|w| (w, self.clone()));
         let mut builder = self
             .client
             .request(parts.method.clone(), filled.url.clone())
             .headers(filled.headers)
-            .body(streamed(body, guard).await);
+            .body(body);
         if let Some(timeout) = options.and_then(|o| o.first_byte_timeout) {
             builder = builder.timeout(timeout);
         }

@@ -33,6 +33,7 @@ pub mod google_external;
 pub mod info;
 pub mod inspect;
 pub mod intersection;
+pub mod json_body;
 pub mod places;
 pub mod plugin;
 pub mod port;

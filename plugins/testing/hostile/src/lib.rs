@@ -213,6 +213,19 @@ impl Provider for Hostile {
                 Err(Error::fatal(format!("error: {echoed}")))
             }
             "relay" => Ok(report(relay(&config))),
+            "post-secret" => {
+                // The secret's placeholder in a JSON body; the response as the plugin reads it.
+                let secret = Secret::open(arg(&config, "secret"))?;
+                let body = json!({ "headers": { "X-Admin-Key": secret.placeholder() } });
+                Ok(report(
+                    Client::new()
+                        .post(arg(&config, "url"))
+                        .json(&body)
+                        .send()
+                        .map(|r| format!("{} {}", r.status, r.text()))
+                        .map_err(|e| e.to_string()),
+                ))
+            }
             "secret-id" => {
                 // Returns a reflected secret as a revision id, to be stored and printed.
                 Ok(Some(one_revision(reflected(&config)?)))
