@@ -312,6 +312,7 @@ fn example(fake: &Fake, dir: &Path, name: &str, extra: &[(&str, &str)]) {
     let api = format!(r#"allow_http = ["{url}"]"#);
     let provider =
         format!("[defaults.provider_config]\nendpoint = \"{url}\"\npoll_interval_ms = 10");
+    let hosts = format!(r#"hosts = ["{url}"]"#);
     // The API grant: the line naming Cloud Run's API, with whichever other Google APIs it names.
     let api_grant = text
         .lines()
@@ -330,6 +331,10 @@ fn example(fake: &Fake, dir: &Path, name: &str, extra: &[(&str, &str)]) {
             r#"id-token = { from = "env:TEST_GOOGLE_TOKEN" }"#,
         ),
         ("[defaults.provider_config]", provider.as_str()),
+        (
+            r#"hosts = ["https://cloudscheduler.googleapis.com"]"#,
+            hosts.as_str(),
+        ),
     ] {
         text = text.replace(from, to);
     }
@@ -791,7 +796,7 @@ async fn the_data_pipeline_example_goes_dark_then_25_50_100_behind_metrics_gates
     provision(
         &fake,
         "gac-prod-471220",
-        &["convergence-api-prod", "convergence-scheduler-prod"],
+        &["convergence-api-prod"],
         &[],
         &["admin-api-key-prod"],
     );
@@ -994,7 +999,7 @@ async fn the_data_pipelines_scheduler_jobs_follow_the_pipeline_and_destroy_remov
     provision(
         &fake,
         "gac-stage-471220",
-        &["convergence-api-staging", "convergence-scheduler-staging"],
+        &["convergence-api-staging"],
         &[],
         &["admin-api-key-staging"],
     );
@@ -1045,10 +1050,18 @@ async fn the_data_pipelines_scheduler_jobs_follow_the_pipeline_and_destroy_remov
     assert_eq!(job["attemptDeadline"], "180s");
     assert_eq!(job["retryConfig"]["retryCount"], 3);
     assert_eq!(job["retryConfig"]["minBackoffDuration"], "30s");
+    // The guide's admin key, put in by the host: the plugin held only a placeholder.
     assert_eq!(
-        job["httpTarget"]["oidcToken"]["serviceAccountEmail"],
-        "convergence-scheduler-staging@gac-stage-471220.iam.gserviceaccount.com"
+        job["httpTarget"]["headers"]["X-Admin-Key"],
+        "test-admin-key"
     );
+    // Nothing the engine keeps or prints holds it (the state has what Google answered, masked).
+    let key = b"test-admin-key";
+    for file in ["state.db", "state.db-wal"] {
+        let kept = std::fs::read(dir.path().join(".engine").join(file)).unwrap_or_default();
+        assert!(!kept.windows(key.len()).any(|w| w == key), "{file}");
+    }
+    assert!(!text(&out).contains("test-admin-key"));
     assert_eq!(created[&cleanup]["schedule"], "*/30 * * * *");
 
     // Again: nothing changes (Google's defaults are not drift), and no job is written.

@@ -203,7 +203,8 @@ impl Provider for CloudRun {
                 ],
                 env: Vec::new(),
                 dirs: Vec::new(),
-                secrets: vec![api::TOKEN_SECRET.into()],
+                // `*`: the secrets scheduler jobs name in `secret_headers`.
+                secrets: vec![api::TOKEN_SECRET.into(), "*".into()],
             },
         }
     }

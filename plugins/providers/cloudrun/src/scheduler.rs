@@ -5,7 +5,10 @@
 //! compares only what the spec sets, so the defaults Google fills in (a retry config, a
 //! `User-Agent` header) never show as drift. The recommended way to authenticate the call is
 //! `oidc`: Cloud Scheduler mints an identity token for the service account, which the target
-//! service's `invokers` admits.
+//! service's `invokers` admits. A header whose value is a secret (the guide's `X-Admin-Key`)
+//! is `secret_headers`: the job is sent with the secret's placeholder, which the host replaces
+//! with the value on its way to Google; the plugin never holds it, and Google's answer reaches
+//! it masked, so `plan` compares only that the header is there.
 
 use super::api::Google;
 use super::config::Config;
@@ -30,6 +33,7 @@ const SPEC_SCHEMA: &str = r##"{
     "uri": { "type": "string", "pattern": "^https?://", "description": "what the job calls, such as \"${services.api.url}/reset\"" },
     "http_method": { "enum": ["POST", "GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"] },
     "headers": { "type": "object", "additionalProperties": { "type": "string" } },
+    "secret_headers": { "type": "object", "additionalProperties": { "type": "string", "pattern": "^[A-Za-z0-9_.-]+$" }, "description": "header name → the name of a secret granted under [plugins.cloudrun.secrets], whose value the host puts in" },
     "body": { "type": "string", "description": "the request body, as text" },
     "description": { "type": "string" },
     "attempt_deadline": { "type": "string", "description": "15s to 30m, such as \"180s\"" },
@@ -80,6 +84,8 @@ struct Spec {
     #[serde(default)]
     headers: BTreeMap<String, String>,
     #[serde(default)]
+    secret_headers: BTreeMap<String, String>,
+    #[serde(default)]
     body: Option<String>,
     #[serde(default)]
     description: Option<String>,
@@ -125,8 +131,49 @@ fn duration(what: &str, text: &str) -> Result<String, Error> {
     Ok(format!("{}s", d.as_secs()))
 }
 
+/// The job a spec describes.
+struct Desired {
+    /// `projects/P/locations/L/jobs/ID`.
+    name: String,
+    /// The API's `Job`, with placeholders for secret headers.
+    job: Value,
+    /// The leaf paths of secret headers (`httpTarget.headers.X-Admin-Key`), by secret name.
+    secret_paths: BTreeMap<String, String>,
+}
+
+/// The headers whose values are secrets.
+struct SecretHeaders {
+    /// Header name to the secret's placeholder, which the host fills on egress.
+    values: BTreeMap<String, String>,
+    /// Leaf path (`httpTarget.headers.X-Admin-Key`) to secret name.
+    paths: BTreeMap<String, String>,
+}
+
+/// Opens the secrets a spec's `secret_headers` name.
+fn secret_headers(job_name: &str, spec: &Spec) -> Result<SecretHeaders, Error> {
+    let (mut headers, mut paths) = (BTreeMap::new(), BTreeMap::new());
+    for (header, secret) in &spec.secret_headers {
+        if spec.headers.keys().any(|h| h.eq_ignore_ascii_case(header)) {
+            return Err(Error::invalid_config(format!(
+                "scheduler-job `{job_name}`: header {header} is in both `headers` and `secret_headers`; keep one"
+            )));
+        }
+        let opened = engine_sdk::secrets::Secret::open(secret).map_err(|e| {
+            Error::invalid_config(format!(
+                "scheduler-job `{job_name}`: secret_headers.{header} names secret '{secret}', which cannot be opened ({e}); grant it under [plugins.cloudrun.secrets], such as `{secret} = {{ from = \"env:VARIABLE\", hosts = [\"https://cloudscheduler.googleapis.com\"] }}`"
+            ))
+        })?;
+        headers.insert(header.clone(), opened.placeholder().to_string());
+        paths.insert(format!("httpTarget.headers.{header}"), secret.clone());
+    }
+    Ok(SecretHeaders {
+        values: headers,
+        paths,
+    })
+}
+
 /// The job the spec describes, as the API's `Job`, and its full name.
-fn desired(target: &ResourceSpec) -> Result<(String, Value), Error> {
+fn desired(target: &ResourceSpec) -> Result<Desired, Error> {
     let config = Config::parse(&target.config)?;
     let spec: Spec = serde_json::from_str(&target.spec)
         .map_err(|e| Error::invalid_config(format!("scheduler-job `{}`: {e}", target.name)))?;
@@ -148,8 +195,12 @@ fn desired(target: &ResourceSpec) -> Result<(String, Value), Error> {
         "uri": spec.uri,
         "httpMethod": spec.http_method.clone().unwrap_or_else(|| "POST".into()),
     });
-    if !spec.headers.is_empty() {
-        http["headers"] = json!(spec.headers);
+    let secret = secret_headers(&target.name, &spec)?;
+    let secret_paths = secret.paths;
+    let mut headers = spec.headers.clone();
+    headers.extend(secret.values);
+    if !headers.is_empty() {
+        http["headers"] = json!(headers);
     }
     if let Some(body) = &spec.body {
         http["body"] = json!(base64::engine::general_purpose::STANDARD.encode(body));
@@ -195,7 +246,11 @@ fn desired(target: &ResourceSpec) -> Result<(String, Value), Error> {
         }
         job["retryConfig"] = Value::Object(retry);
     }
-    Ok((name, job))
+    Ok(Desired {
+        name,
+        job,
+        secret_paths,
+    })
 }
 
 /// Every leaf of `value` by its path (`httpTarget.uri`); headers are leaves one by one.
@@ -224,17 +279,24 @@ fn shown(v: Option<&Value>) -> Option<String> {
     })
 }
 
-/// The fields the spec sets that the job has otherwise.
-fn changes(desired: &Value, observed: &Value) -> Vec<Change> {
+/// The fields the spec sets that the job has otherwise. A secret header's value cannot be
+/// compared (the plugin sees neither value): it is a change only when the header is missing.
+fn changes(desired: &Desired, observed: &Value) -> Vec<Change> {
     let (mut want, mut have) = (BTreeMap::new(), BTreeMap::new());
-    leaves(desired, "", &mut want);
+    leaves(&desired.job, "", &mut want);
     leaves(observed, "", &mut have);
     want.iter()
-        .filter(|(path, value)| have.get(*path) != Some(value))
-        .map(|(path, value)| Change {
-            field: path.clone(),
-            before: shown(have.get(path)),
-            after: shown(Some(value)),
+        .filter_map(|(path, value)| match desired.secret_paths.get(path) {
+            Some(secret) => (!have.contains_key(path)).then(|| Change {
+                field: path.clone(),
+                before: None,
+                after: Some(format!("(the value of secret {secret})")),
+            }),
+            None => (have.get(path) != Some(value)).then(|| Change {
+                field: path.clone(),
+                before: shown(have.get(path)),
+                after: shown(Some(value)),
+            }),
         })
         .collect()
 }
@@ -259,7 +321,7 @@ fn status(job: Value) -> ResourceStatus {
 }
 
 pub fn read(target: &ResourceSpec) -> Result<Option<ResourceStatus>, Error> {
-    let (name, _) = desired(target)?;
+    let name = desired(target)?.name;
     Ok(scheduler(target)?.find(&name)?.map(status))
 }
 
@@ -267,9 +329,10 @@ pub fn plan(
     target: &ResourceSpec,
     current: Option<&ResourceStatus>,
 ) -> Result<DeploymentPlan, Error> {
-    let (name, job) = desired(target)?;
+    let desired = desired(target)?;
+    let name = &desired.name;
     let Some(current) = current else {
-        let mut changes = changes(&job, &json!({}));
+        let mut changes = changes(&desired, &json!({}));
         changes.retain(|c| c.field != "name");
         return Ok(DeploymentPlan {
             action: PlanAction::Create,
@@ -278,7 +341,7 @@ pub fn plan(
         });
     };
     let observed: Value = serde_json::from_str(&current.observed).unwrap_or_default();
-    let changes = changes(&job, &observed);
+    let changes = changes(&desired, &observed);
     Ok(match changes.is_empty() {
         true => DeploymentPlan {
             action: PlanAction::NoChange,
@@ -297,7 +360,7 @@ pub fn apply(
     target: &ResourceSpec,
     current: Option<&ResourceStatus>,
 ) -> Result<ResourceStatus, Error> {
-    let (name, job) = desired(target)?;
+    let Desired { name, job, .. } = desired(target)?;
     let api = scheduler(target)?;
     let parent = name
         .rsplit_once("/jobs/")
@@ -334,7 +397,7 @@ pub fn apply(
 }
 
 pub fn delete(target: &ResourceSpec) -> Result<(), Error> {
-    let (name, _) = desired(target)?;
+    let name = desired(target)?.name;
     scheduler(target)?.delete(&name)
 }
 
@@ -353,7 +416,7 @@ mod tests {
 
     #[test]
     fn the_guides_job_becomes_the_apis_job() {
-        let (name, job) = desired(&target(json!({
+        let Desired { name, job, .. } = desired(&target(json!({
             "schedule": "0 0 * * *",
             "uri": "https://api.run.app/api/v1/scheduler/reset-daily-quotas",
             "attempt_deadline": "180s",
@@ -376,18 +439,58 @@ mod tests {
 
     #[test]
     fn only_what_the_spec_sets_is_compared() {
-        let (_, job) = desired(&target(
+        let wanted = desired(&target(
             json!({"schedule": "*/30 * * * *", "uri": "https://a"}),
         ))
         .unwrap();
-        let mut observed = job.clone();
+        let mut observed = wanted.job.clone();
         observed["state"] = json!("ENABLED");
         observed["retryConfig"] = json!({"maxDoublings": 5});
-        assert!(changes(&job, &observed).is_empty());
+        assert!(changes(&wanted, &observed).is_empty());
         observed["schedule"] = json!("*/15 * * * *");
-        let found = changes(&job, &observed);
+        let found = changes(&wanted, &observed);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].field, "schedule");
         assert_eq!(found[0].before.as_deref(), Some("*/15 * * * *"));
+    }
+
+    #[test]
+    fn a_secret_header_carries_the_placeholder_and_is_compared_by_presence() {
+        let spec = json!({"schedule": "0 0 * * *", "uri": "https://a",
+                          "secret_headers": {"X-Admin-Key": "admin-key"}});
+        let refused = desired(&target(spec.clone())).err().unwrap();
+        assert!(
+            refused
+                .to_string()
+                .contains("grant it under [plugins.cloudrun.secrets]"),
+            "{refused}"
+        );
+        engine_sdk::testing::grant_secret("admin-key", "the-key");
+        let wanted = desired(&target(spec)).unwrap();
+        let sent = wanted.job["httpTarget"]["headers"]["X-Admin-Key"]
+            .as_str()
+            .unwrap();
+        assert_eq!(sent, "engine-secret-admin-key-native");
+        // Google's answer reaches the plugin masked: the header is there, which is all it can see.
+        let mut observed = wanted.job.clone();
+        observed["httpTarget"]["headers"]["X-Admin-Key"] = json!("*******");
+        assert!(changes(&wanted, &observed).is_empty());
+        observed["httpTarget"]["headers"] = json!({});
+        let found = changes(&wanted, &observed);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0].after.as_deref(),
+            Some("(the value of secret admin-key)")
+        );
+    }
+
+    #[test]
+    fn a_header_is_either_plain_or_secret() {
+        engine_sdk::testing::grant_secret("admin-key", "the-key");
+        let both = json!({"schedule": "0 0 * * *", "uri": "https://a",
+                          "headers": {"x-admin-key": "plain"},
+                          "secret_headers": {"X-Admin-Key": "admin-key"}});
+        let refused = desired(&target(both)).err().unwrap();
+        assert!(refused.to_string().contains("keep one"), "{refused}");
     }
 }
