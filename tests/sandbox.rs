@@ -1749,6 +1749,28 @@ async fn a_resource_answer_that_breaks_the_contract_is_malformed_output() {
             }
         }
     }
+    let service = |mode: &str| ServiceRef {
+        name: "svc".into(),
+        config: json!({ "mode": mode }).to_string(),
+    };
+    for (mode, expected) in [
+        ("place-with-newline", "is not a kebab-case name"),
+        ("place-twice", "place eu is listed twice"),
+        ("place-not-a-url", "is not an absolute http(s) URL"),
+        ("many-places", "over the limit of 256"),
+    ] {
+        match resources.service_urls(&service(mode)).await {
+            Err(CallError::MalformedOutput { detail, .. }) => {
+                assert!(detail.contains(expected), "{mode}: {detail}")
+            }
+            other => panic!("{mode}: expected malformed output, got {other:?}"),
+        }
+    }
+    let places = resources.service_urls(&service("ok")).await.unwrap();
+    assert_eq!(
+        places[1],
+        ("us".to_string(), "https://us.example".to_string())
+    );
     let fine = resources.read(&spec("ok")).await.unwrap().unwrap();
     assert_eq!(fine.outputs, [("value".to_string(), "fine".to_string())]);
     let plan = resources.plan(&spec("ok"), None).await.unwrap();

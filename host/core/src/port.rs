@@ -225,6 +225,11 @@ pub trait Platform: Send + Sync {
     async fn get_traffic(&self) -> Result<Vec<TrafficShare>, PortError>;
     /// The service's addresses, or one revision's.
     async fn endpoints(&self, revision: Option<&str>) -> Result<Vec<Endpoint>, PortError>;
+    /// The service's URL in each place (region) it runs in, by place; empty when the platform
+    /// does not tell places apart.
+    async fn place_urls(&self) -> Result<Vec<(String, String)>, PortError> {
+        Ok(Vec::new())
+    }
     /// Removes a revision that takes no traffic.
     async fn retire(&self, revision: &str) -> Result<(), PortError>;
     /// Removes the whole service.

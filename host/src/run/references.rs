@@ -1,6 +1,6 @@
-//! Filling in references (`${services.NAME.url}`, `${resources.NAME.outputs.KEY}`) once what
-//! they name has settled: validation made each one a dependency, so the executor starts a unit
-//! only after everything it references.
+//! Filling in references (`${services.NAME.url}`, `${services.NAME.urls.PLACE}`,
+//! `${resources.NAME.outputs.KEY}`) once what they name has settled: validation made each one
+//! a dependency, so the executor starts a unit only after everything it references.
 
 use super::ServiceReport;
 use super::rollout::{Executor, retry};
@@ -15,6 +15,8 @@ use std::time::Duration;
 pub(super) struct Known {
     /// A service's URL, once read.
     urls: Mutex<BTreeMap<String, String>>,
+    /// A service's URL in each place, once read.
+    place_urls: Mutex<BTreeMap<String, Vec<(String, String)>>>,
     /// A resource's outputs, once applied (or found unchanged) in this run.
     outputs: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
 }
@@ -51,6 +53,16 @@ impl Known {
     fn set_url(&self, service: &str, url: &str) {
         let mut known = self.urls.lock().unwrap_or_else(|e| e.into_inner());
         known.insert(service.to_string(), url.to_string());
+    }
+
+    fn place_urls(&self, service: &str) -> Option<Vec<(String, String)>> {
+        let known = self.place_urls.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(service).cloned()
+    }
+
+    fn set_place_urls(&self, service: &str, urls: Vec<(String, String)>) {
+        let mut known = self.place_urls.lock().unwrap_or_else(|e| e.into_inner());
+        known.insert(service.to_string(), urls);
     }
 }
 
@@ -127,9 +139,17 @@ impl Executor<'_> {
         let mut values = BTreeMap::new();
         for reference in wanted {
             let value = match reference {
-                Reference::ServiceUrl(service) => self.service_url(service).await,
+                Reference::ServiceUrl {
+                    service,
+                    place: None,
+                } => self.service_url(service).await,
+                Reference::ServiceUrl {
+                    service,
+                    place: Some(place),
+                } => self.place_url(service, place).await,
                 Reference::ResourceOutput { resource, key } => self.known.output(resource, key),
             };
+            // Even a region the service does not run in yet: the plan's run may add it.
             let value = match value {
                 Err(_) if self.world.simulated() => Ok(references::stand_in(reference)),
                 other => other,
@@ -155,5 +175,33 @@ impl Executor<'_> {
         };
         self.known.set_url(name, &url);
         Ok(url)
+    }
+
+    /// A service's URL in one place, from the URLs its provider lists by place (read once
+    /// per run).
+    async fn place_url(&self, name: &str, place: &str) -> Result<String, String> {
+        let urls = match self.known.place_urls(name) {
+            Some(urls) => urls,
+            None => {
+                let service = self.pipeline.service(name)?;
+                let platform = self.ports.platform(service).map_err(|e| e.message)?;
+                let urls = retry(|| platform.place_urls()).await?;
+                self.known.set_place_urls(name, urls.clone());
+                urls
+            }
+        };
+        if let Some((_, url)) = urls.iter().find(|(p, _)| p == place) {
+            return Ok(url.clone());
+        }
+        if urls.is_empty() {
+            return Err(format!(
+                "the provider of service `{name}` lists no URL by region for it: the service does not exist yet, or its provider does not tell regions apart (then use ${{services.{name}.url}})"
+            ));
+        }
+        let places: Vec<&str> = urls.iter().map(|(p, _)| p.as_str()).collect();
+        Err(format!(
+            "service `{name}` runs in {}, not in {place}",
+            places.join(", ")
+        ))
     }
 }

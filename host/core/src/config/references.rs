@@ -1,5 +1,5 @@
-//! References between the parts of a pipeline: `${services.NAME.url}` and
-//! `${resources.NAME.outputs.KEY}`.
+//! References between the parts of a pipeline: `${services.NAME.url}`,
+//! `${services.NAME.urls.PLACE}` and `${resources.NAME.outputs.KEY}`.
 //!
 //! Unlike `${variable}`, a reference is not known when the file is read: it names what another
 //! service or resource becomes when it is deployed. Validation checks that it names something
@@ -12,8 +12,12 @@ use std::collections::BTreeSet;
 /// What a reference names.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reference {
-    /// `${services.NAME.url}`: the service's URL (in its first region, when it has several).
-    ServiceUrl(String),
+    /// `${services.NAME.url}`: the service's URL (in its first region, when it has several);
+    /// `${services.NAME.urls.PLACE}`: its URL in one place (region).
+    ServiceUrl {
+        service: String,
+        place: Option<String>,
+    },
     /// `${resources.NAME.outputs.KEY}`: an output of a resource.
     ResourceOutput { resource: String, key: String },
 }
@@ -26,9 +30,18 @@ impl Reference {
         let parts: Vec<&str> = rest.split('.').collect();
         match head {
             "services" => Some(match parts[..] {
-                [name, "url"] if !name.is_empty() => Ok(Reference::ServiceUrl(name.into())),
+                [name, "url"] if !name.is_empty() => Ok(Reference::ServiceUrl {
+                    service: name.into(),
+                    place: None,
+                }),
+                [name, "urls", place] if !name.is_empty() && !place.is_empty() => {
+                    Ok(Reference::ServiceUrl {
+                        service: name.into(),
+                        place: Some(place.into()),
+                    })
+                }
                 [name, ..] => Err(format!(
-                    "`${{{inner}}}`: a service's reference is `${{services.{name}.url}}`"
+                    "`${{{inner}}}`: a service's reference is `${{services.{name}.url}}`, or `${{services.{name}.urls.REGION}}` for its URL in one region"
                 )),
                 [] => unreachable!("split gives at least one part"),
             }),
@@ -51,7 +64,7 @@ impl Reference {
     /// The service or resource it depends on.
     pub fn target(&self) -> &str {
         match self {
-            Reference::ServiceUrl(name) => name,
+            Reference::ServiceUrl { service, .. } => service,
             Reference::ResourceOutput { resource, .. } => resource,
         }
     }
@@ -60,7 +73,14 @@ impl Reference {
 impl std::fmt::Display for Reference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Reference::ServiceUrl(name) => write!(f, "${{services.{name}.url}}"),
+            Reference::ServiceUrl {
+                service,
+                place: None,
+            } => write!(f, "${{services.{service}.url}}"),
+            Reference::ServiceUrl {
+                service,
+                place: Some(place),
+            } => write!(f, "${{services.{service}.urls.{place}}}"),
             Reference::ResourceOutput { resource, key } => {
                 write!(f, "${{resources.{resource}.outputs.{key}}}")
             }
@@ -107,7 +127,14 @@ pub fn in_json(value: &serde_json::Value) -> BTreeSet<Reference> {
 /// as one that cannot resolve (`.invalid` is reserved), so a schema's URL checks still pass.
 pub fn stand_in(reference: &Reference) -> String {
     match reference {
-        Reference::ServiceUrl(name) => format!("https://{name}.known-after-deploy.invalid"),
+        Reference::ServiceUrl {
+            service,
+            place: None,
+        } => format!("https://{service}.known-after-deploy.invalid"),
+        Reference::ServiceUrl {
+            service,
+            place: Some(place),
+        } => format!("https://{service}.{place}.known-after-deploy.invalid"),
         Reference::ResourceOutput { resource, key } => {
             format!("(known after {resource} is applied: {key})")
         }
@@ -181,12 +208,28 @@ pub fn resolve_json(
 mod tests {
     use super::*;
 
+    fn url(service: &str, place: Option<&str>) -> Reference {
+        Reference::ServiceUrl {
+            service: service.into(),
+            place: place.map(String::from),
+        }
+    }
+
     #[test]
     fn references_are_told_from_variables_and_checked() {
         assert_eq!(
             Reference::parse("services.api.url"),
-            Some(Ok(Reference::ServiceUrl("api".into())))
+            Some(Ok(url("api", None)))
         );
+        assert_eq!(
+            Reference::parse("services.api.urls.europe-west1"),
+            Some(Ok(url("api", Some("europe-west1"))))
+        );
+        assert_eq!(
+            url("api", Some("europe-west1")).to_string(),
+            "${services.api.urls.europe-west1}"
+        );
+        assert!(Reference::parse("services.api.urls").unwrap().is_err());
         assert_eq!(
             Reference::parse("resources.db.outputs.host"),
             Some(Ok(Reference::ResourceOutput {
@@ -204,7 +247,9 @@ mod tests {
     #[test]
     fn resolving_fills_references_and_keeps_escapes() {
         let value = |r: &Reference| match r {
-            Reference::ServiceUrl(name) if name == "api" => Ok("https://api.run.app".to_string()),
+            Reference::ServiceUrl { service, .. } if service == "api" => {
+                Ok("https://api.run.app".to_string())
+            }
             _ => Err("not deployed".to_string()),
         };
         let text = "${services.api.url}/reset and $${literal}";
@@ -225,7 +270,7 @@ mod tests {
         );
         assert_eq!(
             in_json(&json).into_iter().collect::<Vec<_>>(),
-            [Reference::ServiceUrl("api".into())]
+            [url("api", None)]
         );
     }
 }

@@ -305,7 +305,7 @@ fn imply_references(
         let written = reference.to_string();
         let span = text_span(unit.table, &written).unwrap_or(unit.key_span.clone());
         let (known, sort) = match reference {
-            Reference::ServiceUrl(_) => (services, "service"),
+            Reference::ServiceUrl { .. } => (services, "service"),
             Reference::ResourceOutput { .. } => (resources, "resource"),
         };
         let target = reference.target();

@@ -184,6 +184,15 @@ impl Platform for PluginPlatform<'_> {
         Ok(endpoints.into_iter().map(endpoint).collect())
     }
 
+    async fn place_urls(&self) -> Result<Vec<(String, String)>, PortError> {
+        // A 0.1.0 provider, or one without resources, does not tell places apart.
+        let Ok(resources) = self.plugin.resources() else {
+            return Ok(Vec::new());
+        };
+        let urls = resources.service_urls(&self.target).await;
+        urls.map_err(port_error)
+    }
+
     async fn retire(&self, revision: &str) -> Result<(), PortError> {
         let retired = self.provider.retire(&self.target, revision).await;
         retired.map_err(port_error)

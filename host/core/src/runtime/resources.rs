@@ -100,6 +100,23 @@ impl Resources<'_> {
         Ok(status)
     }
 
+    /// The service's URL per place, checked: bounded, each place a kebab-case name given
+    /// once, each URL absolute.
+    pub async fn service_urls(
+        &self,
+        service: &types::ServiceRef,
+    ) -> Result<Vec<(String, String)>, CallError> {
+        let urls = self
+            .call("service-urls", |b, mut s| async move {
+                b.engine_plugin_resources()
+                    .call_service_urls(&mut s, service)
+                    .await
+            })
+            .await?;
+        check_place_urls(&urls).map_err(|d| self.malformed("service-urls", d))?;
+        Ok(urls)
+    }
+
     pub async fn delete(&self, target: &ResourceSpec) -> Result<(), CallError> {
         self.call("delete-resource", |b, mut s| async move {
             b.engine_plugin_resources()
@@ -192,6 +209,30 @@ fn check_status(status: &ResourceStatus) -> Result<(), String> {
     for (key, value) in &status.outputs {
         output_key(key)?;
         output_value(key, value)?;
+    }
+    Ok(())
+}
+
+/// Place names are written into references (`${services.NAME.urls.PLACE}`) and URLs into
+/// other services' specs.
+fn check_place_urls(urls: &[(String, String)]) -> Result<(), String> {
+    super::plugin::check::endpoint_count(urls.len())?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (place, url) in urls {
+        kebab("a place", place)?;
+        if !seen.insert(place) {
+            return Err(format!("place {place} is listed twice"));
+        }
+        super::plugin::check::url(url)?;
+        if url.len() > untrusted::MAX_TEXT {
+            return Err(format!(
+                "the URL of place {place} is over {} bytes",
+                untrusted::MAX_TEXT
+            ));
+        }
+        if crate::redact::redactor().reveals_a_secret(url) {
+            return Err(format!("the URL of place {place} contains a secret value"));
+        }
     }
     Ok(())
 }

@@ -526,6 +526,22 @@ impl engine_sdk::ResourceProvider for CloudRun {
             Kind::Binding => iam::delete(&target),
         }
     }
+
+    fn service_urls(service: ServiceRef) -> Result<Vec<(String, String)>, Error> {
+        let config = Config::parse(&service.config)?;
+        let api = Api::new(&config)?;
+        let mut urls = Vec::new();
+        for region in config.regions() {
+            let name = service_name(&config, &region, &service.name);
+            let uri = api
+                .service(&name)?
+                .and_then(|s| s["uri"].as_str().map(String::from));
+            if let Some(uri) = uri {
+                urls.push((region.clone(), uri));
+            }
+        }
+        Ok(urls)
+    }
 }
 
 /// The modules that manage the provider's kinds.

@@ -382,6 +382,28 @@ impl engine_sdk::ResourceProvider for Hostile {
     fn delete(_target: engine_sdk::resources::ResourceSpec) -> Result<(), Error> {
         Ok(())
     }
+
+    /// Place URLs that would be written into other services' specs, broken by the config's
+    /// `mode`.
+    fn service_urls(service: ServiceRef) -> Result<Vec<(String, String)>, Error> {
+        let config: Value = serde_json::from_str(&service.config).unwrap_or_default();
+        let place = |p: &str, url: &str| (p.to_string(), url.to_string());
+        Ok(match arg(&config, "mode") {
+            "place-with-newline" => vec![place("eu\nerror: forged", "https://eu.example")],
+            "place-twice" => vec![
+                place("eu", "https://eu.example"),
+                place("eu", "https://other.example"),
+            ],
+            "place-not-a-url" => vec![place("eu", "javascript:alert(1)")],
+            "many-places" => (0..300)
+                .map(|i| place(&format!("p{i}"), "https://x.example"))
+                .collect(),
+            _ => vec![
+                place("eu", "https://eu.example"),
+                place("us", "https://us.example"),
+            ],
+        })
+    }
 }
 
 fn hostile_status(
