@@ -151,7 +151,7 @@ struct SecretHeaders {
 
 /// Opens the secrets a spec's `secret_headers` name.
 fn secret_headers(job_name: &str, spec: &Spec) -> Result<SecretHeaders, Error> {
-    let (mut headers, mut paths) = (BTreeMap::new(), BTreeMap::new());
+    let (mut values, mut paths) = (BTreeMap::new(), BTreeMap::new());
     for (header, secret) in &spec.secret_headers {
         if spec.headers.keys().any(|h| h.eq_ignore_ascii_case(header)) {
             return Err(Error::invalid_config(format!(
@@ -163,17 +163,15 @@ fn secret_headers(job_name: &str, spec: &Spec) -> Result<SecretHeaders, Error> {
                 "scheduler-job `{job_name}`: secret_headers.{header} names secret '{secret}', which cannot be opened ({e}); grant it under [plugins.cloudrun.secrets], such as `{secret} = {{ from = \"env:VARIABLE\", hosts = [\"https://cloudscheduler.googleapis.com\"] }}`"
             ))
         })?;
-        headers.insert(header.clone(), opened.placeholder().to_string());
+        values.insert(header.clone(), opened.placeholder().to_string());
         paths.insert(format!("httpTarget.headers.{header}"), secret.clone());
     }
-    Ok(SecretHeaders {
-        values: headers,
-        paths,
-    })
+    Ok(SecretHeaders { values, paths })
 }
 
-/// The job the spec describes, as the API's `Job`, and its full name.
-fn desired(target: &ResourceSpec) -> Result<Desired, Error> {
+/// The job's full name (`projects/P/locations/L/jobs/ID`) and its parsed spec. Reading and
+/// deleting a job need only this, not the secrets its headers name.
+fn job_name(target: &ResourceSpec) -> Result<(String, Spec), Error> {
     let config = Config::parse(&target.config)?;
     let spec: Spec = serde_json::from_str(&target.spec)
         .map_err(|e| Error::invalid_config(format!("scheduler-job `{}`: {e}", target.name)))?;
@@ -191,6 +189,12 @@ fn desired(target: &ResourceSpec) -> Result<Desired, Error> {
     };
     let id = spec.job_id.clone().unwrap_or_else(|| target.name.clone());
     let name = format!("projects/{}/locations/{location}/jobs/{id}", config.project);
+    Ok((name, spec))
+}
+
+/// The job the spec describes, as the API's `Job`, and its full name.
+fn desired(target: &ResourceSpec) -> Result<Desired, Error> {
+    let (name, spec) = job_name(target)?;
     let mut http = json!({
         "uri": spec.uri,
         "httpMethod": spec.http_method.clone().unwrap_or_else(|| "POST".into()),
@@ -321,7 +325,7 @@ fn status(job: Value) -> ResourceStatus {
 }
 
 pub fn read(target: &ResourceSpec) -> Result<Option<ResourceStatus>, Error> {
-    let name = desired(target)?.name;
+    let (name, _) = job_name(target)?;
     Ok(scheduler(target)?.find(&name)?.map(status))
 }
 
@@ -397,7 +401,7 @@ pub fn apply(
 }
 
 pub fn delete(target: &ResourceSpec) -> Result<(), Error> {
-    let name = desired(target)?.name;
+    let (name, _) = job_name(target)?;
     scheduler(target)?.delete(&name)
 }
 
