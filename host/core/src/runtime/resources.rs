@@ -208,7 +208,7 @@ fn check_status(status: &ResourceStatus) -> Result<(), String> {
     }
     for (key, value) in &status.outputs {
         output_key(key)?;
-        output_value(key, value)?;
+        exact_value(&format!("output `{key}`"), value)?;
     }
     Ok(())
 }
@@ -224,15 +224,7 @@ fn check_place_urls(urls: &[(String, String)]) -> Result<(), String> {
             return Err(format!("place {place} is listed twice"));
         }
         super::plugin::check::url(url)?;
-        if url.len() > untrusted::MAX_TEXT {
-            return Err(format!(
-                "the URL of place {place} is over {} bytes",
-                untrusted::MAX_TEXT
-            ));
-        }
-        if crate::redact::redactor().reveals_a_secret(url) {
-            return Err(format!("the URL of place {place} contains a secret value"));
-        }
+        exact_value(&format!("the URL of place {place}"), url)?;
     }
     Ok(())
 }
@@ -268,18 +260,16 @@ fn output_key(key: &str) -> Result<(), String> {
     }
 }
 
-fn output_value(key: &str, value: &str) -> Result<(), String> {
+/// A value written into other specs as it is: bounded, printable, and no secret.
+fn exact_value(what: &str, value: &str) -> Result<(), String> {
     if value.len() > untrusted::MAX_TEXT {
-        return Err(format!(
-            "output `{key}` is over {} bytes",
-            untrusted::MAX_TEXT
-        ));
+        return Err(format!("{what} is over {} bytes", untrusted::MAX_TEXT));
     }
     if value.chars().any(char::is_control) {
-        return Err(format!("output `{key}` holds control characters"));
+        return Err(format!("{what} holds control characters"));
     }
     if crate::redact::redactor().reveals_a_secret(value) {
-        return Err(format!("output `{key}` contains a secret value"));
+        return Err(format!("{what} contains a secret value"));
     }
     Ok(())
 }
