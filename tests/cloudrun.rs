@@ -616,31 +616,7 @@ async fn the_agenthub_example_deploys_in_its_order_with_its_security_model() {
 async fn the_atp_example_deploys_both_services_to_three_regions_in_lockstep() {
     let fake = Fake::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    example(
-        &fake,
-        dir.path(),
-        "cloudrun-atp",
-        &[(r#"pause = "2m""#, r#"pause = "0s""#)],
-    );
-    let atp_secrets = [
-        "atp-database-secret",
-        "atp-redis-secret",
-        "atp-auth-secret",
-        "atp-oidc-secret",
-        "atp-provider-secrets",
-        "atp-encryption-secret",
-    ];
-    provision(
-        &fake,
-        "atp-production",
-        &["atp-router", "atp-memory-gateway"],
-        &[
-            ("us-central1", "atp-connector"),
-            ("europe-west1", "atp-connector"),
-            ("asia-southeast1", "atp-connector"),
-        ],
-        &atp_secrets,
-    );
+    atp_example(&fake, dir.path());
     let plan = production_plan(dir.path()).await;
     assert!(
         plan.contains(
@@ -733,6 +709,92 @@ async fn the_atp_example_deploys_both_services_to_three_regions_in_lockstep() {
             split_at(&fake, &name),
             [("atp-router-r2".to_string(), 100)],
             "{region} went back to the release that serves"
+        );
+    }
+    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
+}
+
+/// The ATP example (without its canary pauses) and what its guide's setup made, in the fake.
+fn atp_example(fake: &Fake, dir: &Path) {
+    example(
+        fake,
+        dir,
+        "cloudrun-atp",
+        &[(r#"pause = "2m""#, r#"pause = "0s""#)],
+    );
+    let atp_secrets = [
+        "atp-database-secret",
+        "atp-redis-secret",
+        "atp-auth-secret",
+        "atp-oidc-secret",
+        "atp-provider-secrets",
+        "atp-encryption-secret",
+    ];
+    provision(
+        fake,
+        "atp-production",
+        &["atp-router", "atp-memory-gateway"],
+        &[
+            ("us-central1", "atp-connector"),
+            ("europe-west1", "atp-connector"),
+            ("asia-southeast1", "atp-connector"),
+        ],
+        &atp_secrets,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_is_given_one_region_of_another_by_urls_region() {
+    let fake = Fake::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    atp_example(&fake, dir.path());
+    // The gateway in every region calls the router's European instance (data residency, say).
+    let file = dir.path().join("pipeline.toml");
+    let env = r#"env = { PII_DETECTION_ENABLED = "true", AUDIT_LOG_ENABLED = "true" }"#;
+    edit(
+        &file,
+        env,
+        r#"env = { PII_DETECTION_ENABLED = "true", AUDIT_LOG_ENABLED = "true", ROUTER_EU = "${services.atp-router.urls.europe-west1}" }"#,
+    );
+    let plan = production_plan(dir.path()).await;
+    assert!(plan.contains("atp-memory-gateway: create"), "{plan}");
+    let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let service = |region: &str, name: &str| {
+        format!("projects/atp-production/locations/{region}/services/{name}")
+    };
+    let router_eu = service_at(&fake, &service("europe-west1", "atp-router"))["uri"].clone();
+    let router_us = service_at(&fake, &service("us-central1", "atp-router"))["uri"].clone();
+    assert_ne!(
+        router_eu, router_us,
+        "the fake gives each region its own URL"
+    );
+    for region in ["us-central1", "europe-west1", "asia-southeast1"] {
+        let env = env_of(&fake, &service(region, "atp-memory-gateway"));
+        assert_eq!(env["ROUTER_EU"], router_eu.as_str().unwrap(), "{region}");
+    }
+
+    // A region the router does not run in is refused before the gateway deploys it, naming
+    // the regions it does run in.
+    edit(
+        &file,
+        "${services.atp-router.urls.europe-west1}",
+        "${services.atp-router.urls.mars}",
+    );
+    edit(&file, r#"release = "latest""#, r#"release = "2.1.0""#);
+    let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("runs in us-central1, europe-west1, asia-southeast1, not in mars"),
+        "{}",
+        text(&out)
+    );
+    for region in ["us-central1", "europe-west1", "asia-southeast1"] {
+        let gateway = service_at(&fake, &service(region, "atp-memory-gateway"));
+        assert_eq!(
+            gateway["template"]["containers"][0]["image"],
+            "gcr.io/atp-production/atp-memory-gateway:latest",
+            "{region}: the gateway kept its release"
         );
     }
     assert!(fake.violations().is_empty(), "{:#?}", fake.violations());

@@ -459,8 +459,8 @@ fn a_plugin_that_does_not_match_its_pin_is_reported_at_its_table() {
 
 #[test]
 fn engine_validate_checks_a_pipeline_whose_secrets_this_machine_cannot_read() {
-    // The data pipeline example needs Google credentials and nothing else: a pull-request job
-    // without them can still validate it, with a warning; a run cannot.
+    // The data pipeline example needs Google credentials (and the admin key, given here): a
+    // pull-request job without them can still validate it, with a warning; a run cannot.
     let example = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/cloudrun-data-pipeline/pipeline.toml");
     let home = tempfile::tempdir().unwrap();
@@ -470,6 +470,7 @@ fn engine_validate_checks_a_pipeline_whose_secrets_this_machine_cannot_read() {
             .env("ENGINE_CACHE_DIR", support::cache_dir())
             .env("ENGINE_STATE", home.path().join("state.db"))
             .env("HOME", home.path())
+            .env("ADMIN_API_KEY", "not-a-real-key")
             .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
             .env_remove("CLOUDSDK_CONFIG")
             .env_remove("GCE_METADATA_HOST")
