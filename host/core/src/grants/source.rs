@@ -19,6 +19,39 @@ pub enum SecretSource {
         kind: TokenKind,
         key: Option<PathBuf>,
     },
+    /// `aws`, `aws:PROFILE`, `aws-env:PREFIX` or `aws-file:PATH`: AWS credentials the host signs
+    /// requests with (Signature Version 4); the plugin never holds them.
+    Aws(AwsSource),
+}
+
+/// Where AWS credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwsSource {
+    /// The standard chain: environment, shared files, web identity, container, instance.
+    Chain,
+    /// One profile of the shared config and credentials files.
+    Profile(String),
+    /// `PREFIX_ACCESS_KEY_ID`, `PREFIX_SECRET_ACCESS_KEY`, `PREFIX_SESSION_TOKEN`.
+    Env(String),
+    /// The `default` profile of a credentials file.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for AwsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AwsSource::Chain => write!(
+                f,
+                "the standard chain (environment, shared files, web identity, container, instance)"
+            ),
+            AwsSource::Profile(name) => write!(f, "profile {name}"),
+            AwsSource::Env(prefix) => write!(
+                f,
+                "the variables {prefix}_ACCESS_KEY_ID and {prefix}_SECRET_ACCESS_KEY"
+            ),
+            AwsSource::File(path) => write!(f, "the credentials file {}", path.display()),
+        }
+    }
 }
 
 /// Which kind of token a secret stands for.
@@ -44,11 +77,29 @@ impl SecretSource {
             Some(("google-id-token", key)) if !key.is_empty() => {
                 Ok(google(TokenKind::Identity, Some(key)))
             }
+            Some(("aws", profile)) if !profile.is_empty() => {
+                Ok(SecretSource::Aws(AwsSource::Profile(profile.into())))
+            }
+            Some(("aws-env", prefix)) if valid_prefix(prefix) => {
+                Ok(SecretSource::Aws(AwsSource::Env(prefix.into())))
+            }
+            Some(("aws-file", path)) if !path.is_empty() => {
+                Ok(SecretSource::Aws(AwsSource::File(path.into())))
+            }
+            None if text == "aws" => Ok(SecretSource::Aws(AwsSource::Chain)),
             None if text == "google" => Ok(google(TokenKind::Access, None)),
             None if text == "google-id-token" => Ok(google(TokenKind::Identity, None)),
             _ => Err(format!(
-                "{text:?} is not a secret source; write \"env:VARIABLE\", \"file:/path/to/file\", \"google\" (an access token) or \"google-id-token\" (an identity token)"
+                "{text:?} is not a secret source; write \"env:VARIABLE\", \"file:/path/to/file\", \"google\" (an access token), \"google-id-token\" (an identity token), \"aws\" or \"aws:PROFILE\" (AWS credentials; also \"aws-env:PREFIX\", \"aws-file:PATH\")"
             )),
         }
     }
+}
+
+/// An environment variable prefix: letters, digits and underscores (`PROD_AWS`).
+fn valid_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod address;
+pub mod aws;
 pub mod bindings;
 pub mod cache;
 pub mod check;

@@ -7,6 +7,7 @@
 //! stored record passes through. Google tokens ([`super::google`]) are secrets whose value the host obtains
 //! and renews itself; each new token is registered with the redactor as it is minted.
 
+use super::aws::AwsCredentials;
 use super::google::{Credential, GoogleTokens};
 use crate::grants::source::SecretSource;
 use crate::grants::source::TokenKind;
@@ -32,6 +33,11 @@ pub fn resolve(source: &SecretSource) -> Result<SecretValue, String> {
                 credential, *kind,
             )?)));
         }
+        SecretSource::Aws(source) => {
+            return Ok(SecretValue::Aws(Arc::new(AwsCredentials::new(
+                source.clone(),
+            )?)));
+        }
         SecretSource::Env(name) => {
             std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
         }
@@ -53,6 +59,9 @@ pub fn resolve(source: &SecretSource) -> Result<SecretValue, String> {
 pub enum SecretValue {
     Fixed(String),
     Google(Arc<GoogleTokens>),
+    /// AWS credentials: never a header's value; the host signs the requests that name them
+    /// (egress, `x-engine-aws-sigv4`).
+    Aws(Arc<AwsCredentials>),
     /// The access token of the local platform on the destination's port, read from its token
     /// file when a request goes out (the platform may have restarted with a new one).
     LocalPlatform,
@@ -64,6 +73,10 @@ impl SecretValue {
         match self {
             SecretValue::Fixed(v) => Ok(v.clone()),
             SecretValue::Google(tokens) => tokens.token(origin).await,
+            SecretValue::Aws(_) => Err(format!(
+                "it holds AWS credentials, which go in no header: name it in the {} header and the host signs the request to {origin}",
+                super::aws::SIGN_HEADER
+            )),
             SecretValue::LocalPlatform => {
                 let port = reqwest::Url::parse(origin)
                     .ok()
@@ -76,9 +89,31 @@ impl SecretValue {
         }
     }
 
-    /// An access token goes only to Google's APIs unless the grant lists other hosts.
-    pub fn google_apis_only(&self) -> bool {
-        matches!(self, SecretValue::Google(t) if t.kind() == TokenKind::Access)
+    /// The cloud whose APIs alone a credential goes to unless the grant lists other hosts:
+    /// Google's for an access token, AWS's for AWS credentials.
+    pub fn own_apis_only(&self) -> Option<CloudApis> {
+        match self {
+            SecretValue::Google(t) if t.kind() == TokenKind::Access => Some(CloudApis::Google),
+            SecretValue::Aws(_) => Some(CloudApis::Aws),
+            _ => None,
+        }
+    }
+}
+
+/// The API domains of a cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudApis {
+    Google,
+    Aws,
+}
+
+impl CloudApis {
+    pub fn contains(self, host: &str) -> bool {
+        let domain = match self {
+            CloudApis::Google => "googleapis.com",
+            CloudApis::Aws => "amazonaws.com",
+        };
+        host == domain || host.strip_suffix(domain).is_some_and(|h| h.ends_with('.'))
     }
 }
 
@@ -214,6 +249,7 @@ fn unreadable_hint(source: &SecretSource) -> String {
             path.display()
         ),
         SecretSource::Google { .. } => "docs/cloudrun.md#credentials says where the engine looks for Google credentials and how to name a key file".into(),
+        SecretSource::Aws(_) => "docs/pipeline-reference.md#aws-credentials says where the engine looks for AWS credentials and how to name them".into(),
         SecretSource::LocalPlatform => "the local platform's token is the engine's own: run `engine local up` again".into(),
     }
 }
@@ -263,6 +299,34 @@ mod tests {
                 .unwrap_err()
                 .contains("is not set")
         );
+    }
+
+    #[test]
+    fn aws_sources_parse() {
+        use crate::grants::source::AwsSource;
+        let aws = |text| {
+            SecretSource::parse(text).map(|s| match s {
+                SecretSource::Aws(source) => source,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(aws("aws").unwrap(), AwsSource::Chain);
+        assert_eq!(
+            aws("aws:deploy").unwrap(),
+            AwsSource::Profile("deploy".into())
+        );
+        assert_eq!(
+            aws("aws-env:PROD_AWS").unwrap(),
+            AwsSource::Env("PROD_AWS".into())
+        );
+        assert_eq!(aws("aws-file:/k").unwrap(), AwsSource::File("/k".into()));
+        for bad in ["aws:", "aws-env:", "aws-env:PROD AWS", "aws-file:"] {
+            let error = SecretSource::parse(bad).unwrap_err();
+            assert!(error.contains("\"aws:PROFILE\""), "{bad}: {error}");
+        }
+        // A file that is not there is named when the plugin loads.
+        let missing = SecretSource::Aws(AwsSource::File("/nonexistent/aws".into()));
+        assert!(resolve(&missing).unwrap_err().contains("/nonexistent/aws"));
     }
 
     #[test]
