@@ -263,6 +263,12 @@ impl RequestBuilder<'_> {
         self.header("authorization", secret.bearer())
     }
 
+    /// Signed by the host with the AWS credentials `secret` stands for (Signature Version 4,
+    /// for `service`'s signing name in `region`); the plugin never sees a key.
+    pub fn aws_sigv4(self, secret: &Secret, service: &str, region: &str) -> Self {
+        self.header("x-engine-aws-sigv4", secret.aws_sigv4(service, region))
+    }
+
     /// A JSON body, with `content-type: application/json`.
     pub fn json<T: Serialize + ?Sized>(mut self, body: &T) -> Self {
         match serde_json::to_vec(body) {

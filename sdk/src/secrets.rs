@@ -48,6 +48,14 @@ impl Secret {
     pub fn bearer(&self) -> String {
         format!("Bearer {}", self.placeholder)
     }
+
+    /// The value of the `x-engine-aws-sigv4` header that asks the host to sign a request with
+    /// this secret's AWS credentials (Signature Version 4) for `service` (its signing name:
+    /// `ecs`, `elasticloadbalancing`, `monitoring`…) in `region`. The host removes the header
+    /// and adds the signature as the request leaves; see `RequestBuilder::aws_sigv4`.
+    pub fn aws_sigv4(&self, service: &str, region: &str) -> String {
+        format!("{}; service={service}; region={region}", self.placeholder)
+    }
 }
 
 impl std::fmt::Debug for Secret {

@@ -23,6 +23,7 @@
 //! the proxy's own rules decide what the names reach.
 
 use super::address::{AddressPolicy, CanonicalHost, Refusal};
+use super::aws;
 use super::events::{Capability, Denial, EventSink, PluginEvent};
 use super::json_body;
 use super::secrets::{PLACEHOLDER_PREFIX, PluginSecrets, ResolvedSecret, SecretValue};
@@ -116,6 +117,15 @@ struct Authorized {
     origin: String,
     /// The secrets this destination is not granted, for the body scan.
     withheld: Option<Withheld>,
+    /// The AWS credentials to sign the request with, if it asks ([`aws::SIGN_HEADER`]).
+    sign: Option<SignWith>,
+}
+
+/// A request the host signs with an AWS secret.
+#[derive(Clone)]
+struct SignWith {
+    secret: Arc<ResolvedSecret>,
+    scope: aws::SigningScope,
 }
 
 /// Secrets a request must not carry, and how to report one found in its body.
@@ -137,6 +147,7 @@ struct Filled {
     /// The destination's origin, the audience of an identity token put in the body.
     origin: String,
     withheld: Option<Withheld>,
+    sign: Option<SignWith>,
 }
 
 /// Everything the send hook needs about one loaded plugin; shared by all its calls.
@@ -243,8 +254,10 @@ impl EgressPolicy {
         } = Destination::read(uri)?;
         self.check_destination(&scheme, &host, port, &attempted)?;
         // A dry run lets plugins look but not touch: after the grant checks, so a plan still
-        // reports what a real run would be denied.
-        if self.dry_run && !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
+        // reports what a real run would be denied. AWS's JSON APIs read with POST.
+        let read = matches!(*request.method(), http::Method::GET | http::Method::HEAD)
+            || aws::is_signed_read(request.headers());
+        if self.dry_run && !read {
             self.sink.event(PluginEvent::WouldCall {
                 plugin: self.plugin.clone(),
                 method: request.method().to_string(),
@@ -256,9 +269,17 @@ impl EgressPolicy {
         let withheld = self.withheld(request, &url, (&scheme, &host, port), &attempted)?;
         let mut headers = HeaderMap::with_capacity(request.headers().len());
         let mut pending = Vec::new();
+        let mut sign = None;
         for (name, value) in request.headers() {
             if name == http::header::HOST {
                 continue; // the client sets it from the URL
+            }
+            if name == aws::SIGN_HEADER {
+                if sign.is_some() {
+                    return Err(self.bad_sign_header(&attempted, "it is given twice".into()));
+                }
+                sign = Some(self.sign_with(value, &attempted, (&scheme, &host, port))?);
+                continue;
             }
             let Ok(text) = value.to_str() else {
                 headers.append(name, value.clone());
@@ -283,7 +304,48 @@ impl EgressPolicy {
             pending,
             origin,
             withheld,
+            sign,
         })
+    }
+
+    /// The AWS secret and scope a [`aws::SIGN_HEADER`] names, if this destination may be
+    /// signed for with it.
+    fn sign_with(
+        &self,
+        value: &HeaderValue,
+        attempted: &str,
+        destination: (&str, &str, u16),
+    ) -> Result<SignWith, HttpError> {
+        let text = value.to_str().unwrap_or_default();
+        let (placeholder, scope) =
+            aws::parse_sign_header(text).map_err(|why| self.bad_sign_header(attempted, why))?;
+        let secret = self
+            .secrets
+            .iter()
+            .find(|s| s.placeholder == placeholder && matches!(s.value, SecretValue::Aws(_)))
+            .ok_or_else(|| {
+                self.bad_sign_header(
+                    attempted,
+                    "its first part is not the placeholder of an AWS secret the plugin opened"
+                        .into(),
+                )
+            })?;
+        let place = format!("the signature of {attempted}");
+        self.check_secret(secret, &place, destination)?;
+        Ok(SignWith {
+            secret: secret.clone(),
+            scope,
+        })
+    }
+
+    fn bad_sign_header(&self, attempted: &str, why: String) -> HttpError {
+        self.deny(
+            Capability::Secret,
+            format!("{} header of {attempted}", aws::SIGN_HEADER),
+            format!(
+                "{why}; write \"PLACEHOLDER; service=NAME; region=NAME\" (the SDK's aws::sign does)"
+            ),
+        )
     }
 
     /// The grant, declaration and address rules for a destination.
@@ -371,16 +433,16 @@ impl EgressPolicy {
     }
 
     /// Whether `secret` may be sent to this destination: one its grant names (or, without
-    /// `hosts`, any the plugin may reach; an access token only Google's APIs).
+    /// `hosts`, any the plugin may reach; a cloud's credentials only that cloud's APIs).
     fn may_carry(&self, secret: &ResolvedSecret, scheme: &str, host: &str, port: u16) -> bool {
-        let google_api = host == "googleapis.com" || host.ends_with(".googleapis.com");
+        let own_apis = secret.value.own_apis_only();
         secret
             .hosts
             .as_deref()
             .unwrap_or(&self.granted)
             .iter()
             .any(|p| p.matches(scheme, host, port))
-            && (secret.hosts.is_some() || google_api || !secret.value.google_apis_only())
+            && (secret.hosts.is_some() || own_apis.is_none_or(|apis| apis.contains(host)))
     }
 
     /// The fixed secret values this destination may not receive; refuses the request at once
@@ -467,6 +529,7 @@ impl EgressPolicy {
             pending,
             origin,
             withheld,
+            sign,
         } = authorized;
         let mut minted = Vec::new();
         for (name, text, secrets) in pending {
@@ -488,6 +551,7 @@ impl EgressPolicy {
             minted,
             origin,
             withheld,
+            sign,
         })
     }
 
@@ -525,14 +589,22 @@ impl EgressPolicy {
         filled: &mut Filled,
     ) -> Result<reqwest::Body, HttpError> {
         let guard = filled.withheld.clone().map(|w| (w, self.clone()));
-        if !json_body::is_json(&filled.headers) {
+        let json = json_body::is_json(&filled.headers);
+        // A signature covers the body: a signed request's is collected whatever its type.
+        if !json && filled.sign.is_none() {
             return Ok(streamed(body, guard).await);
         }
         let bytes = match json_body::read(body, json_body::MAX_COLLECTED).await? {
+            json_body::Read::TooLarge(_) if filled.sign.is_some() => {
+                return Err(self.too_large_to_sign(method, &filled.url));
+            }
             json_body::Read::TooLarge(body) => return Ok(streamed(body, guard).await),
             json_body::Read::Whole(bytes) => bytes,
         };
-        let bytes = self.fill_body(bytes, method, filled).await?;
+        let bytes = match json {
+            true => self.fill_body(bytes, method, filled).await?,
+            false => bytes,
+        };
         if let Some((withheld, _)) = &guard
             && withheld.patterns.found_in(&bytes)
         {
@@ -540,7 +612,62 @@ impl EgressPolicy {
         }
         // The length changed with the values; the client sets it from the body.
         filled.headers.remove(http::header::CONTENT_LENGTH);
+        if let Some(sign) = filled.sign.clone() {
+            self.sign(&sign, method, filled, &bytes).await?;
+        }
         Ok(reqwest::Body::from(bytes))
+    }
+
+    /// Adds the Signature Version 4 headers for the request as it goes out.
+    async fn sign(
+        &self,
+        sign: &SignWith,
+        method: &http::Method,
+        filled: &mut Filled,
+        body: &[u8],
+    ) -> Result<(), HttpError> {
+        let SecretValue::Aws(credentials) = &sign.secret.value else {
+            return Err(HttpError::InternalError(None));
+        };
+        let failed = |e: String| {
+            let message = redactor().redact(&format!("secret '{}': {e}", sign.secret.name));
+            self.sink.event(PluginEvent::Log {
+                plugin: self.plugin.clone(),
+                level: super::events::LogLevel::Error,
+                message: message.clone(),
+                fields: Vec::new(),
+            });
+            HttpError::InternalError(Some(message))
+        };
+        let credentials = credentials.current().await.map_err(failed)?;
+        // Masked in the response, should a server reflect them.
+        filled
+            .minted
+            .push(credentials.secret_access_key().to_string());
+        filled
+            .minted
+            .extend(credentials.session_token().map(str::to_string));
+        let target = (method, &filled.url);
+        let now = std::time::SystemTime::now();
+        aws::sign_request(
+            &credentials,
+            &sign.scope,
+            now,
+            target,
+            &mut filled.headers,
+            body,
+        )
+        .map_err(failed)
+    }
+
+    fn too_large_to_sign(&self, method: &http::Method, url: &reqwest::Url) -> HttpError {
+        let message = format!(
+            "the body of {method} {} is larger than {} bytes, the most the host signs; AWS API calls are far smaller",
+            redactor().redact(url.as_str()),
+            json_body::MAX_COLLECTED
+        );
+        self.limit_exceeded(message.clone());
+        HttpError::InternalError(Some(message))
     }
 
     /// A JSON body with the placeholders of the secrets this destination is granted filled in.

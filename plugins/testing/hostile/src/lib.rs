@@ -213,6 +213,33 @@ impl Provider for Hostile {
                 Err(Error::fatal(format!("error: {echoed}")))
             }
             "relay" => Ok(report(relay(&config))),
+            "aws-signed" => {
+                // An AWS JSON-protocol call the host signs; `sign_header` (raw) replaces the
+                // SDK's header value, to try malformed or borrowed ones.
+                let secret = Secret::open(arg(&config, "secret"))?;
+                let value = match config.get("sign_header").and_then(Value::as_str) {
+                    Some(raw) => raw.replace("PLACEHOLDER", secret.placeholder()),
+                    None => secret.aws_sigv4(arg(&config, "service"), arg(&config, "region")),
+                };
+                Ok(report(
+                    Client::new()
+                        .with_retry(engine_sdk::http::RetryPolicy::none())
+                        .post(arg(&config, "url"))
+                        .header("content-type", "application/x-amz-json-1.1")
+                        .header(
+                            "x-amz-target",
+                            match arg(&config, "target") {
+                                "" => "AmazonEC2ContainerServiceV20141113.DescribeClusters",
+                                target => target,
+                            },
+                        )
+                        .header("x-engine-aws-sigv4", value)
+                        .body(r#"{"clusters":["default"]}"#)
+                        .send()
+                        .map(|r| format!("{} {}", r.status, r.text()))
+                        .map_err(|e| e.to_string()),
+                ))
+            }
             "post-secret" => {
                 // The secret's placeholder in a JSON body; the response as the plugin reads it.
                 let secret = Secret::open(arg(&config, "secret"))?;
