@@ -170,10 +170,12 @@ impl Drop for TestServer {
         }
     }
 }
+pub mod moto;
 pub mod postgres;
 pub mod project;
 pub mod prometheus;
 pub mod proxy;
+pub mod python;
 
 /// Starts `start` (shell lines that start one server in the background, in `$dir`, a fresh
 /// directory) under a shell that waits on a pipe from this process: when the returned child's
