@@ -6,7 +6,6 @@
 
 mod support;
 
-use engine::grants::{GrantsConfig, SecretGrantConfig};
 use engine::runtime::LoadedPlugin;
 use engine::runtime::bindings::types::ServiceRef;
 use serde_json::{Value, json};
@@ -30,19 +29,7 @@ async fn plugin_in(
     from: String,
     hosts: Option<Vec<String>>,
 ) -> (LoadedPlugin, engine::runtime::MemorySink) {
-    let grants = GrantsConfig {
-        allow_http: vec![format!("http://127.0.0.1:{}", server.port)],
-        secrets: [(
-            "token".to_string(),
-            SecretGrantConfig {
-                from,
-                hosts,
-                in_plan: None,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    };
+    let grants = token_grants(server, from, hosts);
     (load_hostile(&runtime, grants).await, sink)
 }
 

@@ -5,7 +5,6 @@
 
 mod support;
 
-use engine::grants::{GrantsConfig, SecretGrantConfig};
 use engine::runtime::LoadedPlugin;
 use engine::runtime::bindings::types::ServiceRef;
 use engine::runtime::google::{Credential, GoogleTokens, TokenKind};
@@ -159,19 +158,7 @@ async fn hostile_with(
     hosts: Option<Vec<String>>,
 ) -> (LoadedPlugin, engine::runtime::MemorySink) {
     let (runtime, sink) = runtime();
-    let grants = GrantsConfig {
-        allow_http: vec![format!("http://127.0.0.1:{}", server.port)],
-        secrets: [(
-            "token".to_string(),
-            SecretGrantConfig {
-                from,
-                hosts,
-                in_plan: None,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    };
+    let grants = token_grants(server, from, hosts);
     (load_hostile(&runtime, grants).await, sink)
 }
 

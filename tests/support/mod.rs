@@ -55,6 +55,52 @@ pub async fn load_hostile(runtime: &Runtime, grants: GrantsConfig) -> LoadedPlug
         .expect("the hostile plugin loads")
 }
 
+/// The grants of a plugin that may reach `server` and holds the secret `token` (the name the
+/// hostile plugin declares) from `from`, limited to `hosts` when given.
+pub fn token_grants(server: &TestServer, from: String, hosts: Option<Vec<String>>) -> GrantsConfig {
+    GrantsConfig {
+        allow_http: vec![format!("http://127.0.0.1:{}", server.port)],
+        secrets: [(
+            "token".to_string(),
+            engine::grants::SecretGrantConfig {
+                from,
+                hosts,
+                in_plan: None,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// A loopback port nothing listens on now, for a server the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `url` answers with a success, for up to two minutes; `what` names the server
+/// in the failure.
+pub async fn wait_until_ready(url: &str, what: &str) {
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Ok(r) = http.get(url).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not become ready at {url}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// A request the test server received.
 #[derive(Debug, Clone)]
 pub struct Received {

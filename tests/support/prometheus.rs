@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
 
 pub struct Prometheus {
     /// The API's base URL, `http://127.0.0.1:PORT`.
@@ -33,11 +32,7 @@ impl Prometheus {
     /// is ready.
     pub async fn start(targets: &[SocketAddr]) -> Prometheus {
         let binary = binary();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: engine\n    static_configs:\n      - targets: [{}]\n",
@@ -51,20 +46,7 @@ impl Prometheus {
         );
         let guard = super::guarded_server("prometheus", &start);
         let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(r) = http.get(format!("{url}/-/ready")).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the Prometheus test server did not become ready on port {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        super::wait_until_ready(&format!("{url}/-/ready"), "the Prometheus test server").await;
         Prometheus { url, guard }
     }
 

@@ -28,11 +28,7 @@ impl VpcProxy {
             found,
             "the VPC proxy tests need tinyproxy: install it (`apt-get install tinyproxy-bin`, as .ci/run does)"
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let start = format!(
             r#"cat >"$dir/tinyproxy.conf" <<'CONF'
 Port {port}
