@@ -109,11 +109,14 @@ pub enum CloudApis {
 
 impl CloudApis {
     pub fn contains(self, host: &str) -> bool {
-        let domain = match self {
-            CloudApis::Google => "googleapis.com",
-            CloudApis::Aws => "amazonaws.com",
+        let domains: &[&str] = match self {
+            CloudApis::Google => &["googleapis.com"],
+            // AWS's partitions: the commercial regions and China's.
+            CloudApis::Aws => &["amazonaws.com", "amazonaws.com.cn"],
         };
-        host == domain || host.strip_suffix(domain).is_some_and(|h| h.ends_with('.'))
+        domains.iter().any(|domain| {
+            host == *domain || host.strip_suffix(domain).is_some_and(|h| h.ends_with('.'))
+        })
     }
 }
 
@@ -299,6 +302,16 @@ mod tests {
                 .unwrap_err()
                 .contains("is not set")
         );
+    }
+
+    #[test]
+    fn cloud_credentials_go_to_their_own_apis() {
+        assert!(CloudApis::Aws.contains("ecs.eu-west-1.amazonaws.com"));
+        assert!(CloudApis::Aws.contains("ecs.cn-north-1.amazonaws.com.cn"));
+        assert!(!CloudApis::Aws.contains("evilamazonaws.com"));
+        assert!(!CloudApis::Aws.contains("amazonaws.com.evil.example"));
+        assert!(CloudApis::Google.contains("run.googleapis.com"));
+        assert!(!CloudApis::Google.contains("run.amazonaws.com"));
     }
 
     #[test]
