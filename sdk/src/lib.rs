@@ -54,6 +54,8 @@
 //! checks only) and an HTTP client with retries in [`http`]. Each also works outside
 //! WebAssembly, so the plugin's logic can be tested natively with `cargo test` (see [`testing`]).
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod bindings;
 pub mod clock;
 pub mod duration;
