@@ -1,11 +1,14 @@
 //! The `metrics` health check: thresholds on the revision's error rate and p95/p99 latency over
 //! the analysis window (since the last traffic change), such as the seeds' "error rate > 1 %"
 //! and "p95 > 500 ms" gates. The numbers come from the local platform's admin API
-//! (`source = "local"`) or from any Prometheus-compatible query API (`source = "prometheus"`:
-//! Prometheus, Thanos, Mimir, Google Managed Prometheus…) through PromQL queries. Too few
+//! (`source = "local"`), from any Prometheus-compatible query API (`source = "prometheus"`:
+//! Prometheus, Thanos, Mimir, Google Managed Prometheus…) through PromQL queries, or from the
+//! load balancer's CloudWatch metrics of the revision's target group on ECS
+//! (`source = "cloudwatch"`). Too few
 //! requests in the window, or a query without data, make the verdict inconclusive rather than
 //! a guess.
 
+mod cloudwatch;
 mod prometheus;
 
 use engine_sdk::health::{CheckResult, Target};
@@ -17,17 +20,20 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use cloudwatch::CloudWatch;
 pub use prometheus::Queries;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Where the metrics come from: `local` or `prometheus`.
+    /// Where the metrics come from: `local`, `prometheus` or `cloudwatch`.
     pub source: String,
     /// The local platform's admin API (`source = "local"`).
     pub admin: String,
     /// The Prometheus-compatible API's base URL, such as `http://localhost:9090`.
     pub prometheus: Option<String>,
+    /// Where the revision's load balancer metrics are (`source = "cloudwatch"`).
+    pub cloudwatch: Option<CloudWatch>,
     /// PromQL for each number, with `{{service}}`, `{{revision}}` and `{{window}}` filled in.
     pub queries: Queries,
     /// The shortest range `{{window}}` stands for, so a window shorter than a few scrape
@@ -43,6 +49,10 @@ pub struct Config {
     pub max_p95_ms: Option<f64>,
     /// Unhealthy above this 99th percentile latency, in milliseconds.
     pub max_p99_ms: Option<f64>,
+    /// Unhealthy above this many 5xx answers a minute, on average over the window.
+    pub max_5xx_per_minute: Option<f64>,
+    /// Unhealthy above this mean latency, in milliseconds.
+    pub max_mean_ms: Option<f64>,
     /// Inconclusive below this many requests in the window.
     pub min_requests: u64,
 }
@@ -53,6 +63,7 @@ impl Default for Config {
             source: "local".into(),
             admin: local_api::DEFAULT_ADMIN.into(),
             prometheus: None,
+            cloudwatch: None,
             queries: Queries::default(),
             min_window: "30s".into(),
             headers: BTreeMap::new(),
@@ -60,6 +71,8 @@ impl Default for Config {
             max_error_rate_percent: None,
             max_p95_ms: None,
             max_p99_ms: None,
+            max_5xx_per_minute: None,
+            max_mean_ms: None,
             min_requests: 10,
         }
     }
@@ -70,7 +83,15 @@ pub const CONFIG_SCHEMA: &str = r#"{
   "title": "metrics health check",
   "type": "object",
   "properties": {
-    "source": { "enum": ["local", "prometheus"], "default": "local", "description": "Where the metrics come from." },
+    "source": { "enum": ["local", "prometheus", "cloudwatch"], "default": "local", "description": "Where the metrics come from." },
+    "cloudwatch": { "type": "object", "description": "The revision's ALB target group metrics on ECS (source cloudwatch).", "properties": {
+        "region": { "type": "string" },
+        "cluster": { "type": "string", "description": "The ECS cluster of the service." },
+        "service_name": { "type": "string", "description": "The ECS service's name, when it differs from the pipeline's." },
+        "endpoint": { "type": "string", "description": "One base URL for the AWS APIs; only a test server needs it." },
+        "credentials": { "type": "string", "default": "aws", "description": "The granted secret with the AWS credentials." },
+        "period_seconds": { "type": "integer", "minimum": 10, "maximum": 3600, "default": 60 }
+      }, "required": ["region", "cluster"], "additionalProperties": false },
     "admin": { "type": "string", "default": "http://localhost:7700", "description": "The local platform's admin API (source local)." },
     "prometheus": { "type": "string", "description": "The Prometheus-compatible API's base URL (source prometheus), such as http://localhost:9090." },
     "queries": {
@@ -90,6 +111,8 @@ pub const CONFIG_SCHEMA: &str = r#"{
     "max_error_rate_percent": { "type": "number", "minimum": 0, "maximum": 100, "description": "Unhealthy above this share of 5xx answers." },
     "max_p95_ms": { "type": "number", "exclusiveMinimum": 0, "description": "Unhealthy above this p95 latency." },
     "max_p99_ms": { "type": "number", "exclusiveMinimum": 0, "description": "Unhealthy above this p99 latency." },
+    "max_5xx_per_minute": { "type": "number", "minimum": 0, "description": "Unhealthy above this many 5xx answers a minute (cloudwatch)." },
+    "max_mean_ms": { "type": "number", "exclusiveMinimum": 0, "description": "Unhealthy above this mean latency (cloudwatch)." },
     "min_requests": { "type": "integer", "minimum": 1, "default": 10, "description": "Inconclusive below this many requests in the window." }
   },
   "additionalProperties": false
@@ -105,30 +128,17 @@ pub fn parse(text: &str) -> Result<Parsed, Error> {
     let text = if text.trim().is_empty() { "{}" } else { text };
     let config: Config = serde_json::from_str(text)
         .map_err(|e| Error::invalid_config(format!("metrics check configuration: {e}")))?;
-    match (config.source.as_str(), &config.prometheus) {
-        ("local", None) | ("prometheus", Some(_)) => {}
-        ("local", Some(_)) => {
-            return Err(Error::invalid_config(
-                "metrics check: `prometheus` is set but `source` is \"local\"; add source = \"prometheus\"",
-            ));
-        }
-        ("prometheus", None) => {
-            return Err(Error::invalid_config(
-                "metrics check: source \"prometheus\" needs `prometheus`, the API's base URL, such as \"http://localhost:9090\"",
-            ));
-        }
-        (other, _) => {
-            return Err(Error::invalid_config(format!(
-                "metrics check `source` {other:?}: use \"local\" or \"prometheus\""
-            )));
-        }
-    }
-    if config.max_error_rate_percent.is_none()
-        && config.max_p95_ms.is_none()
-        && config.max_p99_ms.is_none()
-    {
+    check_source(&config)?;
+    let thresholds = [
+        config.max_error_rate_percent,
+        config.max_p95_ms,
+        config.max_p99_ms,
+        config.max_5xx_per_minute,
+        config.max_mean_ms,
+    ];
+    if thresholds.iter().all(Option::is_none) {
         return Err(Error::invalid_config(
-            "the metrics check has no threshold: set max_error_rate_percent, max_p95_ms or max_p99_ms",
+            "the metrics check has no threshold: set max_error_rate_percent, max_p95_ms, max_p99_ms, max_5xx_per_minute or max_mean_ms",
         ));
     }
     // A window longer than a day reads more history than any gate needs.
@@ -143,6 +153,42 @@ pub fn parse(text: &str) -> Result<Parsed, Error> {
     Ok(Parsed { config, min_window })
 }
 
+/// The source and the settings it needs, and only those.
+fn check_source(config: &Config) -> Result<(), Error> {
+    let cloudwatch_only = config.max_5xx_per_minute.is_some() || config.max_mean_ms.is_some();
+    if cloudwatch_only && config.source != "cloudwatch" {
+        return Err(Error::invalid_config(
+            "metrics check: max_5xx_per_minute and max_mean_ms are thresholds of the cloudwatch source; use max_error_rate_percent and max_p95_ms with this source",
+        ));
+    }
+    match (config.source.as_str(), &config.cloudwatch) {
+        ("cloudwatch", None) => {
+            return Err(Error::invalid_config(
+                "metrics check: source \"cloudwatch\" needs `cloudwatch = { region = \"eu-west-1\", cluster = \"…\" }`",
+            ));
+        }
+        ("local" | "prometheus", Some(_)) => {
+            return Err(Error::invalid_config(
+                "metrics check: `cloudwatch` is set but `source` is not; add source = \"cloudwatch\"",
+            ));
+        }
+        _ => {}
+    }
+    match (config.source.as_str(), &config.prometheus) {
+        ("local", None) | ("prometheus", Some(_)) | ("cloudwatch", None) => Ok(()),
+        ("local" | "cloudwatch", Some(_)) => Err(Error::invalid_config(format!(
+            "metrics check: `prometheus` is set but `source` is \"{}\"; add source = \"prometheus\"",
+            config.source
+        ))),
+        ("prometheus", None) => Err(Error::invalid_config(
+            "metrics check: source \"prometheus\" needs `prometheus`, the API's base URL, such as \"http://localhost:9090\"",
+        )),
+        (other, _) => Err(Error::invalid_config(format!(
+            "metrics check `source` {other:?}: use \"local\", \"prometheus\" or \"cloudwatch\""
+        ))),
+    }
+}
+
 /// What a window's metrics say. `None` is a number the source has no data for.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Window {
@@ -150,6 +196,10 @@ pub struct Window {
     pub error_rate_percent: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// 5xx answers a minute (CloudWatch only).
+    pub errors_per_minute: Option<f64>,
+    /// Mean latency (CloudWatch only).
+    pub mean_ms: Option<f64>,
 }
 
 impl From<&local_api::Metrics> for Window {
@@ -159,6 +209,8 @@ impl From<&local_api::Metrics> for Window {
             error_rate_percent: Some(m.error_rate_percent),
             p95_ms: Some(m.p95_ms),
             p99_ms: Some(m.p99_ms),
+            errors_per_minute: None,
+            mean_ms: None,
         }
     }
 }
@@ -183,11 +235,18 @@ pub fn judge(config: &Config, w: &Window) -> (Verdict, String) {
         ),
         ("p95", " ms", config.max_p95_ms, w.p95_ms),
         ("p99", " ms", config.max_p99_ms, w.p99_ms),
+        (
+            "5xx",
+            "/min",
+            config.max_5xx_per_minute,
+            w.errors_per_minute,
+        ),
+        ("mean", " ms", config.max_mean_ms, w.mean_ms),
     ];
     let (mut broken, mut missing, mut seen) = (Vec::new(), Vec::new(), Vec::new());
     for (name, unit, max, value) in gates {
         let show = |v: f64| {
-            if unit == "%" {
+            if unit == "%" || unit == "/min" {
                 format!("{v:.1}{unit}")
             } else {
                 format!("{v:.0}{unit}")
@@ -228,6 +287,8 @@ fn measurements(w: &Window) -> Vec<Measurement> {
         ("error-rate", "percent", w.error_rate_percent),
         ("latency-p95", "ms", w.p95_ms),
         ("latency-p99", "ms", w.p99_ms),
+        ("errors-per-minute", "count", w.errors_per_minute),
+        ("latency-mean", "ms", w.mean_ms),
     ] {
         if let Some(value) = value {
             out.push(Measurement {
@@ -299,6 +360,14 @@ impl Health for MetricsCheck {
                 revision,
                 target.since_ms,
             )?,
+            "cloudwatch" => cloudwatch::window(
+                config.cloudwatch.as_ref().ok_or_else(|| {
+                    Error::invalid_config("metrics check: source \"cloudwatch\" needs `cloudwatch`")
+                })?,
+                &target.service,
+                revision,
+                target.since_ms,
+            )?,
             _ => local_window(&config, &target.service, revision, target.since_ms)?,
         };
         let (verdict, message) = judge(&config, &window);
@@ -322,6 +391,7 @@ mod tests {
             error_rate_percent: Some(error_rate),
             p95_ms: Some(p95),
             p99_ms: Some(p95 * 1.2),
+            ..Window::default()
         }
     }
 
@@ -367,6 +437,21 @@ mod tests {
     }
 
     #[test]
+    fn cloudwatchs_counts_per_minute_and_mean_latency_are_gates_too() {
+        let c = config(
+            r#"{"source": "cloudwatch", "cloudwatch": {"region": "eu-west-1", "cluster": "x"}, "max_5xx_per_minute": 10, "max_mean_ms": 2000}"#,
+        );
+        let w = Window {
+            errors_per_minute: Some(12.0),
+            mean_ms: Some(300.0),
+            ..window(500, 2.4, 0.0)
+        };
+        let (v, why) = judge(&c, &w);
+        assert_eq!(v, Verdict::Unhealthy);
+        assert_eq!(why, "5xx 12.0/min > 10/min (500 requests in the window)");
+    }
+
+    #[test]
     fn bad_configurations_say_what_to_fix() {
         for (text, expected) in [
             ("{}", "has no threshold"),
@@ -380,7 +465,15 @@ mod tests {
             ),
             (
                 r#"{"source": "datadog", "max_p95_ms": 1}"#,
-                "use \"local\" or \"prometheus\"",
+                "use \"local\", \"prometheus\" or \"cloudwatch\"",
+            ),
+            (
+                r#"{"source": "cloudwatch", "max_p95_ms": 1}"#,
+                "needs `cloudwatch = {",
+            ),
+            (
+                r#"{"max_mean_ms": 100}"#,
+                "thresholds of the cloudwatch source",
             ),
             (
                 r#"{"max_p95_ms": 1, "min_window": "a while"}"#,

@@ -213,6 +213,7 @@ pub fn window(
         )?,
         p95_ms: gated(config.max_p95_ms, "p95_ms", &config.queries.p95_ms)?,
         p99_ms: gated(config.max_p99_ms, "p99_ms", &config.queries.p99_ms)?,
+        ..Window::default()
     })
 }
 
