@@ -33,3 +33,40 @@ impl Drop for Moto {
         super::stop_guarded(&mut self.guard);
     }
 }
+
+/// Keys moto accepts (it checks no signature); the engine gets them as `aws-env:TEST_AWS`.
+pub const TEST_KEYS: [(&str, &str); 2] = [
+    ("TEST_AWS_ACCESS_KEY_ID", "AKIAMOTOTESTKEY"),
+    ("TEST_AWS_SECRET_ACCESS_KEY", "moto-test-secret-key"),
+];
+
+impl Moto {
+    /// Runs a Python script with boto3 against the server (`kw` holds the endpoint and region
+    /// for `boto3.client(NAME, **kw)`) and returns the JSON it prints: an independent AWS
+    /// client to set up what the engine expects and to read back what it made.
+    pub fn boto3(&self, script: &str) -> serde_json::Value {
+        let python = super::python::venv(super::python::MOTO);
+        let prelude = format!(
+            "import boto3, json, os\nkw = dict(endpoint_url={:?}, region_name='eu-west-1')\n",
+            self.url
+        );
+        let out = std::process::Command::new(python)
+            .args(["-c", &format!("{prelude}{script}")])
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_PROFILE")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "boto3 script failed:\n{script}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "boto3 script printed no JSON ({e}):\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}

@@ -1,0 +1,333 @@
+//! The `ecs` provider end to end: `engine plan`, `run`, `rollback` and `destroy` against moto
+//! (AWS's APIs in server mode, from PyPI), with boto3 as an independent client that sets up
+//! the shared infrastructure (VPC, load balancer, listeners, cluster) and reads back what the
+//! engine made. moto starts no containers: its task sets report a steady state at once, so
+//! these tests check what the provider asks of ECS and ELB, not tasks that really run.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::{Command, Output};
+use support::moto::{Moto, TEST_KEYS};
+
+/// The shared infrastructure the provider expects and never makes: a VPC with two subnets, a
+/// security group, an internet-facing ALB with a production listener (80) and a test listener
+/// (8080) whose default actions answer 404, and the cluster.
+const INFRASTRUCTURE: &str = r#"
+ec2 = boto3.client("ec2", **kw); elb = boto3.client("elbv2", **kw); ecs = boto3.client("ecs", **kw)
+vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+# Fargate tasks in moto need the VPC's DNS hostnames (as a real VPC with private DNS does).
+ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"eu-west-1{z}")["Subnet"]["SubnetId"] for i, z in ((1, "a"), (2, "b"))]
+sg = ec2.create_security_group(GroupName="exchange", Description="exchange", VpcId=vpc)["GroupId"]
+lb = elb.create_load_balancer(Name="exchange", Subnets=subnets, SecurityGroups=[sg], Scheme="internet-facing", Type="application")["LoadBalancers"][0]
+def listener(port):
+    return elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=port,
+        DefaultActions=[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404", "ContentType": "text/plain", "MessageBody": "no route"}}])["Listeners"][0]["ListenerArn"]
+ecs.create_cluster(clusterName="exchange")
+print(json.dumps({"vpc": vpc, "subnets": subnets, "sg": sg, "dns": lb["DNSName"], "lb": lb["LoadBalancerArn"], "listener": listener(80), "test_listener": listener(8080)}))
+"#;
+
+/// What the engine made for one service, read with boto3: the service, its task sets, the
+/// forward weights of the rules at priority 10 by target group name, the target groups, the
+/// active task definitions of the family and the scalable target.
+fn state(moto: &Moto, infra: &Value, service: &str) -> Value {
+    moto.boto3(&format!(
+        r#"
+ecs = boto3.client("ecs", **kw); elb = boto3.client("elbv2", **kw); aas = boto3.client("application-autoscaling", **kw)
+service, listener, test_listener = {service:?}, {listener:?}, {test:?}
+found = [s for s in ecs.describe_services(cluster="exchange", services=[service])["services"] if s["status"] != "INACTIVE"]
+sets = ecs.describe_task_sets(cluster="exchange", service=service)["taskSets"] if found else []
+groups = {{g["TargetGroupArn"]: g["TargetGroupName"] for g in elb.describe_target_groups()["TargetGroups"]}}
+def rule(arn):
+    for r in elb.describe_rules(ListenerArn=arn)["Rules"]:
+        if r["Priority"] == "10":
+            return {{groups.get(t["TargetGroupArn"], t["TargetGroupArn"]): t["Weight"] for t in r["Actions"][0]["ForwardConfig"]["TargetGroups"]}}
+definitions = ecs.list_task_definitions(familyPrefix=service, status="ACTIVE")["taskDefinitionArns"]
+scaling = aas.describe_scalable_targets(ServiceNamespace="ecs")["ScalableTargets"]
+print(json.dumps({{
+    "service": found[0] if found else None,
+    "task_sets": sets,
+    "rule": rule(listener), "test_rule": rule(test_listener),
+    "target_groups": sorted(groups.values()),
+    "definitions": definitions,
+    "last_definition": ecs.describe_task_definition(taskDefinition=definitions[-1])["taskDefinition"] if definitions else None,
+    "scaling": scaling,
+}}, default=str))
+"#,
+        listener = infra["listener"].as_str().unwrap(),
+        test = infra["test_listener"].as_str().unwrap(),
+    ))
+}
+
+fn pipeline(moto: &Moto, infra: &Value, services: &str) -> String {
+    format!(
+        r#"name = "exchange"
+
+[plugins.ecs]
+allow_http = ["{url}"]
+[plugins.ecs.secrets]
+aws = {{ from = "aws-env:TEST_AWS", hosts = ["{url}"] }}
+
+[defaults]
+provider = "ecs"
+port = 8080
+cpu = "0.5"
+memory = "1Gi"
+
+[defaults.provider_config]
+region = "eu-west-1"
+cluster = "exchange"
+endpoint = "{url}"
+vpc_id = "{vpc}"
+subnets = {subnets}
+security_groups = ["{sg}"]
+listener_arn = "{listener}"
+test_listener_arn = "{test}"
+execution_role_arn = "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"
+poll_interval_ms = 10
+
+{services}"#,
+        url = moto.url,
+        vpc = infra["vpc"].as_str().unwrap(),
+        subnets = infra["subnets"],
+        sg = infra["sg"].as_str().unwrap(),
+        listener = infra["listener"].as_str().unwrap(),
+        test = infra["test_listener"].as_str().unwrap(),
+    )
+}
+
+const GATEWAY: &str = r#"
+[services.gateway]
+image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/gateway:1"
+min_instances = 2
+strategy = "canary"
+strategy_config = { steps = [10, 100], pause = "0s" }
+env = { LOG_LEVEL = "info" }
+secrets = { DATABASE_URL = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:exchange/db" }
+labels = { team = "exchange" }
+provider_config.rule = { priority = 10, paths = ["/*"] }
+provider_config.autoscaling = { min = 1, max = 10, cpu_target = 70 }
+"#;
+
+fn engine(dir: &Path, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_engine"));
+    command
+        .args(args)
+        .env("ENGINE_CACHE_DIR", support::cache_dir())
+        .current_dir(dir);
+    for (k, v) in TEST_KEYS {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The target group name of a revision ends with its deployment id.
+fn weights(rule: &Value) -> Vec<(String, i64)> {
+    let mut out: Vec<(String, i64)> = rule
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, w)| {
+            let deployment = name.rsplit('-').next().unwrap().to_string();
+            (deployment, w.as_i64().unwrap())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_deploy_canary_rollback_and_destroy_on_ecs_behind_an_alb() {
+    let moto = Moto::start().await;
+    let infra = moto.boto3(INFRASTRUCTURE);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(&file, pipeline(&moto, &infra, GATEWAY)).unwrap();
+
+    let out = engine(dir.path(), &["plan", "pipeline.toml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("gateway: create") && stdout.contains("cpu: (none) → 512"),
+        "{}",
+        text(&out)
+    );
+
+    // The first deployment: an EXTERNAL service, one task set at full scale in its own target
+    // group, all the traffic through the rule, the test rule on the same revision.
+    let out = engine(dir.path(), &["run", "pipeline.toml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = state(&moto, &infra, "gateway");
+    assert_eq!(s["service"]["deploymentController"]["type"], "EXTERNAL");
+    assert_eq!(s["service"]["desiredCount"], 2);
+    assert_eq!(weights(&s["rule"]), [("r1".to_string(), 100)]);
+    assert_eq!(weights(&s["test_rule"]), [("r1".to_string(), 1)]);
+    let sets = s["task_sets"].as_array().unwrap();
+    assert_eq!(sets.len(), 1);
+    assert_eq!(sets[0]["externalId"], "gateway-r1");
+    assert_eq!(
+        sets[0]["scale"],
+        json!({ "value": 100.0, "unit": "PERCENT" })
+    );
+    assert_eq!(sets[0]["launchType"], "FARGATE");
+    let definition = &s["last_definition"];
+    assert_eq!(
+        (&definition["cpu"], &definition["memory"]),
+        (&json!("512"), &json!("1024"))
+    );
+    assert_eq!(definition["networkMode"], "awsvpc");
+    let container = &definition["containerDefinitions"][0];
+    assert_eq!(
+        container["secrets"][0]["valueFrom"],
+        "arn:aws:secretsmanager:eu-west-1:123456789012:secret:exchange/db"
+    );
+    assert_eq!(
+        container["logConfiguration"]["options"]["awslogs-group"],
+        "/ecs/gateway"
+    );
+    assert_eq!(
+        container["environment"],
+        json!([{ "name": "LOG_LEVEL", "value": "info" }])
+    );
+    let scaling = &s["scaling"][0];
+    assert_eq!(
+        (&scaling["MinCapacity"], &scaling["MaxCapacity"]),
+        (&json!(1), &json!(10))
+    );
+    assert_eq!(scaling["ResourceId"], "service/exchange/gateway");
+
+    // Nothing changed: the plan says so.
+    let out = engine(dir.path(), &["plan", "pipeline.toml"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("gateway: no-change"), "{}", text(&out));
+
+    // A new image: a field-level plan, then the canary 10 → 100 in the rule's weights; the
+    // old revision stays, without traffic, for a rollback.
+    std::fs::write(
+        &file,
+        pipeline(&moto, &infra, &GATEWAY.replace("gateway:1", "gateway:2")),
+    )
+    .unwrap();
+    let out = engine(dir.path(), &["plan", "pipeline.toml"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("gateway:1\" → \"123456789012.dkr.ecr.eu-west-1.amazonaws.com/gateway:2"),
+        "{}",
+        text(&out)
+    );
+    let out = engine(dir.path(), &["run", "pipeline.toml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = state(&moto, &infra, "gateway");
+    assert_eq!(
+        weights(&s["rule"]),
+        [("r1".to_string(), 0), ("r2".to_string(), 100)]
+    );
+    assert_eq!(weights(&s["test_rule"]), [("r2".to_string(), 1)]);
+    assert_eq!(s["task_sets"].as_array().unwrap().len(), 2);
+    let primary: Vec<&Value> = s["task_sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"] == "PRIMARY")
+        .collect();
+    assert_eq!(primary.len(), 1);
+    assert_eq!(primary[0]["externalId"], "gateway-r2");
+
+    // A rollback moves the weights back to r1.
+    let out = engine(dir.path(), &["rollback", "gateway", "pipeline.toml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = state(&moto, &infra, "gateway");
+    assert_eq!(
+        weights(&s["rule"]),
+        [("r1".to_string(), 100), ("r2".to_string(), 0)]
+    );
+
+    // Destroy removes the service, its task sets, target groups, rules, scaling and task
+    // definitions, and leaves the load balancer, listeners and cluster.
+    let out = engine(dir.path(), &["destroy", "pipeline.toml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = state(&moto, &infra, "gateway");
+    assert!(s["service"].is_null(), "{s:#}");
+    assert!(s["rule"].is_null() && s["test_rule"].is_null(), "{s:#}");
+    assert_eq!(s["target_groups"], json!([]), "{s:#}");
+    assert_eq!(s["definitions"], json!([]), "{s:#}");
+    assert_eq!(s["scaling"], json!([]), "{s:#}");
+    let left = moto.boto3(&format!(
+        r#"
+elb = boto3.client("elbv2", **kw); ecs = boto3.client("ecs", **kw)
+print(json.dumps({{"listeners": len(elb.describe_listeners(LoadBalancerArn={lb:?})["Listeners"]),
+    "clusters": [c["status"] for c in ecs.describe_clusters(clusters=["exchange"])["clusters"]]}}))
+"#,
+        lb = infra["lb"].as_str().unwrap()
+    ));
+    assert_eq!(left, json!({ "listeners": 2, "clusters": ["ACTIVE"] }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_of_another_controller_or_a_missing_cluster_is_refused_with_the_reason() {
+    let moto = Moto::start().await;
+    let infra = moto.boto3(INFRASTRUCTURE);
+    moto.boto3(
+        r#"
+ecs = boto3.client("ecs", **kw)
+ecs.register_task_definition(family="legacy", containerDefinitions=[{"name": "legacy", "image": "legacy:1", "memory": 512}])
+ecs.create_service(cluster="exchange", serviceName="legacy", taskDefinition="legacy", desiredCount=1)
+print("{}")
+"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let services = r#"
+[services.legacy]
+image = "legacy:2"
+provider_config.rule = { priority = 20, paths = ["/legacy/*"] }
+"#;
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        pipeline(&moto, &infra, services),
+    )
+    .unwrap();
+    for command in ["plan", "run"] {
+        let out = engine(dir.path(), &[command, "pipeline.toml"]);
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("deployed by the ECS deployment controller")
+                && text(&out).contains("does not take one over"),
+            "{command}: {}",
+            text(&out)
+        );
+    }
+    let untouched = moto.boto3(
+        r#"
+ecs = boto3.client("ecs", **kw)
+s = ecs.describe_services(cluster="exchange", services=["legacy"])["services"][0]
+print(json.dumps({"controller": s["deploymentController"]["type"], "definition": s["taskDefinition"].rsplit("/", 1)[1]}))
+"#,
+    );
+    assert_eq!(
+        untouched,
+        json!({ "controller": "ECS", "definition": "legacy:1" })
+    );
+
+    let missing = pipeline(&moto, &infra, services)
+        .replace("cluster = \"exchange\"", "cluster = \"exchnage\"");
+    std::fs::write(dir.path().join("pipeline.toml"), missing).unwrap();
+    let out = engine(dir.path(), &["run", "pipeline.toml"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("exchnage")
+            && text(&out).contains("the provider never creates clusters"),
+        "{}",
+        text(&out)
+    );
+}
