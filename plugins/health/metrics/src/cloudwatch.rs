@@ -4,7 +4,7 @@
 //! revision (its external id), and the load balancer through the target group, so the check
 //! needs only the cluster.
 
-use super::Window;
+use super::{Config, Window};
 use engine_sdk::aws::{Endpoint, JsonApi, QueryApi, params, xml};
 use engine_sdk::{Error, ErrorExt};
 use serde::Deserialize;
@@ -106,14 +106,33 @@ fn resource_part(arn: &str, marker: &str) -> String {
     }
 }
 
-/// The queries: (id, metric, statistic).
-const QUERIES: [(&str, &str, &str); 5] = [
-    ("requests", "RequestCount", "Sum"),
-    ("errors", "HTTPCode_Target_5XX_Count", "Sum"),
-    ("mean", "TargetResponseTime", "Average"),
-    ("p95", "TargetResponseTime", "p95"),
-    ("p99", "TargetResponseTime", "p99"),
-];
+/// A metric query: (id, metric, statistic).
+type Query = (&'static str, &'static str, &'static str);
+
+/// The request count, and the numbers behind the thresholds that are set: a percentile nobody
+/// asked for is not computed (and costs a metric each in CloudWatch's bill).
+fn queries(config: &Config) -> Vec<Query> {
+    let mut out = vec![("requests", "RequestCount", "Sum")];
+    let wanted = [
+        (
+            config.max_5xx_per_minute.or(config.max_error_rate_percent),
+            ("errors", "HTTPCode_Target_5XX_Count", "Sum"),
+        ),
+        (
+            config.max_mean_ms,
+            ("mean", "TargetResponseTime", "Average"),
+        ),
+        (config.max_p95_ms, ("p95", "TargetResponseTime", "p95")),
+        (config.max_p99_ms, ("p99", "TargetResponseTime", "p99")),
+    ];
+    out.extend(
+        wanted
+            .into_iter()
+            .filter(|(t, _)| t.is_some())
+            .map(|(_, q)| q),
+    );
+    out
+}
 
 fn iso8601(ms: u64) -> String {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
@@ -121,13 +140,14 @@ fn iso8601(ms: u64) -> String {
 }
 
 fn query_params(
+    config: &Config,
     cw: &CloudWatch,
     (group, balancer): &(String, String),
     start: u64,
     end: u64,
 ) -> Vec<(String, String)> {
     let mut p = params(&[("StartTime", &iso8601(start)), ("EndTime", &iso8601(end))]);
-    for (n, (id, metric, stat)) in QUERIES.iter().enumerate() {
+    for (n, (id, metric, stat)) in queries(config).into_iter().enumerate() {
         let at = format!("MetricDataQueries.member.{}", n + 1);
         let m = format!("{at}.MetricStat.Metric");
         p.extend(params(&[
@@ -182,11 +202,17 @@ fn summarize(results: &[(String, Vec<f64>)], minutes: f64) -> Window {
             .map(|seconds| seconds * 1000.0)
     };
     let requests = sum("requests");
-    let errors = sum("errors");
+    // The ALB publishes no 5xx count for a minute without any: asked and absent is zero.
+    let errors = results
+        .iter()
+        .any(|(i, _)| i == "errors")
+        .then(|| sum("errors"));
     Window {
         requests: requests as u64,
-        error_rate_percent: (requests > 0.0).then(|| 100.0 * errors / requests),
-        errors_per_minute: Some(errors / minutes.max(1.0)),
+        error_rate_percent: errors
+            .filter(|_| requests > 0.0)
+            .map(|e| 100.0 * e / requests),
+        errors_per_minute: errors.map(|e| e / minutes.max(1.0)),
         mean_ms: worst_ms("mean"),
         p95_ms: worst_ms("p95"),
         p99_ms: worst_ms("p99"),
@@ -194,11 +220,14 @@ fn summarize(results: &[(String, Vec<f64>)], minutes: f64) -> Window {
 }
 
 pub fn window(
-    cw: &CloudWatch,
+    config: &Config,
     service: &str,
     revision: &str,
     since_ms: u64,
 ) -> Result<Window, Error> {
+    let cw = config.cloudwatch.as_ref().ok_or_else(|| {
+        Error::invalid_config("metrics check: source \"cloudwatch\" needs `cloudwatch`")
+    })?;
     let dims = dimensions(cw, service, revision)?;
     let period_ms = cw.period_seconds as u64 * 1000;
     let now = engine_sdk::clock::now_ms();
@@ -212,7 +241,7 @@ pub fn window(
         &cw.credentials,
     )?;
     let text = monitoring
-        .write("GetMetricData", query_params(cw, &dims, start, end))
+        .write("GetMetricData", query_params(config, cw, &dims, start, end))
         .map_err(|e| e.context("reading the revision's load balancer metrics"))?;
     let minutes = now.saturating_sub(since_ms) as f64 / 60_000.0;
     Ok(summarize(&results(&text)?, minutes))
@@ -254,5 +283,32 @@ mod tests {
         assert_eq!(w.errors_per_minute, Some(15.0));
         assert_eq!(w.mean_ms, Some(2500.0));
         assert_eq!((w.p95_ms, w.p99_ms), (None, None), "no data is no number");
+    }
+
+    #[test]
+    fn only_the_numbers_behind_a_threshold_are_asked_for() {
+        let config = |extra: serde_json::Value| -> Config {
+            let mut c = json!({ "source": "cloudwatch", "cloudwatch": { "region": "eu-west-1", "cluster": "c" } });
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(c).unwrap()
+        };
+        let ids = |c: &Config| queries(c).iter().map(|q| q.0).collect::<Vec<_>>();
+        let gates = config(json!({ "max_5xx_per_minute": 10, "max_mean_ms": 2000 }));
+        assert_eq!(ids(&gates), ["requests", "errors", "mean"]);
+        assert_eq!(
+            ids(&config(json!({ "max_p99_ms": 900 }))),
+            ["requests", "p99"]
+        );
+        let text = r#"<GetMetricDataResponse><GetMetricDataResult><MetricDataResults>
+          <member><Id>requests</Id><Values><member>10.0</member></Values></member>
+        </MetricDataResults></GetMetricDataResult></GetMetricDataResponse>"#;
+        let w = summarize(&results(text).unwrap(), 1.0);
+        assert_eq!(
+            (w.errors_per_minute, w.error_rate_percent),
+            (None, None),
+            "not asked, not zero"
+        );
     }
 }

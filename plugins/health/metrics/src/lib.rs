@@ -360,14 +360,9 @@ impl Health for MetricsCheck {
                 revision,
                 target.since_ms,
             )?,
-            "cloudwatch" => cloudwatch::window(
-                config.cloudwatch.as_ref().ok_or_else(|| {
-                    Error::invalid_config("metrics check: source \"cloudwatch\" needs `cloudwatch`")
-                })?,
-                &target.service,
-                revision,
-                target.since_ms,
-            )?,
+            "cloudwatch" => {
+                cloudwatch::window(&config, &target.service, revision, target.since_ms)?
+            }
             _ => local_window(&config, &target.service, revision, target.since_ms)?,
         };
         let (verdict, message) = judge(&config, &window);
