@@ -382,8 +382,15 @@ impl Provider for Ecs {
         let current = svc.ensure(&spec, desired_count(&d.config, &spec))?;
         let group_name = listener::target_group_name(&d.config, &d.name, &revision);
         let port = task::port(&spec)?;
-        let group =
-            listener::ensure_target_group(&d.elb, &d.config, &group_name, port, &d.owner())?;
+        let balancer = listener::listener(&d.elb, &d.config.listener_arn)?.load_balancer_arn;
+        let group = listener::ensure_target_group(
+            &d.elb,
+            &d.config,
+            &group_name,
+            port,
+            &d.owner(),
+            &balancer,
+        )?;
         let sets = svc.task_sets()?;
         let first = sets.iter().all(|s| s["externalId"] == revision.as_str());
         if !sets.iter().any(|s| s["externalId"] == revision.as_str()) {

@@ -16,6 +16,7 @@ pub struct Rule {
 
 /// A listener: its protocol, port, and the DNS name of its load balancer.
 pub struct Listener {
+    pub load_balancer_arn: String,
     pub protocol: String,
     pub port: u16,
     pub dns_name: String,
@@ -24,6 +25,11 @@ pub struct Listener {
 /// The tag that names, on a rule or target group, the ECS service it belongs to
 /// (`CLUSTER/SERVICE`).
 pub const OWNER_TAG: &str = "engine:owner";
+
+/// The tag that names, on a target group, the load balancer whose listener rule forwards to
+/// it: ELB lists a group's load balancers only once a rule uses it (and moto not for groups
+/// added to a rule later), and the CloudWatch metrics of a group are named by both.
+pub const LOAD_BALANCER_TAG: &str = "engine:load-balancer";
 
 /// The target group name of a revision: at most 32 letters, digits and hyphens, unique in the
 /// account and region. The hash of the cluster and service keeps two environments' `api-r5`
@@ -215,6 +221,7 @@ pub fn ensure_target_group(
     name: &str,
     port: u16,
     owner: &str,
+    load_balancer: &str,
 ) -> Result<String, Error> {
     if let Some(arn) = find_target_group(elb, name)? {
         return Ok(arn);
@@ -229,6 +236,10 @@ pub fn ensure_target_group(
         ("HealthCheckPath", &config.target_health_path),
     ]);
     p.extend(tag_params(owner));
+    p.extend(params(&[
+        ("Tags.member.2.Key", LOAD_BALANCER_TAG),
+        ("Tags.member.2.Value", load_balancer),
+    ]));
     let text = elb.write("CreateTargetGroup", p)?;
     let doc = xml::parse(&text)?;
     xml::text(doc.root(), "TargetGroupArn").ok_or_else(|| {
@@ -288,6 +299,7 @@ pub fn listener(elb: &Elb, arn: &str) -> Result<Listener, Error> {
     let dns_name = xml::text(doc.root(), "DNSName")
         .ok_or_else(|| Error::not_found(format!("the load balancer {lb} does not exist")))?;
     Ok(Listener {
+        load_balancer_arn: lb,
         protocol,
         port,
         dns_name,
@@ -377,6 +389,8 @@ mod tests {
     #[test]
     fn a_listeners_url_names_the_rules_host_and_path() {
         let l = Listener {
+            load_balancer_arn:
+                "arn:aws:elasticloadbalancing:eu-west-1:1:loadbalancer/app/exchange/1".into(),
             protocol: "HTTP".into(),
             port: 8080,
             dns_name: "lb-1.eu-west-1.elb.amazonaws.com".into(),

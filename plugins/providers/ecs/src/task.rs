@@ -173,13 +173,11 @@ pub fn definition(
 /// The desired form of `spec`: what a deployment would make.
 pub fn desired_form(config: &Config, spec: &ServiceSpec) -> Result<Value, Error> {
     let definition = definition(config, spec, "planned")?;
-    let mut network = json!({
+    let network = json!({
         "subnets": config.subnets,
         "securityGroups": config.security_groups,
         "assignPublicIp": if config.assign_public_ip { "ENABLED" } else { "DISABLED" },
     });
-    sort_strings(&mut network["subnets"]);
-    sort_strings(&mut network["securityGroups"]);
     let mut form = form(&definition, &network);
     form["desired_count"] = json!(crate::desired_count(config, spec));
     form["autoscaling"] = crate::scaling::desired_form(config);
@@ -190,6 +188,10 @@ pub fn desired_form(config: &Config, spec: &ServiceSpec) -> Result<Value, Error>
 /// with its tags at `tags`) run with a task set's `awsvpcConfiguration`.
 pub fn form(definition: &Value, network: &Value) -> Value {
     let container = &definition["containerDefinitions"][0];
+    // ECS keeps the network lists in an order of its own: they are sets.
+    let mut network = network.clone();
+    sort_strings(&mut network["subnets"]);
+    sort_strings(&mut network["securityGroups"]);
     let pairs = |list: &Value, value: &str| -> Value {
         let map: Map<String, Value> = list
             .as_array()
@@ -322,6 +324,12 @@ mod tests {
         let mut registered = definition(&config, &spec(), "r3").unwrap();
         // ECS answers numbers as strings and the tags beside the definition.
         registered["tags"] = tags(&spec(), "r3");
+        // ECS answers the subnets in an order of its own, not the config's.
+        let network = json!({ "subnets": ["subnet-b", "subnet-a"], "assignPublicIp": "DISABLED" });
+        let mut read = form(&registered, &network);
+        read["desired_count"] = json!(2);
+        read["autoscaling"] = Value::Null;
+        assert_eq!(read, desired);
         let network = json!({ "subnets": ["subnet-a", "subnet-b"], "assignPublicIp": "DISABLED" });
         let mut read = form(&registered, &network);
         read["desired_count"] = json!(2);
