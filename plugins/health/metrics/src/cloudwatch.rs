@@ -82,18 +82,33 @@ fn dimensions(cw: &CloudWatch, service: &str, revision: &str) -> Result<(String,
         params(&[("TargetGroupArns.member.1", &group)]),
     )?;
     let doc = xml::parse(&text)?;
-    let balancer = xml::find(doc.root(), "LoadBalancerArns")
+    let listed = xml::find(doc.root(), "LoadBalancerArns")
         .and_then(|l| l.children().find(|c| c.has_tag_name("member")))
         .and_then(|m| m.text())
-        .ok_or_else(|| {
+        .map(|t| t.trim().to_string());
+    let balancer = match listed {
+        Some(arn) => arn,
+        None => tagged_load_balancer(&elb, &group)?.ok_or_else(|| {
             Error::not_found(format!(
                 "the target group {group} of {revision} is behind no load balancer"
             ))
-        })?;
+        })?,
+    };
     Ok((
         resource_part(&group, "targetgroup/"),
-        resource_part(balancer.trim(), "loadbalancer/"),
+        resource_part(&balancer, "loadbalancer/"),
     ))
+}
+
+/// The load balancer the `ecs` provider tagged a target group with when it made it, for a
+/// group ELB lists none for yet (moto lists none for a group added to a rule later).
+fn tagged_load_balancer(elb: &QueryApi, group: &str) -> Result<Option<String>, Error> {
+    let text = elb.read("DescribeTags", params(&[("ResourceArns.member.1", group)]))?;
+    let doc = xml::parse(&text)?;
+    Ok(xml::members(doc.root(), "Tags")
+        .into_iter()
+        .find(|t| xml::text(*t, "Key").as_deref() == Some("engine:load-balancer"))
+        .and_then(|t| xml::text(t, "Value")))
 }
 
 /// What follows `marker` in an ARN: `arn:…:targetgroup/NAME/ID` → `targetgroup/NAME/ID`,
