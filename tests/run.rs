@@ -782,7 +782,11 @@ fn rollback_returns_to_the_previous_revision_and_destroy_goes_in_reverse_order()
     assert_exit(&out, 0);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "would destroy web\nwould destroy api\nwould destroy worker\nwould destroy db\n"
+        "would destroy web\n    revision web-r1 (web:1), 100% of the traffic\n\
+         would destroy api\n    revision api-r1 (api:1), 100% of the traffic\n\
+         would destroy worker\n    revision worker-r3 (worker:2), 100% of the traffic\n\
+         would destroy db\n    revision db-r2 (db:2), 100% of the traffic\n    revision db-r1 (db:1), 0% of the traffic\n",
+        "a dry run lists each service's revisions, as the platform has them"
     );
     assert!(
         project.path("platform/db.json").exists(),

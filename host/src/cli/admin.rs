@@ -75,6 +75,13 @@ pub async fn destroy(cli: &super::Cli, args: &DestroyArgs) -> Result<(), Command
         use crate::run::admin::Destroyed;
         match result {
             Ok(Destroyed::Removed) if args.dry_run => println!("would destroy {service}"),
+            Ok(Destroyed::WouldRemove(parts)) => {
+                println!("would destroy {service}");
+                for part in parts {
+                    println!("    {part}");
+                }
+            }
+            Ok(Destroyed::Absent) => println!("{service} does not exist: nothing to destroy"),
             Ok(Destroyed::Removed) => println!("destroyed {service}"),
             Ok(Destroyed::LeftInPlace(why)) => println!("left {service} in place: {why}"),
             Err(e) => {

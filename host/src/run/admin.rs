@@ -134,7 +134,7 @@ pub async fn destroy(
             continue;
         }
         let result = match unit {
-            Unit::Service(_) if dry_run => Ok(Destroyed::Removed),
+            Unit::Service(service) if dry_run => what_destroy_removes(&ports, service).await,
             Unit::Service(service) => destroy_service(&ports, store, pipeline, service).await,
             Unit::Resource(resource) => {
                 delete_resource(&ports, store, pipeline, resource, dry_run).await
@@ -152,6 +152,41 @@ pub enum Destroyed {
     Removed,
     /// A resource the engine did not create, or never applied: not the engine's to delete.
     LeftInPlace(String),
+    /// In a dry run, a service that exists, with what destroying it would remove (its
+    /// revisions as the platform reads them, with their share of the traffic).
+    WouldRemove(Vec<String>),
+    /// In a dry run, a service the platform does not have: nothing to remove.
+    Absent,
+}
+
+/// A dry run's answer for a service: it reads the service, and changes nothing.
+async fn what_destroy_removes(
+    ports: &PluginPorts<'_>,
+    service: &crate::config::Service,
+) -> Result<Destroyed, DestroyError> {
+    let platform = ports
+        .platform(service)
+        .map_err(|e| DestroyError::NotDestroyed(e.message))?;
+    let state = retry(|| platform.read())
+        .await
+        .map_err(DestroyError::NotDestroyed)?;
+    let Some(state) = state else {
+        return Ok(Destroyed::Absent);
+    };
+    let revisions = state.revisions.iter().map(|r| {
+        let percent = state
+            .traffic
+            .iter()
+            .find(|t| t.revision == r.id)
+            .map_or(0, |t| t.percent);
+        let artifact = r
+            .artifact
+            .as_deref()
+            .map(|a| format!(" ({a})"))
+            .unwrap_or_default();
+        format!("revision {}{artifact}, {percent}% of the traffic", r.id)
+    });
+    Ok(Destroyed::WouldRemove(revisions.collect()))
 }
 
 async fn destroy_service(
