@@ -331,3 +331,340 @@ print(json.dumps({"controller": s["deploymentController"]["type"], "definition":
         text(&out)
     );
 }
+
+// The Agent Exchange example (examples/ecs-agent-exchange), run as written except for where the
+// AWS APIs are, where the credentials come from and how long a canary step pauses: these
+// replacements, each of which must match, point it at moto. The guide's setup (VPC, the two
+// load balancers with their listeners, the cluster) is made with boto3 and passed as the
+// example's variables, as a CI job would pass its account's.
+
+const EXCHANGE_INFRASTRUCTURE: &str = r#"
+ec2 = boto3.client("ec2", **kw); elb = boto3.client("elbv2", **kw); ecs = boto3.client("ecs", **kw)
+vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"eu-west-1{z}")["Subnet"]["SubnetId"] for i, z in ((1, "a"), (2, "b"))]
+sg = ec2.create_security_group(GroupName="aex-ecs", Description="aex services", VpcId=vpc)["GroupId"]
+def balancer(name, scheme):
+    lb = elb.create_load_balancer(Name=name, Subnets=subnets, SecurityGroups=[sg], Scheme=scheme, Type="application")["LoadBalancers"][0]
+    def listener(port):
+        return elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=port,
+            DefaultActions=[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404", "ContentType": "text/plain", "MessageBody": "no route"}}])["Listeners"][0]["ListenerArn"]
+    return listener(80), listener(8443)
+public, public_test = balancer("aex-alb", "internet-facing")
+internal, internal_test = balancer("aex-internal", "internal")
+ecs.create_cluster(clusterName="aex-cluster")
+print(json.dumps({"account_id": "123456789012", "region": "eu-west-1", "vpc_id": vpc, "subnet_a": subnets[0], "subnet_b": subnets[1], "services_sg": sg,
+    "public_listener": public, "public_test_listener": public_test, "internal_listener": internal, "internal_test_listener": internal_test}))
+"#;
+
+const EXCHANGE: [&str; 10] = [
+    "aex-identity",
+    "aex-telemetry",
+    "aex-provider-registry",
+    "aex-trust-broker",
+    "aex-settlement",
+    "aex-bid-gateway",
+    "aex-bid-evaluator",
+    "aex-work-publisher",
+    "aex-contract-engine",
+    "aex-gateway",
+];
+
+fn exchange_example(moto: &Moto, dir: &Path) {
+    let source =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ecs-agent-exchange/pipeline.toml");
+    let mut text = std::fs::read_to_string(source).unwrap();
+    let url = moto.url.as_str();
+    let grant = format!(r#"allow_http = ["{url}"]"#);
+    let credentials = format!(r#"aws = {{ from = "aws-env:TEST_AWS", hosts = ["{url}"] }}"#);
+    let provider =
+        format!("[defaults.provider_config]\nendpoint = \"{url}\"\npoll_interval_ms = 10");
+    let cloudwatch = format!(
+        r#"cloudwatch = {{ region = "${{region}}", cluster = "${{cluster}}", endpoint = "{url}" }}"#
+    );
+    for (from, to) in [
+        (
+            r#"allow_http = ["https://ecs.${region}.amazonaws.com", "https://elasticloadbalancing.${region}.amazonaws.com", "https://application-autoscaling.${region}.amazonaws.com"]"#,
+            grant.as_str(),
+        ),
+        (
+            r#"allow_http = ["https://ecs.${region}.amazonaws.com", "https://elasticloadbalancing.${region}.amazonaws.com", "https://monitoring.${region}.amazonaws.com"]"#,
+            grant.as_str(),
+        ),
+        (r#"aws = { from = "aws" }"#, credentials.as_str()),
+        ("[defaults.provider_config]", provider.as_str()),
+        (
+            r#"cloudwatch = { region = "${region}", cluster = "${cluster}" }"#,
+            cloudwatch.as_str(),
+        ),
+        (r#"pause = "3m""#, r#"pause = "3s""#),
+    ] {
+        assert!(
+            text.contains(from),
+            "the example no longer contains {from:?}"
+        );
+        text = text.replace(from, to);
+    }
+    std::fs::write(dir.join("pipeline.toml"), text).unwrap();
+}
+
+/// `engine COMMAND pipeline.toml --env staging --var …` with the account's infrastructure.
+fn exchange(dir: &Path, infra: &Value, command: &[&str], more: &[&str]) -> Output {
+    let mut args: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+    args.extend(["pipeline.toml", "--env", "staging"].map(String::from));
+    for (name, value) in infra.as_object().unwrap() {
+        args.push("--var".into());
+        args.push(format!("{name}={}", value.as_str().unwrap()));
+    }
+    args.extend(more.iter().map(|s| s.to_string()));
+    engine(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Every service of the exchange as moto keeps it: status and controller, the environment and
+/// secrets of the serving task definition, its size and log group, the weights of its rule by
+/// target group name (on whichever listener has it), and the scaling of the cluster.
+fn exchange_state(moto: &Moto, infra: &Value) -> Value {
+    moto.boto3(&format!(
+        r#"
+ecs = boto3.client("ecs", **kw); elb = boto3.client("elbv2", **kw); aas = boto3.client("application-autoscaling", **kw)
+names = {names:?}
+groups = {{g["TargetGroupArn"]: g["TargetGroupName"] for g in elb.describe_target_groups()["TargetGroups"]}}
+rules = {{}}
+for listener in ({public:?}, {internal:?}):
+    for r in elb.describe_rules(ListenerArn=listener)["Rules"]:
+        if r["Priority"] != "default":
+            rules[r["Priority"]] = {{"listener": "public" if listener == {public:?} else "internal",
+                "conditions": r["Conditions"],
+                "weights": {{groups.get(t["TargetGroupArn"], "?"): t["Weight"] for t in r["Actions"][0]["ForwardConfig"]["TargetGroups"]}}}}
+out = {{}}
+for s in ecs.describe_services(cluster="aex-cluster", services=names)["services"]:
+    if s["status"] == "INACTIVE":
+        continue
+    sets = ecs.describe_task_sets(cluster="aex-cluster", service=s["serviceName"])["taskSets"]
+    primary = [t for t in sets if t["status"] == "PRIMARY"]
+    d = ecs.describe_task_definition(taskDefinition=primary[0]["taskDefinition"])["taskDefinition"] if primary else {{}}
+    c = d.get("containerDefinitions", [{{}}])[0]
+    out[s["serviceName"]] = {{"controller": s["deploymentController"]["type"], "primary": primary[0]["externalId"] if primary else None,
+        "cpu": d.get("cpu"), "memory": d.get("memory"),
+        "env": {{e["name"]: e["value"] for e in c.get("environment", [])}},
+        "secrets": {{e["name"]: e["valueFrom"] for e in c.get("secrets", [])}},
+        "log_group": c.get("logConfiguration", {{}}).get("options", {{}}).get("awslogs-group")}}
+print(json.dumps({{"services": out, "rules": rules,
+    "definitions": sum(len(ecs.list_task_definitions(familyPrefix=n, status="ACTIVE")["taskDefinitionArns"]) for n in names),
+    "target_groups": len(groups),
+    "scaling": aas.describe_scalable_targets(ServiceNamespace="ecs")["ScalableTargets"],
+    "policies": aas.describe_scaling_policies(ServiceNamespace="ecs")["ScalingPolicies"],
+    "balancers": sorted(b["LoadBalancerName"] for b in elb.describe_load_balancers()["LoadBalancers"])}}, default=str))
+"#,
+        names = EXCHANGE,
+        public = infra["public_listener"].as_str().unwrap(),
+        internal = infra["internal_listener"].as_str().unwrap(),
+    ))
+}
+
+/// While the next release of the gateway rolls out, its new target group answers half of its
+/// requests with 5xx, as CloudWatch would count them (moto's load balancer serves nothing).
+const FAILING_GATEWAY: &str = r#"
+import datetime, time
+elb = boto3.client("elbv2", **kw); cw = boto3.client("cloudwatch", **kw)
+def gateway_groups():
+    return {g["TargetGroupArn"]: g for g in elb.describe_target_groups()["TargetGroups"] if g["TargetGroupName"].startswith("aex-gateway-")}
+before = set(gateway_groups())
+balancer = elb.describe_load_balancers(Names=["aex-alb"])["LoadBalancers"][0]["LoadBalancerArn"]
+for _ in range(600):
+    for arn in set(gateway_groups()) - before:
+        dims = [{"Name": "TargetGroup", "Value": arn[arn.index("targetgroup/"):]},
+                {"Name": "LoadBalancer", "Value": balancer.split("loadbalancer/", 1)[1]}]
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cw.put_metric_data(Namespace="AWS/ApplicationELB", MetricData=[
+            {"MetricName": "RequestCount", "Dimensions": dims, "Value": 100, "Timestamp": now},
+            {"MetricName": "HTTPCode_Target_5XX_Count", "Dimensions": dims, "Value": 50, "Timestamp": now},
+            {"MetricName": "TargetResponseTime", "Dimensions": dims, "Value": 0.08, "Timestamp": now}])
+    time.sleep(0.5)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_exchange_on_ecs_deploys_in_order_and_its_gate_rolls_back_a_bad_gateway() {
+    let moto = Moto::start().await;
+    let infra = moto.boto3(EXCHANGE_INFRASTRUCTURE);
+    let dir = tempfile::tempdir().unwrap();
+    exchange_example(&moto, dir.path());
+
+    let out = exchange(dir.path(), &infra, &["plan"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches(": create (")
+            .count(),
+        10,
+        "{}",
+        text(&out)
+    );
+
+    // The first deploy: every service behind its rule, with the others' URLs (their rule hosts).
+    let out = exchange(dir.path(), &infra, &["run"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = exchange_state(&moto, &infra);
+    let services = &s["services"];
+    assert_eq!(services.as_object().unwrap().len(), 10, "{s:#}");
+    for name in EXCHANGE {
+        let service = &services[name];
+        assert_eq!(service["controller"], "EXTERNAL", "{name}");
+        assert_eq!(
+            service["log_group"],
+            format!("/ecs/agent-exchange/{name}"),
+            "{name}"
+        );
+        assert_eq!(service["env"]["ENVIRONMENT"], "staging", "{name}");
+        let size = if name == "aex-gateway" {
+            ("512", "1024")
+        } else {
+            ("256", "512")
+        };
+        assert_eq!(
+            (
+                service["cpu"].as_str().unwrap(),
+                service["memory"].as_str().unwrap()
+            ),
+            size,
+            "{name}"
+        );
+    }
+    let gateway = &services["aex-gateway"];
+    for (var, target) in [
+        ("WORK_PUBLISHER_URL", "aex-work-publisher"),
+        ("BID_GATEWAY_URL", "aex-bid-gateway"),
+        ("PROVIDER_REGISTRY_URL", "aex-provider-registry"),
+        ("SETTLEMENT_URL", "aex-settlement"),
+        ("IDENTITY_URL", "aex-identity"),
+    ] {
+        assert_eq!(
+            gateway["env"][var],
+            format!("http://{target}.aex.internal"),
+            "{var}"
+        );
+    }
+    assert_eq!(
+        services["aex-bid-evaluator"]["env"]["TRUST_BROKER_URL"],
+        "http://aex-trust-broker.aex.internal"
+    );
+    assert_eq!(gateway["secrets"]["JWT_SECRET"], "aex-jwt-secret");
+    assert_eq!(
+        services["aex-settlement"]["secrets"]["MONGO_URI"],
+        "aex-mongo-uri"
+    );
+    assert_eq!(
+        s["rules"]["100"]["listener"], "public",
+        "only the gateway is public: {s:#}"
+    );
+    assert_eq!(s["rules"]["10"]["listener"], "internal");
+    assert_eq!(
+        s["rules"]["10"]["conditions"][0]["HostHeaderConfig"]["Values"],
+        json!(["aex-identity.aex.internal"])
+    );
+    let scaling = s["scaling"].as_array().unwrap();
+    assert_eq!(scaling.len(), 1, "only the gateway scales: {s:#}");
+    assert_eq!(scaling[0]["ResourceId"], "service/aex-cluster/aex-gateway");
+    assert_eq!(
+        (&scaling[0]["MinCapacity"], &scaling[0]["MaxCapacity"]),
+        (&json!(1), &json!(10))
+    );
+    let policy = &s["policies"][0]["TargetTrackingScalingPolicyConfiguration"];
+    assert_eq!(policy["TargetValue"], 70.0);
+    assert_eq!(
+        policy["PredefinedMetricSpecification"]["PredefinedMetricType"],
+        "ECSServiceAverageCPUUtilization"
+    );
+
+    // The guide's order: a service is deployed after the ones whose URLs it holds.
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let at = |name: &str| {
+        stdout
+            .find(&format!("{name}:"))
+            .unwrap_or_else(|| panic!("{name} in {stdout}"))
+    };
+    assert!(at("aex-identity") < at("aex-provider-registry"), "{stdout}");
+    assert!(
+        at("aex-provider-registry") < at("aex-bid-gateway"),
+        "{stdout}"
+    );
+    assert!(at("aex-bid-gateway") < at("aex-bid-evaluator"), "{stdout}");
+    assert!(at("aex-contract-engine") < at("aex-gateway"), "{stdout}");
+
+    // The next version, whose gateway answers 5xx: the nine others roll out 10 → 100, the
+    // gateway's CloudWatch gate stops it and its traffic goes back to the serving revision.
+    let failing = moto.boto3_beside(FAILING_GATEWAY);
+    let out = exchange(dir.path(), &infra, &["run"], &["--var", "version=v1.1.0"]);
+    drop(failing);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("5xx"), "{}", text(&out));
+    let s = exchange_state(&moto, &infra);
+    let serving = |priority: &str| -> Vec<(String, i64)> {
+        weights(&s["rules"][priority]["weights"])
+            .into_iter()
+            .filter(|(_, w)| *w > 0)
+            .collect()
+    };
+    assert_eq!(
+        serving("10"),
+        [("r2".to_string(), 100)],
+        "identity took v1.1.0: {s:#}"
+    );
+    assert_eq!(
+        serving("100"),
+        [("r1".to_string(), 100)],
+        "the gateway stays on v1.0.0: {s:#}"
+    );
+    assert_eq!(s["services"]["aex-gateway"]["primary"], "aex-gateway-r1");
+
+    // The guide's rollback to the previous task definition, by the engine.
+    let out = exchange(dir.path(), &infra, &["rollback", "aex-identity"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = exchange_state(&moto, &infra);
+    assert_eq!(
+        weights(&s["rules"]["10"]["weights"])
+            .into_iter()
+            .filter(|(_, w)| *w > 0)
+            .collect::<Vec<_>>(),
+        [("r1".to_string(), 100)]
+    );
+
+    // The teardown's dry run lists what it would delete and deletes nothing.
+    let out = exchange(dir.path(), &infra, &["destroy", "--dry-run"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    for name in EXCHANGE {
+        assert!(
+            stdout.contains(&format!("would destroy {name}\n")),
+            "{name}: {}",
+            text(&out)
+        );
+    }
+    assert!(
+        stdout.contains("revision aex-gateway-r1 (123456789012.dkr.ecr.eu-west-1.amazonaws.com/aex-gateway:v1.0.0), 100% of the traffic"),
+        "{stdout}"
+    );
+    assert_eq!(
+        exchange_state(&moto, &infra)["services"]
+            .as_object()
+            .unwrap()
+            .len(),
+        10
+    );
+
+    let out = exchange(dir.path(), &infra, &["destroy"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = exchange_state(&moto, &infra);
+    assert_eq!(s["services"], json!({}), "{s:#}");
+    assert_eq!(
+        (&s["rules"], &s["definitions"], &s["target_groups"]),
+        (&json!({}), &json!(0), &json!(0)),
+        "{s:#}"
+    );
+    assert_eq!(s["scaling"], json!([]));
+    assert_eq!(
+        s["balancers"],
+        json!(["aex-alb", "aex-internal"]),
+        "the shared load balancers stay"
+    );
+}

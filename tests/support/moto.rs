@@ -45,18 +45,7 @@ impl Moto {
     /// for `boto3.client(NAME, **kw)`) and returns the JSON it prints: an independent AWS
     /// client to set up what the engine expects and to read back what it made.
     pub fn boto3(&self, script: &str) -> serde_json::Value {
-        let python = super::python::venv(super::python::MOTO);
-        let prelude = format!(
-            "import boto3, json, os\nkw = dict(endpoint_url={:?}, region_name='eu-west-1')\n",
-            self.url
-        );
-        let out = std::process::Command::new(python)
-            .args(["-c", &format!("{prelude}{script}")])
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env_remove("AWS_PROFILE")
-            .output()
-            .unwrap();
+        let out = self.python(script).output().unwrap();
         assert!(
             out.status.success(),
             "boto3 script failed:\n{script}\n{}",
@@ -68,5 +57,38 @@ impl Moto {
                 String::from_utf8_lossy(&out.stdout)
             )
         })
+    }
+}
+
+impl Moto {
+    /// Starts a boto3 script that runs beside the test (a stand-in for traffic, say); it is
+    /// killed when the returned value is dropped.
+    pub fn boto3_beside(&self, script: &str) -> Beside {
+        Beside(self.python(script).spawn().unwrap())
+    }
+
+    fn python(&self, script: &str) -> std::process::Command {
+        let python = super::python::venv(super::python::MOTO);
+        let prelude = format!(
+            "import boto3, json, os\nkw = dict(endpoint_url={:?}, region_name='eu-west-1')\n",
+            self.url
+        );
+        let mut command = std::process::Command::new(python);
+        command
+            .args(["-c", &format!("{prelude}{script}")])
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_PROFILE");
+        command
+    }
+}
+
+/// A script running beside a test, killed on drop.
+pub struct Beside(Child);
+
+impl Drop for Beside {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
