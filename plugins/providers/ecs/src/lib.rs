@@ -292,7 +292,7 @@ impl Provider for Ecs {
         };
         svc.check_controller(&current)?;
         let mut sets = svc.task_sets()?;
-        sets.sort_by(|a, b| created_ms(b).cmp(&created_ms(a)));
+        sets.sort_by_key(|set| std::cmp::Reverse(created_ms(set)));
         let groups = Deployment::target_groups(&sets);
         let traffic =
             match listener::find_rule(&d.elb, &d.config.listener_arn, d.config.rule.priority)? {

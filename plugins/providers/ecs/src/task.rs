@@ -67,7 +67,7 @@ pub fn size(spec: &ServiceSpec) -> Result<(u32, u32), Error> {
             offered.join(", ")
         )));
     };
-    if memory < *low || memory > *high || (memory - low) % step != 0 {
+    if memory < *low || memory > *high || !(memory - low).is_multiple_of(*step) {
         return Err(Error::invalid_config(format!(
             "Fargate runs {cpu} CPU units with {low} to {high} MiB of memory in steps of {step} MiB, not {memory} MiB"
         )));
