@@ -244,6 +244,26 @@ fn split_of(rule: &Rule, groups: &[(String, String)]) -> Result<Vec<TrafficTarge
     Ok(split)
 }
 
+/// Why a revision's target group does not serve it yet: a target that is not healthy, or fewer
+/// healthy targets than the task set runs (ECS registers each task once it starts, and the load
+/// balancer sends it requests once its health checks pass).
+fn targets_waiting(elb: &Elb, group: &str, tasks: u64) -> Result<Option<String>, Error> {
+    let health = listener::target_health(elb, group)?;
+    Ok(if !health.not_healthy.is_empty() {
+        Some(format!(
+            "targets not healthy: {}",
+            health.not_healthy.join("; ")
+        ))
+    } else if (health.healthy as u64) < tasks {
+        Some(format!(
+            "{} of {tasks} targets healthy in the target group",
+            health.healthy
+        ))
+    } else {
+        None
+    })
+}
+
 fn created_ms(set: &Value) -> Option<u64> {
     set["createdAt"].as_f64().map(|s| (s * 1000.0) as u64)
 }
@@ -397,14 +417,22 @@ impl Provider for Ecs {
             let definition = svc.definition(&spec, &deployment_id)?;
             svc.create_task_set(&spec, &revision, &definition, &group)?;
         }
-        d.add_to_rule(&group)?;
+        // The load balancer checks a group's targets only once a rule forwards to it. The test
+        // listener's rule does that for the new revision, so the users' rule gains it once it
+        // serves; otherwise a new service's path would answer 503 until its first task is up.
+        let test_rule_attaches = d.config.test_listener_arn.is_some();
         d.point_test_rule(&group)?;
+        if !test_rule_attaches {
+            d.add_to_rule(&group)?;
+        }
         d.apply_scaling(&current)?;
-        let set = svc.wait_ready(&revision, || {
-            let unhealthy = listener::unhealthy_targets(&d.elb, &group)?;
-            Ok((!unhealthy.is_empty())
-                .then(|| format!("targets not healthy: {}", unhealthy.join("; "))))
+        let tasks = desired_count(&d.config, &spec);
+        let set = svc.wait_ready(&revision, |set| {
+            targets_waiting(&d.elb, &group, service::computed_desired_count(set, tasks))
         })?;
+        if test_rule_attaches {
+            d.add_to_rule(&group)?;
+        }
         if first {
             svc.make_primary(set["taskSetArn"].as_str().unwrap_or_default())?;
         }

@@ -256,25 +256,30 @@ pub fn delete_target_group(elb: &Elb, arn: &str) -> Result<(), Error> {
     }
 }
 
-/// The targets of a group that are not healthy, with ELB's reason: empty when all are
-/// healthy (or none is registered yet).
-pub fn unhealthy_targets(elb: &Elb, arn: &str) -> Result<Vec<String>, Error> {
+/// A target group's targets by health: how many are healthy, and the others with ELB's reason.
+#[derive(Debug, Default)]
+pub struct TargetHealth {
+    pub healthy: usize,
+    pub not_healthy: Vec<String>,
+}
+
+pub fn target_health(elb: &Elb, arn: &str) -> Result<TargetHealth, Error> {
     let text = elb.read("DescribeTargetHealth", params(&[("TargetGroupArn", arn)]))?;
     let doc = xml::parse(&text)?;
-    let out = xml::members(doc.root(), "TargetHealthDescriptions")
-        .into_iter()
-        .filter_map(|d| {
-            let state = xml::text(d, "State").unwrap_or_default();
-            if state == "healthy" {
-                return None;
-            }
-            let target = xml::text(d, "Id").unwrap_or_default();
-            let reason = xml::text(d, "Description")
-                .or_else(|| xml::text(d, "Reason"))
-                .unwrap_or_default();
-            Some(format!("{target} {state} {reason}").trim().to_string())
-        })
-        .collect();
+    let mut out = TargetHealth::default();
+    for d in xml::members(doc.root(), "TargetHealthDescriptions") {
+        let state = xml::text(d, "State").unwrap_or_default();
+        if state == "healthy" {
+            out.healthy += 1;
+            continue;
+        }
+        let target = xml::text(d, "Id").unwrap_or_default();
+        let reason = xml::text(d, "Description")
+            .or_else(|| xml::text(d, "Reason"))
+            .unwrap_or_default();
+        out.not_healthy
+            .push(format!("{target} {state} {reason}").trim().to_string());
+    }
     Ok(out)
 }
 

@@ -179,7 +179,7 @@ impl Service<'_> {
     pub fn wait_ready(
         &self,
         revision: &str,
-        also: impl Fn() -> Result<Option<String>, Error>,
+        also: impl Fn(&Value) -> Result<Option<String>, Error>,
     ) -> Result<Value, Error> {
         let deadline = Instant::now() + Duration::from_secs(self.config.ready_timeout_seconds);
         loop {
@@ -191,7 +191,7 @@ impl Service<'_> {
                 Error::conflict(format!("the task set of {revision} was deleted meanwhile"))
             })?;
             let waiting = match is_ready(&set) {
-                true => also()?,
+                true => also(&set)?,
                 false => Some(progress(&set)),
             };
             let Some(reason) = waiting else {
@@ -293,6 +293,15 @@ pub fn is_ready(set: &Value) -> bool {
     let count = |k: &str| set[k].as_u64().unwrap_or(0);
     set["stabilityStatus"] == "STEADY_STATE"
         && count("runningCount") >= count("computedDesiredCount")
+}
+
+/// How many tasks a task set runs: ECS computes it as its scale's share of the service's
+/// desired count, rounded up, and reports it; an API that leaves it out (moto) gets the formula.
+pub fn computed_desired_count(set: &Value, service_desired: u32) -> u64 {
+    set["computedDesiredCount"].as_u64().unwrap_or_else(|| {
+        let percent = set["scale"]["value"].as_f64().unwrap_or(100.0);
+        (service_desired as f64 * percent / 100.0).ceil() as u64
+    })
 }
 
 /// `2 of 3 tasks running, STABILIZING`, for messages.
