@@ -1,15 +1,18 @@
 //! The `ecs` provider end to end: `engine plan`, `run`, `rollback` and `destroy` against moto
 //! (AWS's APIs in server mode, from PyPI), with boto3 as an independent client that sets up
 //! the shared infrastructure (VPC, load balancer, listeners, cluster) and reads back what the
-//! engine made. moto starts no containers: its task sets report a steady state at once, so
-//! these tests check what the provider asks of ECS and ELB, not tasks that really run.
+//! engine made. moto runs no containers and its load balancers serve nothing, so a data plane
+//! beside it (tests/support/ecs_data_plane.py) starts a real demo-service process for each task
+//! set, registers it in the task set's target group, routes requests by moto's listener rules
+//! and weights, and publishes what it served to moto's CloudWatch: a canary's split, a check
+//! through the test listener and a CloudWatch gate meet real traffic.
 
 mod support;
 
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Command, Output};
-use support::moto::{Moto, TEST_KEYS};
+use support::moto::{DataPlane, DataPlaneOptions, Moto, TEST_KEYS};
 
 /// The shared infrastructure the provider expects and never makes: a VPC with two subnets, a
 /// security group, an internet-facing ALB with a production listener (80) and a test listener
@@ -98,18 +101,69 @@ poll_interval_ms = 10
     )
 }
 
+/// The gateway goes dark first (0 %): its smoke check reaches it through the test listener
+/// before any user does, then it takes 10 % and all.
 const GATEWAY: &str = r#"
 [services.gateway]
 image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/gateway:1"
 min_instances = 2
 strategy = "canary"
-strategy_config = { steps = [10, 100], pause = "0s" }
+strategy_config = { steps = [0, 10, 100], pause = "3s" }
 env = { LOG_LEVEL = "info" }
 secrets = { DATABASE_URL = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:exchange/db" }
 labels = { team = "exchange" }
 provider_config.rule = { priority = 10, paths = ["/*"] }
 provider_config.autoscaling = { min = 1, max = 10, cpu_target = 70 }
+
+# The load balancer applies a rule change within moments (the data plane within a second), so
+# a check through the test listener waits that long after each change.
+[[services.gateway.checks]]
+name = "smoke"
+plugin = "http"
+delay = "2s"
+config = { path = "/", interval = "200ms" }
 "#;
+
+/// The `http` check reaches revisions through the data plane, a proxy as a check inside the VPC
+/// would use (nothing resolves moto's load balancer names).
+fn through(plane: &DataPlane, services: &str) -> String {
+    format!(
+        r#"{services}
+[plugins.http]
+allow_http = ["http://*.elb.amazonaws.com:8080"]
+proxy = "{}"
+"#,
+        plane.proxy
+    )
+}
+
+/// Requests in runs, for messages: `r1 200 ×120, r2 200 ×3, …`.
+fn runs<T: PartialEq + std::fmt::Debug>(seen: &[T]) -> String {
+    let mut out: Vec<(&T, usize)> = Vec::new();
+    for s in seen {
+        match out.last_mut() {
+            Some((last, n)) if *last == s => *n += 1,
+            _ => out.push((s, 1)),
+        }
+    }
+    let runs: Vec<String> = out.iter().map(|(s, n)| format!("{s:?} ×{n}")).collect();
+    runs.join(", ")
+}
+
+/// The deployment each request on `port` was served by (the end of its target group's name),
+/// in order.
+fn served_by(plane: &DataPlane, port: u16) -> Vec<(String, u16)> {
+    plane
+        .served()
+        .iter()
+        .filter(|e| e["port"] == port)
+        .map(|e| {
+            let group = e["group"].as_str().unwrap_or_default();
+            let deployment = group.rsplit('-').next().unwrap_or_default().to_string();
+            (deployment, e["status"].as_u64().unwrap_or(0) as u16)
+        })
+        .collect()
+}
 
 fn engine(dir: &Path, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_engine"));
@@ -151,9 +205,22 @@ fn weights(rule: &Value) -> Vec<(String, i64)> {
 async fn plan_deploy_canary_rollback_and_destroy_on_ecs_behind_an_alb() {
     let moto = Moto::start().await;
     let infra = moto.boto3(INFRASTRUCTURE);
+    let users = format!("http://{}/", infra["dns"].as_str().unwrap());
+    let bad = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/gateway:3";
+    let plane = moto
+        .data_plane(DataPlaneOptions {
+            faults: &[(bad, 1.0)],
+            load: &[(&users, 20)],
+            ..Default::default()
+        })
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pipeline.toml");
-    std::fs::write(&file, pipeline(&moto, &infra, GATEWAY)).unwrap();
+    let release = |image: &str| {
+        let services = GATEWAY.replace("gateway:1", image);
+        std::fs::write(&file, pipeline(&moto, &infra, &through(&plane, &services))).unwrap();
+    };
+    release("gateway:1");
 
     let out = engine(dir.path(), &["plan", "pipeline.toml"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -167,7 +234,7 @@ async fn plan_deploy_canary_rollback_and_destroy_on_ecs_behind_an_alb() {
     // The first deployment: an EXTERNAL service, one task set at full scale in its own target
     // group, all the traffic through the rule, the test rule on the same revision.
     let out = engine(dir.path(), &["run", "pipeline.toml"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}{}", text(&out), plane.errors());
     let s = state(&moto, &infra, "gateway");
     assert_eq!(s["service"]["deploymentController"]["type"], "EXTERNAL");
     assert_eq!(s["service"]["desiredCount"], 2);
@@ -212,13 +279,9 @@ async fn plan_deploy_canary_rollback_and_destroy_on_ecs_behind_an_alb() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("gateway: no-change"), "{}", text(&out));
 
-    // A new image: a field-level plan, then the canary 10 → 100 in the rule's weights; the
-    // old revision stays, without traffic, for a rollback.
-    std::fs::write(
-        &file,
-        pipeline(&moto, &infra, &GATEWAY.replace("gateway:1", "gateway:2")),
-    )
-    .unwrap();
+    // A new image: a field-level plan, then the canary 0 → 10 → 100 in the rule's weights;
+    // the old revision stays, without traffic, for a rollback.
+    release("gateway:2");
     let out = engine(dir.path(), &["plan", "pipeline.toml"]);
     assert!(
         String::from_utf8_lossy(&out.stdout)
@@ -233,6 +296,34 @@ async fn plan_deploy_canary_rollback_and_destroy_on_ecs_behind_an_alb() {
         weights(&s["rule"]),
         [("r1".to_string(), 0), ("r2".to_string(), 100)]
     );
+    // The users' requests: r1 alone, then one in ten to r2 while the canary held 10 %, then r2.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let users_saw = served_by(&plane, 80);
+    let first_r2 = users_saw.iter().position(|(d, _)| d == "r2").unwrap();
+    let last_r1 = users_saw.iter().rposition(|(d, _)| d == "r1").unwrap();
+    let canary = &users_saw[first_r2..=last_r1];
+    let to_r2 = canary.iter().filter(|(d, _)| d == "r2").count();
+    let share = to_r2 as f64 / canary.len() as f64;
+    assert!(
+        canary.len() >= 20 && (0.04..=0.2).contains(&share),
+        "{to_r2} of {} requests went to r2 during the canary: {}\n{}",
+        canary.len(),
+        runs(&users_saw),
+        plane.errors()
+    );
+    assert!(
+        users_saw[users_saw.len() - 10..]
+            .iter()
+            .all(|(d, _)| d == "r2")
+    );
+    assert!(
+        users_saw.iter().all(|(_, status)| *status == 200),
+        "{}",
+        runs(&users_saw)
+    );
+    // The smoke check met r2 through the test listener before any user did.
+    let tested = served_by(&plane, 8080);
+    assert!(tested.contains(&("r2".to_string(), 200)), "{tested:?}");
     assert_eq!(weights(&s["test_rule"]), [("r2".to_string(), 1)]);
     assert_eq!(s["task_sets"].as_array().unwrap().len(), 2);
     let primary: Vec<&Value> = s["task_sets"]
@@ -244,13 +335,38 @@ async fn plan_deploy_canary_rollback_and_destroy_on_ecs_behind_an_alb() {
     assert_eq!(primary.len(), 1);
     assert_eq!(primary[0]["externalId"], "gateway-r2");
 
+    // A bad build (every `GET /` a 500) fails its smoke check through the test listener while
+    // it is dark: no user request reaches it, and r2 keeps serving.
+    release("gateway:3");
+    let out = engine(dir.path(), &["run", "pipeline.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("smoke"), "{}", text(&out));
+    let s = state(&moto, &infra, "gateway");
+    let serving: Vec<_> = weights(&s["rule"])
+        .into_iter()
+        .filter(|(_, w)| *w > 0)
+        .collect();
+    assert_eq!(serving, [("r2".to_string(), 100)]);
+    assert!(served_by(&plane, 8080).contains(&("r3".to_string(), 500)));
+    assert!(
+        !served_by(&plane, 80).iter().any(|(d, _)| d == "r3"),
+        "no user request reached the bad build: {}\n{}",
+        runs(&served_by(&plane, 80)),
+        text(&out)
+    );
+    assert!(
+        s["test_rule"].is_null(),
+        "the test listener forgot r3: {s:#}"
+    );
+
     // A rollback moves the weights back to r1.
     let out = engine(dir.path(), &["rollback", "gateway", "pipeline.toml"]);
     assert!(out.status.success(), "{}", text(&out));
     let s = state(&moto, &infra, "gateway");
     assert_eq!(
         weights(&s["rule"]),
-        [("r1".to_string(), 100), ("r2".to_string(), 0)]
+        [("r1".to_string(), 100), ("r2".to_string(), 0)],
+        "the failed r3 was retired; r2 stays for a roll forward"
     );
 
     // Destroy removes the service, its task sets, target groups, rules, scaling and task
@@ -333,8 +449,9 @@ print(json.dumps({"controller": s["deploymentController"]["type"], "definition":
 }
 
 // The Agent Exchange example (examples/ecs-agent-exchange), run as written except for where the
-// AWS APIs are, where the credentials come from and how long a canary step pauses: these
-// replacements, each of which must match, point it at moto. The guide's setup (VPC, the two
+// AWS APIs are, where the credentials come from, how the checks reach the test listener (through
+// the data plane, as from inside the VPC) and how long a canary step pauses: these replacements,
+// each of which must match, point it at moto. The guide's setup (VPC, the two
 // load balancers with their listeners, the cluster) is made with boto3 and passed as the
 // example's variables, as a CI job would pass its account's.
 
@@ -370,7 +487,7 @@ const EXCHANGE: [&str; 10] = [
     "aex-gateway",
 ];
 
-fn exchange_example(moto: &Moto, dir: &Path) {
+fn exchange_example(moto: &Moto, plane: &DataPlane, dir: &Path) {
     let source =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ecs-agent-exchange/pipeline.toml");
     let mut text = std::fs::read_to_string(source).unwrap();
@@ -381,6 +498,10 @@ fn exchange_example(moto: &Moto, dir: &Path) {
         format!("[defaults.provider_config]\nendpoint = \"{url}\"\npoll_interval_ms = 10");
     let cloudwatch = format!(
         r#"cloudwatch = {{ region = "${{region}}", cluster = "${{cluster}}", endpoint = "{url}" }}"#
+    );
+    let test_listener = format!(
+        "allow_http = [\"http://*.elb.amazonaws.com:8443\"]\nproxy = \"{}\"",
+        plane.proxy
     );
     for (from, to) in [
         (
@@ -397,7 +518,12 @@ fn exchange_example(moto: &Moto, dir: &Path) {
             r#"cloudwatch = { region = "${region}", cluster = "${cluster}" }"#,
             cloudwatch.as_str(),
         ),
-        (r#"pause = "3m""#, r#"pause = "3s""#),
+        (
+            r#"allow_http = ["http://*.elb.amazonaws.com:8443"]"#,
+            test_listener.as_str(),
+        ),
+        (r#"pause = "3m""#, r#"pause = "5s""#),
+        (r#"delay = "10s""#, r#"delay = "2s""#),
     ] {
         assert!(
             text.contains(from),
@@ -462,43 +588,34 @@ print(json.dumps({{"services": out, "rules": rules,
     ))
 }
 
-/// While the next release of the gateway rolls out, its new target group answers half of its
-/// requests with 5xx, as CloudWatch would count them (moto's load balancer serves nothing).
-const FAILING_GATEWAY: &str = r#"
-import datetime, time
-elb = boto3.client("elbv2", **kw); cw = boto3.client("cloudwatch", **kw)
-def gateway_groups():
-    return {g["TargetGroupArn"]: g for g in elb.describe_target_groups()["TargetGroups"] if g["TargetGroupName"].startswith("aex-gateway-")}
-before = set(gateway_groups())
-balancer = elb.describe_load_balancers(Names=["aex-alb"])["LoadBalancers"][0]["LoadBalancerArn"]
-for _ in range(600):
-    for arn in set(gateway_groups()) - before:
-        dims = [{"Name": "TargetGroup", "Value": arn[arn.index("targetgroup/"):]},
-                {"Name": "LoadBalancer", "Value": balancer.split("loadbalancer/", 1)[1]}]
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cw.put_metric_data(Namespace="AWS/ApplicationELB", MetricData=[
-            {"MetricName": "RequestCount", "Dimensions": dims, "Value": 100, "Timestamp": now},
-            {"MetricName": "HTTPCode_Target_5XX_Count", "Dimensions": dims, "Value": 50, "Timestamp": now},
-            {"MetricName": "TargetResponseTime", "Dimensions": dims, "Value": 0.08, "Timestamp": now}])
-    time.sleep(0.5)
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_exchange_on_ecs_deploys_in_order_and_its_gate_rolls_back_a_bad_gateway() {
     let moto = Moto::start().await;
     let infra = moto.boto3(EXCHANGE_INFRASTRUCTURE);
+    let public = moto.boto3(
+        r#"print(json.dumps(boto3.client("elbv2", **kw).describe_load_balancers(Names=["aex-alb"])["LoadBalancers"][0]["DNSName"]))"#,
+    );
+    let users = format!("http://{}/", public.as_str().unwrap());
+    let identity = "http://aex-identity.aex.internal/";
+    // The gateway's v1.1.0 answers every `GET /` with a 500 (its health endpoint is fine).
+    let bad = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/aex-gateway:v1.1.0";
+    let plane = moto
+        .data_plane(DataPlaneOptions {
+            zones: &[("aex.internal", "aex-internal")],
+            faults: &[(bad, 1.0)],
+            load: &[(&users, 60), (identity, 5)],
+        })
+        .await;
     let dir = tempfile::tempdir().unwrap();
-    exchange_example(&moto, dir.path());
+    exchange_example(&moto, &plane, dir.path());
 
     let out = exchange(dir.path(), &infra, &["plan"], &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .matches(": create (")
-            .count(),
-        10,
-        "{}",
-        text(&out)
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(plan.matches(": create (").count(), 10, "{plan}");
+    assert!(
+        plan.contains("analyse aex-gateway-planned: health (after 2s), cloudwatch"),
+        "{plan}"
     );
 
     // The first deploy: every service behind its rule, with the others' URLs (their rule hosts).
@@ -592,12 +709,61 @@ async fn the_agent_exchange_on_ecs_deploys_in_order_and_its_gate_rolls_back_a_ba
     assert!(at("aex-contract-engine") < at("aex-gateway"), "{stdout}");
 
     // The next version, whose gateway answers 5xx: the nine others roll out 10 → 100, the
-    // gateway's CloudWatch gate stops it and its traffic goes back to the serving revision.
-    let failing = moto.boto3_beside(FAILING_GATEWAY);
+    // gateway's CloudWatch gate counts the 5xx its users met at 10 % and sends their traffic
+    // back to the serving revision.
     let out = exchange(dir.path(), &infra, &["run"], &["--var", "version=v1.1.0"]);
-    drop(failing);
-    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        text(&out),
+        plane.errors()
+    );
     assert!(text(&out).contains("5xx"), "{}", text(&out));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let served = plane.served();
+    let users_saw: Vec<(String, u64)> = served
+        .iter()
+        .filter(|e| e["port"] == 80 && e["rule"] == "100")
+        .map(|e| {
+            let group = e["group"].as_str().unwrap();
+            (
+                group.rsplit('-').next().unwrap().to_string(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let to_r2: Vec<_> = users_saw.iter().filter(|(d, _)| d == "r2").collect();
+    assert!(
+        !to_r2.is_empty() && to_r2.iter().all(|(_, status)| *status == 500),
+        "{}\n{}",
+        runs(&users_saw),
+        text(&out)
+    );
+    assert!(
+        to_r2.len() * 5 < users_saw.len(),
+        "a small share met v1.1.0: {}",
+        runs(&users_saw)
+    );
+    assert!(
+        users_saw[users_saw.len() - 10..]
+            .iter()
+            .all(|seen| seen == &("r1".to_string(), 200)),
+        "{}",
+        runs(&users_saw)
+    );
+    // The identity service's users reach it by its host rule on the internal load balancer.
+    let identity_users: Vec<&str> = served
+        .iter()
+        .filter(|e| e["host"] == "aex-identity.aex.internal")
+        .map(|e| e["group"].as_str().unwrap())
+        .collect();
+    assert!(
+        identity_users.last().unwrap().starts_with("aex-identity-")
+            && identity_users.last().unwrap().ends_with("-r2"),
+        "{}",
+        runs(&identity_users)
+    );
     let s = exchange_state(&moto, &infra);
     let serving = |priority: &str| -> Vec<(String, i64)> {
         weights(&s["rules"][priority]["weights"])

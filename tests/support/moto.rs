@@ -61,12 +61,6 @@ impl Moto {
 }
 
 impl Moto {
-    /// Starts a boto3 script that runs beside the test (a stand-in for traffic, say); it is
-    /// killed when the returned value is dropped.
-    pub fn boto3_beside(&self, script: &str) -> Beside {
-        Beside(self.python(script).spawn().unwrap())
-    }
-
     fn python(&self, script: &str) -> std::process::Command {
         let python = super::python::venv(super::python::MOTO);
         let prelude = format!(
@@ -83,12 +77,94 @@ impl Moto {
     }
 }
 
-/// A script running beside a test, killed on drop.
-pub struct Beside(Child);
+/// What [`Moto::data_plane`] plays besides moto: the images that fail, the private zones, and
+/// the traffic it sends.
+#[derive(Default)]
+pub struct DataPlaneOptions<'a> {
+    /// `(suffix, load balancer name)`: a private zone whose names point at that load balancer.
+    pub zones: &'a [(&'a str, &'a str)],
+    /// `(image, error rate)`: the processes of that image answer that share of `GET /` with 500.
+    pub faults: &'a [(&'a str, f64)],
+    /// `(url, requests a second)`: steady traffic through the load balancers.
+    pub load: &'a [(&'a str, u32)],
+}
 
-impl Drop for Beside {
+/// The ECS agent and load balancer data plane that moto lacks (tests/support/ecs_data_plane.py):
+/// real demo-service processes for each task set, registered in its target group, and an HTTP
+/// proxy that routes by moto's listener rules and weights and publishes what it served to
+/// moto's CloudWatch.
+pub struct DataPlane {
+    /// `http://127.0.0.1:PORT`: the proxy, for a `proxy` grant or an HTTP client.
+    pub proxy: String,
+    dir: tempfile::TempDir,
+    guard: Child,
+}
+
+impl Moto {
+    pub async fn data_plane(&self, options: DataPlaneOptions<'_>) -> DataPlane {
+        let python = super::python::venv(super::python::MOTO);
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/support/ecs_data_plane.py"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        let mut args = vec![
+            format!("--endpoint {}", self.url),
+            format!("--listen {port}"),
+            format!("--service-binary '{}'", engine::build_info::DEMO_SERVICE),
+            format!("--log '{}'", dir.path().join("served.jsonl").display()),
+        ];
+        args.extend(
+            options
+                .zones
+                .iter()
+                .map(|(s, n)| format!("--zone '{s}={n}'")),
+        );
+        args.extend(
+            options
+                .faults
+                .iter()
+                .map(|(i, r)| format!("--fault '{i}={r}'")),
+        );
+        args.extend(
+            options
+                .load
+                .iter()
+                .map(|(u, r)| format!("--load '{u}={r}'")),
+        );
+        let start = format!(
+            r#"'{}' '{script}' {} 2>'{}' &"#,
+            python.display(),
+            args.join(" "),
+            dir.path().join("stderr.log").display()
+        );
+        let guard = super::guarded_server("ecs-data-plane", &start);
+        let proxy = format!("http://127.0.0.1:{port}");
+        super::wait_until_ready(&format!("{proxy}/-/ready"), "the ECS data plane").await;
+        DataPlane { proxy, dir, guard }
+    }
+}
+
+impl DataPlane {
+    /// Every request the load balancers served so far: `{t, host, port, path, rule, group,
+    /// status}`, with `group` the target group's name.
+    pub fn served(&self) -> Vec<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("served.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// What the data plane printed on stderr (its failures), for a test's message.
+    pub fn errors(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for DataPlane {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        super::stop_guarded(&mut self.guard);
     }
 }

@@ -1,5 +1,5 @@
 //! The quickstart's demo service: answers `GET /` with its name and version, and `/healthz`
-//! with `ok`. Its arguments make a release good or bad: `--error-rate 0.2` answers one request
+//! (or `/health`) with `ok`. Its arguments make a release good or bad: `--error-rate 0.2` answers one request
 //! in five with a 500, `--latency-ms 300` delays every answer.
 //!
 //! The local platform starts it with `PORT` set; `--port` overrides that. With `--load URL` it
@@ -19,7 +19,7 @@ struct Args {
     /// The release this process plays, shown in its answers
     #[arg(long = "release", default_value = "v1")]
     release: String,
-    /// Share of `GET /` answered with 500, from 0 to 1 (`/healthz` always answers 200)
+    /// Share of `GET /` answered with 500, from 0 to 1 (`/healthz` and `/health` always answer 200)
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
     /// Milliseconds added to every answer
@@ -148,7 +148,7 @@ fn main() {
                         std::thread::sleep(Duration::from_millis(args.latency_ms));
                     }
                     let (status, body) = match request.url() {
-                        "/healthz" => (200, "ok\n".to_string()),
+                        "/healthz" | "/health" => (200, "ok\n".to_string()),
                         "/" if budget.next_fails() => (
                             500,
                             format!(
