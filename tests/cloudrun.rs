@@ -968,9 +968,11 @@ fn env_of(fake: &Fake, name: &str) -> std::collections::BTreeMap<String, String>
 }
 
 /// The Agent Exchange's ten services learn each other's URLs from Cloud Run, through
-/// references, and are deployed in the order those references and the guide's tiers give.
+/// references, and are deployed in the order those references and the guide's tiers give; the
+/// next release goes 10 → 100 everywhere but on a gateway whose health check fails, which its
+/// gate sends back; a rollback, and a teardown with its dry run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_exchange_services_get_each_others_urls_from_references() {
+async fn the_agent_exchange_on_cloud_run_finds_its_urls_and_its_gate_stops_a_bad_gateway() {
     let fake = Fake::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     example(
@@ -986,6 +988,9 @@ async fn the_agent_exchange_services_get_each_others_urls_from_references() {
         &[("us-central1", "aex-connector")],
         &["aex-jwt-secret", "aex-api-key-salt"],
     );
+    let plan = production_plan(dir.path()).await;
+    assert_eq!(plan.matches(": create (").count(), 10, "{plan}");
+
     let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
     assert!(out.status.success(), "{}", text(&out));
     let name = |s: &str| format!("projects/aex-production/locations/us-central1/services/{s}");
@@ -1035,18 +1040,77 @@ async fn the_agent_exchange_services_get_each_others_urls_from_references() {
     assert!(at("aex-contract-engine") < at("aex-gateway"), "{creates:?}");
 
     // The URLs are the same next time: nothing to deploy.
-    let out = run(
-        dir.path(),
-        &["plan", "pipeline.toml", "--env", "production"],
-    )
-    .await;
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        text(&out).matches(": no-change").count(),
-        10,
+    let plan = production_plan(dir.path()).await;
+    assert_eq!(plan.matches(": no-change").count(), 10, "{plan}");
+
+    // v1.1.0, whose gateway answers everything with a 500: its plan, then the nine others go
+    // 10 → 100 and the gateway's health check at 10 % sends it back to v1.0.0.
+    let first_gateway = split_at(&fake, &name("aex-gateway"));
+    let first_identity = split_at(&fake, &name("aex-identity"));
+    let file = dir.path().join("pipeline.toml");
+    edit(&file, r#"version = "v1.0.0""#, r#"version = "v1.1.0""#);
+    edit(
+        &file,
+        r#"IDENTITY_URL = "${services.aex-identity.url}""#,
+        "IDENTITY_URL = \"${services.aex-identity.url}\"\nFAKE_ERROR_RATE = \"1\"",
+    );
+    let plan = production_plan(dir.path()).await;
+    assert!(
+        plan.contains("set traffic: aex-gateway-planned 10%"),
+        "{plan}"
+    );
+    let out = run(dir.path(), &["run", "pipeline.toml", "--env", "production"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("aex-identity: canary 10%")
+            && text(&out).contains("aex-gateway: rolled-back: health checks failed at 10%"),
         "{}",
         text(&out)
     );
+    assert_eq!(split_at(&fake, &name("aex-gateway")), first_gateway);
+    let identity = split_at(&fake, &name("aex-identity"));
+    assert!(
+        identity.len() == 1 && identity != first_identity,
+        "{identity:?}"
+    );
+
+    // The previous revision was kept: rolling back to it is one command.
+    let out = run(
+        dir.path(),
+        &["rollback", "aex-identity", "--env", "production"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(split_at(&fake, &name("aex-identity")), first_identity);
+
+    // The teardown: its dry run lists the ten services and deletes nothing; then it deletes them.
+    let out = run(
+        dir.path(),
+        &[
+            "destroy",
+            "--dry-run",
+            "pipeline.toml",
+            "--env",
+            "production",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    for service in ["aex-identity", "aex-gateway"] {
+        assert!(
+            text(&out).contains(&format!("would destroy {service}\n")),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_eq!(fake.model().services.len(), 10);
+    let out = run(
+        dir.path(),
+        &["destroy", "pipeline.toml", "--env", "production"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(fake.model().services.len(), 0);
     assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
 }
 
