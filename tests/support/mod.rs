@@ -216,12 +216,23 @@ impl Drop for TestServer {
         }
     }
 }
+pub mod kube;
 pub mod moto;
 pub mod postgres;
 pub mod project;
 pub mod prometheus;
 pub mod proxy;
 pub mod python;
+
+/// Where the tests keep the tools they build or install (Python environments, the Kubernetes
+/// control plane), by version: the user's cache directory, which a fresh CI clone keeps.
+pub fn cache_root() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .expect("HOME is set");
+    base.join("engine-tests")
+}
 
 /// Starts `start` (shell lines that start one server in the background, in `$dir`, a fresh
 /// directory) under a shell that waits on a pipe from this process: when the returned child's

@@ -4,6 +4,7 @@
 //! its requirements: only the first run on a machine installs them (CI clones afresh, but
 //! keeps that directory).
 
+use super::cache_root;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,14 +16,6 @@ pub const MOTO: &[&str] = &["moto[server]==5.2.5", "boto3==1.44.5", "botocore==1
 
 /// One creation at a time within a test binary; across processes, the rename below decides.
 static CREATING: Mutex<()> = Mutex::new(());
-
-fn cache_root() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .expect("HOME is set");
-    base.join("engine-tests")
-}
 
 /// The Python interpreter of a virtual environment holding `requirements` (pip specifiers,
 /// pinned), made on first use.
