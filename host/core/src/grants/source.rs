@@ -1,5 +1,6 @@
 //! Where a granted secret's value comes from, as pipeline.toml writes it (`env:NAME`,
-//! `file:PATH`, `google[:KEY]`, `google-id-token[:KEY]`). Reading the value is the runtime's.
+//! `file:PATH`, `google[:KEY]`, `google-id-token[:KEY]`, `aws[:PROFILE]`…, `kubeconfig[:CONTEXT]`,
+//! `in-cluster`). Reading the value is the runtime's.
 
 use std::path::PathBuf;
 
@@ -22,6 +23,32 @@ pub enum SecretSource {
     /// `aws`, `aws:PROFILE`, `aws-env:PREFIX` or `aws-file:PATH`: AWS credentials the host signs
     /// requests with (Signature Version 4); the plugin never holds them.
     Aws(AwsSource),
+    /// `kubeconfig`, `kubeconfig:CONTEXT` or `in-cluster`: a Kubernetes cluster, its API
+    /// server and the credentials to reach it, which the host attaches; the plugin never holds
+    /// them.
+    Kubernetes(KubeSource),
+}
+
+/// Where a Kubernetes cluster's connection comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeSource {
+    /// A context of the kubeconfig kubectl would read (`KUBECONFIG`, else `~/.kube/config`):
+    /// the named one, or the current one.
+    Kubeconfig { context: Option<String> },
+    /// The service account of the pod the engine runs in.
+    InCluster,
+}
+
+impl std::fmt::Display for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KubeSource::Kubeconfig { context: Some(c) } => write!(f, "kubeconfig context {c}"),
+            KubeSource::Kubeconfig { context: None } => {
+                write!(f, "the kubeconfig's current context")
+            }
+            KubeSource::InCluster => write!(f, "the pod's service account (in-cluster)"),
+        }
+    }
 }
 
 /// Where AWS credentials come from.
@@ -86,11 +113,20 @@ impl SecretSource {
             Some(("aws-file", path)) if !path.is_empty() => {
                 Ok(SecretSource::Aws(AwsSource::File(path.into())))
             }
+            Some(("kubeconfig", context)) if !context.is_empty() => {
+                Ok(SecretSource::Kubernetes(KubeSource::Kubeconfig {
+                    context: Some(context.into()),
+                }))
+            }
+            None if text == "kubeconfig" => Ok(SecretSource::Kubernetes(KubeSource::Kubeconfig {
+                context: None,
+            })),
+            None if text == "in-cluster" => Ok(SecretSource::Kubernetes(KubeSource::InCluster)),
             None if text == "aws" => Ok(SecretSource::Aws(AwsSource::Chain)),
             None if text == "google" => Ok(google(TokenKind::Access, None)),
             None if text == "google-id-token" => Ok(google(TokenKind::Identity, None)),
             _ => Err(format!(
-                "{text:?} is not a secret source; write \"env:VARIABLE\", \"file:/path/to/file\", \"google\" (an access token), \"google-id-token\" (an identity token), \"aws\" or \"aws:PROFILE\" (AWS credentials; also \"aws-env:PREFIX\", \"aws-file:PATH\")"
+                "{text:?} is not a secret source; write \"env:VARIABLE\", \"file:/path/to/file\", \"google\" (an access token), \"google-id-token\" (an identity token), \"aws\" or \"aws:PROFILE\" (AWS credentials; also \"aws-env:PREFIX\", \"aws-file:PATH\"), \"kubeconfig\" or \"kubeconfig:CONTEXT\" (a Kubernetes cluster; also \"in-cluster\")"
             )),
         }
     }

@@ -13,6 +13,11 @@
 //!    spelling of [`crate::redact::forms`] (a plugin may hold a value a granted host reflected);
 //! 5. the call has fewer than [`MAX_REQUESTS_IN_FLIGHT`] requests open.
 //!
+//! A request to `https://kubernetes.invalid` ([`super::kubernetes`]) names a granted cluster
+//! secret in its `x-engine-kubernetes` header instead: it goes to that cluster's API server
+//! (the grant is its network grant), through the cluster's own TLS client, with the cluster's
+//! credentials, and carries no other secret.
+//!
 //! Bodies are streamed both ways, so the engine's memory holds only a bounded window of each;
 //! the response body fails once it passes the plugin's `max_response`. The plugin's secret
 //! values are masked (`*`, same length) in every response before the plugin reads it.
@@ -26,6 +31,7 @@ use super::address::{AddressPolicy, CanonicalHost, Refusal};
 use super::aws;
 use super::events::{Capability, Denial, EventSink, PluginEvent};
 use super::json_body;
+use super::kubernetes::{self, KubeCluster};
 use super::secrets::{PLACEHOLDER_PREFIX, PluginSecrets, ResolvedSecret, SecretValue};
 use crate::grants::{HttpPattern, suggested_http_grant};
 use crate::redact::redactor;
@@ -119,6 +125,8 @@ struct Authorized {
     withheld: Option<Withheld>,
     /// The AWS credentials to sign the request with, if it asks ([`aws::SIGN_HEADER`]).
     sign: Option<SignWith>,
+    /// The Kubernetes cluster the request goes to, if it names one.
+    cluster: Option<Arc<KubeCluster>>,
 }
 
 /// A request the host signs with an AWS secret.
@@ -148,6 +156,7 @@ struct Filled {
     origin: String,
     withheld: Option<Withheld>,
     sign: Option<SignWith>,
+    cluster: Option<Arc<KubeCluster>>,
 }
 
 /// Everything the send hook needs about one loaded plugin; shared by all its calls.
@@ -252,6 +261,9 @@ impl EgressPolicy {
             host,
             port,
         } = Destination::read(uri)?;
+        if host.name == kubernetes::API_HOST {
+            return self.authorize_cluster(request, url, (&scheme, port), &attempted);
+        }
         self.check_destination(&scheme, &host, port, &attempted)?;
         // A dry run lets plugins look but not touch: after the grant checks, so a plan still
         // reports what a real run would be denied. AWS's JSON APIs read with POST.
@@ -305,6 +317,97 @@ impl EgressPolicy {
             origin,
             withheld,
             sign,
+            cluster: None,
+        })
+    }
+
+    /// A request to `https://kubernetes.invalid`: it must be declared, name a cluster secret
+    /// the plugin opened, and, in a dry run, read (or be a server-side dry run, which the API
+    /// server guarantees changes nothing). It goes to the cluster's API server, with no other
+    /// secret in its headers.
+    fn authorize_cluster(
+        &self,
+        request: &http::Request<WasiBody>,
+        url: reqwest::Url,
+        (scheme, port): (&str, u16),
+        attempted: &str,
+    ) -> Result<Authorized, HttpError> {
+        if !self
+            .declared
+            .iter()
+            .any(|p| p.matches(scheme, kubernetes::API_HOST, port))
+        {
+            return Err(self.deny(
+                Capability::Http,
+                attempted.to_string(),
+                format!("the plugin does not declare https://{} in its capabilities, so it cannot reach a cluster", kubernetes::API_HOST),
+            ));
+        }
+        let named = request
+            .headers()
+            .get(kubernetes::CLUSTER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let Some((secret, cluster)) = self.secrets.iter().find_map(|s| match &s.value {
+            SecretValue::Kubernetes(c) if !named.is_empty() && s.placeholder == named => {
+                Some((s, c.clone()))
+            }
+            _ => None,
+        }) else {
+            return Err(self.deny(
+                Capability::Secret,
+                format!("{} header of {attempted}", kubernetes::CLUSTER_HEADER),
+                "name the placeholder of a cluster secret the plugin opened (granted from = \"kubeconfig\"), as the SDK's kubernetes::Cluster does".into(),
+            ));
+        };
+        let read = matches!(*request.method(), http::Method::GET | http::Method::HEAD)
+            || url.query_pairs().any(|(k, v)| k == "dryRun" && v == "All");
+        if self.dry_run && !read {
+            self.sink.event(PluginEvent::WouldCall {
+                plugin: self.plugin.clone(),
+                method: request.method().to_string(),
+                url: redactor().redact(url.as_str()),
+            });
+            return Err(HttpError::HttpRequestDenied);
+        }
+        self.check_plan_use(secret, &format!("the cluster of {attempted}"))?;
+        let url = cluster.url_for(&url);
+        let server = Destination::read(
+            &url.as_str()
+                .parse()
+                .map_err(|_| HttpError::HttpRequestUriInvalid)?,
+        )?;
+        let place = (
+            server.scheme.as_str(),
+            server.host.name.as_str(),
+            server.port,
+        );
+        let withheld = self.withheld(request, &url, place, attempted)?;
+        let mut headers = HeaderMap::with_capacity(request.headers().len());
+        for (name, value) in request.headers() {
+            if name == http::header::HOST
+                || name == http::header::AUTHORIZATION
+                || name == kubernetes::CLUSTER_HEADER
+            {
+                continue; // the host sets them
+            }
+            if value.to_str().is_ok_and(|t| t.contains(PLACEHOLDER_PREFIX)) {
+                return Err(self.deny(
+                    Capability::Secret,
+                    format!("header {name} of {attempted}"),
+                    "a request to a cluster carries only the cluster's own credentials, which the host attaches".into(),
+                ));
+            }
+            headers.append(name, value.clone());
+        }
+        Ok(Authorized {
+            origin: url.origin().ascii_serialization(),
+            url,
+            headers,
+            pending: Vec::new(),
+            withheld,
+            sign: None,
+            cluster: Some(cluster),
         })
     }
 
@@ -403,6 +506,24 @@ impl EgressPolicy {
         place: &str,
         (scheme, host, port): (&str, &str, u16),
     ) -> Result<(), HttpError> {
+        self.check_plan_use(secret, place)?;
+        if !self.may_carry(secret, scheme, host, port) {
+            return Err(self.deny(
+                Capability::Secret,
+                format!("secret '{}' in {place}", secret.name),
+                format!(
+                    "add \"{}\" to secrets.{}.hosts in [plugins.{}]",
+                    suggested_http_grant(scheme, host, port),
+                    secret.name,
+                    self.plugin
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a secret may be used during this plan: not when the plan withholds it.
+    fn check_plan_use(&self, secret: &ResolvedSecret, place: &str) -> Result<(), HttpError> {
         // The local platform's token is the engine's own, not the pipeline's.
         let own = matches!(secret.value, SecretValue::LocalPlatform);
         if self.dry_run && !own && (self.withhold_secrets || !secret.in_plan) {
@@ -415,18 +536,6 @@ impl EgressPolicy {
                 Capability::Secret,
                 format!("secret '{}' in {place} during plan", secret.name),
                 format!("{why}; a real run sends it"),
-            ));
-        }
-        if !self.may_carry(secret, scheme, host, port) {
-            return Err(self.deny(
-                Capability::Secret,
-                format!("secret '{}' in {place}", secret.name),
-                format!(
-                    "add \"{}\" to secrets.{}.hosts in [plugins.{}]",
-                    suggested_http_grant(scheme, host, port),
-                    secret.name,
-                    self.plugin
-                ),
             ));
         }
         Ok(())
@@ -530,8 +639,13 @@ impl EgressPolicy {
             origin,
             withheld,
             sign,
+            cluster,
         } = authorized;
         let mut minted = Vec::new();
+        if let Some(cluster) = &cluster {
+            self.cluster_credentials(cluster, &mut headers, &mut minted)
+                .await?;
+        }
         for (name, text, secrets) in pending {
             let mut replaced = text;
             for secret in secrets {
@@ -552,7 +666,39 @@ impl EgressPolicy {
             origin,
             withheld,
             sign,
+            cluster,
         })
+    }
+
+    /// The cluster's bearer token, as the request's Authorization (noted in `minted`, to be
+    /// masked in the response).
+    async fn cluster_credentials(
+        &self,
+        cluster: &KubeCluster,
+        headers: &mut HeaderMap,
+        minted: &mut Vec<String>,
+    ) -> Result<(), HttpError> {
+        let token = cluster.bearer_token().await.map_err(|e| {
+            let message = redactor().redact(&format!(
+                "the credentials of the cluster ({}): {e}",
+                cluster.described()
+            ));
+            self.sink.event(PluginEvent::Log {
+                plugin: self.plugin.clone(),
+                level: super::events::LogLevel::Error,
+                message: message.clone(),
+                fields: Vec::new(),
+            });
+            HttpError::InternalError(Some(message))
+        })?;
+        if let Some(token) = token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                HttpError::InternalError(Some("the cluster's token is not a header value".into()))
+            })?;
+            headers.insert(http::header::AUTHORIZATION, value);
+            minted.push(token);
+        }
+        Ok(())
     }
 
     /// The value of a secret for this destination (a Google token is minted for it, and
@@ -722,8 +868,11 @@ impl EgressPolicy {
         let shown = redactor().redact(filled.url.as_str());
         let body = self.body(body, &parts.method, &mut filled).await?;
         let masked = self.masked_in_response(&filled.minted);
-        let mut builder = self
-            .client
+        let client = match &filled.cluster {
+            Some(cluster) => cluster.client(),
+            None => &self.client,
+        };
+        let mut builder = client
             .request(parts.method.clone(), filled.url.clone())
             .headers(filled.headers)
             .body(body);

@@ -38,6 +38,9 @@ pub fn intersect(name: &str, grants: &Grants, declared: &Capabilities) -> Inters
 fn network_warnings(name: &str, grants: &Grants, declared: &Capabilities) -> Vec<String> {
     let (tcp, http): (Vec<&String>, Vec<&String>) =
         declared.http.iter().partition(|p| p.starts_with("tcp://"));
+    // A cluster is reached through its secret's grant (`from = "kubeconfig"`), not allow_http.
+    let cluster = format!("https://{}", super::kubernetes::API_HOST);
+    let http: Vec<&String> = http.into_iter().filter(|p| **p != cluster).collect();
     let list = |patterns: &[&String]| {
         let patterns: Vec<&str> = patterns.iter().map(|p| p.as_str()).collect();
         patterns.join(", ")

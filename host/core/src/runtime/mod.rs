@@ -35,6 +35,7 @@ pub mod info;
 pub mod inspect;
 pub mod intersection;
 pub mod json_body;
+pub mod kubernetes;
 pub mod places;
 pub mod plugin;
 pub mod port;

@@ -9,6 +9,7 @@
 
 use super::aws::AwsCredentials;
 use super::google::{Credential, GoogleTokens};
+use super::kubernetes::KubeCluster;
 use crate::grants::source::SecretSource;
 use crate::grants::source::TokenKind;
 use crate::grants::{GrantsConfig, HttpPattern, SecretGrant};
@@ -38,6 +39,9 @@ pub fn resolve(source: &SecretSource) -> Result<SecretValue, String> {
                 source.clone(),
             )?)));
         }
+        SecretSource::Kubernetes(source) => {
+            return Ok(SecretValue::Kubernetes(Arc::new(KubeCluster::new(source)?)));
+        }
         SecretSource::Env(name) => {
             std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
         }
@@ -62,6 +66,9 @@ pub enum SecretValue {
     /// AWS credentials: never a header's value; the host signs the requests that name them
     /// (egress, `x-engine-aws-sigv4`).
     Aws(Arc<AwsCredentials>),
+    /// A Kubernetes cluster: never a header's value; a request naming it goes to its API
+    /// server with its credentials (egress, `x-engine-kubernetes`).
+    Kubernetes(Arc<KubeCluster>),
     /// The access token of the local platform on the destination's port, read from its token
     /// file when a request goes out (the platform may have restarted with a new one).
     LocalPlatform,
@@ -76,6 +83,12 @@ impl SecretValue {
             SecretValue::Aws(_) => Err(format!(
                 "it holds AWS credentials, which go in no header: name it in the {} header and the host signs the request to {origin}",
                 super::aws::SIGN_HEADER
+            )),
+            SecretValue::Kubernetes(cluster) => Err(format!(
+                "it names the Kubernetes cluster of {}, which goes in no header: name it in the {} header of a request to https://{} and the host sends it there",
+                cluster.described(),
+                super::kubernetes::CLUSTER_HEADER,
+                super::kubernetes::API_HOST
             )),
             SecretValue::LocalPlatform => {
                 let port = reqwest::Url::parse(origin)
@@ -253,6 +266,7 @@ fn unreadable_hint(source: &SecretSource) -> String {
         ),
         SecretSource::Google { .. } => "docs/cloudrun.md#credentials says where the engine looks for Google credentials and how to name a key file".into(),
         SecretSource::Aws(_) => "docs/pipeline-reference.md#aws-credentials says where the engine looks for AWS credentials and how to name them".into(),
+        SecretSource::Kubernetes(_) => "docs/kubernetes.md#credentials says which kubeconfig the engine reads and what it accepts".into(),
         SecretSource::LocalPlatform => "the local platform's token is the engine's own: run `engine local up` again".into(),
     }
 }
