@@ -62,6 +62,8 @@ pub mod duration;
 pub mod error;
 pub mod health;
 pub mod http;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod log;
 pub mod secrets;
 pub mod tcp;
