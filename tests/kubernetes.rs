@@ -3,8 +3,14 @@
 
 mod support;
 
+use engine::grants::{GrantsConfig, SecretGrantConfig};
+use engine::plugins::PluginSource;
+use engine::runtime::bindings::types::ServiceRef;
+use engine::runtime::{LoadedPlugin, MemorySink, PluginEvent, Runtime, RuntimeOptions};
+use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Command, Output};
+use support::TestServer;
 use support::kube::ControlPlane;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,4 +182,292 @@ strategy_config = { bake = "0s" }
     let out = engine(plane, dir.path(), &["destroy", "pipeline.toml"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(plane.get(&["-n", "bluegreen", "service", "web"]).is_none());
+}
+
+// The host's Kubernetes credentials, through the hostile test plugin: the plugin names the
+// cluster secret in a request to https://kubernetes.invalid and the host sends it to the API
+// server with the kubeconfig's credentials, which the plugin never holds.
+
+/// The hostile plugin, its secret `token` granted from `from` (and `allow_http` naming the test
+/// server, if any), in a runtime that is a dry run when `dry_run`.
+async fn cluster_plugin(
+    from: &str,
+    server: Option<&TestServer>,
+    dry_run: bool,
+) -> (Result<LoadedPlugin, String>, MemorySink) {
+    let sink = MemorySink::default();
+    let runtime = Runtime::new(RuntimeOptions {
+        cache_dir: Some(support::cache_dir()),
+        sink: std::sync::Arc::new(sink.clone()),
+        dry_run,
+        ..Default::default()
+    })
+    .unwrap();
+    let grants = GrantsConfig {
+        allow_http: server
+            .map(|s| vec![format!("http://127.0.0.1:{}", s.port)])
+            .unwrap_or_default(),
+        secrets: [(
+            "token".to_string(),
+            SecretGrantConfig {
+                from: from.to_string(),
+                hosts: None,
+                in_plan: None,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let plugin = runtime
+        .load(
+            "hostile",
+            &PluginSource::Unpinned(support::testing_plugin("testing-hostile")),
+            &grants,
+        )
+        .await
+        .map_err(|e| format!("{e:#}"));
+    (plugin, sink)
+}
+
+/// The plugin's `cluster` request with `config`: its outcome and what it read.
+async fn cluster_call(plugin: &LoadedPlugin, config: Value) -> (String, String) {
+    let mut all = json!({ "mode": "cluster", "secret": "token" });
+    for (k, v) in config.as_object().unwrap() {
+        all[k] = v.clone();
+    }
+    let status = plugin
+        .provider()
+        .unwrap()
+        .read(&ServiceRef {
+            name: "svc".into(),
+            config: all.to_string(),
+        })
+        .await;
+    let report: Value = match status {
+        Ok(Some(s)) => serde_json::from_str(&s.deployed).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    (
+        report["outcome"].as_str().unwrap().to_string(),
+        report["detail"].as_str().unwrap().to_string(),
+    )
+}
+
+/// A kubeconfig file in `dir` for the control plane with `user` (YAML of a kubeconfig user).
+fn kubeconfig_with(plane: &ControlPlane, dir: &Path, name: &str, ca: &str, user: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    {ca}\nusers:\n- name: u\n  user:\n{user}\ncontexts:\n- name: test\n  context: {{cluster: test, user: u}}\ncurrent-context: test\n",
+            plane.server
+        ),
+    )
+    .unwrap();
+    format!("kubeconfig-file:{}", path.display())
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_reaches_the_cluster_with_a_token_a_client_certificate_or_an_exec_plugin() {
+    let plane = ControlPlane::shared().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = format!(
+        "certificate-authority-data: {}",
+        b64(&plane.authority.certificate_pem())
+    );
+    let read = json!({ "path": "/api/v1/namespaces/default" });
+
+    // A token; the plugin's own Authorization is replaced by the host's.
+    let token = kubeconfig_with(
+        plane,
+        dir.path(),
+        "token",
+        &ca,
+        &format!("    token: {}", support::kube::ADMIN_TOKEN),
+    );
+    let plugin = cluster_plugin(&token, None, false).await.0.unwrap();
+    let (outcome, detail) = cluster_call(&plugin, read.clone()).await;
+    assert_eq!(outcome, "ok", "{detail}");
+    assert!(
+        detail.starts_with("200 ") && detail.contains(r#""name":"default""#),
+        "{detail}"
+    );
+    let forged = json!({ "path": "/api/v1/namespaces/default", "authorization": "Bearer forged" });
+    assert!(cluster_call(&plugin, forged).await.1.starts_with("200 "));
+
+    // A client certificate the cluster's CA signed.
+    let (cert, key) = plane.authority.sign(&["cert-user"], Some("system:masters"));
+    let user = format!(
+        "    client-certificate-data: {}\n    client-key-data: {}",
+        b64(&cert),
+        b64(&key)
+    );
+    let plugin = cluster_plugin(
+        &kubeconfig_with(plane, dir.path(), "cert", &ca, &user),
+        None,
+        false,
+    )
+    .await
+    .0
+    .unwrap();
+    let (outcome, detail) = cluster_call(&plugin, read.clone()).await;
+    assert!(detail.starts_with("200 "), "{outcome}: {detail}");
+
+    // An exec credential plugin (as gke-gcloud-auth-plugin is), run once for both calls.
+    let script = dir.path().join("credential.sh");
+    let runs = dir.path().join("runs");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho run >> '{}'\necho '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{}\"}}}}'\n",
+            runs.display(),
+            support::kube::EXEC_TOKEN
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let user = format!(
+        "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      interactiveMode: Never",
+        script.display()
+    );
+    let plugin = cluster_plugin(
+        &kubeconfig_with(plane, dir.path(), "exec", &ca, &user),
+        None,
+        false,
+    )
+    .await
+    .0
+    .unwrap();
+    for _ in 0..2 {
+        let (outcome, detail) = cluster_call(&plugin, read.clone()).await;
+        assert!(detail.starts_with("200 "), "{outcome}: {detail}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap().lines().count(),
+        1,
+        "the credential is cached"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_clusters_own_authority_is_trusted_and_verification_is_never_off() {
+    let plane = ControlPlane::shared().await;
+    let dir = tempfile::tempdir().unwrap();
+    let user = format!("    token: {}", support::kube::ADMIN_TOKEN);
+    // Another authority: the API server's certificate is not trusted, whatever the system trusts.
+    let other = support::kube::Authority::new();
+    let ca = format!(
+        "certificate-authority-data: {}",
+        b64(&other.certificate_pem())
+    );
+    let plugin = cluster_plugin(
+        &kubeconfig_with(plane, dir.path(), "other", &ca, &user),
+        None,
+        false,
+    )
+    .await
+    .0
+    .unwrap();
+    let (outcome, detail) = cluster_call(&plugin, json!({ "path": "/api/v1/namespaces" })).await;
+    assert_eq!(outcome, "err", "{detail}");
+    // Turning verification off is refused when the plugin loads, with the way that works.
+    let insecure = kubeconfig_with(
+        plane,
+        dir.path(),
+        "insecure",
+        "insecure-skip-tls-verify: true",
+        &user,
+    );
+    let error = cluster_plugin(&insecure, None, false)
+        .await
+        .0
+        .err()
+        .unwrap();
+    assert!(
+        error.contains("never turns certificate checks off")
+            && error.contains("certificate-authority-data"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_never_holds_the_clusters_token_and_cannot_send_it_elsewhere() {
+    // The test server plays a cluster reached over plain http on loopback (as `kubectl proxy`
+    // is): it echoes the Authorization it receives.
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    let token = "cluster-token-0123456789";
+    std::fs::write(
+        &path,
+        format!("apiVersion: v1\nclusters:\n- name: c\n  cluster: {{server: 'http://127.0.0.1:{}'}}\nusers:\n- name: u\n  user: {{token: {token}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n", server.port),
+    )
+    .unwrap();
+    let from = format!("kubeconfig-file:{}", path.display());
+    let plugin = cluster_plugin(&from, Some(&server), false).await.0.unwrap();
+    let (outcome, detail) = cluster_call(&plugin, json!({ "path": "/echo" })).await;
+    assert_eq!(outcome, "ok", "{detail}");
+    assert_eq!(
+        server.requests().last().unwrap().authorization.as_deref(),
+        Some(format!("Bearer {token}").as_str())
+    );
+    assert!(
+        !detail.contains(token),
+        "the echoed token is masked: {detail}"
+    );
+
+    // The cluster's handle in a request to another host is no credential: nothing is sent.
+    let before = server.requests().len();
+    let elsewhere = json!({ "url": format!("http://127.0.0.1:{}/echo", server.port) });
+    let (outcome, detail) = cluster_call(&plugin, elsewhere).await;
+    assert_eq!(outcome, "err", "{detail}");
+    assert_eq!(server.requests().len(), before);
+    // A request to the cluster without the handle, or with another secret's, is refused.
+    let (outcome, detail) = cluster_call(
+        &plugin,
+        json!({ "path": "/echo", "header": "not-a-placeholder" }),
+    )
+    .await;
+    assert_eq!(outcome, "err", "{detail}");
+    assert_eq!(server.requests().len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_reads_the_cluster_and_runs_server_side_dry_runs_but_writes_nothing() {
+    let plane = ControlPlane::shared().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = format!(
+        "certificate-authority-data: {}",
+        b64(&plane.authority.certificate_pem())
+    );
+    let from = kubeconfig_with(
+        plane,
+        dir.path(),
+        "token",
+        &ca,
+        &format!("    token: {}", support::kube::ADMIN_TOKEN),
+    );
+    let (plugin, sink) = cluster_plugin(&from, None, true).await;
+    let plugin = plugin.unwrap();
+    let (outcome, _) = cluster_call(&plugin, json!({ "path": "/api/v1/namespaces" })).await;
+    assert_eq!(outcome, "ok");
+    let write = json!({ "path": "/api/v1/namespaces", "method": "POST" });
+    let (outcome, _) = cluster_call(&plugin, write).await;
+    assert_eq!(outcome, "err");
+    assert!(
+        sink.events()
+            .iter()
+            .any(|e| matches!(e, PluginEvent::WouldCall { method, .. } if method == "POST"))
+    );
+    let dry = json!({ "path": "/api/v1/namespaces?dryRun=All", "method": "POST" });
+    let (_, detail) = cluster_call(&plugin, dry).await;
+    assert!(
+        !detail.contains("denied"),
+        "a server-side dry run is sent: {detail}"
+    );
 }

@@ -1,6 +1,6 @@
 //! Where a granted secret's value comes from, as pipeline.toml writes it (`env:NAME`,
 //! `file:PATH`, `google[:KEY]`, `google-id-token[:KEY]`, `aws[:PROFILE]`…, `kubeconfig[:CONTEXT]`,
-//! `in-cluster`). Reading the value is the runtime's.
+//! `kubeconfig-file:PATH`, `in-cluster`). Reading the value is the runtime's.
 
 use std::path::PathBuf;
 
@@ -32,9 +32,12 @@ pub enum SecretSource {
 /// Where a Kubernetes cluster's connection comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KubeSource {
-    /// A context of the kubeconfig kubectl would read (`KUBECONFIG`, else `~/.kube/config`):
-    /// the named one, or the current one.
-    Kubeconfig { context: Option<String> },
+    /// A context of the kubeconfig kubectl would read (`KUBECONFIG`, else `~/.kube/config`),
+    /// or of the file named: the named context, or the current one.
+    Kubeconfig {
+        context: Option<String>,
+        file: Option<PathBuf>,
+    },
     /// The service account of the pod the engine runs in.
     InCluster,
 }
@@ -42,10 +45,17 @@ pub enum KubeSource {
 impl std::fmt::Display for KubeSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            KubeSource::Kubeconfig { context: Some(c) } => write!(f, "kubeconfig context {c}"),
-            KubeSource::Kubeconfig { context: None } => {
-                write!(f, "the kubeconfig's current context")
-            }
+            KubeSource::Kubeconfig {
+                context: Some(c), ..
+            } => write!(f, "kubeconfig context {c}"),
+            KubeSource::Kubeconfig {
+                context: None,
+                file: Some(path),
+            } => write!(f, "the current context of {}", path.display()),
+            KubeSource::Kubeconfig {
+                context: None,
+                file: None,
+            } => write!(f, "the kubeconfig's current context"),
             KubeSource::InCluster => write!(f, "the pod's service account (in-cluster)"),
         }
     }
@@ -116,17 +126,25 @@ impl SecretSource {
             Some(("kubeconfig", context)) if !context.is_empty() => {
                 Ok(SecretSource::Kubernetes(KubeSource::Kubeconfig {
                     context: Some(context.into()),
+                    file: None,
+                }))
+            }
+            Some(("kubeconfig-file", path)) if !path.is_empty() => {
+                Ok(SecretSource::Kubernetes(KubeSource::Kubeconfig {
+                    context: None,
+                    file: Some(path.into()),
                 }))
             }
             None if text == "kubeconfig" => Ok(SecretSource::Kubernetes(KubeSource::Kubeconfig {
                 context: None,
+                file: None,
             })),
             None if text == "in-cluster" => Ok(SecretSource::Kubernetes(KubeSource::InCluster)),
             None if text == "aws" => Ok(SecretSource::Aws(AwsSource::Chain)),
             None if text == "google" => Ok(google(TokenKind::Access, None)),
             None if text == "google-id-token" => Ok(google(TokenKind::Identity, None)),
             _ => Err(format!(
-                "{text:?} is not a secret source; write \"env:VARIABLE\", \"file:/path/to/file\", \"google\" (an access token), \"google-id-token\" (an identity token), \"aws\" or \"aws:PROFILE\" (AWS credentials; also \"aws-env:PREFIX\", \"aws-file:PATH\"), \"kubeconfig\" or \"kubeconfig:CONTEXT\" (a Kubernetes cluster; also \"in-cluster\")"
+                "{text:?} is not a secret source; write \"env:VARIABLE\", \"file:/path/to/file\", \"google\" (an access token), \"google-id-token\" (an identity token), \"aws\" or \"aws:PROFILE\" (AWS credentials; also \"aws-env:PREFIX\", \"aws-file:PATH\"), \"kubeconfig\" or \"kubeconfig:CONTEXT\" (a Kubernetes cluster; also \"kubeconfig-file:PATH\", \"in-cluster\")"
             )),
         }
     }

@@ -1,5 +1,5 @@
 //! Kubernetes clusters, brokered by the host (a secret granted `from = "kubeconfig"`,
-//! `"kubeconfig:CONTEXT"` or `"in-cluster"`): which API server the grant names, a TLS client
+//! `"kubeconfig:CONTEXT"`, `"kubeconfig-file:PATH"` or `"in-cluster"`): which API server the grant names, a TLS client
 //! that trusts that cluster's certificate authority for that server alone (and presents the
 //! user's client certificate, if the kubeconfig gives one), and the bearer token the host
 //! attaches: the kubeconfig's, its token file's (read again, as it rotates), or an exec
@@ -61,7 +61,9 @@ impl KubeCluster {
     /// the first request.
     pub fn new(source: &KubeSource) -> Result<KubeCluster, String> {
         match source {
-            KubeSource::Kubeconfig { context } => from_kubeconfig(context.as_deref()),
+            KubeSource::Kubeconfig { context, file } => {
+                from_kubeconfig(context.as_deref(), file.as_deref())
+            }
             KubeSource::InCluster => in_cluster(),
         }
     }
@@ -209,8 +211,11 @@ fn kubeconfig_paths() -> Result<Vec<PathBuf>, String> {
     Ok(vec![home.join(".kube/config")])
 }
 
-fn read_kubeconfig() -> Result<(Kubeconfig, String), String> {
-    let paths = kubeconfig_paths()?;
+fn read_kubeconfig(file: Option<&Path>) -> Result<(Kubeconfig, String), String> {
+    let paths = match file {
+        Some(path) => vec![path.to_path_buf()],
+        None => kubeconfig_paths()?,
+    };
     let mut merged = Kubeconfig::default();
     let mut read = Vec::new();
     for path in &paths {
@@ -263,8 +268,8 @@ fn merge(into: &mut Kubeconfig, file: Kubeconfig) {
     }
 }
 
-fn from_kubeconfig(context: Option<&str>) -> Result<KubeCluster, String> {
-    let (config, files) = read_kubeconfig()?;
+fn from_kubeconfig(context: Option<&str>, file: Option<&Path>) -> Result<KubeCluster, String> {
+    let (config, files) = read_kubeconfig(file)?;
     let name = match context {
         Some(name) => name.to_string(),
         None => config

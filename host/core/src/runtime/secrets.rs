@@ -329,6 +329,46 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_sources_parse() {
+        use crate::grants::source::KubeSource;
+        let kube = |text| match SecretSource::parse(text) {
+            Ok(SecretSource::Kubernetes(source)) => source,
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(
+            kube("kubeconfig"),
+            KubeSource::Kubeconfig {
+                context: None,
+                file: None
+            }
+        );
+        assert_eq!(
+            kube("kubeconfig:prod"),
+            KubeSource::Kubeconfig {
+                context: Some("prod".into()),
+                file: None
+            }
+        );
+        assert_eq!(
+            kube("kubeconfig-file:/k"),
+            KubeSource::Kubeconfig {
+                context: None,
+                file: Some("/k".into())
+            }
+        );
+        assert_eq!(kube("in-cluster"), KubeSource::InCluster);
+        let missing = SecretSource::Kubernetes(KubeSource::Kubeconfig {
+            context: None,
+            file: Some("/nonexistent/kubeconfig".into()),
+        });
+        assert!(
+            resolve(&missing)
+                .unwrap_err()
+                .contains("/nonexistent/kubeconfig")
+        );
+    }
+
+    #[test]
     fn aws_sources_parse() {
         use crate::grants::source::AwsSource;
         let aws = |text| {

@@ -97,7 +97,7 @@ impl Provider for Hostile {
             config_schema: r#"{"type":"object"}"#.into(),
             features: Vec::new(),
             capabilities: Capabilities {
-                http: vec!["http://*:*".into()],
+                http: vec!["http://*:*".into(), "https://kubernetes.invalid".into()],
                 env: vec!["HOSTILE_GRANTED".into(), "PATH".into()],
                 dirs: vec![DirNeed {
                     path: "/data".into(),
@@ -236,6 +236,37 @@ impl Provider for Hostile {
                         .header("x-engine-aws-sigv4", value)
                         .body(r#"{"clusters":["default"]}"#)
                         .send()
+                        .map(|r| format!("{} {}", r.status, r.text()))
+                        .map_err(|e| e.to_string()),
+                ))
+            }
+            "cluster" => {
+                // A request to the cluster a kubeconfig grant names (`path`, `method`), or, with
+                // `url`, the cluster's header sent elsewhere; `header` (raw, PLACEHOLDER
+                // replaced) overrides the header's value, `authorization` adds the plugin's own.
+                let secret = Secret::open(arg(&config, "secret"))?;
+                let named = match config.get("header").and_then(Value::as_str) {
+                    Some(raw) => raw.replace("PLACEHOLDER", secret.placeholder()),
+                    None => secret.placeholder().to_string(),
+                };
+                let url = match arg(&config, "url") {
+                    "" => format!("https://kubernetes.invalid{}", arg(&config, "path")),
+                    url => url.to_string(),
+                };
+                let method = match arg(&config, "method") {
+                    "" => "GET",
+                    m => m,
+                };
+                let client = Client::new().with_retry(engine_sdk::http::RetryPolicy::none());
+                let mut request = client
+                    .request(method, &url)
+                    .header("x-engine-kubernetes", named);
+                if let Some(own) = config.get("authorization").and_then(Value::as_str) {
+                    request = request.header("authorization", own);
+                }
+                Ok(report(
+                    request
+                        .send_once()
                         .map(|r| format!("{} {}", r.status, r.text()))
                         .map_err(|e| e.to_string()),
                 ))
