@@ -81,6 +81,7 @@ depends_on = ["{namespace}"]
 namespace = "{namespace}"
 poll_interval_ms = 200
 progress_deadline_seconds = 15
+ready_timeout_seconds = 120
 {services}"#
     )
 }
@@ -178,10 +179,37 @@ strategy_config = { bake = "0s" }
         )]
     );
 
-    // Destroy: the engine's objects go, and the namespace with them.
+    // Destroy: the engine's objects go, but not a namespace that holds something the engine did
+    // not make; once that is gone, the namespace goes too.
+    plane.kubectl(&[
+        "-n",
+        "bluegreen",
+        "create",
+        "configmap",
+        "by-hand",
+        "--from-literal=a=b",
+    ]);
+    let out = engine(plane, dir.path(), &["destroy", "pipeline.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("still holds objects the engine did not make (configmap by-hand)"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        plane
+            .get(&["-n", "bluegreen", "configmap", "by-hand"])
+            .is_some()
+    );
+    plane.kubectl(&["-n", "bluegreen", "delete", "configmap", "by-hand"]);
     let out = engine(plane, dir.path(), &["destroy", "pipeline.toml"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(plane.get(&["-n", "bluegreen", "service", "web"]).is_none());
+    let namespace = plane.get(&["namespace", "bluegreen"]);
+    assert!(
+        namespace.as_ref().is_none_or(|n| n["status"]["phase"] == "Terminating"),
+        "{namespace:?}"
+    );
 }
 
 // The host's Kubernetes credentials, through the hostile test plugin: the plugin names the
@@ -469,5 +497,405 @@ async fn a_plan_reads_the_cluster_and_runs_server_side_dry_runs_but_writes_nothi
     assert!(
         !detail.contains("denied"),
         "a server-side dry run is sent: {detail}"
+    );
+}
+
+// The AI chatbot example (examples/k8s-chatbot), run as written but for its pauses and how
+// often it polls: these replacements, each of which must match, make it quick.
+
+fn chatbot_example(dir: &Path) {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/k8s-chatbot");
+    std::fs::create_dir_all(dir.join("k8s")).unwrap();
+    for entry in std::fs::read_dir(source.join("k8s")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join("k8s").join(path.file_name().unwrap())).unwrap();
+    }
+    let mut text = std::fs::read_to_string(source.join("pipeline.toml")).unwrap();
+    for (from, to) in [
+        (r#"pause = "10m""#, r#"pause = "1s""#),
+        (r#"bake = "5m""#, r#"bake = "0s""#),
+        (
+            "[defaults.provider_config]\n",
+            "[defaults.provider_config]\npoll_interval_ms = 200\nprogress_deadline_seconds = 15\nready_timeout_seconds = 120\n",
+        ),
+    ] {
+        assert!(
+            text.contains(from),
+            "the example no longer contains {from:?}"
+        );
+        text = text.replace(from, to);
+    }
+    std::fs::write(dir.join("pipeline.toml"), text).unwrap();
+}
+
+/// Each Deployment of the chatbot namespace with its pods wanted and ready.
+fn replicas_of(plane: &ControlPlane, name: &str) -> Option<(u64, u64)> {
+    let d = plane.get(&["-n", "ai-chatbot", "deployment", name])?;
+    Some((
+        d["spec"]["replicas"].as_u64().unwrap_or(0),
+        d["status"]["readyReplicas"].as_u64().unwrap_or(0),
+    ))
+}
+
+fn hpa_target(plane: &ControlPlane, service: &str) -> String {
+    let hpa = plane.get(&["-n", "ai-chatbot", "hpa", service]).unwrap();
+    hpa["spec"]["scaleTargetRef"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chatbot_example_deploys_canaries_by_pods_switches_blue_green_and_rolls_back() {
+    let plane = ControlPlane::shared().await;
+    let dir = tempfile::tempdir().unwrap();
+    chatbot_example(dir.path());
+    // The guide's first steps, by hand: the namespace and the secrets the services name.
+    plane.kubectl(&["create", "namespace", "ai-chatbot"]);
+    for (name, literal) in [
+        (
+            "postgres-secret",
+            "--from-literal=password=not-in-the-pipeline",
+        ),
+        ("api-secrets", "--from-literal=openai-api-key=sk-test"),
+    ] {
+        plane.kubectl(&[
+            "-n",
+            "ai-chatbot",
+            "create",
+            "secret",
+            "generic",
+            name,
+            literal,
+        ]);
+    }
+
+    let out = engine(plane, dir.path(), &["plan", "pipeline.toml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    for expected in [
+        "ai-chatbot: create (create ai-chatbot in namespace ai-chatbot; traffic by the share of 5 pods",
+        "resource postgres (manifest): create",
+        "api-gateway: create",
+    ] {
+        assert!(text(&out).contains(expected), "{expected}: {}", text(&out));
+    }
+
+    // The first release: everything, in dependency order; each service behind its Service.
+    let out = engine(
+        plane,
+        dir.path(),
+        &["run", "pipeline.toml", "--var", "version=v1"],
+    );
+    assert!(out.status.success(), "{}\n{}", text(&out), plane.logs());
+    assert_eq!(replicas_of(plane, "ai-chatbot-r1"), Some((5, 5)));
+    assert_eq!(replicas_of(plane, "api-gateway-r1"), Some((2, 2)));
+    assert_eq!(hpa_target(plane, "ai-chatbot"), "ai-chatbot-r1");
+    let hpa = plane
+        .get(&["-n", "ai-chatbot", "hpa", "api-gateway"])
+        .unwrap();
+    assert_eq!(
+        (&hpa["spec"]["minReplicas"], &hpa["spec"]["maxReplicas"]),
+        (&json!(2), &json!(10))
+    );
+    let metrics: Vec<(String, u64)> = hpa["spec"]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["resource"]["name"].as_str().unwrap().to_string(),
+                m["resource"]["target"]["averageUtilization"]
+                    .as_u64()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        metrics,
+        [("cpu".to_string(), 70), ("memory".to_string(), 80)]
+    );
+    let gateway = plane
+        .get(&["-n", "ai-chatbot", "deployment", "api-gateway-r1"])
+        .unwrap();
+    let container = &gateway["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["resources"],
+        json!({ "requests": { "cpu": "250m", "memory": "256Mi" }, "limits": { "cpu": "500m", "memory": "512Mi" } })
+    );
+    let env: Vec<&Value> = container["env"].as_array().unwrap().iter().collect();
+    assert!(
+        env.iter().any(|e| e["name"] == "MODEL_GATEWAY_URL"
+            && e["value"] == "http://model-gateway.ai-chatbot.svc.cluster.local:80"),
+        "{env:?}"
+    );
+    assert!(
+        env.iter().any(|e| e["name"] == "JWT_SECRET"
+            && e["valueFrom"]["secretKeyRef"]
+                == json!({ "name": "api-secrets", "key": "jwt-secret" })),
+        "{env:?}"
+    );
+    assert_eq!(
+        container["envFrom"],
+        json!([{ "configMapRef": { "name": "app-config" } }])
+    );
+    let config = plane
+        .get(&["-n", "ai-chatbot", "configmap", "app-config"])
+        .unwrap();
+    assert_eq!(config["data"]["NATS_URL"], "nats://nats-service:4222");
+    for object in [
+        ["pvc", "postgres-pvc"],
+        ["deployment", "postgres"],
+        ["service", "postgres-service"],
+        ["ingress", "ai-chatbot-ingress"],
+        ["networkpolicy", "ai-chatbot-network-policy"],
+    ] {
+        assert!(
+            plane
+                .get(&["-n", "ai-chatbot", object[0], object[1]])
+                .is_some(),
+            "{object:?}"
+        );
+    }
+    let service = plane
+        .get(&["-n", "ai-chatbot", "service", "ai-chatbot"])
+        .unwrap();
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert!(
+        service["spec"]["selector"].get("engine/revision").is_none(),
+        "every revision's pods"
+    );
+
+    // Nothing to do the second time.
+    let out = engine(
+        plane,
+        dir.path(),
+        &["plan", "pipeline.toml", "--var", "version=v1"],
+    );
+    assert_eq!(
+        text(&out).matches(": no-change").count(),
+        9,
+        "{}",
+        text(&out)
+    );
+
+    // v2: the chatbot's canary moves its pods 20/40/60/80/100; the API gateway switches.
+    let out = engine(
+        plane,
+        dir.path(),
+        &["plan", "pipeline.toml", "--var", "version=v2"],
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        text(&out).contains("set traffic: ai-chatbot-planned 20%, ai-chatbot-r1 80%"),
+        "{}",
+        text(&out)
+    );
+    let out = engine(
+        plane,
+        dir.path(),
+        &[
+            "run",
+            "pipeline.toml",
+            "--var",
+            "version=v2",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let verified: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == "phase" && e["service"] == "ai-chatbot")
+        .filter_map(|e| e["phase"].as_str().map(String::from))
+        .collect();
+    for step in [
+        "canary 20%",
+        "canary 40%",
+        "canary 60%",
+        "canary 80%",
+        "canary 100%",
+    ] {
+        assert!(verified.contains(&step.to_string()), "{step}: {verified:?}");
+    }
+    assert_eq!(replicas_of(plane, "ai-chatbot-r2"), Some((5, 5)));
+    assert_eq!(
+        replicas_of(plane, "ai-chatbot-r1").map(|r| r.0),
+        Some(0),
+        "kept, without pods, for a rollback"
+    );
+    assert_eq!(hpa_target(plane, "ai-chatbot"), "ai-chatbot-r2");
+    let gateway = plane
+        .get(&["-n", "ai-chatbot", "service", "api-gateway"])
+        .unwrap();
+    assert_eq!(
+        gateway["spec"]["selector"]["engine/revision"],
+        "api-gateway-r2"
+    );
+
+    // v3 of the chatbot never becomes ready: its first pod fails the controller's progress
+    // deadline, and v2 keeps all five.
+    let file = dir.path().join("pipeline.toml");
+    let pipeline = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        pipeline.replace(
+            r#"image = "${registry}/ai-chatbot:${version}""#,
+            r#"image = "${registry}/ai-chatbot:never-ready""#,
+        ),
+    )
+    .unwrap();
+    let out = engine(
+        plane,
+        dir.path(),
+        &["run", "pipeline.toml", "--var", "version=v2"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("progress deadline"), "{}", text(&out));
+    assert_eq!(replicas_of(plane, "ai-chatbot-r2"), Some((5, 5)));
+    assert_eq!(
+        replicas_of(plane, "ai-chatbot-r3"),
+        None,
+        "the failed revision is retired"
+    );
+    assert_eq!(hpa_target(plane, "ai-chatbot"), "ai-chatbot-r2");
+    std::fs::write(&file, pipeline).unwrap();
+
+    // The guide's rollback: v1 takes its five pods back.
+    let out = engine(
+        plane,
+        dir.path(),
+        &[
+            "rollback",
+            "ai-chatbot",
+            "pipeline.toml",
+            "--var",
+            "version=v2",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(replicas_of(plane, "ai-chatbot-r1"), Some((5, 5)));
+    assert_eq!(replicas_of(plane, "ai-chatbot-r2").map(|r| r.0), Some(0));
+
+    // The teardown: what the engine made goes; the namespace and the secrets, made by hand, stay.
+    let out = engine(
+        plane,
+        dir.path(),
+        &[
+            "destroy",
+            "--dry-run",
+            "pipeline.toml",
+            "--var",
+            "version=v2",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("would destroy ai-chatbot\n"),
+        "{}",
+        text(&out)
+    );
+    let out = engine(
+        plane,
+        dir.path(),
+        &["destroy", "pipeline.toml", "--var", "version=v2"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("left resource ai-chatbot-namespace in place"),
+        "{}",
+        text(&out)
+    );
+    let left = plane.get(&["-n", "ai-chatbot", "deployments"]).unwrap();
+    assert_eq!(left["items"], json!([]), "{left:#}");
+    assert!(
+        plane
+            .get(&["-n", "ai-chatbot", "configmap", "app-config"])
+            .is_none()
+    );
+    assert!(
+        plane
+            .get(&["-n", "ai-chatbot", "secret", "api-secrets"])
+            .is_some()
+    );
+}
+
+/// The weights of the service's HTTPRoute by backend.
+fn route_weights(plane: &ControlPlane, namespace: &str, route: &str) -> Vec<(String, u64)> {
+    let route = plane.get(&["-n", namespace, "httproute", route]).unwrap();
+    route["spec"]["rules"][0]["backendRefs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_by_gateway_api_weights_is_read_back_from_the_httproute() {
+    let plane = ControlPlane::shared().await;
+    let dir = tempfile::tempdir().unwrap();
+    let services = r#"
+[services.shop]
+image = "registry.example/shop:v1"
+strategy = "canary"
+strategy_config = { steps = [25, 100], pause = "0s" }
+
+[services.shop.provider_config]
+traffic = "gateway"
+route = { parents = [{ name = "external", namespace = "gateway-system" }], hostnames = ["shop.example.com"] }
+"#;
+    let release = |image: &str| {
+        let text = pipeline("weighted", &services.replace("shop:v1", image));
+        std::fs::write(dir.path().join("pipeline.toml"), text).unwrap()
+    };
+    release("shop:v1");
+    let out = engine(plane, dir.path(), &["run", "pipeline.toml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        route_weights(plane, "weighted", "shop"),
+        [("shop-r1".to_string(), 100)]
+    );
+    let route = plane.get(&["-n", "weighted", "httproute", "shop"]).unwrap();
+    assert_eq!(route["spec"]["parentRefs"][0]["name"], "external");
+    assert_eq!(route["spec"]["hostnames"], json!(["shop.example.com"]));
+
+    // The next release: 25 % through the route's weights, then all of it; the old revision
+    // stays without a weight for a rollback, which the route's weights undo.
+    release("shop:v2");
+    let out = engine(
+        plane,
+        dir.path(),
+        &["run", "pipeline.toml", "--output", "json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(r#""phase":"canary 25%""#),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        route_weights(plane, "weighted", "shop"),
+        [("shop-r2".to_string(), 100)]
+    );
+    let out = engine(plane, dir.path(), &["rollback", "shop", "pipeline.toml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        route_weights(plane, "weighted", "shop"),
+        [("shop-r1".to_string(), 100)]
+    );
+
+    let out = engine(plane, dir.path(), &["destroy", "pipeline.toml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        plane
+            .get(&["-n", "weighted", "httproute", "shop"])
+            .is_none()
     );
 }

@@ -11,7 +11,8 @@
 //! tests (each in namespaces of its own); it stops when the test process ends.
 //!
 //! Pods whose image contains `never-ready` are never made ready by kwok: a release that never
-//! becomes available, for the tests of a failed rollout.
+//! becomes available, for the tests of a failed rollout. kwok renews its node's lease, so the
+//! node lifecycle controller keeps the node (and its pods) ready however long a test runs.
 
 use super::{cache_root, free_port};
 use sha2::{Digest, Sha256};
@@ -314,7 +315,7 @@ impl ControlPlane {
             "'{bin}/kube-controller-manager' --kubeconfig='{k}' --leader-elect=false --bind-address=127.0.0.1 --secure-port=0 --controllers='*' \
              --service-account-private-key-file='{d}/service-accounts.key' --root-ca-file='{d}/ca.crt' --use-service-account-credentials=false >'{d}/controller-manager.log' 2>&1 & pids=$!\n\
              '{bin}/kube-scheduler' --kubeconfig='{k}' --leader-elect=false --bind-address=127.0.0.1 --secure-port=0 >'{d}/scheduler.log' 2>&1 & pids=\"$pids $!\"\n\
-             '{bin}/kwok' --kubeconfig='{k}' --config='{d}/kwok-stages.yaml' --manage-all-nodes=true --cidr=10.244.0.1/16 --node-ip=10.0.0.2 >'{d}/kwok.log' 2>&1 & pids=\"$pids $!\"",
+             '{bin}/kwok' --kubeconfig='{k}' --config='{d}/kwok-stages.yaml' --manage-all-nodes=true --node-lease-duration-seconds=40 --cidr=10.244.0.1/16 --node-ip=10.0.0.2 >'{d}/kwok.log' 2>&1 & pids=\"$pids $!\"",
             bin = bin.display(),
             d = dir.display(),
             k = kubeconfig.display(),

@@ -325,18 +325,27 @@ impl Provider for Kubernetes {
         let t = Target::new(&spec.name, &spec.config)?;
         t.stable_service()?;
         let revision = revision_id(&t.service, &deployment_id)?;
-        let first = t
-            .revisions()?
+        let existing = t.revisions()?;
+        let first = existing
             .iter()
             .all(|d| d["metadata"]["name"] == revision.as_str());
+        // What serves now runs the most pods (an autoscaler may have added some).
+        let serving_pods = existing
+            .iter()
+            .filter_map(|d| d["spec"]["replicas"].as_u64())
+            .max()
+            .unwrap_or(0) as u32;
         let replicas = match (t.config.traffic, first) {
-            // Shares of pods: a new revision starts with none, and takes its share with traffic.
+            // Shares of pods: a new revision starts with none, and takes its share with traffic;
+            // the first runs them all.
             (Traffic::Replicas, false) => 0,
-            _ => t
-                .config
-                .autoscaling
-                .as_ref()
-                .map_or(manifest::replicas(&t.config, &spec), |a| a.min),
+            (Traffic::Replicas, true) => manifest::replicas(&t.config, &spec),
+            // With an autoscaler, as many as serve now (at least its floor), so the new
+            // revision takes all the traffic with the pods it needs.
+            _ => match &t.config.autoscaling {
+                Some(a) => a.min.max(serving_pods),
+                None => manifest::replicas(&t.config, &spec),
+            },
         };
         let deployment =
             manifest::deployment(&spec, &t.config, &t.service, &revision, Some(replicas))?;

@@ -190,11 +190,13 @@ pub fn read(target: &ResourceSpec) -> Result<Option<ResourceStatus>, Error> {
 }
 
 fn status(placed: &[Placed], live: Vec<Value>) -> ResourceStatus {
-    let id = placed
-        .iter()
-        .map(Placed::label)
-        .collect::<Vec<_>>()
-        .join(", ");
+    // The first object names the resource (`Deployment/ns/name`), `+N` counts the others: an
+    // id is one short word.
+    let id = match placed {
+        [] => String::new(),
+        [one] => one.label(),
+        [first, rest @ ..] => format!("{}+{}", first.label(), rest.len()),
+    };
     let name = placed.first().map(|p| p.name.clone()).unwrap_or_default();
     ResourceStatus {
         id,

@@ -69,13 +69,29 @@ pub fn wait_ready(
 ) -> Result<Value, Error> {
     let path = kinds::deployments().object(&config.namespace, revision);
     let deadline = Instant::now() + Duration::from_secs(config.ready_timeout_seconds);
+    let stalled_after = Duration::from_secs(config.progress_deadline_seconds as u64);
+    // The controller judges its progress deadline only while a new template rolls out, not
+    // while a revision is scaled up (`traffic = "replicas"`): the same deadline, judged here.
+    let mut last_progress = (pod_counts(&Value::Null), Instant::now());
     loop {
         let deployment = cluster.get(&path)?.ok_or_else(|| {
             Error::conflict(format!(
                 "the Deployment {revision} was deleted while the engine waited for it"
             ))
         })?;
+        let counts = pod_counts(&deployment);
+        if counts != last_progress.0 {
+            last_progress = (counts, Instant::now());
+        }
+        let stalled = last_progress.1.elapsed() >= stalled_after;
         let waiting = match progress(&deployment) {
+            Progress::Waiting(why) if stalled => {
+                return Err(Error::fatal(format!(
+                    "{revision} made no progress for {} s, its progress deadline: {why}{}",
+                    config.progress_deadline_seconds,
+                    pods_report(cluster, config, service, revision)
+                )));
+            }
             Progress::Done => return Ok(deployment),
             Progress::Failed(why) => {
                 return Err(Error::fatal(format!(
@@ -90,6 +106,51 @@ pub fn wait_ready(
                 "{revision} did not become ready within {} s: {waiting}{}",
                 config.ready_timeout_seconds,
                 pods_report(cluster, config, service, revision)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(config.poll_interval_ms));
+    }
+}
+
+/// The pods of a Deployment as its status counts them: a change is progress.
+fn pod_counts(deployment: &Value) -> [u64; 4] {
+    let status = &deployment["status"];
+    [
+        "replicas",
+        "updatedReplicas",
+        "readyReplicas",
+        "availableReplicas",
+    ]
+    .map(|k| status[k].as_u64().unwrap_or(0))
+}
+
+/// Waits until a revision runs exactly `pods` ready pods and no other (after a scale down, its
+/// extra pods have terminated), for up to `ready_timeout_seconds`.
+pub fn wait_scaled(
+    cluster: &Cluster,
+    config: &Config,
+    revision: &str,
+    pods: u32,
+) -> Result<(), Error> {
+    let path = kinds::deployments().object(&config.namespace, revision);
+    let deadline = Instant::now() + Duration::from_secs(config.ready_timeout_seconds);
+    loop {
+        let d = cluster.get(&path)?.ok_or_else(|| {
+            Error::conflict(format!(
+                "the Deployment {revision} was deleted while the engine waited for it"
+            ))
+        })?;
+        let count = |key: &str| d["status"][key].as_u64().unwrap_or(0);
+        let seen = count("observedGeneration") >= d["metadata"]["generation"].as_u64().unwrap_or(0);
+        if seen && count("replicas") == pods as u64 && count("readyReplicas") == pods as u64 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::transient(format!(
+                "{revision} runs {} pods ({} ready), not {pods}, after {} s",
+                count("replicas"),
+                count("readyReplicas"),
+                config.ready_timeout_seconds
             )));
         }
         std::thread::sleep(Duration::from_millis(config.poll_interval_ms));

@@ -206,13 +206,13 @@ fn scale(t: &Target, split: &[TrafficTarget]) -> Result<(), Error> {
             rollout::wait_ready(&t.cluster, &t.config, &t.service, revision)?;
         }
     }
-    for (revision, _) in shrinking {
-        resize(
-            t,
-            revision,
-            pods.get(revision).copied().unwrap_or(0),
-            percent(revision),
-        )?;
+    for (revision, _) in &shrinking {
+        let n = pods.get(*revision).copied().unwrap_or(0);
+        resize(t, revision, n, percent(revision))?;
+    }
+    for revision in current.keys() {
+        let want = pods.get(revision).copied().unwrap_or(0);
+        rollout::wait_scaled(&t.cluster, &t.config, revision, want)?;
     }
     let service = manifest::stable_service(&t.config, &t.service, None);
     t.cluster.apply(
