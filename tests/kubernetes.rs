@@ -207,7 +207,9 @@ strategy_config = { bake = "0s" }
     assert!(plane.get(&["-n", "bluegreen", "service", "web"]).is_none());
     let namespace = plane.get(&["namespace", "bluegreen"]);
     assert!(
-        namespace.as_ref().is_none_or(|n| n["status"]["phase"] == "Terminating"),
+        namespace
+            .as_ref()
+            .is_none_or(|n| n["status"]["phase"] == "Terminating"),
         "{namespace:?}"
     );
 }

@@ -37,7 +37,7 @@ pub fn kinds() -> Vec<ResourceKind> {
             name: MANIFEST.into(),
             description: format!("Any objects: `file` (YAML, one or more documents, in the directory granted at {MANIFESTS_DIR}) or `object` (one inline table)"),
             spec_schema: r#"{"type":"object","properties":{"file":{"type":"string"},"object":{"type":"object"},"namespace":{"type":"string"}},"oneOf":[{"required":["file"]},{"required":["object"]}],"additionalProperties":false}"#.into(),
-            outputs: Vec::new(),
+            outputs: vec!["name".into()],
         },
     ]
 }
