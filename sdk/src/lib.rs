@@ -212,6 +212,34 @@ pub fn update_plan(deployed: &str, desired: &serde_json::Value, fields: &[&str])
     }
 }
 
+/// The plan for a service that does not exist yet: `create`, with one [`Change`] per listed field
+/// the desired form sets (not null, not an empty object or list), and `summary`.
+pub fn create_plan(
+    desired: &serde_json::Value,
+    fields: &[&str],
+    summary: String,
+) -> DeploymentPlan {
+    let changes = fields
+        .iter()
+        .filter(|f| match &desired[**f] {
+            serde_json::Value::Null => false,
+            serde_json::Value::Object(o) => !o.is_empty(),
+            serde_json::Value::Array(a) => !a.is_empty(),
+            _ => true,
+        })
+        .map(|f| Change {
+            field: f.to_string(),
+            before: None,
+            after: Some(desired[*f].to_string()),
+        })
+        .collect();
+    DeploymentPlan {
+        action: PlanAction::Create,
+        changes,
+        summary,
+    }
+}
+
 /// What `validate` returns for a configuration that parsed (`Ok`) or did not (`Err`): nothing,
 /// or one error diagnostic for the whole configuration with an optional hint.
 pub fn config_diagnostics<T>(parsed: Result<T, Error>, hint: Option<&str>) -> Vec<Diagnostic> {

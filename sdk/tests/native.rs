@@ -152,6 +152,31 @@ fn update_plans_list_changed_fields_and_map_keys() {
 }
 
 #[test]
+fn create_plans_list_the_fields_the_desired_form_sets() {
+    let desired =
+        serde_json::json!({"image": "api:1", "env": {}, "args": [], "port": null, "cpu": 2});
+    let plan = engine_sdk::create_plan(
+        &desired,
+        &["image", "env", "args", "port", "cpu"],
+        "create api".into(),
+    );
+    assert_eq!(plan.action, engine_sdk::PlanAction::Create);
+    assert_eq!(plan.summary, "create api");
+    let fields: Vec<(String, Option<String>)> = plan
+        .changes
+        .into_iter()
+        .map(|c| (c.field, c.after))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("image".into(), Some(r#""api:1""#.into())),
+            ("cpu".into(), Some("2".into()))
+        ]
+    );
+}
+
+#[test]
 fn the_shared_finish_promotes_retires_the_previous_revision_only_and_is_done() {
     use engine_sdk::strategy::{Decision, Finish, Observation, Rollout};
     let rollout = |stable: Option<&str>| Rollout {

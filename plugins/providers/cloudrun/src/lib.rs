@@ -264,25 +264,8 @@ impl Provider for CloudRun {
         let after = form::form(&body, config.invokers.as_deref());
         let regions = config.regions().join(", ");
         let Some(current) = current else {
-            let changes = form::FORM_FIELDS
-                .iter()
-                .filter(|f| match &after[**f] {
-                    Value::Null => false,
-                    Value::Object(o) => !o.is_empty(),
-                    Value::Array(a) => !a.is_empty(),
-                    _ => true,
-                })
-                .map(|f| engine_sdk::Change {
-                    field: f.to_string(),
-                    before: None,
-                    after: Some(after[*f].to_string()),
-                })
-                .collect();
-            return Ok(DeploymentPlan {
-                action: PlanAction::Create,
-                changes,
-                summary: format!("create {} in {regions}", config.id(&desired.name)),
-            });
+            let summary = format!("create {} in {regions}", config.id(&desired.name));
+            return Ok(engine_sdk::create_plan(&after, form::FORM_FIELDS, summary));
         };
         let deployed = form::without_platform_defaults(&current.deployed, &after);
         let mut plan = engine_sdk::update_plan(&deployed, &after, form::FORM_FIELDS);

@@ -22,9 +22,8 @@ mod task;
 use config::{CONFIG_SCHEMA, Config};
 use engine_sdk::aws::{JsonApi, QueryApi as Elb};
 use engine_sdk::{
-    Capabilities, Change, DeploymentPlan, Diagnostic, Endpoint, EndpointKind, Error, ErrorExt,
-    Feature, PlanAction, PluginInfo, Provider, Revision, ServiceRef, ServiceSpec, ServiceStatus,
-    TrafficTarget,
+    Capabilities, DeploymentPlan, Diagnostic, Endpoint, EndpointKind, Error, ErrorExt, Feature,
+    PluginInfo, Provider, Revision, ServiceRef, ServiceSpec, ServiceStatus, TrafficTarget,
 };
 use listener::Rule;
 use serde_json::{Value, json};
@@ -365,28 +364,11 @@ impl Provider for Ecs {
         let after = task::desired_form(&config, &desired)?;
         let name = config.service(&desired.name);
         let Some(current) = current else {
-            let changes = task::FORM_FIELDS
-                .iter()
-                .filter(|f| match &after[**f] {
-                    Value::Null => false,
-                    Value::Object(o) => !o.is_empty(),
-                    Value::Array(a) => !a.is_empty(),
-                    _ => true,
-                })
-                .map(|f| Change {
-                    field: f.to_string(),
-                    before: None,
-                    after: Some(after[*f].to_string()),
-                })
-                .collect();
-            return Ok(DeploymentPlan {
-                action: PlanAction::Create,
-                changes,
-                summary: format!(
-                    "create {name} in cluster {} ({})",
-                    config.cluster, config.region
-                ),
-            });
+            let summary = format!(
+                "create {name} in cluster {} ({})",
+                config.cluster, config.region
+            );
+            return Ok(engine_sdk::create_plan(&after, task::FORM_FIELDS, summary));
         };
         Ok(engine_sdk::update_plan(
             &current.deployed,

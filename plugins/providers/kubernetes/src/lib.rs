@@ -24,9 +24,8 @@ mod traffic;
 use config::{CONFIG_SCHEMA, Config, Traffic};
 use engine_sdk::kubernetes::{Cluster, Resource, kinds};
 use engine_sdk::{
-    Capabilities, Change, DeploymentPlan, Diagnostic, DirNeed, Endpoint, EndpointKind, Error,
-    ErrorExt, Feature, PlanAction, PluginInfo, Provider, Revision, ServiceRef, ServiceSpec,
-    ServiceStatus, TrafficTarget,
+    Capabilities, DeploymentPlan, Diagnostic, DirNeed, Endpoint, EndpointKind, Error, ErrorExt,
+    Feature, PluginInfo, Provider, Revision, ServiceRef, ServiceSpec, ServiceStatus, TrafficTarget,
 };
 use manifest::{MANAGER, SERVICE_LABEL};
 use serde_json::Value;
@@ -297,7 +296,13 @@ impl Provider for Kubernetes {
                 replicas,
             )?;
             let form = form::of(&manifest, autoscaling);
-            return Ok(create_plan(&form, &t));
+            let summary = format!(
+                "create {} in namespace {}{}",
+                t.service,
+                t.config.namespace,
+                traffic_note(&t.config)
+            );
+            return Ok(engine_sdk::create_plan(&form, form::FIELDS, summary));
         };
         // The API server's dry run of the pipeline's spec on the serving revision: its
         // defaults and normal forms, as the revision itself has them.
@@ -459,33 +464,6 @@ fn traffic_note(config: &Config) -> String {
         Traffic::Replicas => format!(
             "; traffic by the share of {} pods, an approximation in whole pods (20 % is 1 of 5)",
             config.replicas.unwrap_or(1)
-        ),
-    }
-}
-
-fn create_plan(form: &Value, t: &Target) -> DeploymentPlan {
-    let changes = form::FIELDS
-        .iter()
-        .filter(|f| match &form[**f] {
-            Value::Null => false,
-            Value::Object(o) => !o.is_empty(),
-            Value::Array(a) => !a.is_empty(),
-            _ => true,
-        })
-        .map(|f| Change {
-            field: f.to_string(),
-            before: None,
-            after: Some(form[*f].to_string()),
-        })
-        .collect();
-    DeploymentPlan {
-        action: PlanAction::Create,
-        changes,
-        summary: format!(
-            "create {} in namespace {}{}",
-            t.service,
-            t.config.namespace,
-            traffic_note(&t.config)
         ),
     }
 }
