@@ -9,6 +9,7 @@ use cloudrun_fake::directory::VersionState;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output};
+use support::text;
 
 const TOKEN: &str = "ya29.test-access-token";
 
@@ -82,15 +83,6 @@ async fn run(dir: &Path, args: &[&str]) -> Output {
     })
     .await
     .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A service by its full name, `projects/P/locations/L/services/S`.

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Command, Output};
 use support::moto::{DataPlane, DataPlaneOptions, Moto, TEST_KEYS};
+use support::text;
 
 /// The shared infrastructure the provider expects and never makes: a VPC with two subnets, a
 /// security group, an internet-facing ALB with a production listener (80) and a test listener
@@ -175,15 +176,6 @@ fn engine(dir: &Path, args: &[&str]) -> Output {
         command.env(k, v);
     }
     command.output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The target group name of a revision ends with its deployment id.

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use support::TestServer;
 use support::kube::ControlPlane;
+use support::text;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_runs_deployments_to_readiness() {
@@ -46,15 +47,6 @@ fn engine(plane: &ControlPlane, dir: &Path, args: &[&str]) -> Output {
         .current_dir(dir)
         .output()
         .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A pipeline on the control plane: the cluster granted from the kubeconfig, a namespace, and

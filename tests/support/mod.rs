@@ -73,6 +73,16 @@ pub fn token_grants(server: &TestServer, from: String, hosts: Option<Vec<String>
     }
 }
 
+/// A finished command's exit code and output, for a test's failure message.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// A loopback port nothing listens on now, for a server the test starts.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
