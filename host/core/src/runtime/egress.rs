@@ -267,16 +267,7 @@ impl EgressPolicy {
         self.check_destination(&scheme, &host, port, &attempted)?;
         // A dry run lets plugins look but not touch: after the grant checks, so a plan still
         // reports what a real run would be denied. AWS's JSON APIs read with POST.
-        let read = matches!(*request.method(), http::Method::GET | http::Method::HEAD)
-            || aws::is_signed_read(request.headers());
-        if self.dry_run && !read {
-            self.sink.event(PluginEvent::WouldCall {
-                plugin: self.plugin.clone(),
-                method: request.method().to_string(),
-                url: redactor().redact(url.as_str()),
-            });
-            return Err(HttpError::HttpRequestDenied);
-        }
+        self.block_writes_in_dry_run(request, &url, aws::is_signed_read(request.headers()))?;
         let host = host.name;
         let withheld = self.withheld(request, &url, (&scheme, &host, port), &attempted)?;
         let mut headers = HeaderMap::with_capacity(request.headers().len());
@@ -360,16 +351,9 @@ impl EgressPolicy {
                 "name the placeholder of a cluster secret the plugin opened (granted from = \"kubeconfig\"), as the SDK's kubernetes::Cluster does".into(),
             ));
         };
-        let read = matches!(*request.method(), http::Method::GET | http::Method::HEAD)
-            || url.query_pairs().any(|(k, v)| k == "dryRun" && v == "All");
-        if self.dry_run && !read {
-            self.sink.event(PluginEvent::WouldCall {
-                plugin: self.plugin.clone(),
-                method: request.method().to_string(),
-                url: redactor().redact(url.as_str()),
-            });
-            return Err(HttpError::HttpRequestDenied);
-        }
+        // The API server guarantees that a server-side dry run changes nothing.
+        let dry = url.query_pairs().any(|(k, v)| k == "dryRun" && v == "All");
+        self.block_writes_in_dry_run(request, &url, dry)?;
         self.check_plan_use(secret, &format!("the cluster of {attempted}"))?;
         let url = cluster.url_for(&url);
         let server = Destination::read(
@@ -409,6 +393,27 @@ impl EgressPolicy {
             sign: None,
             cluster: Some(cluster),
         })
+    }
+
+    /// A dry run lets plugins look but not touch: a request that neither reads (GET, HEAD) nor
+    /// is `also_read` (an AWS JSON API's signed read, a Kubernetes dry run) is recorded as what a
+    /// real run would call, and refused.
+    fn block_writes_in_dry_run(
+        &self,
+        request: &http::Request<WasiBody>,
+        url: &reqwest::Url,
+        also_read: bool,
+    ) -> Result<(), HttpError> {
+        let read = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
+        if !self.dry_run || read || also_read {
+            return Ok(());
+        }
+        self.sink.event(PluginEvent::WouldCall {
+            plugin: self.plugin.clone(),
+            method: request.method().to_string(),
+            url: redactor().redact(url.as_str()),
+        });
+        Err(HttpError::HttpRequestDenied)
     }
 
     /// The AWS secret and scope a [`aws::SIGN_HEADER`] names, if this destination may be

@@ -94,6 +94,15 @@ impl Target {
         Ok(found)
     }
 
+    /// Applies the service's own Service, selecting `serving`'s pods (`traffic = "selector"`)
+    /// or every revision's.
+    fn apply_stable_service(&self, serving: Option<&str>) -> Result<(), Error> {
+        let service = manifest::stable_service(&self.config, &self.service, serving);
+        let path = self.path(kinds::services(), &self.service);
+        self.cluster.apply(&path, &service, MANAGER, false)?;
+        Ok(())
+    }
+
     /// The autoscaler scales the revision that takes all the traffic; while traffic is split
     /// by the share of pods (`replicas`), it would fight the shares, so it waits. One the
     /// pipeline no longer asks for is removed.

@@ -52,13 +52,7 @@ fn switch(t: &Target, split: &[TrafficTarget]) -> Result<(), Error> {
         )));
     };
     t.require_revision(&only.revision)?;
-    let service = manifest::stable_service(&t.config, &t.service, Some(&only.revision));
-    t.cluster.apply(
-        &t.path(kinds::services(), &t.service),
-        &service,
-        MANAGER,
-        false,
-    )?;
+    t.apply_stable_service(Some(&only.revision))?;
     wait_for_endpoints(t, &only.revision)
 }
 
@@ -214,14 +208,7 @@ fn scale(t: &Target, split: &[TrafficTarget]) -> Result<(), Error> {
         let want = pods.get(revision).copied().unwrap_or(0);
         rollout::wait_scaled(&t.cluster, &t.config, revision, want)?;
     }
-    let service = manifest::stable_service(&t.config, &t.service, None);
-    t.cluster.apply(
-        &t.path(kinds::services(), &t.service),
-        &service,
-        MANAGER,
-        false,
-    )?;
-    Ok(())
+    t.apply_stable_service(None)
 }
 
 fn resize(t: &Target, revision: &str, pods: u32, percent: u8) -> Result<(), Error> {
