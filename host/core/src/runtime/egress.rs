@@ -355,7 +355,13 @@ impl EgressPolicy {
         let dry = url.query_pairs().any(|(k, v)| k == "dryRun" && v == "All");
         self.block_writes_in_dry_run(request, &url, dry)?;
         self.check_plan_use(secret, &format!("the cluster of {attempted}"))?;
-        let url = cluster.url_for(&url);
+        let Some(url) = cluster.url_for(&url) else {
+            return Err(self.deny(
+                Capability::Http,
+                attempted.to_string(),
+                "the path leaves the cluster server's own path (an encoded `..`); name a path under it".into(),
+            ));
+        };
         let server = Destination::read(
             &url.as_str()
                 .parse()

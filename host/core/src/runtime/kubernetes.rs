@@ -82,13 +82,15 @@ impl KubeCluster {
     }
 
     /// The URL on the API server for a plugin's request to `https://kubernetes.invalid…`: the
-    /// server's own path (a proxy's prefix) followed by the request's path and query.
-    pub fn url_for(&self, request: &reqwest::Url) -> reqwest::Url {
+    /// server's own path (a proxy's prefix, as Rancher's `/k8s/clusters/ID`) followed by the
+    /// request's path and query. `None` when the result would leave that prefix (an encoded
+    /// `..` that the URL parser resolves once joined).
+    pub fn url_for(&self, request: &reqwest::Url) -> Option<reqwest::Url> {
         let mut url = self.server.clone();
         let base = self.server.path().trim_end_matches('/');
         url.set_path(&format!("{base}{}", request.path()));
         url.set_query(request.query());
-        url
+        url.path().starts_with(&format!("{base}/")).then_some(url)
     }
 
     /// The bearer token to send, registered with the redactor; none for a client certificate.
@@ -678,8 +680,16 @@ mod tests {
         let request =
             reqwest::Url::parse("https://kubernetes.invalid/api/v1/namespaces?limit=1").unwrap();
         assert_eq!(
-            cluster.url_for(&request).as_str(),
+            cluster.url_for(&request).unwrap().as_str(),
             "https://rancher.example/k8s/clusters/c-1/api/v1/namespaces?limit=1"
+        );
+        // An encoded `..` cannot climb out of the server's path: the request is read (and its
+        // dot segments resolved) before it is joined, and the join is checked again.
+        let climb =
+            reqwest::Url::parse("https://kubernetes.invalid/%2e%2e/%2E%2e/c-2/api").unwrap();
+        assert_eq!(
+            cluster.url_for(&climb).unwrap().path(),
+            "/k8s/clusters/c-1/c-2/api"
         );
     }
 }
