@@ -681,6 +681,19 @@ impl EgressPolicy {
         })
     }
 
+    /// A credential the host could not obtain (a token, a signature): the user reads why in the
+    /// log, the plugin gets the request's failure; both redacted.
+    fn credential_failed(&self, message: String) -> HttpError {
+        let message = redactor().redact(&message);
+        self.sink.event(PluginEvent::Log {
+            plugin: self.plugin.clone(),
+            level: super::events::LogLevel::Error,
+            message: message.clone(),
+            fields: Vec::new(),
+        });
+        HttpError::InternalError(Some(message))
+    }
+
     /// The cluster's bearer token, as the request's Authorization (noted in `minted`, to be
     /// masked in the response).
     async fn cluster_credentials(
@@ -690,17 +703,10 @@ impl EgressPolicy {
         minted: &mut Vec<String>,
     ) -> Result<(), HttpError> {
         let token = cluster.bearer_token().await.map_err(|e| {
-            let message = redactor().redact(&format!(
+            self.credential_failed(format!(
                 "the credentials of the cluster ({}): {e}",
                 cluster.described()
-            ));
-            self.sink.event(PluginEvent::Log {
-                plugin: self.plugin.clone(),
-                level: super::events::LogLevel::Error,
-                message: message.clone(),
-                fields: Vec::new(),
-            });
-            HttpError::InternalError(Some(message))
+            ))
         })?;
         if let Some(token) = token {
             let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
@@ -721,14 +727,7 @@ impl EgressPolicy {
         minted: &mut Vec<String>,
     ) -> Result<String, HttpError> {
         let value = secret.value.for_destination(origin).await.map_err(|e| {
-            let message = format!("secret '{}' has no value: {e}", secret.name);
-            self.sink.event(PluginEvent::Log {
-                plugin: self.plugin.clone(),
-                level: super::events::LogLevel::Error,
-                message: redactor().redact(&message),
-                fields: Vec::new(),
-            });
-            HttpError::InternalError(Some(redactor().redact(&message)))
+            self.credential_failed(format!("secret '{}' has no value: {e}", secret.name))
         })?;
         if fixed_value(secret).is_none() {
             minted.push(value.clone());
@@ -786,16 +785,8 @@ impl EgressPolicy {
         let SecretValue::Aws(credentials) = &sign.secret.value else {
             return Err(HttpError::InternalError(None));
         };
-        let failed = |e: String| {
-            let message = redactor().redact(&format!("secret '{}': {e}", sign.secret.name));
-            self.sink.event(PluginEvent::Log {
-                plugin: self.plugin.clone(),
-                level: super::events::LogLevel::Error,
-                message: message.clone(),
-                fields: Vec::new(),
-            });
-            HttpError::InternalError(Some(message))
-        };
+        let failed =
+            |e: String| self.credential_failed(format!("secret '{}': {e}", sign.secret.name));
         let credentials = credentials.current().await.map_err(failed)?;
         // Masked in the response, should a server reflect them.
         filled
