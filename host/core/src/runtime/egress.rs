@@ -685,13 +685,18 @@ impl EgressPolicy {
     /// log, the plugin gets the request's failure; both redacted.
     fn credential_failed(&self, message: String) -> HttpError {
         let message = redactor().redact(&message);
+        self.credential_failed_as(message.clone(), HttpError::InternalError(Some(message)))
+    }
+
+    /// Logs `message` (redacted) for the user and returns `error` to the plugin.
+    fn credential_failed_as(&self, message: String, error: HttpError) -> HttpError {
         self.sink.event(PluginEvent::Log {
             plugin: self.plugin.clone(),
             level: super::events::LogLevel::Error,
-            message: message.clone(),
+            message: redactor().redact(&message),
             fields: Vec::new(),
         });
-        HttpError::InternalError(Some(message))
+        error
     }
 
     /// The cluster's bearer token, as the request's Authorization (noted in `minted`, to be
@@ -951,6 +956,14 @@ impl EgressPolicy {
                     ),
                 );
             }
+            if let Some(why) = rejected_certificate(e) {
+                // Not a refused connection: the server is not the one the plugin's TLS trusts
+                // (for a cluster, its kubeconfig's certificate authority). Say so.
+                return self.credential_failed_as(
+                    format!("{method} {shown}: the server's certificate was not accepted ({why})"),
+                    HttpError::TlsCertificateError,
+                );
+            }
             source = e.source();
         }
         if error.is_timeout() {
@@ -961,6 +974,20 @@ impl EgressPolicy {
             HttpError::InternalError(Some(redactor().redact(&error.to_string())))
         }
     }
+}
+
+/// Why TLS rejected the server's certificate, if `error` (or the I/O error it wraps) says so.
+fn rejected_certificate(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    // The connector wraps rustls's error in I/O errors, whose `source` skips what they wrap.
+    let mut error = error;
+    while let Some(inner) = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        error = inner;
+    }
+    let tls = error.downcast_ref::<rustls::Error>()?;
+    matches!(tls, rustls::Error::InvalidCertificate(_)).then(|| tls.to_string())
 }
 
 /// Overwrites the spellings of secret values in response headers (same length, so each stays
