@@ -18,4 +18,4 @@ pub mod cli;
 pub mod report;
 pub mod run;
 
-pub use engine_core::{build_info, config, grants, graph, plugins, port, redact, runtime, state};
+pub use engine_core::{build_info, config, grants, graph, lockfile, plugins, port, redact, runtime, state};

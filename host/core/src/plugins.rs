@@ -34,7 +34,7 @@ pub enum SourceError {
         message: String,
     },
     #[error(
-        "plugin '{plugin}' ({path}) does not match its pinned sha256\n  expected: {expected}\n  actual:   {actual}\nIf you rebuilt or upgraded the plugin on purpose, update `sha256` in [plugins.{plugin}]; otherwise the file was changed and should not be trusted."
+        "plugin '{plugin}' ({path}) does not match its pinned sha256\n  expected: {expected}\n  actual:   {actual}\nIf you rebuilt or upgraded the plugin on purpose, update `sha256` in [plugins.{plugin}] (or, when engine.lock pins it, run `engine plugins lock --update`); otherwise the file was changed and should not be trusted."
     )]
     HashMismatch {
         plugin: String,
@@ -66,6 +66,18 @@ impl PluginSource {
             PluginSource::Embedded(_) => "built-in".into(),
             PluginSource::File { path, .. } | PluginSource::Unpinned(path) => {
                 path.display().to_string()
+            }
+        }
+    }
+
+    /// The source as a pipeline (and engine.lock) writes it: a built-in's name, or a path
+    /// relative to the pipeline's directory `base` when it is under it.
+    pub fn lock_text(&self, base: &std::path::Path) -> String {
+        match self {
+            PluginSource::Embedded(name) => name.clone(),
+            PluginSource::File { path, .. } | PluginSource::Unpinned(path) => {
+                let relative = path.strip_prefix(base).unwrap_or(path);
+                relative.to_string_lossy().replace('\\', "/")
             }
         }
     }

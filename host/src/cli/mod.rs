@@ -5,6 +5,7 @@ mod admin;
 mod docs;
 mod history;
 mod local;
+mod lock;
 mod output;
 mod plan;
 mod plugins;
@@ -127,6 +128,10 @@ pub struct PipelineArgs {
     /// environment, which wins over the file's values
     #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
     vars: Vec<(String, String)>,
+    /// Refuse any plugin whose code or capabilities differ from engine.lock, or that it does
+    /// not record (what CI should use)
+    #[arg(long)]
+    locked: bool,
 }
 
 /// `NAME=VALUE` of `--var`.
@@ -152,6 +157,7 @@ impl PipelineArgs {
         let mut inputs =
             crate::config::Inputs::environment(self.environment.as_deref()).with_process_env();
         inputs.command_line = self.vars.clone();
+        inputs.locked = self.locked;
         inputs
     }
 

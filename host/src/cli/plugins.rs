@@ -1,4 +1,4 @@
-//! `engine plugins list` and `engine plugins inspect`.
+//! `engine plugins list`, `inspect` and `lock`.
 
 use super::{Cli, CommandError, Format};
 use crate::grants::GrantsConfig;
@@ -26,20 +26,28 @@ pub enum PluginsCommand {
         #[arg(long = "output", alias = "format", value_enum, default_value = "text")]
         format: Format,
     },
+    /// Record each plugin's code and capabilities in engine.lock beside the pipeline
+    Lock(super::lock::LockArgs),
 }
 
 pub async fn run(cli: &Cli, command: &PluginsCommand) -> Result<(), CommandError> {
-    // Listing and inspecting grant nothing, so the load-time notes about ungranted capabilities
-    // would only be noise: they go to a sink nobody reads.
+    match command {
+        PluginsCommand::List { format } => list(&inspecting_runtime(cli)?, *format).await,
+        PluginsCommand::Inspect { plugin, format } => {
+            inspect(&inspecting_runtime(cli)?, plugin, *format).await
+        }
+        PluginsCommand::Lock(args) => super::lock::run(cli, args).await,
+    }
+}
+
+/// A runtime for listing and inspecting, which grant nothing: the load-time notes about
+/// ungranted capabilities would only be noise, so they go to a sink nobody reads.
+fn inspecting_runtime(cli: &Cli) -> Result<Runtime, CommandError> {
     let options = crate::runtime::RuntimeOptions {
         sink: Arc::new(MemorySink::default()),
         ..cli.runtime_options()
     };
-    let runtime = Runtime::new(options).map_err(|e| CommandError::failure(format!("{e:#}")))?;
-    match command {
-        PluginsCommand::List { format } => list(&runtime, *format).await,
-        PluginsCommand::Inspect { plugin, format } => inspect(&runtime, plugin, *format).await,
-    }
+    Runtime::new(options).map_err(|e| CommandError::failure(format!("{e:#}")))
 }
 
 async fn list(runtime: &Runtime, format: Format) -> Result<(), CommandError> {

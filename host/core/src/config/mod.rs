@@ -7,6 +7,7 @@
 //! in the file.
 
 pub mod diagnostic;
+mod lock;
 mod origin;
 pub mod references;
 mod resources;
@@ -33,8 +34,30 @@ pub struct Pipeline {
     pub services: Vec<Service>,
     /// Resources (provisioning steps) of this environment, in the order the file lists them.
     pub resources: Vec<Resource>,
+    /// engine.lock beside the pipeline, and whether it must be followed (`--locked`).
+    pub lock: PipelineLock,
     /// Where everything came from, to point later diagnostics (plugin schemas) at the file.
     pub(crate) origin: Origin,
+}
+
+/// The lock file a pipeline was read with.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PipelineLock {
+    /// engine.lock beside the pipeline, when there is one.
+    pub file: Option<crate::lockfile::LockFile>,
+    /// `--locked`: a plugin that differs from its lock, or is missing from it, is an error
+    /// instead of a warning.
+    pub locked: bool,
+}
+
+impl PipelineLock {
+    /// The plugins locked for this pipeline's environment.
+    pub fn section(
+        &self,
+        environment: Option<&str>,
+    ) -> Option<&BTreeMap<String, crate::lockfile::LockedPlugin>> {
+        self.file.as_ref()?.section(environment)
+    }
 }
 
 /// The file a pipeline was read from and the spanned tables behind its model.
@@ -250,6 +273,10 @@ pub struct Inputs {
     pub process_env: Vec<(String, String)>,
     /// `--var NAME=VALUE`, in the order given (a later one wins); these win over all others.
     pub command_line: Vec<(String, String)>,
+    /// `--locked`: plugins must match engine.lock.
+    pub locked: bool,
+    /// Plugin files may go without a pin (for `engine plugins lock`, which pins them).
+    pub allow_unpinned: bool,
 }
 
 /// The prefix of environment variables that set pipeline variables.
@@ -349,6 +376,7 @@ pub fn parse_with(
     pipeline.origin.file = file.to_string();
     pipeline.origin.source = source.to_string();
     pipeline.origin.base = base.to_path_buf();
+    lock::apply(&mut pipeline, inputs).map_err(|diagnostics| pipeline.error(diagnostics))?;
     Ok(pipeline)
 }
 

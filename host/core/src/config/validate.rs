@@ -283,6 +283,7 @@ pub fn pipeline(source: &str, base: &Path, inputs: &Inputs) -> Result<Pipeline, 
         plugins: plugins.plugins,
         services: services.into_iter().map(|(s, _)| s).collect(),
         resources: resources.into_iter().map(|(r, _)| r).collect(),
+        lock: super::PipelineLock::default(),
         origin,
     })
 }
@@ -754,7 +755,7 @@ fn plugin(c: &mut Checker, key: &Key, node: &Node, base: &Path) -> Option<Plugin
         None => key.name.clone(),
     };
     let source = if source_text.ends_with(".wasm") || source_text.contains('/') {
-        pinned_file(c, key, &table, &source_text, base)
+        pinned_file(c, &table, &source_text, base)
     } else {
         builtin_source(c, key, &table, source_text)
     };
@@ -765,28 +766,17 @@ fn plugin(c: &mut Checker, key: &Key, node: &Node, base: &Path) -> Option<Plugin
     })
 }
 
-/// A plugin loaded from a file, which must be pinned by its sha256.
+/// A plugin loaded from a file, pinned by its sha256 here or, when the line is left out, by
+/// engine.lock (see `config::lock`).
 fn pinned_file(
     c: &mut Checker,
-    key: &Key,
     table: &Table,
     source_text: &str,
     base: &Path,
 ) -> Option<PluginSource> {
+    let path = super::resolve_path(base, source_text);
     let Some(sha) = table.get("sha256") else {
-        c.error(
-            format!(
-                "plugin `{}` loads from a file but has no `sha256` pin",
-                key.name
-            ),
-            table
-                .key("source")
-                .map_or(key.span.clone(), |k| k.span.clone()),
-            Some(format!(
-                "run `engine plugins inspect {source_text}` and copy its sha256 here"
-            )),
-        );
-        return None;
+        return Some(PluginSource::Unpinned(path));
     };
     let sha256 = c.string(sha, "`sha256`")?;
     if sha256.len() != 64 || !sha256.chars().all(|ch| ch.is_ascii_hexdigit()) {
@@ -797,10 +787,7 @@ fn pinned_file(
         );
         return None;
     }
-    Some(PluginSource::File {
-        path: super::resolve_path(base, source_text),
-        sha256,
-    })
+    Some(PluginSource::File { path, sha256 })
 }
 
 fn builtin_source(

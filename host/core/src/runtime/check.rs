@@ -84,6 +84,12 @@ pub async fn examine_plugins(pipeline: &Pipeline, runtime: &Runtime) -> PluginCh
     check
         .diagnostics
         .extend(check_output_references(pipeline, &check.plugins));
+    check
+        .diagnostics
+        .extend(super::lock_check::dir_diagnostics(pipeline, &check.plugins));
+    check
+        .diagnostics
+        .extend(super::lock_check::lock_diagnostics(pipeline, &check.plugins));
     check.diagnostics.sort_by_key(|d| d.span.start);
     check
 }

@@ -153,6 +153,76 @@ fn intersect_secrets(
     }
 }
 
+/// What the effective `grants` come to, as the lock file records them: network destinations as
+/// granted (each request is also held to the declared ones), each secret with the destinations
+/// its value may go to.
+pub fn granted(effective: &Grants, declared: &Capabilities) -> crate::lockfile::Capabilities {
+    let patterns = |list: &[crate::grants::HttpPattern]| -> Vec<String> {
+        let mut out: Vec<String> = list.iter().map(|p| p.as_str().to_string()).collect();
+        out.sort();
+        out.dedup();
+        out
+    };
+    let http = patterns(&effective.http);
+    let declared_dirs = |guest: &str| declared.dirs.iter().any(|d| d.path == guest);
+    crate::lockfile::Capabilities {
+        tcp: patterns(&effective.tcp),
+        env: {
+            let mut env = effective.env.clone();
+            env.sort();
+            env
+        },
+        dirs: effective
+            .dirs
+            .iter()
+            .filter(|d| declared_dirs(&d.guest))
+            .map(|d| (d.guest.clone(), d.writable))
+            .collect(),
+        secrets: effective
+            .secrets
+            .iter()
+            .map(|(name, grant)| {
+                let hosts = match &grant.hosts {
+                    Some(hosts) => patterns(hosts),
+                    None => http.clone(),
+                };
+                (name.clone(), hosts)
+            })
+            .collect(),
+        http,
+    }
+}
+
+/// What a directory need's `purpose` starts with when the plugin works without it (a provider
+/// that reads manifest files only for one resource kind).
+pub const OPTIONAL_DIR: &str = "(optional)";
+
+/// The directories a plugin declares that the pipeline does not give it as asked: not granted
+/// at all (unless its purpose says it is optional), or read-only where it asked to write. Each
+/// is a validation error: the plugin would fail at its first use of it.
+pub fn dir_shortfalls(name: &str, grants: &[crate::grants::DirGrant], declared: &Capabilities) -> Vec<String> {
+    let mut found = Vec::new();
+    for need in &declared.dirs {
+        let access = if need.writable { "read-write" } else { "read-only" };
+        match grants.iter().find(|g| g.guest == need.path) {
+            None if need.purpose.trim_start().starts_with(OPTIONAL_DIR) => {}
+            None => found.push(format!(
+                "plugin `{name}` needs directory {} ({access}: {}), and [plugins.{name}] grants none; add dirs = [{{ host = \"DIR\", guest = \"{}\"{} }}]",
+                need.path,
+                need.purpose,
+                need.path,
+                if need.writable { ", writable = true" } else { "" }
+            )),
+            Some(grant) if need.writable && !grant.writable => found.push(format!(
+                "plugin `{name}` writes to directory {} ({}), but [plugins.{name}] grants it read-only; add `writable = true` to its entry in `dirs`",
+                need.path, need.purpose
+            )),
+            Some(_) => {}
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +300,35 @@ mod tests {
         ));
         assert!(told("declares secret 'missing'"));
         assert_eq!(warnings.len(), 6, "{warnings:#?}");
+    }
+
+    #[test]
+    fn a_needed_directory_missing_or_read_only_is_a_shortfall_unless_optional() {
+        let granted = grants(r#"dirs = [{ host = "/srv/out", guest = "/out" }]"#);
+        let mut wants = declared(&[], &[], &[("/out", true), ("/work", false), ("/extra", false)], &[]);
+        wants.dirs[2].purpose = "(optional) manifests".into();
+        let found = dir_shortfalls("build", &granted.dirs, &wants);
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found[0].contains("grants it read-only; add `writable = true`"), "{}", found[0]);
+        assert!(found[1].contains("needs directory /work (read-only: artifacts)"), "{}", found[1]);
+    }
+
+    #[test]
+    fn granted_lists_what_the_plugin_gets_with_each_secrets_destinations() {
+        let granted_config = grants(
+            r#"
+            allow_http = ["https://b.example.com", "https://a.example.com"]
+            dirs = [{ host = "/srv/out", guest = "/out", writable = true }]
+            secrets = { token = { from = "env:T" }, narrow = { from = "env:N", hosts = ["https://a.example.com"] } }
+            "#,
+        );
+        let wants = declared(&["https://*"], &[], &[("/out", false)], &["token", "narrow"]);
+        let effective = intersect("p", &granted_config, &wants).grants;
+        let locked = granted(&effective, &wants);
+        assert_eq!(locked.http, ["https://a.example.com", "https://b.example.com"]);
+        assert_eq!(locked.dirs.get("/out"), Some(&false));
+        assert_eq!(locked.secrets["narrow"], ["https://a.example.com"]);
+        assert_eq!(locked.secrets["token"], locked.http);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub mod inspect;
 pub mod intersection;
 pub mod json_body;
 pub mod kubernetes;
+mod lock_check;
+pub use lock_check::locked_now;
 pub mod places;
 pub mod plugin;
 pub mod port;
@@ -301,7 +303,9 @@ impl Runtime {
             })?;
         let mut info = port::plugin_info(info);
         info.resource_kinds = port::resource_kinds(kinds);
-        let sandbox = self.effective_sandbox(name, &grants, &info.capabilities)?;
+        let (sandbox, mut granted) = self.effective_sandbox(name, &grants, &info.capabilities)?;
+        // The engine's own broker, not the pipeline, gives the `local` provider this token.
+        granted.secrets.remove(local_api::SECRET_NAME);
         let plugin = LoadedPlugin {
             inner: Arc::new(plugin::PluginInner {
                 runtime: shared.clone(),
@@ -314,6 +318,7 @@ impl Runtime {
                 info,
                 pre,
                 sandbox,
+                granted,
             }),
         };
         Ok((plugin, outcome))
@@ -390,7 +395,7 @@ impl Runtime {
         name: &str,
         grants: &Grants,
         declared: &info::Capabilities,
-    ) -> Result<Arc<Sandbox>, LoadError> {
+    ) -> Result<(Arc<Sandbox>, crate::lockfile::Capabilities), LoadError> {
         let warn = |message: String| {
             self.shared.sink.event(Event::GrantMismatch {
                 plugin: name.to_string(),
@@ -404,6 +409,7 @@ impl Runtime {
         let intersection::Intersection { grants, warnings } =
             intersection::intersect(name, grants, declared);
         warnings.into_iter().for_each(warn);
+        let granted = intersection::granted(&grants, declared);
         self.check_dirs(&grants.dirs).map_err(sandbox_error)?;
         let secrets = if self.shared.check_only {
             let (secrets, unreadable) = PluginSecrets::resolve_available(&grants.secrets);
@@ -425,7 +431,8 @@ impl Runtime {
             .iter()
             .filter_map(|p| HttpPattern::parse(p).ok())
             .collect();
-        self.sandbox(name, &grants, declared_patterns, Arc::new(secrets))
+        let sandbox = self.sandbox(name, &grants, declared_patterns, Arc::new(secrets))?;
+        Ok((sandbox, granted))
     }
 
     /// A directory to be opened must exist and expose no path the engine protects (its state

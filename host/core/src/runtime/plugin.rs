@@ -370,6 +370,8 @@ pub(crate) struct PluginInner {
     pub info: super::info::PluginInfo,
     pub pre: KindPre,
     pub sandbox: Arc<Sandbox>,
+    /// What it was granted of what it declared, as `engine.lock` records it.
+    pub granted: crate::lockfile::Capabilities,
 }
 
 impl LoadedPlugin {
@@ -394,6 +396,10 @@ impl LoadedPlugin {
     /// What the plugin said about itself.
     pub fn info(&self) -> &super::info::PluginInfo {
         &self.inner.info
+    }
+    /// What the pipeline granted it of what it declared: what it actually gets.
+    pub fn granted(&self) -> &crate::lockfile::Capabilities {
+        &self.inner.granted
     }
     /// Functions of the interface it exports.
     pub fn functions(&self) -> &[String] {

@@ -225,7 +225,7 @@ impl Provider for Kubernetes {
                 dirs: vec![DirNeed {
                     path: resources::MANIFESTS_DIR.into(),
                     writable: false,
-                    purpose: "manifest files of `manifest` resources".into(),
+                    purpose: "(optional) manifest files of `manifest` resources".into(),
                 }],
                 secrets: vec!["*".into()],
             },
