@@ -30,6 +30,7 @@ memory = "512Mi"
 source = "plugins/hostile.wasm"
 sha256 = "00000000000000000000000000000000000000000000000000000000000000ff"
 allow_http = ["https://api.example.com"]
+dirs = [{ host = "data", guest = "/data", writable = true }]
 timeout = "10s"
 
 [services.db-migrate]
@@ -126,7 +127,7 @@ fn problems(from: &str, to: &str, env: Option<&str>) -> String {
 fn an_unknown_key_is_located_and_the_nearest_name_suggested() {
     let out = problems("port = 8080", "prot = 8080", None);
     assert!(
-        out.starts_with("error: unknown key `prot` in [services.api]\n  --> pipeline.toml:32:1\n   |\n32 | prot = 8080\n   | ^^^^\n   = help: did you mean `port`?"),
+        out.starts_with("error: unknown key `prot` in [services.api]\n  --> pipeline.toml:33:1\n   |\n33 | prot = 8080\n   | ^^^^\n   = help: did you mean `port`?"),
         "{out}"
     );
 }
@@ -277,7 +278,7 @@ fn engine_validate_prints_every_problem_and_exits_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
-            "error: unknown key `prot` in [services.api]\n  --> {}:32:1",
+            "error: unknown key `prot` in [services.api]\n  --> {}:33:1",
             file.display()
         )),
         "{stderr}"
@@ -365,6 +366,7 @@ token = { from = "env:TOKEN", hosts = ["https://api.example.com"] }
 fn with_plugin(pipeline: &str) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
     let bytes = std::fs::read(support::testing_plugin("testing-hostile")).unwrap();
     std::fs::write(dir.path().join("plugins/hostile.wasm"), &bytes).unwrap();
     let sha = engine::runtime::cache::sha256_hex(&bytes);
@@ -411,7 +413,7 @@ fn plugin_configuration_is_checked_against_the_plugins_own_schema() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "error: `strategy_config` of service `api`: \"yes\" is not of type \"boolean\"\n  --> {}:38:37",
+            "error: `strategy_config` of service `api`: \"yes\" is not of type \"boolean\"\n  --> {}:39:37",
             file.display()
         )),
         "{stderr}"
@@ -423,13 +425,13 @@ fn plugin_configuration_is_checked_against_the_plugins_own_schema() {
     // An unknown key points at itself, with the nearest key the plugin's schema knows.
     let column = broken
         .lines()
-        .nth(37)
+        .nth(38)
         .and_then(|l| l.find("retire_previos"))
         .unwrap()
         + 1;
     assert!(
         stderr.contains(&format!(
-            "error: `strategy_config` of service `api`: unknown key `retire_previos`\n  --> {}:38:{column}",
+            "error: `strategy_config` of service `api`: unknown key `retire_previos`\n  --> {}:39:{column}",
             file.display()
         )),
         "{stderr}"

@@ -166,6 +166,7 @@ fn case(corpus_len: usize) -> impl Strategy<Value = (usize, Vec<Mutation>, Input
             environment: environment.map(str::to_string),
             process_env: Vec::new(),
             command_line: vars.map(|(n, v)| (n.to_string(), v)).into_iter().collect(),
+            ..Inputs::default()
         });
     (
         0..corpus_len,

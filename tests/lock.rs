@@ -56,16 +56,26 @@ fn a_plugin_file_without_sha256_needs_the_lock_and_the_lock_pins_it() {
     assert_exit(&out, 0);
     let shown = text(&out);
     assert!(shown.contains("+ test: provider"), "{shown}");
-    assert!(shown.contains("may use dir /platform (writable)"), "{shown}");
+    assert!(
+        shown.contains("may use dir /platform (writable)"),
+        "{shown}"
+    );
     assert!(shown.contains("+ all-at-once: strategy"), "{shown}");
     let lock = std::fs::read_to_string(project.path("engine.lock")).unwrap();
-    assert!(lock.contains("source = \"plugins/testing_test_provider.wasm\""), "{lock}");
+    assert!(
+        lock.contains("source = \"plugins/testing_test_provider.wasm\""),
+        "{lock}"
+    );
 
     assert_exit(&project.engine(&["validate", "--locked"]), 0);
     assert_exit(&project.run(&["--locked"]), 0);
     let again = project.engine(&["plugins", "lock"]);
     assert_exit(&again, 0);
-    assert!(text(&again).contains("engine.lock is up to date"), "{}", text(&again));
+    assert!(
+        text(&again).contains("engine.lock is up to date"),
+        "{}",
+        text(&again)
+    );
 
     // A rebuilt file no longer matches the lock's pin, with or without --locked.
     replace_provider_with(&project, "testing-hostile");
@@ -111,11 +121,19 @@ fn an_upgrade_that_asks_for_more_is_refused_until_accepted() {
     );
     let out = project.run(&["--locked"]);
     assert_exit(&out, 2);
-    assert!(text(&out).contains("does not match its pinned sha256"), "{}", text(&out));
+    assert!(
+        text(&out).contains("does not match its pinned sha256"),
+        "{}",
+        text(&out)
+    );
 
     let out = project.engine(&["plugins", "lock", "--update"]);
     assert_exit(&out, 0);
-    assert!(text(&out).contains("now is granted what the lock does not record"), "{}", text(&out));
+    assert!(
+        text(&out).contains("now is granted what the lock does not record"),
+        "{}",
+        text(&out)
+    );
     assert_exit(&project.engine(&["validate", "--locked"]), 0);
 }
 
@@ -124,7 +142,11 @@ fn locked_refuses_a_widened_grant_and_a_plugin_the_lock_does_not_record() {
     let project = unpinned_project();
     let out = project.engine(&["validate", "--locked"]);
     assert_exit(&out, 2);
-    assert!(text(&out).contains("no engine.lock beside the pipeline"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no engine.lock beside the pipeline"),
+        "{}",
+        text(&out)
+    );
 
     assert_exit(&project.engine(&["plugins", "lock"]), 0);
     // The pipeline now lets the check reach a new destination: a grant the lock never saw.
@@ -145,8 +167,14 @@ fn locked_refuses_a_widened_grant_and_a_plugin_the_lock_does_not_record() {
     assert_exit(&out, 0);
     assert!(text(&out).contains("warning"), "{}", text(&out));
 
-    project.edit("[defaults]\n", "[plugins.slow]\nsource = \"canary\"\n\n[defaults]\n");
-    project.edit("image = \"api:1\"", "image = \"api:1\"\nstrategy = \"slow\"");
+    project.edit(
+        "[defaults]\n",
+        "[plugins.slow]\nsource = \"canary\"\n\n[defaults]\n",
+    );
+    project.edit(
+        "image = \"api:1\"",
+        "image = \"api:1\"\nstrategy = \"slow\"",
+    );
     let out = project.engine(&["validate", "--locked"]);
     assert_exit(&out, 2);
     assert!(
@@ -170,7 +198,10 @@ fn a_directory_a_plugin_needs_must_be_granted_as_it_asks() {
         "{}",
         text(&out)
     );
-    project.edit("dirs = [{ host = \"platform\", guest = \"/platform\" }]\n", "");
+    project.edit(
+        "dirs = [{ host = \"platform\", guest = \"/platform\" }]\n",
+        "",
+    );
     let out = project.engine(&["validate"]);
     assert_exit(&out, 2);
     assert!(
@@ -190,10 +221,23 @@ fn each_environment_has_its_own_section() {
     assert_exit(&project.engine(&["plugins", "lock"]), 0);
     let out = project.engine(&["validate", "--locked", "--env", "production"]);
     assert_exit(&out, 2);
-    assert!(text(&out).contains("for environment `production`"), "{}", text(&out));
-    assert_exit(&project.engine(&["plugins", "lock", "--env", "production"]), 0);
-    assert_exit(&project.engine(&["validate", "--locked", "--env", "production"]), 0);
+    assert!(
+        text(&out).contains("for environment `production`"),
+        "{}",
+        text(&out)
+    );
+    assert_exit(
+        &project.engine(&["plugins", "lock", "--env", "production"]),
+        0,
+    );
+    assert_exit(
+        &project.engine(&["validate", "--locked", "--env", "production"]),
+        0,
+    );
     assert_exit(&project.engine(&["validate", "--locked"]), 0);
     let lock = std::fs::read_to_string(project.path("engine.lock")).unwrap();
-    assert!(lock.contains("[environments.production.plugins.health]"), "{lock}");
+    assert!(
+        lock.contains("[environments.production.plugins.health]"),
+        "{lock}"
+    );
 }

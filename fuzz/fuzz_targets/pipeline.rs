@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
             .filter_map(|w| w.split_once('='))
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect(),
+        ..Inputs::default()
     };
     match config::parse_with("pipeline.toml", source, Path::new("/srv"), &inputs) {
         Ok(pipeline) => {

@@ -18,4 +18,6 @@ pub mod cli;
 pub mod report;
 pub mod run;
 
-pub use engine_core::{build_info, config, grants, graph, lockfile, plugins, port, redact, runtime, state};
+pub use engine_core::{
+    build_info, config, grants, graph, lockfile, plugins, port, redact, runtime, state,
+};

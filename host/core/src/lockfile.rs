@@ -235,8 +235,16 @@ impl LockedPlugin {
                 now: format!("{} @{}", now.kind, now.wit),
             });
         }
-        found.extend(capability_changes("declares", &self.declared, &now.declared));
-        found.extend(capability_changes("is granted", &self.granted, &now.granted));
+        found.extend(capability_changes(
+            "declares",
+            &self.declared,
+            &now.declared,
+        ));
+        found.extend(capability_changes(
+            "is granted",
+            &self.granted,
+            &now.granted,
+        ));
         found
     }
 }
@@ -244,13 +252,20 @@ impl LockedPlugin {
 impl Capabilities {
     /// What a plugin's `info` declares.
     pub fn declared(c: &crate::runtime::info::Capabilities) -> Capabilities {
-        let (tcp, http): (Vec<String>, Vec<String>) =
-            c.http.iter().cloned().partition(|p| p.starts_with("tcp://"));
+        let (tcp, http): (Vec<String>, Vec<String>) = c
+            .http
+            .iter()
+            .cloned()
+            .partition(|p| p.starts_with("tcp://"));
         Capabilities {
             http: sorted(http),
             tcp: sorted(tcp),
             env: sorted(c.env.clone()),
-            dirs: c.dirs.iter().map(|d| (d.path.clone(), d.writable)).collect(),
+            dirs: c
+                .dirs
+                .iter()
+                .map(|d| (d.path.clone(), d.writable))
+                .collect(),
             secrets: c.secrets.iter().map(|s| (s.clone(), Vec::new())).collect(),
         }
     }
@@ -292,7 +307,11 @@ fn sorted(mut items: Vec<String>) -> Vec<String> {
     items
 }
 
-fn capability_changes(verb: &'static str, locked: &Capabilities, now: &Capabilities) -> Vec<Difference> {
+fn capability_changes(
+    verb: &'static str,
+    locked: &Capabilities,
+    now: &Capabilities,
+) -> Vec<Difference> {
     let (locked, now) = (locked.items(), now.items());
     let added: Vec<String> = now.difference(&locked).cloned().collect();
     let removed: Vec<String> = locked.difference(&now).cloned().collect();
@@ -301,7 +320,10 @@ fn capability_changes(verb: &'static str, locked: &Capabilities, now: &Capabilit
         found.push(Difference::Added { verb, items: added });
     }
     if !removed.is_empty() {
-        found.push(Difference::Removed { verb, items: removed });
+        found.push(Difference::Removed {
+            verb,
+            items: removed,
+        });
     }
     found
 }
@@ -309,14 +331,32 @@ fn capability_changes(verb: &'static str, locked: &Capabilities, now: &Capabilit
 /// One way a plugin differs from its lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Difference {
-    Source { locked: String, now: String },
-    Digest { locked: String, now: String },
-    Code { locked: String, now: String },
-    Contract { locked: String, now: String },
+    Source {
+        locked: String,
+        now: String,
+    },
+    Digest {
+        locked: String,
+        now: String,
+    },
+    Code {
+        locked: String,
+        now: String,
+    },
+    Contract {
+        locked: String,
+        now: String,
+    },
     /// Capabilities it declares (or is granted) now that the lock does not record.
-    Added { verb: &'static str, items: Vec<String> },
+    Added {
+        verb: &'static str,
+        items: Vec<String>,
+    },
     /// Capabilities the lock records that it no longer declares (or is granted).
-    Removed { verb: &'static str, items: Vec<String> },
+    Removed {
+        verb: &'static str,
+        items: Vec<String>,
+    },
 }
 
 impl Difference {
@@ -375,10 +415,7 @@ mod tests {
             },
             granted: Capabilities {
                 http: vec!["https://api.example.com".into()],
-                secrets: BTreeMap::from([(
-                    "token".into(),
-                    vec!["https://api.example.com".into()],
-                )]),
+                secrets: BTreeMap::from([("token".into(), vec!["https://api.example.com".into()])]),
                 ..Capabilities::default()
             },
         }
@@ -388,7 +425,10 @@ mod tests {
     fn the_text_reads_back_as_written() {
         let mut lock = LockFile::new();
         lock.plugins.insert("check".into(), plugin());
-        lock.set_section(Some("production"), BTreeMap::from([("check".into(), plugin())]));
+        lock.set_section(
+            Some("production"),
+            BTreeMap::from([("check".into(), plugin())]),
+        );
         let text = lock.to_text();
         assert_eq!(LockFile::parse("engine.lock", &text).unwrap(), lock);
         assert!(text.contains("[plugins.check.granted.secrets]"), "{text}");
@@ -405,8 +445,14 @@ mod tests {
         let text: Vec<String> = found.iter().map(ToString::to_string).collect();
         assert_eq!(found.len(), 3, "{text:#?}");
         assert!(text[0].starts_with("code (sha256)"));
-        assert_eq!(text[1], "now declares what the lock does not record:\n  + env HOME");
-        assert_eq!(text[2], "now is granted what the lock does not record:\n  + dir /out (writable)");
+        assert_eq!(
+            text[1],
+            "now declares what the lock does not record:\n  + env HOME"
+        );
+        assert_eq!(
+            text[2],
+            "now is granted what the lock does not record:\n  + dir /out (writable)"
+        );
         assert!(found.iter().all(Difference::widens));
         assert!(locked.differences(&locked).is_empty());
     }

@@ -37,7 +37,12 @@ pub async fn run(cli: &super::Cli, args: &LockArgs) -> Result<(), CommandError> 
     if !args.update && !changes.changed.is_empty() {
         output::error(&format!(
             "{FILE_NAME} records other code or capabilities for {}; nothing was written\nreview the differences above; if they are intended, run `engine plugins lock --update{}`",
-            changes.changed.keys().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
+            changes
+                .changed
+                .keys()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
             environment.map_or(String::new(), |e| format!(" --env {e}"))
         ));
         return Err(CommandError::reported(exit::FAILURE));
@@ -107,7 +112,11 @@ impl Changes {
         let mut changes = Changes {
             added: BTreeMap::new(),
             changed: BTreeMap::new(),
-            removed: before.keys().filter(|n| !now.contains_key(*n)).cloned().collect(),
+            removed: before
+                .keys()
+                .filter(|n| !now.contains_key(*n))
+                .cloned()
+                .collect(),
         };
         for (name, entry) in now {
             match before.get(name) {

@@ -89,7 +89,10 @@ pub async fn examine_plugins(pipeline: &Pipeline, runtime: &Runtime) -> PluginCh
         .extend(super::lock_check::dir_diagnostics(pipeline, &check.plugins));
     check
         .diagnostics
-        .extend(super::lock_check::lock_diagnostics(pipeline, &check.plugins));
+        .extend(super::lock_check::lock_diagnostics(
+            pipeline,
+            &check.plugins,
+        ));
     check.diagnostics.sort_by_key(|d| d.span.start);
     check
 }

@@ -111,16 +111,8 @@ fn intersect_dirs(
             )),
         }
     }
-    for need in declared
-        .dirs
-        .iter()
-        .filter(|d| !grants.dirs.iter().any(|g| g.guest == d.path))
-    {
-        warnings.push(format!(
-            "declares directory {} ({}); grant it with dirs = [{{ host = \"...\", guest = \"{}\", writable = {} }}] in [plugins.{name}]",
-            need.path, need.purpose, need.path, need.writable
-        ));
-    }
+    // A declared directory nobody granted is a validation error (`dir_shortfalls`), unless the
+    // plugin marks it optional.
 }
 
 fn intersect_secrets(
@@ -200,10 +192,18 @@ pub const OPTIONAL_DIR: &str = "(optional)";
 /// The directories a plugin declares that the pipeline does not give it as asked: not granted
 /// at all (unless its purpose says it is optional), or read-only where it asked to write. Each
 /// is a validation error: the plugin would fail at its first use of it.
-pub fn dir_shortfalls(name: &str, grants: &[crate::grants::DirGrant], declared: &Capabilities) -> Vec<String> {
+pub fn dir_shortfalls(
+    name: &str,
+    grants: &[crate::grants::DirGrant],
+    declared: &Capabilities,
+) -> Vec<String> {
     let mut found = Vec::new();
     for need in &declared.dirs {
-        let access = if need.writable { "read-write" } else { "read-only" };
+        let access = if need.writable {
+            "read-write"
+        } else {
+            "read-only"
+        };
         match grants.iter().find(|g| g.guest == need.path) {
             None if need.purpose.trim_start().starts_with(OPTIONAL_DIR) => {}
             None => found.push(format!(
@@ -294,23 +294,35 @@ mod tests {
         assert!(told(
             "grants directory /cache, which the plugin does not declare"
         ));
-        assert!(told("declares directory /work (artifacts)"));
         assert!(told(
             "grants secret 'extra', which the plugin does not declare"
         ));
         assert!(told("declares secret 'missing'"));
-        assert_eq!(warnings.len(), 6, "{warnings:#?}");
+        assert_eq!(warnings.len(), 5, "{warnings:#?}");
     }
 
     #[test]
     fn a_needed_directory_missing_or_read_only_is_a_shortfall_unless_optional() {
         let granted = grants(r#"dirs = [{ host = "/srv/out", guest = "/out" }]"#);
-        let mut wants = declared(&[], &[], &[("/out", true), ("/work", false), ("/extra", false)], &[]);
+        let mut wants = declared(
+            &[],
+            &[],
+            &[("/out", true), ("/work", false), ("/extra", false)],
+            &[],
+        );
         wants.dirs[2].purpose = "(optional) manifests".into();
         let found = dir_shortfalls("build", &granted.dirs, &wants);
         assert_eq!(found.len(), 2, "{found:#?}");
-        assert!(found[0].contains("grants it read-only; add `writable = true`"), "{}", found[0]);
-        assert!(found[1].contains("needs directory /work (read-only: artifacts)"), "{}", found[1]);
+        assert!(
+            found[0].contains("grants it read-only; add `writable = true`"),
+            "{}",
+            found[0]
+        );
+        assert!(
+            found[1].contains("needs directory /work (read-only: artifacts)"),
+            "{}",
+            found[1]
+        );
     }
 
     #[test]
@@ -322,10 +334,18 @@ mod tests {
             secrets = { token = { from = "env:T" }, narrow = { from = "env:N", hosts = ["https://a.example.com"] } }
             "#,
         );
-        let wants = declared(&["https://*"], &[], &[("/out", false)], &["token", "narrow"]);
+        let wants = declared(
+            &["https://*"],
+            &[],
+            &[("/out", false)],
+            &["token", "narrow"],
+        );
         let effective = intersect("p", &granted_config, &wants).grants;
         let locked = granted(&effective, &wants);
-        assert_eq!(locked.http, ["https://a.example.com", "https://b.example.com"]);
+        assert_eq!(
+            locked.http,
+            ["https://a.example.com", "https://b.example.com"]
+        );
         assert_eq!(locked.dirs.get("/out"), Some(&false));
         assert_eq!(locked.secrets["narrow"], ["https://a.example.com"]);
         assert_eq!(locked.secrets["token"], locked.http);

@@ -31,7 +31,10 @@ pub(super) fn lock_diagnostics(
         let now = locked_now(pipeline, name, plugin);
         match section.and_then(|s| s.get(name)) {
             None => found.push(report(
-                format!("plugin `{name}` is not recorded in {FILE_NAME}{}", for_environment(environment)),
+                format!(
+                    "plugin `{name}` is not recorded in {FILE_NAME}{}",
+                    for_environment(environment)
+                ),
                 name,
                 lock_command(environment, false),
             )),
