@@ -233,6 +233,7 @@ pub mod project;
 pub mod prometheus;
 pub mod proxy;
 pub mod python;
+pub mod registry;
 
 /// Where the tests keep the tools they build or install (Python environments, the Kubernetes
 /// control plane), by version: the user's cache directory, which a fresh CI clone keeps.

@@ -28,6 +28,13 @@ pub enum PluginsCommand {
     },
     /// Record each plugin's code and capabilities in engine.lock beside the pipeline
     Lock(super::lock::LockArgs),
+    /// Publish a component to an OCI registry as a Wasm artifact
+    Push {
+        /// The .wasm component
+        path: std::path::PathBuf,
+        /// Where: oci://REGISTRY/REPOSITORY:TAG
+        reference: String,
+    },
 }
 
 pub async fn run(cli: &Cli, command: &PluginsCommand) -> Result<(), CommandError> {
@@ -37,6 +44,9 @@ pub async fn run(cli: &Cli, command: &PluginsCommand) -> Result<(), CommandError
             inspect(&inspecting_runtime(cli)?, plugin, *format).await
         }
         PluginsCommand::Lock(args) => super::lock::run(cli, args).await,
+        PluginsCommand::Push { path, reference } => {
+            push(&inspecting_runtime(cli)?, path, reference).await
+        }
     }
 }
 
@@ -88,6 +98,43 @@ async fn list(runtime: &Runtime, format: Format) -> Result<(), CommandError> {
 }
 
 pub(super) use crate::report::table;
+
+/// Loads the component first, so only a plugin this engine can run is published, and
+/// describes its exports and imports in the artifact's config.
+async fn push(runtime: &Runtime, path: &Path, reference: &str) -> Result<(), CommandError> {
+    let Some(target) = reference.strip_prefix("oci://") else {
+        return Err(CommandError::usage(format!(
+            "`{reference}` is not a registry reference; write oci://REGISTRY/REPOSITORY:TAG"
+        )));
+    };
+    let source = PluginSource::Unpinned(path.to_path_buf());
+    let plugin = runtime
+        .load("pushed", &source, &GrantsConfig::default())
+        .await
+        .map_err(CommandError::failure)?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| CommandError::failure(format!("cannot read {}: {e}", path.display())))?;
+    let description = crate::plugins::registry::ComponentDescription {
+        exports: vec![export_name(&plugin)],
+        imports: plugin.imports().to_vec(),
+    };
+    let pushed = crate::plugins::registry::push(target, bytes, description)
+        .await
+        .map_err(CommandError::failure)?;
+    println!(
+        "pushed {} {} as {reference}",
+        plugin.kind(),
+        plugin.info().name
+    );
+    println!("  manifest: {}", pushed.manifest_digest);
+    println!("  sha256:   {}", plugin.sha256());
+    println!(
+        "to use it in a pipeline:\n  [plugins.{}]\n  source = \"{}\"",
+        plugin.info().name,
+        pushed.pinned
+    );
+    Ok(())
+}
 
 fn source_for(argument: &str) -> Result<PluginSource, CommandError> {
     if find_embedded(argument).is_some() {

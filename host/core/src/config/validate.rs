@@ -754,7 +754,11 @@ fn plugin(c: &mut Checker, key: &Key, node: &Node, base: &Path) -> Option<Plugin
         Some(n) => c.string(n, "`source`")?,
         None => key.name.clone(),
     };
-    let source = if source_text.ends_with(".wasm") || source_text.contains('/') {
+    let source = if let Some(reference) = source_text.strip_prefix("oci://") {
+        registry_source(c, key, &table, reference)
+    } else if source_text.starts_with("https://") || source_text.starts_with("http://") {
+        url_source(c, key, &table, &source_text)
+    } else if source_text.ends_with(".wasm") || source_text.contains('/') {
         pinned_file(c, &table, &source_text, base)
     } else {
         builtin_source(c, key, &table, source_text)
@@ -775,11 +779,19 @@ fn pinned_file(
     base: &Path,
 ) -> Option<PluginSource> {
     let path = super::resolve_path(base, source_text);
+    Some(match sha256_pin(c, table)? {
+        Some(sha256) => PluginSource::File { path, sha256 },
+        None => PluginSource::Unpinned(path),
+    })
+}
+
+/// `sha256`, checked: Some(None) when the line is left out, None when it is malformed.
+fn sha256_pin(c: &mut Checker, table: &Table) -> Option<Option<String>> {
     let Some(sha) = table.get("sha256") else {
-        return Some(PluginSource::Unpinned(path));
+        return Some(None);
     };
     let sha256 = c.string(sha, "`sha256`")?;
-    if sha256.len() != 64 || !sha256.chars().all(|ch| ch.is_ascii_hexdigit()) {
+    if !crate::plugins::is_sha256_hex(&sha256) {
         c.error(
             "`sha256` must be 64 hexadecimal characters",
             sha.span.clone(),
@@ -787,7 +799,57 @@ fn pinned_file(
         );
         return None;
     }
-    Some(PluginSource::File { path, sha256 })
+    Some(Some(sha256.to_ascii_lowercase()))
+}
+
+/// A plugin in an OCI registry; a tag is pinned by `sha256` or engine.lock, a digest pins itself.
+fn registry_source(
+    c: &mut Checker,
+    key: &Key,
+    table: &Table,
+    reference: &str,
+) -> Option<PluginSource> {
+    let span = table
+        .get("source")
+        .map_or(key.span.clone(), |n| n.span.clone());
+    let mut source = match crate::plugins::registry::RegistrySource::parse(reference) {
+        Ok(source) => source,
+        Err(message) => {
+            c.error(message, span, None);
+            return None;
+        }
+    };
+    source.sha256 = sha256_pin(c, table)?;
+    Some(PluginSource::Registry(source))
+}
+
+/// A plugin at a URL: `https://`, or `http://` on this machine only.
+fn url_source(c: &mut Checker, key: &Key, table: &Table, url: &str) -> Option<PluginSource> {
+    let span = table
+        .get("source")
+        .map_or(key.span.clone(), |n| n.span.clone());
+    let loopback = [
+        "http://localhost:",
+        "http://127.0.0.1:",
+        "http://localhost/",
+        "http://127.0.0.1/",
+    ];
+    if url.starts_with("http://") && !loopback.iter().any(|p| url.starts_with(p)) {
+        c.error(
+            format!("plugin source {url} is plain HTTP"),
+            span,
+            Some("fetch plugins over https:// (plain http:// only from this machine, localhost or 127.0.0.1)".into()),
+        );
+        return None;
+    }
+    if reqwest::Url::parse(url).is_err() {
+        c.error(format!("plugin source {url} is not a URL"), span, None);
+        return None;
+    }
+    Some(PluginSource::Url {
+        url: url.to_string(),
+        sha256: sha256_pin(c, table)?,
+    })
 }
 
 fn builtin_source(

@@ -64,7 +64,15 @@ pub(super) fn lock_diagnostics(
 /// A plugin as engine.lock would record it now.
 pub fn locked_now(pipeline: &Pipeline, name: &str, plugin: &LoadedPlugin) -> LockedPlugin {
     let decl = &pipeline.plugins[name];
-    LockedPlugin::of(plugin, decl.source.lock_text(pipeline.directory()), None)
+    // Where the tag points now, when the registry said: a tag moved since the lock shows as a
+    // changed digest.
+    let digest = plugin.registry().map(|pulled| {
+        pulled
+            .tag_now
+            .clone()
+            .unwrap_or_else(|| pulled.manifest.clone())
+    });
+    LockedPlugin::of(plugin, decl.source.lock_text(pipeline.directory()), digest)
 }
 
 fn for_environment(environment: Option<&str>) -> String {

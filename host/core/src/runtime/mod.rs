@@ -70,7 +70,8 @@ use wasmtime::component::{HasSelf, Linker};
 /// How to set the runtime up.
 #[derive(Clone)]
 pub struct RuntimeOptions {
-    /// Where compiled plugins are cached; None turns the cache off.
+    /// Where compiled plugins are cached (and, in its `downloads/`, plugins fetched from
+    /// registries and URLs, by sha256); None turns both caches off.
     pub cache_dir: Option<PathBuf>,
     /// How many plugin calls may run at once (the size of the instance pool).
     pub max_concurrent_calls: u32,
@@ -122,6 +123,7 @@ pub(crate) struct RuntimeShared {
     pub engine: Engine,
     pub allocation: engine::Allocation,
     pub cache: CompileCache,
+    pub downloads: crate::plugins::DownloadCache,
     pub calls: Arc<tokio::sync::Semaphore>,
     pub sink: Arc<dyn EventSink>,
     pub resolve_overrides: Arc<HashMap<String, Vec<IpAddr>>>,
@@ -164,6 +166,17 @@ fn linker(engine: &Engine, kind: PluginKind) -> wasmtime::Result<Linker<PluginSt
     Ok(linker)
 }
 
+/// Strategies are pure: they get no HTTP. JavaScript toolchains import `wasi:http` unless told
+/// not to, so the refusal names the flags that leave it out.
+fn strategy_import_refusal(kind: PluginKind, imports: &[String]) -> Option<String> {
+    let http = imports.iter().find(|i| i.starts_with("wasi:http/"))?;
+    (kind == PluginKind::Strategy).then(|| {
+        format!(
+            "it is a strategy and imports {http}, but strategies get no network; build it without HTTP (componentize-js: `jco componentize … --disable http --disable fetch-event`, or `-d http -d fetch-event`; Rust: do not use an HTTP client in a strategy)"
+        )
+    })
+}
+
 /// The `wasi:filesystem` version wasmtime-wasi defines; guests importing any 0.2.x get it.
 const WASI_FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
 
@@ -188,6 +201,9 @@ fn refuse_symlinks(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 impl Runtime {
     pub fn new(options: RuntimeOptions) -> anyhow::Result<Runtime> {
         let (engine, allocation) = engine::build(options.max_concurrent_calls)?;
+        let downloads = crate::plugins::DownloadCache::new(
+            options.cache_dir.as_ref().map(|d| d.join("downloads")),
+        );
         let cache = CompileCache::new(&engine, options.cache_dir);
         let mut protected_paths = options.protected_paths;
         protected_paths.extend(cache.protected_paths());
@@ -199,6 +215,7 @@ impl Runtime {
                 engine,
                 allocation,
                 cache,
+                downloads,
                 calls: Arc::new(tokio::sync::Semaphore::new(
                     options.max_concurrent_calls.max(1) as usize,
                 )),
@@ -246,7 +263,8 @@ impl Runtime {
         grants: &GrantsConfig,
     ) -> Result<(LoadedPlugin, CacheOutcome), LoadError> {
         let shared = &self.shared;
-        let bytes = source.read(name)?;
+        let fetched = source.fetch(name, &shared.downloads).await?;
+        let bytes = fetched.bytes;
         let sha256 = sha256_hex(&bytes);
         source.verify(name, &sha256)?;
         let (component, outcome) =
@@ -267,6 +285,12 @@ impl Runtime {
             plugin: name.to_string(),
             message: format!("{e:#}"),
         };
+        if let Some(message) = strategy_import_refusal(shape.kind, &shape.imports) {
+            return Err(LoadError::Link {
+                plugin: name.to_string(),
+                message,
+            });
+        }
         let pre = linker.instantiate_pre(&component).map_err(link_error)?;
         let pre = plugin::KindPre::new(shape.kind, pre).map_err(link_error)?;
 
@@ -319,6 +343,7 @@ impl Runtime {
                 pre,
                 sandbox,
                 granted,
+                registry: fetched.registry,
             }),
         };
         Ok((plugin, outcome))
@@ -456,5 +481,32 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_strategy_importing_http_is_refused_with_the_flags_that_leave_it_out() {
+        let imports = vec![
+            "engine:plugin/log@0.1.1".to_string(),
+            "wasi:http/types@0.2.3".to_string(),
+        ];
+        let message = strategy_import_refusal(PluginKind::Strategy, &imports).unwrap();
+        assert!(
+            message.contains("imports wasi:http/types@0.2.3"),
+            "{message}"
+        );
+        assert!(
+            message.contains("--disable http --disable fetch-event"),
+            "{message}"
+        );
+        assert_eq!(strategy_import_refusal(PluginKind::Health, &imports), None);
+        assert_eq!(
+            strategy_import_refusal(PluginKind::Strategy, &imports[..1]),
+            None
+        );
     }
 }

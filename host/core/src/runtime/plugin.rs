@@ -372,6 +372,8 @@ pub(crate) struct PluginInner {
     pub sandbox: Arc<Sandbox>,
     /// What it was granted of what it declared, as `engine.lock` records it.
     pub granted: crate::lockfile::Capabilities,
+    /// For a plugin pulled from a registry: its manifest, and where its tag points now.
+    pub registry: Option<crate::plugins::registry::Pulled>,
 }
 
 impl LoadedPlugin {
@@ -400,6 +402,11 @@ impl LoadedPlugin {
     /// What the pipeline granted it of what it declared: what it actually gets.
     pub fn granted(&self) -> &crate::lockfile::Capabilities {
         &self.inner.granted
+    }
+    /// For a plugin pulled from a registry: the manifest it came from, and where its tag
+    /// points now.
+    pub fn registry(&self) -> Option<&crate::plugins::registry::Pulled> {
+        self.inner.registry.as_ref()
     }
     /// Functions of the interface it exports.
     pub fn functions(&self) -> &[String] {
