@@ -278,3 +278,76 @@ async fn a_registry_that_serves_other_content_than_its_digests_name_is_refused()
         text(&out)
     );
 }
+
+/// Serves `bytes` at every path until dropped; returns its base URL.
+struct FileServer {
+    url: String,
+    server: std::sync::Arc<tiny_http::Server>,
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl FileServer {
+    fn start(bytes: Vec<u8>) -> FileServer {
+        let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let bytes = std::sync::Arc::new(std::sync::Mutex::new(bytes));
+        let (srv, served) = (server.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            for request in srv.incoming_requests() {
+                let body = served.lock().unwrap().clone();
+                let _ = request.respond(tiny_http::Response::from_data(body));
+            }
+        });
+        FileServer { url, server, bytes }
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+    }
+}
+
+#[test]
+fn a_plugin_from_a_url_is_pinned_by_its_sha256_and_kept() {
+    let bytes = std::fs::read(support::testing_plugin("testing-test-health")).unwrap();
+    let server = FileServer::start(bytes);
+    let url = format!("{}/check.wasm", server.url);
+    let project = project_from(&url);
+    let cache = tempfile::tempdir().unwrap();
+    let out = engine_with_cache(&project, cache.path(), &["validate"]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("nothing pins its code"),
+        "{}",
+        text(&out)
+    );
+    assert_exit(
+        &engine_with_cache(&project, cache.path(), &["plugins", "lock"]),
+        0,
+    );
+    assert_exit(
+        &engine_with_cache(&project, cache.path(), &["validate", "--locked"]),
+        0,
+    );
+
+    // The server now serves other bytes: the kept copy still loads; without it, the pin refuses.
+    *server.bytes.lock().unwrap() = b"\0asm other".to_vec();
+    assert_exit(
+        &engine_with_cache(&project, cache.path(), &["validate", "--locked"]),
+        0,
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    let out = engine_with_cache(&project, fresh.path(), &["validate", "--locked"]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("does not match its pinned sha256"),
+        "{}",
+        text(&out)
+    );
+
+    let remote = project_from("http://downloads.example.com/check.wasm");
+    let out = engine_with_cache(&remote, cache.path(), &["validate"]);
+    assert_exit(&out, 2);
+    assert!(text(&out).contains("is plain HTTP"), "{}", text(&out));
+}
