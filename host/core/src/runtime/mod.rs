@@ -172,7 +172,7 @@ fn strategy_import_refusal(kind: PluginKind, imports: &[String]) -> Option<Strin
     let http = imports.iter().find(|i| i.starts_with("wasi:http/"))?;
     (kind == PluginKind::Strategy).then(|| {
         format!(
-            "it is a strategy and imports {http}, but strategies get no network; build it without HTTP (componentize-js: `jco componentize … --disable http --disable fetch-event`, or `-d http -d fetch-event`; Rust: do not use an HTTP client in a strategy)"
+            "it is a strategy and imports {http}, but strategies get no network; build it without HTTP (componentize-js: `jco componentize … -d http fetch-event`; Rust: no HTTP client in a strategy)"
         )
     })
 }
@@ -499,10 +499,7 @@ mod tests {
             message.contains("imports wasi:http/types@0.2.3"),
             "{message}"
         );
-        assert!(
-            message.contains("--disable http --disable fetch-event"),
-            "{message}"
-        );
+        assert!(message.contains("-d http fetch-event"), "{message}");
         assert_eq!(strategy_import_refusal(PluginKind::Health, &imports), None);
         assert_eq!(
             strategy_import_refusal(PluginKind::Strategy, &imports[..1]),
