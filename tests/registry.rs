@@ -140,6 +140,11 @@ async fn a_pushed_plugin_is_a_wasm_artifact_other_tools_can_read() {
             .starts_with("engine:plugin/health@")
     );
 
+    let pinned = format!("oci://{}/acme/check@{digest}", registry.host);
+    let out = engine(&["plugins", "inspect", &pinned], cache.path());
+    assert_exit(&out, 0);
+    assert!(text(&out).contains(&sha), "{}", text(&out));
+
     let out = engine(
         &[
             "plugins",

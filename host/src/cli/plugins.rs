@@ -20,7 +20,8 @@ pub enum PluginsCommand {
     },
     /// Show what a plugin exports, imports and asks for, and its configuration schema
     Inspect {
-        /// A built-in plugin's name, or the path of a .wasm component
+        /// A built-in plugin's name, the path of a .wasm component, an oci:// reference or an
+        /// https:// URL
         plugin: String,
         /// `text` for people, `json` for programs (`--format` is the old name)
         #[arg(long = "output", alias = "format", value_enum, default_value = "text")]
@@ -140,6 +141,17 @@ fn source_for(argument: &str) -> Result<PluginSource, CommandError> {
     if find_embedded(argument).is_some() {
         return Ok(PluginSource::Embedded(argument.to_string()));
     }
+    if let Some(reference) = argument.strip_prefix("oci://") {
+        let source = crate::plugins::registry::RegistrySource::parse(reference)
+            .map_err(CommandError::usage)?;
+        return Ok(PluginSource::Registry(source));
+    }
+    if argument.starts_with("https://") {
+        return Ok(PluginSource::Url {
+            url: argument.to_string(),
+            sha256: None,
+        });
+    }
     let path = Path::new(argument);
     if path.exists() {
         return Ok(PluginSource::Unpinned(path.to_path_buf()));
@@ -180,6 +192,7 @@ async fn inspect(runtime: &Runtime, argument: &str, format: Format) -> Result<()
     let source = source_for(argument)?;
     let name = match &source {
         PluginSource::Embedded(n) => n.clone(),
+        PluginSource::Registry(_) | PluginSource::Url { .. } => "inspected".to_string(),
         _ => Path::new(argument)
             .file_stem()
             .map(|s| s.to_string_lossy().replace('_', "-"))
