@@ -74,7 +74,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// List and inspect plugins
+    /// List, inspect, lock and publish plugins
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
     /// Deploy a pipeline: every service in dependency order, through its strategy
