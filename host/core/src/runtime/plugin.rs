@@ -966,7 +966,20 @@ pub(crate) mod check {
                 ));
             }
         }
-        Ok(())
+        // Declared names are printed where a person decides what to grant (`plugins inspect`,
+        // `plugins lock`) and stored in engine.lock: each must be a plain name.
+        let names = [
+            ("declared environment variable", &i.capabilities.env),
+            ("declared secret", &i.capabilities.secrets),
+        ];
+        for (what, list) in names {
+            list.iter()
+                .try_for_each(|n| super::super::untrusted::name(what, n))?;
+        }
+        i.capabilities
+            .dirs
+            .iter()
+            .try_for_each(|dir| super::super::untrusted::name("declared directory", &dir.path))
     }
 
     /// Checks a step's result, and makes its free text (phase, reasons) safe to print.
@@ -1022,6 +1035,42 @@ pub(crate) mod check {
                     .unwrap_err()
                     .contains("twice")
             );
+        }
+
+        fn info_with(change: impl FnOnce(&mut types::PluginInfo)) -> Result<(), String> {
+            let mut i = types::PluginInfo {
+                name: "p".into(),
+                version: "1.0.0".into(),
+                description: String::new(),
+                config_schema: "{}".into(),
+                features: Vec::new(),
+                capabilities: types::Capabilities {
+                    http: Vec::new(),
+                    env: vec!["REGION".into()],
+                    dirs: Vec::new(),
+                    secrets: vec!["*".into()],
+                },
+            };
+            change(&mut i);
+            info(&i)
+        }
+
+        #[test]
+        fn declared_names_are_plain_names() {
+            assert!(info_with(|_| {}).is_ok());
+            let err = info_with(|i| i.capabilities.env.push("X\u{1b}[2K".into())).unwrap_err();
+            assert!(err.contains("declared environment variable"), "{err}");
+            let err = info_with(|i| i.capabilities.secrets.push("a\rb".into())).unwrap_err();
+            assert!(err.contains("declared secret"), "{err}");
+            let err = info_with(|i| {
+                i.capabilities.dirs.push(types::DirNeed {
+                    path: "/out\n+ nothing".into(),
+                    writable: true,
+                    purpose: String::new(),
+                })
+            })
+            .unwrap_err();
+            assert!(err.contains("declared directory"), "{err}");
         }
 
         #[test]

@@ -346,8 +346,9 @@ pub(crate) fn plugin_info(i: types::PluginInfo) -> super::info::PluginInfo {
     let c = i.capabilities;
     PluginInfo {
         name: i.name,
-        version: i.version,
-        description: i.description,
+        // Free text, printed by `plugins inspect` and `plugins lock` and stored in engine.lock.
+        version: untrusted_text(&i.version),
+        description: untrusted_text(&i.description),
         config_schema: i.config_schema,
         features: i.features.iter().map(feature).collect(),
         capabilities: Capabilities {
@@ -359,7 +360,7 @@ pub(crate) fn plugin_info(i: types::PluginInfo) -> super::info::PluginInfo {
                 .map(|d| DirNeed {
                     path: d.path,
                     writable: d.writable,
-                    purpose: d.purpose,
+                    purpose: untrusted_text(&d.purpose),
                 })
                 .collect(),
             secrets: c.secrets,
