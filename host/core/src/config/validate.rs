@@ -828,22 +828,19 @@ fn url_source(c: &mut Checker, key: &Key, table: &Table, url: &str) -> Option<Pl
     let span = table
         .get("source")
         .map_or(key.span.clone(), |n| n.span.clone());
-    let loopback = [
-        "http://localhost:",
-        "http://127.0.0.1:",
-        "http://localhost/",
-        "http://127.0.0.1/",
-    ];
-    if url.starts_with("http://") && !loopback.iter().any(|p| url.starts_with(p)) {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        c.error(format!("plugin source {url} is not a URL"), span, None);
+        return None;
+    };
+    let this_machine = parsed
+        .host_str()
+        .is_some_and(crate::plugins::is_this_machine);
+    if parsed.scheme() == "http" && !this_machine {
         c.error(
             format!("plugin source {url} is plain HTTP"),
             span,
             Some("fetch plugins over https:// (plain http:// only from this machine, localhost or 127.0.0.1)".into()),
         );
-        return None;
-    }
-    if reqwest::Url::parse(url).is_err() {
-        c.error(format!("plugin source {url} is not a URL"), span, None);
         return None;
     }
     Some(PluginSource::Url {

@@ -204,6 +204,12 @@ fn read_file(plugin: &str, path: &Path) -> Result<Vec<u8>, SourceError> {
     })
 }
 
+/// Whether a registry or URL host is this machine, the only place plugins are fetched from over
+/// plain HTTP (a development or test server).
+pub fn is_this_machine(host: &str) -> bool {
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
 /// 64 lowercase or uppercase hexadecimal digits.
 pub fn is_sha256_hex(text: &str) -> bool {
     text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit())

@@ -15,6 +15,9 @@ use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// The layer media type of a Wasm component (CNCF Wasm OCI artifact layout).
 pub const WASM_LAYER: &str = "application/wasm";
@@ -83,16 +86,59 @@ fn client_for(reference: &Reference) -> Client {
     let host = registry
         .rsplit_once(':')
         .map_or(registry.as_str(), |(h, _)| h);
-    let loopback = matches!(host, "localhost" | "127.0.0.1" | "[::1]");
-    let protocol = if loopback {
+    let protocol = if super::is_this_machine(host) {
         ClientProtocol::HttpsExcept(vec![registry])
     } else {
         ClientProtocol::Https
     };
     Client::new(ClientConfig {
         protocol,
+        // A registry that does not answer must not hold every run up (the tag lookup happens
+        // on each load of a tag-pinned plugin).
+        connect_timeout: Some(Duration::from_secs(10)),
+        read_timeout: Some(Duration::from_secs(60)),
         ..ClientConfig::default()
     })
+}
+
+/// A digest as a registry writes it, `sha256:` and 64 hexadecimal digits; anything else a
+/// registry sends is not used (it would be printed and stored).
+fn is_digest(text: &str) -> bool {
+    text.strip_prefix("sha256:")
+        .is_some_and(super::is_sha256_hex)
+}
+
+/// Where a layer is pulled into: refuses to grow past the layer's declared size, so a registry
+/// cannot make the engine hold more than a plugin may be before the digest check.
+struct BoundedBuffer {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl tokio::io::AsyncWrite for BoundedBuffer {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.bytes.len() + data.len() > self.limit {
+            let message = format!(
+                "the registry sent more than the layer's {} bytes",
+                self.limit
+            );
+            return Poll::Ready(Err(std::io::Error::other(message)));
+        }
+        self.bytes.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// The component `source` names: from the cache when its sha256 is pinned and kept there (so a
@@ -115,7 +161,8 @@ pub(super) async fn fetch(
             .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous)
             .await
             .inspect_err(|e| tracing::debug!("cannot resolve {source}: {e}"))
-            .ok(),
+            .ok()
+            .filter(|digest| is_digest(digest)),
         _ => None,
     };
     if let (Some(manifest), Some(sha256)) = (&source.manifest, &source.sha256)
@@ -137,11 +184,16 @@ pub(super) async fn fetch(
     };
     let (manifest, digest) = pull_manifest(plugin, source, &client, &target).await?;
     let layer = wasm_layer(&manifest).map_err(failed)?;
-    let mut bytes = Vec::new();
+    let mut buffer = BoundedBuffer {
+        bytes: Vec::new(),
+        // wasm_layer checked that the declared size fits.
+        limit: usize::try_from(layer.size).unwrap_or(MAX_PLUGIN_BYTES),
+    };
     client
-        .pull_blob(&target, &layer, &mut bytes)
+        .pull_blob(&target, &layer, &mut buffer)
         .await
         .map_err(|e| pull_error(plugin, source, "the component layer", e))?;
+    let bytes = buffer.bytes;
     check_digest(plugin, source, "the component layer", &layer.digest, &bytes)?;
     if source
         .sha256
@@ -345,5 +397,28 @@ mod tests {
         assert!(!pinned.has_tag());
         assert_eq!(pinned.manifest.as_deref(), Some(digest.as_str()));
         assert!(RegistrySource::parse("ghcr.io/Acme/check:1").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_layer_larger_than_declared_is_refused_while_it_arrives() {
+        use tokio::io::AsyncWriteExt;
+        let mut buffer = BoundedBuffer {
+            bytes: Vec::new(),
+            limit: 8,
+        };
+        buffer.write_all(b"12345678").await.unwrap();
+        let err = buffer.write_all(b"9").await.unwrap_err();
+        assert!(
+            err.to_string().contains("more than the layer's 8 bytes"),
+            "{err}"
+        );
+        assert_eq!(buffer.bytes, b"12345678");
+    }
+
+    #[test]
+    fn only_a_sha256_digest_is_a_digest() {
+        assert!(is_digest(&format!("sha256:{}", "a".repeat(64))));
+        assert!(!is_digest(&format!("sha256:{}\u{1b}", "a".repeat(63))));
+        assert!(!is_digest("md5:abc"));
     }
 }
