@@ -4,20 +4,8 @@
 
 mod support;
 
-use support::project::{Project, assert_exit};
-
-const SERVICES: &str = r#"
-[services.api]
-image = "api:1"
-
-[[services.api.checks]]
-plugin = "health"
-config = {}
-"#;
-
-fn text(out: &std::process::Output) -> String {
-    support::text(out)
-}
+use support::project::{CHECKED_SERVICE as SERVICES, Project, assert_exit};
+use support::text;
 
 /// A project whose plugin files are pinned by nothing but the lock to come.
 fn unpinned_project() -> Project {

@@ -7,17 +7,9 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
-use support::project::{Project, assert_exit};
+use support::project::{CHECKED_SERVICE as SERVICES, Project, assert_exit};
 use support::registry::Registry;
-
-const SERVICES: &str = r#"
-[services.api]
-image = "api:1"
-
-[[services.api.checks]]
-plugin = "health"
-config = {}
-"#;
+use support::text;
 
 fn engine_with_cache(project: &Project, cache: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_engine"))
@@ -39,10 +31,6 @@ fn engine(args: &[&str], cache: &Path) -> Output {
         .unwrap()
 }
 
-fn text(out: &Output) -> String {
-    support::text(out)
-}
-
 /// Pushes a test plugin; returns the manifest digest the push printed.
 fn push(package: &str, reference: &str, cache: &Path) -> String {
     push_file(&support::testing_plugin(package), reference, cache)
@@ -62,6 +50,18 @@ fn push_file(path: &Path, reference: &str, cache: &Path) -> String {
         .to_string();
     assert!(shown.contains(&format!("@{digest}")), "{shown}");
     digest
+}
+
+/// A plugin that nothing pins is refused; `engine plugins lock` then pins it.
+fn refused_unpinned_then_locked(project: &Project, cache: &Path) {
+    let out = engine_with_cache(project, cache, &["validate"]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("nothing pins its code"),
+        "{}",
+        text(&out)
+    );
+    assert_exit(&engine_with_cache(project, cache, &["plugins", "lock"]), 0);
 }
 
 /// A project whose health check comes from `reference`, pinned by nothing yet.
@@ -166,17 +166,7 @@ async fn a_tag_is_pinned_by_the_lock_and_a_moved_tag_is_refused_when_locked() {
     let first = push("testing-test-health", &reference, cache.path());
     let project = project_from(&reference);
 
-    let out = engine_with_cache(&project, cache.path(), &["validate"]);
-    assert_exit(&out, 2);
-    assert!(
-        text(&out).contains("nothing pins its code"),
-        "{}",
-        text(&out)
-    );
-    assert_exit(
-        &engine_with_cache(&project, cache.path(), &["plugins", "lock"]),
-        0,
-    );
+    refused_unpinned_then_locked(&project, cache.path());
     let lock = std::fs::read_to_string(project.path("engine.lock")).unwrap();
     assert!(lock.contains(&format!("digest = \"{first}\"")), "{lock}");
     let out = engine_with_cache(&project, cache.path(), &["run", "--locked"]);
@@ -320,17 +310,7 @@ fn a_plugin_from_a_url_is_pinned_by_its_sha256_and_kept() {
     let url = format!("{}/check.wasm", server.url);
     let project = project_from(&url);
     let cache = tempfile::tempdir().unwrap();
-    let out = engine_with_cache(&project, cache.path(), &["validate"]);
-    assert_exit(&out, 2);
-    assert!(
-        text(&out).contains("nothing pins its code"),
-        "{}",
-        text(&out)
-    );
-    assert_exit(
-        &engine_with_cache(&project, cache.path(), &["plugins", "lock"]),
-        0,
-    );
+    refused_unpinned_then_locked(&project, cache.path());
     assert_exit(
         &engine_with_cache(&project, cache.path(), &["validate", "--locked"]),
         0,

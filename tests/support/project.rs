@@ -5,6 +5,17 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// One service on the test provider, checked by the test health check: every plugin of a
+/// [`Project`] in use.
+pub const CHECKED_SERVICE: &str = r#"
+[services.api]
+image = "api:1"
+
+[[services.api.checks]]
+plugin = "health"
+config = {}
+"#;
+
 /// A pipeline directory: the test plugins copied in and pinned, a platform directory.
 pub struct Project {
     dir: tempfile::TempDir,

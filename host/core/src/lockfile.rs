@@ -215,8 +215,8 @@ impl LockedPlugin {
                 now: now.source.clone(),
             });
         }
-        if self.digest != now.digest
-            && let (Some(locked), Some(now)) = (&self.digest, &now.digest)
+        if let (Some(locked), Some(now)) = (&self.digest, &now.digest)
+            && locked != now
         {
             found.push(Difference::Digest {
                 locked: locked.clone(),
@@ -301,7 +301,8 @@ impl Capabilities {
     }
 }
 
-fn sorted(mut items: Vec<String>) -> Vec<String> {
+/// The items sorted, each once: the comparable form of a capability list.
+pub(crate) fn sorted(mut items: Vec<String>) -> Vec<String> {
     items.sort();
     items.dedup();
     items

@@ -809,9 +809,7 @@ fn registry_source(
     table: &Table,
     reference: &str,
 ) -> Option<PluginSource> {
-    let span = table
-        .get("source")
-        .map_or(key.span.clone(), |n| n.span.clone());
+    let span = source_span(key, table);
     let mut source = match crate::plugins::registry::RegistrySource::parse(reference) {
         Ok(source) => source,
         Err(message) => {
@@ -823,11 +821,16 @@ fn registry_source(
     Some(PluginSource::Registry(source))
 }
 
+/// Where a plugin's `source` is written, or its table when it has none.
+fn source_span(key: &Key, table: &Table) -> std::ops::Range<usize> {
+    table
+        .get("source")
+        .map_or(key.span.clone(), |n| n.span.clone())
+}
+
 /// A plugin at a URL: `https://`, or `http://` on this machine only.
 fn url_source(c: &mut Checker, key: &Key, table: &Table, url: &str) -> Option<PluginSource> {
-    let span = table
-        .get("source")
-        .map_or(key.span.clone(), |n| n.span.clone());
+    let span = source_span(key, table);
     let Ok(parsed) = reqwest::Url::parse(url) else {
         c.error(format!("plugin source {url} is not a URL"), span, None);
         return None;
@@ -858,9 +861,7 @@ fn builtin_source(
     if find_embedded(&source_text).is_some() {
         return Some(PluginSource::Embedded(source_text));
     }
-    let span = table
-        .get("source")
-        .map_or(key.span.clone(), |n| n.span.clone());
+    let span = source_span(key, table);
     let names: Vec<&str> = embedded().iter().map(|p| p.name).collect();
     let help = match nearest(&source_text, names.iter().copied()) {
         Some(n) => format!("did you mean `{n}`?"),

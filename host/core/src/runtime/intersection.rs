@@ -145,39 +145,31 @@ fn intersect_secrets(
     }
 }
 
-/// What the effective `grants` come to, as the lock file records them: network destinations as
-/// granted (each request is also held to the declared ones), each secret with the destinations
-/// its value may go to.
-pub fn granted(effective: &Grants, declared: &Capabilities) -> crate::lockfile::Capabilities {
-    let patterns = |list: &[crate::grants::HttpPattern]| -> Vec<String> {
-        let mut out: Vec<String> = list.iter().map(|p| p.as_str().to_string()).collect();
-        out.sort();
-        out.dedup();
-        out
+/// What the effective `grants` (already intersected with what the plugin declares) come to, as
+/// the lock file records them: network destinations as granted (each request is also held to
+/// the declared ones), each secret with the destinations its value may go to.
+pub fn granted(effective: &Grants) -> crate::lockfile::Capabilities {
+    use crate::lockfile::sorted;
+    let patterns = |list: &[crate::grants::HttpPattern]| {
+        sorted(list.iter().map(|p| p.as_str().to_string()).collect())
     };
     let http = patterns(&effective.http);
-    let declared_dirs = |guest: &str| declared.dirs.iter().any(|d| d.path == guest);
     crate::lockfile::Capabilities {
         tcp: patterns(&effective.tcp),
-        env: {
-            let mut env = effective.env.clone();
-            env.sort();
-            env
-        },
+        env: sorted(effective.env.clone()),
         dirs: effective
             .dirs
             .iter()
-            .filter(|d| declared_dirs(&d.guest))
             .map(|d| (d.guest.clone(), d.writable))
             .collect(),
         secrets: effective
             .secrets
             .iter()
             .map(|(name, grant)| {
-                let hosts = match &grant.hosts {
-                    Some(hosts) => patterns(hosts),
-                    None => http.clone(),
-                };
+                let hosts = grant
+                    .hosts
+                    .as_deref()
+                    .map_or_else(|| http.clone(), patterns);
                 (name.clone(), hosts)
             })
             .collect(),
@@ -341,7 +333,7 @@ mod tests {
             &["token", "narrow"],
         );
         let effective = intersect("p", &granted_config, &wants).grants;
-        let locked = granted(&effective, &wants);
+        let locked = granted(&effective);
         assert_eq!(
             locked.http,
             ["https://a.example.com", "https://b.example.com"]

@@ -434,7 +434,7 @@ impl Runtime {
         let intersection::Intersection { grants, warnings } =
             intersection::intersect(name, grants, declared);
         warnings.into_iter().for_each(warn);
-        let granted = intersection::granted(&grants, declared);
+        let granted = intersection::granted(&grants);
         self.check_dirs(&grants.dirs).map_err(sandbox_error)?;
         let secrets = if self.shared.check_only {
             let (secrets, unreadable) = PluginSecrets::resolve_available(&grants.secrets);
