@@ -335,4 +335,23 @@ fn a_plugin_from_a_url_is_pinned_by_its_sha256_and_kept() {
     let out = engine_with_cache(&remote, cache.path(), &["validate"]);
     assert_exit(&out, 2);
     assert!(text(&out).contains("is plain HTTP"), "{}", text(&out));
+
+    // A server on this machine that redirects elsewhere over plain HTTP is not followed.
+    let redirect = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let redirect_url = format!(
+        "http://{}/check.wasm",
+        redirect.server_addr().to_ip().unwrap()
+    );
+    std::thread::spawn(move || {
+        for request in redirect.incoming_requests() {
+            let location =
+                tiny_http::Header::from_bytes("location", "http://downloads.example.com/x.wasm")
+                    .unwrap();
+            let _ = request.respond(tiny_http::Response::empty(302).with_header(location));
+        }
+    });
+    let redirected = project_from(&redirect_url);
+    let out = engine_with_cache(&redirected, cache.path(), &["plugins", "lock"]);
+    assert_exit(&out, 2);
+    assert!(text(&out).contains("leaves HTTPS"), "{}", text(&out));
 }

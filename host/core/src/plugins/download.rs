@@ -3,7 +3,7 @@
 //! and checked again when read, so a damaged entry is fetched anew rather than loaded.
 
 use super::SourceError;
-use sha2::{Digest, Sha256};
+use crate::runtime::cache::sha256_hex;
 use std::path::PathBuf;
 
 /// The largest plugin the engine fetches: components with an interpreter inside are ~20 MB.
@@ -62,10 +62,6 @@ impl DownloadCache {
     }
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 /// The component at `url`: from the cache when pinned and kept, else downloaded and, when
 /// pinned, checked before it is kept.
 pub(super) async fn fetch_url(
@@ -82,8 +78,22 @@ pub(super) async fn fetch_url(
         source_text: url.to_string(),
         message,
     };
-    // The pipeline's check allows plain http:// only to this machine.
+    // The pipeline's check allows plain http:// only to this machine; a redirect may not leave
+    // HTTPS for somewhere else either (unpinned, what it serves is what `plugins lock` pins).
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        let url = attempt.url();
+        let this_machine = url.host_str().is_some_and(super::is_this_machine);
+        if attempt.previous().len() >= 10 {
+            attempt.error("more than 10 redirects")
+        } else if url.scheme() == "https" || this_machine {
+            attempt.follow()
+        } else {
+            let message = format!("a redirect to {url} leaves HTTPS");
+            attempt.error(message)
+        }
+    });
     let client = reqwest::Client::builder()
+        .redirect(redirects)
         .timeout(std::time::Duration::from_secs(300))
         .build()
         .map_err(|e| failed(e.to_string()))?;

@@ -8,7 +8,8 @@
 //! its manifest digest, and where the tag points now is only looked up to tell that it moved.
 
 use super::SourceError;
-use super::download::{DownloadCache, MAX_PLUGIN_BYTES, error_chain, sha256_hex};
+use super::download::{DownloadCache, MAX_PLUGIN_BYTES, error_chain};
+use crate::runtime::cache::sha256_hex;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::errors::{DigestError, OciDistributionError};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
