@@ -5,7 +5,7 @@ mod admin;
 mod docs;
 mod history;
 mod local;
-mod lock;
+mod lockfile;
 mod output;
 mod plan;
 mod plugins;

@@ -28,7 +28,7 @@ pub enum PluginsCommand {
         format: Format,
     },
     /// Record each plugin's code and capabilities in engine.lock beside the pipeline
-    Lock(super::lock::LockArgs),
+    Lock(super::lockfile::LockArgs),
     /// Publish a component to an OCI registry as a Wasm artifact
     Push {
         /// The .wasm component
@@ -44,7 +44,7 @@ pub async fn run(cli: &Cli, command: &PluginsCommand) -> Result<(), CommandError
         PluginsCommand::Inspect { plugin, format } => {
             inspect(&inspecting_runtime(cli)?, plugin, *format).await
         }
-        PluginsCommand::Lock(args) => super::lock::run(cli, args).await,
+        PluginsCommand::Lock(args) => super::lockfile::run(cli, args).await,
         PluginsCommand::Push { path, reference } => {
             push(&inspecting_runtime(cli)?, path, reference).await
         }

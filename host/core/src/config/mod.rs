@@ -7,7 +7,7 @@
 //! in the file.
 
 pub mod diagnostic;
-mod lock;
+mod lockfile;
 mod origin;
 pub mod references;
 mod resources;
@@ -376,7 +376,7 @@ pub fn parse_with(
     pipeline.origin.file = file.to_string();
     pipeline.origin.source = source.to_string();
     pipeline.origin.base = base.to_path_buf();
-    lock::apply(&mut pipeline, inputs).map_err(|diagnostics| pipeline.error(diagnostics))?;
+    lockfile::apply(&mut pipeline, inputs).map_err(|diagnostics| pipeline.error(diagnostics))?;
     Ok(pipeline)
 }
 

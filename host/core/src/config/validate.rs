@@ -771,7 +771,7 @@ fn plugin(c: &mut Checker, key: &Key, node: &Node, base: &Path) -> Option<Plugin
 }
 
 /// A plugin loaded from a file, pinned by its sha256 here or, when the line is left out, by
-/// engine.lock (see `config::lock`).
+/// engine.lock (see `config::lockfile`).
 fn pinned_file(
     c: &mut Checker,
     table: &Table,

@@ -86,10 +86,10 @@ pub async fn examine_plugins(pipeline: &Pipeline, runtime: &Runtime) -> PluginCh
         .extend(check_output_references(pipeline, &check.plugins));
     check
         .diagnostics
-        .extend(super::lock_check::dir_diagnostics(pipeline, &check.plugins));
+        .extend(super::lockfile_check::dir_diagnostics(pipeline, &check.plugins));
     check
         .diagnostics
-        .extend(super::lock_check::lock_diagnostics(
+        .extend(super::lockfile_check::lock_diagnostics(
             pipeline,
             &check.plugins,
         ));
