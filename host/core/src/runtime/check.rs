@@ -86,7 +86,7 @@ pub async fn examine_plugins(pipeline: &Pipeline, runtime: &Runtime) -> PluginCh
         .extend(check_output_references(pipeline, &check.plugins));
     check
         .diagnostics
-        .extend(super::lockfile_check::dir_diagnostics(pipeline, &check.plugins));
+        .extend(dir_diagnostics(pipeline, &check.plugins));
     check
         .diagnostics
         .extend(super::lockfile_check::lock_diagnostics(
@@ -95,6 +95,22 @@ pub async fn examine_plugins(pipeline: &Pipeline, runtime: &Runtime) -> PluginCh
         ));
     check.diagnostics.sort_by_key(|d| d.span.start);
     check
+}
+
+/// The directories plugins need and the pipeline does not grant as needed.
+fn dir_diagnostics(
+    pipeline: &Pipeline,
+    plugins: &BTreeMap<String, LoadedPlugin>,
+) -> Vec<Diagnostic> {
+    plugins
+        .iter()
+        .flat_map(|(name, plugin)| {
+            let granted = &pipeline.plugins[name].grants.dirs;
+            super::intersection::dir_shortfalls(name, granted, &plugin.info().capabilities)
+                .into_iter()
+                .map(|message| Diagnostic::new(message, pipeline.plugin_span(name)))
+        })
+        .collect()
 }
 
 /// A resource's provider manages its kind, and its spec passes the kind's schema.

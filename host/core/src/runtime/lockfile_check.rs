@@ -1,5 +1,4 @@
-//! What validation finds by comparing loaded plugins with engine.lock, and with the directories
-//! the pipeline grants them.
+//! What validation finds by comparing loaded plugins with engine.lock.
 
 use super::LoadedPlugin;
 use crate::config::{Diagnostic, Pipeline};
@@ -83,20 +82,4 @@ fn lock_command(environment: Option<&str>, update: bool) -> String {
     let env = environment.map_or(String::new(), |e| format!(" --env {e}"));
     let update = if update { " --update" } else { "" };
     format!("`engine plugins lock{update}{env}`, and commit {FILE_NAME}")
-}
-
-/// The directories plugins need and the pipeline does not grant as needed.
-pub(super) fn dir_diagnostics(
-    pipeline: &Pipeline,
-    plugins: &BTreeMap<String, LoadedPlugin>,
-) -> Vec<Diagnostic> {
-    plugins
-        .iter()
-        .flat_map(|(name, plugin)| {
-            let granted = &pipeline.plugins[name].grants.dirs;
-            super::intersection::dir_shortfalls(name, granted, &plugin.info().capabilities)
-                .into_iter()
-                .map(|message| Diagnostic::new(message, pipeline.plugin_span(name)))
-        })
-        .collect()
 }
