@@ -47,10 +47,11 @@ pub struct ServiceState {
 }
 
 impl ServiceState {
-    /// The revision with the largest share of the traffic.
+    /// The revision with the largest share of the traffic; none while none takes any.
     pub fn serving(&self) -> Option<&str> {
         self.traffic
             .iter()
+            .filter(|t| t.percent > 0)
             .max_by_key(|t| t.percent)
             .map(|t| t.revision.as_str())
     }

@@ -931,7 +931,8 @@ pub(crate) mod check {
             }
             total += u32::from(t.percent);
         }
-        if total != 100 {
+        // Only 0 % entries: a service none of whose revisions takes traffic yet.
+        if total != 100 && total != 0 {
             return Err(format!("the traffic split adds up to {total}%, not 100%"));
         }
         Ok(())
@@ -1027,6 +1028,7 @@ pub(crate) mod check {
         #[test]
         fn splits() {
             assert!(split(&[]).is_ok());
+            assert!(split(&[t("a", 0)]).is_ok(), "no traffic yet");
             assert!(split(&[t("a", 90), t("b", 10)]).is_ok());
             assert!(split(&[t("a", 90)]).unwrap_err().contains("90%"));
             assert!(split(&[t("a", 150)]).unwrap_err().contains("150%"));

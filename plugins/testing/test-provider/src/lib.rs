@@ -6,6 +6,9 @@
 //! Its `provider_config` sets latency and failures:
 //! `{"latency_ms": 50, "fail": {"set-traffic": "transient"}, "fail_times": 2}` makes the first
 //! two `set-traffic` calls fail with a transient error, each call taking 50 ms.
+//!
+//! `{"flaws": ["deploy-twice", ...]}` breaks the provider contract on purpose, so the tests of
+//! `engine plugins check` can show each rule failing: see [`Flaw`].
 
 use engine_sdk::{
     Artifact, Capabilities, DeploymentPlan, Diagnostic, DirNeed, Endpoint, EndpointKind, Error,
@@ -38,6 +41,33 @@ pub struct Config {
     /// Where the platform directory is; the default is the granted `/platform`.
     #[serde(default)]
     pub dir: Option<String>,
+    /// Rules of the provider contract to break.
+    #[serde(default)]
+    pub flaws: Vec<Flaw>,
+}
+
+/// A way to break the provider contract, for the conformance kit's own tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flaw {
+    /// A repeated deploy creates another revision instead of finding its own.
+    DeployTwice,
+    /// `plan` always reports an update, even right after a deploy.
+    PlanAlwaysUpdates,
+    /// `plan` writes to the platform (and so fails in a dry run, whose directories are
+    /// read-only).
+    PlanWrites,
+    /// `set-traffic` returns before the split takes effect: `get-traffic` still reports the
+    /// old one.
+    TrafficLate,
+    /// `retire` of a revision that does not exist fails.
+    RetireMissingFails,
+}
+
+impl Config {
+    fn has(&self, flaw: Flaw) -> bool {
+        self.flaws.contains(&flaw)
+    }
 }
 
 pub const CONFIG_SCHEMA: &str = r#"{
@@ -48,7 +78,8 @@ pub const CONFIG_SCHEMA: &str = r#"{
     "fail": { "type": "object", "additionalProperties": { "enum": ["transient", "fatal", "rate-limited", "conflict", "unauthorized"] } },
     "fail_times": { "type": "integer", "minimum": 0 },
     "hold_after_ms": { "type": "object", "additionalProperties": { "type": "integer", "minimum": 0 } },
-    "dir": { "type": "string" }
+    "dir": { "type": "string" },
+    "flaws": { "type": "array", "items": { "enum": ["deploy-twice", "plan-always-updates", "plan-writes", "traffic-late", "retire-missing-fails"] } }
   },
   "additionalProperties": false
 }"#;
@@ -248,7 +279,18 @@ impl Provider for TestProvider {
     }
 
     fn plan(desired: ServiceSpec, current: Option<ServiceStatus>) -> Result<DeploymentPlan, Error> {
+        let config = parse_config(&desired.config)?;
+        if config.has(Flaw::PlanWrites) {
+            enter(&config, &desired.name, "plan")?;
+        }
         let after = deployed_form(&desired);
+        if config.has(Flaw::PlanAlwaysUpdates) && current.is_some() {
+            return Ok(DeploymentPlan {
+                action: PlanAction::Update,
+                changes: Vec::new(),
+                summary: format!("update {}", desired.name),
+            });
+        }
         let Some(current) = current else {
             return Ok(DeploymentPlan {
                 action: PlanAction::Create,
@@ -266,7 +308,15 @@ impl Provider for TestProvider {
     fn deploy(spec: ServiceSpec, deployment_id: String) -> Result<Revision, Error> {
         let config = parse_config(&spec.config)?;
         let mut record = enter(&config, &spec.name, "deploy")?;
-        let id = format!("{}-{deployment_id}", spec.name);
+        let id = if config.has(Flaw::DeployTwice) {
+            format!(
+                "{}-{deployment_id}-{}",
+                spec.name,
+                record.revisions.len() + 1
+            )
+        } else {
+            format!("{}-{deployment_id}", spec.name)
+        };
         // A repeated deploy (after a crash) finds its revision instead of making another.
         if !record.revisions.iter().any(|r| r.id == id) {
             record.revisions.push(RevisionRecord {
@@ -305,6 +355,9 @@ impl Provider for TestProvider {
                     t.revision
                 )));
             }
+        }
+        if config.has(Flaw::TrafficLate) {
+            return Ok(());
         }
         record.traffic = split
             .into_iter()
@@ -351,6 +404,13 @@ impl Provider for TestProvider {
         if record.traffic.iter().any(|(r, p)| *r == revision && *p > 0) {
             return Err(Error::conflict(format!(
                 "revision {revision} still takes traffic"
+            )));
+        }
+        if config.has(Flaw::RetireMissingFails)
+            && !record.revisions.iter().any(|r| r.id == revision)
+        {
+            return Err(Error::not_found(format!(
+                "revision {revision} does not exist"
             )));
         }
         for r in record.revisions.iter_mut().filter(|r| r.id == revision) {
