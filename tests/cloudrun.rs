@@ -1599,3 +1599,29 @@ spec = { secret = "audit-key", members = ["user:ops@example.com"] }
     );
     assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
 }
+
+/// `engine plugins check` against the test server: the cloudrun provider keeps every rule of
+/// the provider contract, its operations taking several polls as Google's do.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cloudrun_provider_passes_the_conformance_kit() {
+    let fake = Fake::start().await.unwrap();
+    fake.model().operation_polls = 2;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pipeline.toml"), pipeline(&fake, SERVICES)).unwrap();
+    let out = run(
+        dir.path(),
+        &["plugins", "check", "cloudrun", "--config", "pipeline.toml"],
+    )
+    .await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("against services api-check-a and web-check-b"),
+        "{shown}"
+    );
+    assert!(shown.contains("16 passed, 0 failed, 0 skipped"), "{shown}");
+    assert!(
+        fake.model().services.is_empty(),
+        "the check's copies are removed"
+    );
+}

@@ -540,3 +540,32 @@ class Api(http.server.BaseHTTPRequestHandler):
 
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Api).serve_forever()
 "#;
+
+/// `engine plugins check` against the local platform: the built-in provider keeps every rule
+/// of the provider contract with real processes, and the copies it deploys are gone after.
+#[test]
+fn the_local_provider_passes_the_conformance_kit() {
+    let q = Quickstart::new("");
+    let out = q
+        .engine(&["plugins", "check", "local", "--config"])
+        .arg(q.pipeline())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("against services catalog-check-a and orders-check-b"),
+        "{shown}"
+    );
+    assert!(
+        shown.ends_with("16 passed, 0 failed, 0 skipped\n"),
+        "{shown}"
+    );
+    assert_eq!(
+        q.service("catalog-check-a"),
+        None,
+        "the check's copy is removed"
+    );
+    assert_eq!(q.pids(), Vec::<u32>::new(), "no process is left running");
+    q.down();
+}

@@ -9,12 +9,14 @@
 //! - [`state`]: runs, checkpoints, revision history and locks, in SQLite or PostgreSQL.
 //! - [`redact`]: secret values kept out of output, state and what plugins read.
 //! - [`report`]: live progress, event lines, JSON events, JUnit and CI annotations.
+//! - [`conformance`]: `engine plugins check`, a plugin run through its kind's contract.
 //! - [`cli`]: the `engine` command line, a thin layer over the above.
 //!
 //! `run`, `report` and `cli` are this crate's; the others are `engine-core`'s (`host/core`),
 //! re-exported here, so a change to the executor does not rebuild the runtime.
 
 pub mod cli;
+pub mod conformance;
 pub mod report;
 pub mod run;
 

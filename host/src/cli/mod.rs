@@ -8,6 +8,7 @@ mod local;
 mod lockfile;
 mod output;
 mod plan;
+mod plugin_check;
 mod plugins;
 mod run;
 mod session;
