@@ -6,6 +6,7 @@ mod docs;
 mod history;
 mod local;
 mod lockfile;
+mod new;
 mod output;
 mod plan;
 mod plugin_check;

@@ -44,6 +44,10 @@ pub struct CheckArgs {
     /// answering 503
     #[arg(long, value_name = "URL")]
     unhealthy: Option<String>,
+    /// Refuse the plugin if its code or capabilities differ from engine.lock, or it is not
+    /// recorded there (as `engine run --locked`)
+    #[arg(long)]
+    locked: bool,
     /// `text` for people, `json` for programs
     #[arg(long = "output", value_enum, default_value = "text")]
     format: Format,
@@ -58,7 +62,7 @@ pub async fn run(cli: &super::Cli, args: &CheckArgs) -> Result<(), CommandError>
         file_option: None,
         environment: args.environment.clone(),
         vars: args.vars.clone(),
-        locked: false,
+        locked: args.locked,
     }
     .load()?;
     let decl = declared_or_built_in(&pipeline, &args.plugin);
@@ -76,20 +80,44 @@ pub async fn run(cli: &super::Cli, args: &CheckArgs) -> Result<(), CommandError>
         pipeline: &pipeline,
         name: &args.plugin,
     };
-    let kind = loader
+    let first_look = loader
         .load(decl, false, Arc::new(MemorySink::default()))
-        .await?
-        .kind();
-    let report = match kind {
+        .await?;
+    follows_the_lock(&pipeline, &args.plugin, &first_look)?;
+    let report = match first_look.kind() {
         PluginKind::Provider => check_provider(&loader, decl, args).await?,
         PluginKind::Strategy => check_strategy(&loader, decl, args).await?,
-        PluginKind::Health => check_health(&loader, decl, args).await?,
+        PluginKind::Health => {
+            let reach = health::Reach::of(&first_look);
+            check_health(&loader, decl, args, reach).await?
+        }
     };
     print(&report, args)?;
     if report.passed() {
         Ok(())
     } else {
         Err(CommandError::reported(exit::FAILURE))
+    }
+}
+
+/// engine.lock's verdict on the plugin, as `engine validate` gives it: an error under
+/// `--locked`, a warning otherwise.
+fn follows_the_lock(
+    pipeline: &Pipeline,
+    name: &str,
+    plugin: &LoadedPlugin,
+) -> Result<(), CommandError> {
+    let only = BTreeMap::from([(name.to_string(), plugin.clone())]);
+    let (errors, warnings): (Vec<_>, Vec<_>) = crate::runtime::lock_diagnostics(pipeline, &only)
+        .into_iter()
+        .partition(|d| d.severity == crate::config::Severity::Error);
+    for w in warnings {
+        tracing::warn!("{}", w.message);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(output::config_failure(pipeline.error(errors)))
     }
 }
 
@@ -213,6 +241,7 @@ async fn check_health(
     loader: &Loader<'_>,
     decl: &PluginDecl,
     args: &CheckArgs,
+    reach: health::Reach,
 ) -> Result<Report, CommandError> {
     let service = configured_service(loader.pipeline, args.service.as_deref(), |s| {
         s.checks.iter().any(|c| c.plugin == loader.name)
@@ -225,17 +254,22 @@ async fn check_health(
     let kit = health::KitServers::start()
         .await
         .map_err(|e| CommandError::failure(format!("cannot start the check's servers: {e}")))?;
-    // The kit's own servers are granted on top of what the pipeline grants.
+    // The kit's own servers are granted on top of what the pipeline grants, the way the
+    // plugin reaches them.
     let mut decl = decl.clone();
     let (http, tcp) = kit.grants();
-    decl.grants.allow_http.extend(http);
-    decl.grants.allow_tcp.extend(tcp);
+    if reach.tcp {
+        decl.grants.allow_tcp.extend(tcp);
+    }
+    if reach.http {
+        decl.grants.allow_http.extend(http);
+    }
     let plugin = loader
         .load(&decl, false, Arc::new(crate::runtime::TracingSink))
         .await?;
     let targets = health::Targets {
         healthy: args.healthy.clone().unwrap_or_else(|| kit.healthy.clone()),
-        unhealthy: match (&args.unhealthy, health::probes_tcp_only(&plugin)) {
+        unhealthy: match (&args.unhealthy, reach.tcp_only()) {
             (Some(url), _) => Some(url.clone()),
             (None, true) => None,
             (None, false) => Some(kit.unhealthy.clone()),

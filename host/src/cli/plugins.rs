@@ -27,6 +27,8 @@ pub enum PluginsCommand {
         #[arg(long = "output", alias = "format", value_enum, default_value = "text")]
         format: Format,
     },
+    /// Write a new plugin project that builds as it is: Rust, JavaScript or Python
+    New(super::new::NewArgs),
     /// Check a plugin of a pipeline against the contract of its kind, rule by rule
     Check(super::plugin_check::CheckArgs),
     /// Record each plugin's code and capabilities in engine.lock beside the pipeline
@@ -47,6 +49,7 @@ pub async fn run(cli: &Cli, command: &PluginsCommand) -> Result<(), CommandError
             inspect(&inspecting_runtime(cli)?, plugin, *format).await
         }
         PluginsCommand::Lock(args) => super::lockfile::run(cli, args).await,
+        PluginsCommand::New(args) => super::new::run(args),
         PluginsCommand::Check(args) => super::plugin_check::run(cli, args).await,
         PluginsCommand::Push { path, reference } => {
             push(&inspecting_runtime(cli)?, path, reference).await

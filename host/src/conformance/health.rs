@@ -78,11 +78,27 @@ async fn serve(
     Ok((port, task))
 }
 
-/// Whether a plugin only opens TCP connections (it declares nothing but `tcp://` hosts), so
-/// a server that answers with errors is as healthy to it as any other.
-pub fn probes_tcp_only(plugin: &LoadedPlugin) -> bool {
-    let hosts = &plugin.info().capabilities.http;
-    !hosts.is_empty() && hosts.iter().all(|h| h.starts_with("tcp://"))
+/// How a plugin reaches its targets, by what it declares: over HTTP (any destination but a
+/// `tcp://` one), over TCP (a `tcp://` destination), or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    pub http: bool,
+    pub tcp: bool,
+}
+
+impl Reach {
+    pub fn of(plugin: &LoadedPlugin) -> Reach {
+        let hosts = &plugin.info().capabilities.http;
+        Reach {
+            http: hosts.iter().any(|h| !h.starts_with("tcp://")),
+            tcp: hosts.iter().any(|h| h.starts_with("tcp://")),
+        }
+    }
+
+    /// Only TCP connections: a server that answers with errors is as healthy as any other.
+    pub fn tcp_only(self) -> bool {
+        self.tcp && !self.http
+    }
 }
 
 /// The check, with the configuration the pipeline gives it.

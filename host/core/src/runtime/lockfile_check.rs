@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 /// Each plugin that differs from engine.lock, or is missing from it: an error under
 /// `--locked`, a warning otherwise (the lock is out of date). Nothing without a lock file.
-pub(super) fn lock_diagnostics(
+pub fn lock_diagnostics(
     pipeline: &Pipeline,
     plugins: &BTreeMap<String, LoadedPlugin>,
 ) -> Vec<Diagnostic> {

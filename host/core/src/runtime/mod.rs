@@ -37,7 +37,7 @@ pub mod intersection;
 pub mod json_body;
 pub mod kubernetes;
 mod lockfile_check;
-pub use lockfile_check::locked_now;
+pub use lockfile_check::{lock_diagnostics, locked_now};
 pub mod places;
 pub mod plugin;
 pub mod port;
