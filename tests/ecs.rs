@@ -826,3 +826,45 @@ async fn the_agent_exchange_on_ecs_deploys_in_order_and_its_gate_rolls_back_a_ba
         "the shared load balancers stay"
     );
 }
+
+/// `engine plugins check` against moto: the ecs provider keeps every rule of the provider
+/// contract (two services on one listener, at rule priorities of their own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ecs_provider_passes_the_conformance_kit() {
+    let moto = Moto::start().await;
+    let infra = moto.boto3(INFRASTRUCTURE);
+    let services = r#"
+[services.api]
+image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/api:1"
+provider_config.rule = { priority = 10, paths = ["/api/*"] }
+
+[services.web]
+image = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/web:1"
+provider_config.rule = { priority = 20, paths = ["/*"] }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        pipeline(&moto, &infra, services),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || {
+            engine(
+                &dir,
+                &["plugins", "check", "ecs", "--config", "pipeline.toml"],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("16 passed, 0 failed, 0 skipped"), "{shown}");
+    let left = state(&moto, &infra, "api-check-a");
+    assert!(
+        left["service"].is_null(),
+        "the check's copy is removed: {left}"
+    );
+}

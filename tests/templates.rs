@@ -205,10 +205,71 @@ fn python_templates_build_check_and_deploy() {
 #[test]
 fn javascript_templates_build_check_and_deploy() {
     let node_modules = js_toolchain();
-    for kind in ["strategy", "health"] {
+    for kind in ["provider", "strategy", "health"] {
         let made = Made::new(kind, "js");
         std::os::unix::fs::symlink(&node_modules, made.dir.join("node_modules")).unwrap();
+        // The provider's platform: the template's own platform.js, on a port of its own.
+        let _platform = (kind == "provider").then(|| made.start_platform());
         made.goes_all_the_way(&["node", "--test"], &[]);
+        if kind == "strategy" {
+            a_strategy_with_http_is_refused_naming_the_flags(&made);
+        }
+    }
+}
+
+/// componentize-js without `-d http fetch-event` imports wasi:http, which no strategy gets.
+fn a_strategy_with_http_is_refused_naming_the_flags(made: &Made) {
+    let mut build = made.command("npx");
+    build.args([
+        "componentize-js",
+        "src/plugin.js",
+        "--wit",
+        "wit",
+        "--world-name",
+        "strategy-plugin",
+        "-o",
+        "with-http.wasm",
+    ]);
+    succeed(&mut build);
+    let out = made.engine(&["plugins", "inspect", "with-http.wasm"]);
+    assert_exit(&out, 1);
+    assert!(text(&out).contains("-d http fetch-event"), "{}", text(&out));
+}
+
+/// A process killed when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Made {
+    /// Starts `node platform.js` and points the pipeline at it.
+    fn start_platform(&self) -> Running {
+        let port = free_port();
+        let pipeline = self.dir.join("pipeline.toml");
+        let text = std::fs::read_to_string(&pipeline).unwrap();
+        std::fs::write(&pipeline, text.replace("7800", &port.to_string())).unwrap();
+        let child = self
+            .command("node")
+            .arg("platform.js")
+            .env("PORT", port.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let running = Running(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "platform.js did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        running
     }
 }
 

@@ -87,9 +87,13 @@ const WIT: [File; 14] = wit!(
     "deps/sockets.wit"
 );
 
-fn files(lang: Lang, kind: Kind) -> Option<Vec<File>> {
+fn files(lang: Lang, kind: Kind) -> Vec<File> {
     let mut files = vec![template!("README.md", "project-README.md")];
     files.push(match kind {
+        // JavaScript has no files: its provider talks to an HTTP platform (platform.js).
+        Kind::Provider if lang == Lang::Js => {
+            template!("pipeline.toml", "pipelines/provider-http.toml")
+        }
         Kind::Provider => template!("pipeline.toml", "pipelines/provider.toml"),
         Kind::Strategy => template!("pipeline.toml", "pipelines/strategy.toml"),
         Kind::Health => template!("pipeline.toml", "pipelines/health.toml"),
@@ -107,8 +111,15 @@ fn files(lang: Lang, kind: Kind) -> Option<Vec<File>> {
         Lang::Js => {
             files.push(template!("package.json", "js/package.json"));
             files.push(template!("build.sh", "js/build.sh"));
+            if kind == Kind::Provider {
+                files.push(template!("platform.js", "js/provider/platform.js"));
+            }
             files.extend(match kind {
-                Kind::Provider => return None,
+                Kind::Provider => [
+                    template!("src/plugin.js", "js/provider/src/plugin.js"),
+                    template!("src/logic.js", "js/provider/src/logic.js"),
+                    template!("test/logic.test.js", "js/provider/test/logic.test.js"),
+                ],
                 Kind::Strategy => [
                     template!("src/plugin.js", "js/strategy/src/plugin.js"),
                     template!("src/logic.js", "js/strategy/src/logic.js"),
@@ -145,7 +156,7 @@ fn files(lang: Lang, kind: Kind) -> Option<Vec<File>> {
             files.extend(WIT);
         }
     }
-    Some(files)
+    files
 }
 
 /// The values of a template's placeholders.
@@ -213,13 +224,7 @@ fn fill(text: &str, values: &[(&'static str, String)]) -> String {
 
 pub fn run(args: &NewArgs) -> Result<(), CommandError> {
     check_name(&args.name)?;
-    let Some(files) = files(args.lang, args.kind) else {
-        return Err(CommandError::usage(format!(
-            "there is no {:?} template for a {} yet: write it in Rust or Python (`--lang rust`), or see docs/plugins-js.md",
-            args.lang,
-            args.kind.plugin_kind().as_str()
-        )));
-    };
+    let files = files(args.lang, args.kind);
     let dir = args
         .dir
         .clone()
@@ -331,7 +336,7 @@ mod tests {
                     sdk: None,
                 };
                 let values = placeholders(&args, "/sdk");
-                for file in files(lang, kind).into_iter().flatten() {
+                for file in files(lang, kind) {
                     let text = fill(file.text, &values);
                     assert!(!text.contains("{{"), "{lang:?} {kind:?} {}", file.path);
                 }

@@ -172,7 +172,7 @@ fn strategy_import_refusal(kind: PluginKind, imports: &[String]) -> Option<Strin
     let http = imports.iter().find(|i| i.starts_with("wasi:http/"))?;
     (kind == PluginKind::Strategy).then(|| {
         format!(
-            "it is a strategy and imports {http}, but strategies get no network; build it without HTTP (componentize-js: `jco componentize … -d http fetch-event`; Rust: no HTTP client in a strategy)"
+            "it is a strategy and imports {http}, but strategies get no network; build it without HTTP (componentize-js: `componentize-js … -d http fetch-event`, or `jco componentize … -d http fetch-event`; Rust: no HTTP client in a strategy)"
         )
     })
 }
