@@ -897,3 +897,59 @@ route = { parents = [{ name = "external", namespace = "gateway-system" }], hostn
             .is_none()
     );
 }
+
+/// `engine plugins check` against the control plane: the kubernetes provider keeps every rule
+/// of the provider contract with real Deployments (kwok makes their pods ready), moving traffic
+/// by HTTPRoute weights (with `traffic = "selector"` it cannot split, and the kit says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_provider_passes_the_conformance_kit() {
+    let plane = ControlPlane::shared().await;
+    let _ = plane.try_kubectl(&["create", "namespace", "conformance"], "");
+    let dir = tempfile::tempdir().unwrap();
+    let services = r#"
+[services.api]
+image = "registry.example/api:v1"
+
+[services.api.provider_config]
+traffic = "gateway"
+route = { parents = [{ name = "external", namespace = "gateway-system" }], hostnames = ["api.example.com"] }
+
+[services.web]
+image = "registry.example/web:v1"
+
+[services.web.provider_config]
+traffic = "gateway"
+route = { parents = [{ name = "external", namespace = "gateway-system" }], hostnames = ["web.example.com"] }
+"#;
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        pipeline("conformance", services),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || {
+            engine(
+                plane,
+                &dir,
+                &[
+                    "plugins",
+                    "check",
+                    "kubernetes",
+                    "--config",
+                    "pipeline.toml",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}\n{}", plane.logs());
+    assert!(shown.contains("16 passed, 0 failed, 0 skipped"), "{shown}");
+    assert_eq!(
+        deployments(plane, "conformance"),
+        [],
+        "the check's copies are removed"
+    );
+}

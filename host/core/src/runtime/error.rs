@@ -162,12 +162,14 @@ pub enum LoadError {
         advice: String,
     },
     #[error(
-        "plugin '{plugin}' is a {kind} plugin and imports {import}, which {kind} plugins cannot use"
+        "plugin '{plugin}' is a {kind} plugin and imports {import}, which {kind} plugins cannot use{advice}"
     )]
     ForbiddenImport {
         plugin: String,
         kind: &'static str,
         import: String,
+        /// How to build the plugin without it, where that is known (`; build it …`).
+        advice: String,
     },
     #[error("plugin '{plugin}' cannot be linked: {message}")]
     Link { plugin: String, message: String },

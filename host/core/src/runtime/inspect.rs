@@ -173,6 +173,7 @@ pub fn shape(engine: &Engine, plugin: &str, component: &Component) -> Result<Sha
                 plugin: plugin.to_string(),
                 kind: kind.as_str(),
                 import: name.to_string(),
+                advice: String::new(),
             });
         };
         if parsed.package == WIT_PACKAGE
@@ -186,6 +187,7 @@ pub fn shape(engine: &Engine, plugin: &str, component: &Component) -> Result<Sha
                 plugin: plugin.to_string(),
                 kind: kind.as_str(),
                 import: name.to_string(),
+                advice: import_advice(kind, &parsed.package),
             });
         }
     }
@@ -213,9 +215,27 @@ fn incompatible(plugin: &str, plugin_version: String, host: &semver::Version) ->
     }
 }
 
+/// How to leave a forbidden import out, where the toolchain that adds it is known: JavaScript
+/// toolchains import `wasi:http` unless told not to, and strategies get no network.
+fn import_advice(kind: PluginKind, package: &str) -> String {
+    if kind == PluginKind::Strategy && package == "wasi:http" {
+        "; strategies get no network: build it without HTTP (componentize-js: `componentize-js … -d http fetch-event`, or `jco componentize … -d http fetch-event`; Rust: no HTTP client in a strategy)".to_string()
+    } else {
+        String::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_strategy_importing_http_is_told_the_flags_that_leave_it_out() {
+        let advice = import_advice(PluginKind::Strategy, "wasi:http");
+        assert!(advice.contains("-d http fetch-event"), "{advice}");
+        assert_eq!(import_advice(PluginKind::Strategy, "wasi:sockets"), "");
+        assert_eq!(import_advice(PluginKind::Health, "wasi:http"), "");
+    }
 
     fn v(s: &str) -> semver::Version {
         semver::Version::parse(s).unwrap()

@@ -166,17 +166,6 @@ fn linker(engine: &Engine, kind: PluginKind) -> wasmtime::Result<Linker<PluginSt
     Ok(linker)
 }
 
-/// Strategies are pure: they get no HTTP. JavaScript toolchains import `wasi:http` unless told
-/// not to, so the refusal names the flags that leave it out.
-fn strategy_import_refusal(kind: PluginKind, imports: &[String]) -> Option<String> {
-    let http = imports.iter().find(|i| i.starts_with("wasi:http/"))?;
-    (kind == PluginKind::Strategy).then(|| {
-        format!(
-            "it is a strategy and imports {http}, but strategies get no network; build it without HTTP (componentize-js: `componentize-js … -d http fetch-event`, or `jco componentize … -d http fetch-event`; Rust: no HTTP client in a strategy)"
-        )
-    })
-}
-
 /// The `wasi:filesystem` version wasmtime-wasi defines; guests importing any 0.2.x get it.
 const WASI_FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
 
@@ -285,12 +274,6 @@ impl Runtime {
             plugin: name.to_string(),
             message: format!("{e:#}"),
         };
-        if let Some(message) = strategy_import_refusal(shape.kind, &shape.imports) {
-            return Err(LoadError::Link {
-                plugin: name.to_string(),
-                message,
-            });
-        }
         let pre = linker.instantiate_pre(&component).map_err(link_error)?;
         let pre = plugin::KindPre::new(shape.kind, pre).map_err(link_error)?;
 
@@ -481,29 +464,5 @@ impl Runtime {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_strategy_importing_http_is_refused_with_the_flags_that_leave_it_out() {
-        let imports = vec![
-            "engine:plugin/log@0.1.1".to_string(),
-            "wasi:http/types@0.2.3".to_string(),
-        ];
-        let message = strategy_import_refusal(PluginKind::Strategy, &imports).unwrap();
-        assert!(
-            message.contains("imports wasi:http/types@0.2.3"),
-            "{message}"
-        );
-        assert!(message.contains("-d http fetch-event"), "{message}");
-        assert_eq!(strategy_import_refusal(PluginKind::Health, &imports), None);
-        assert_eq!(
-            strategy_import_refusal(PluginKind::Strategy, &imports[..1]),
-            None
-        );
     }
 }
