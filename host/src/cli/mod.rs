@@ -76,7 +76,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// List, inspect, lock and publish plugins
+    /// Create, check, list, inspect, lock and publish plugins
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
     /// Deploy a pipeline: every service in dependency order, through its strategy
