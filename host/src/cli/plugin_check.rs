@@ -80,15 +80,16 @@ pub async fn run(cli: &super::Cli, args: &CheckArgs) -> Result<(), CommandError>
         pipeline: &pipeline,
         name: &args.plugin,
     };
-    let first_look = loader
-        .load(decl, false, Arc::new(MemorySink::default()))
+    // Loaded as a run loads it; a health check is loaded again with the kit's servers granted.
+    let plugin = loader
+        .load(decl, false, Arc::new(crate::runtime::TracingSink))
         .await?;
-    follows_the_lock(&pipeline, &args.plugin, &first_look)?;
-    let report = match first_look.kind() {
-        PluginKind::Provider => check_provider(&loader, decl, args).await?,
-        PluginKind::Strategy => check_strategy(&loader, decl, args).await?,
+    follows_the_lock(&pipeline, &args.plugin, &plugin)?;
+    let report = match plugin.kind() {
+        PluginKind::Provider => check_provider(&loader, decl, plugin, args).await?,
+        PluginKind::Strategy => check_strategy(&loader, plugin, args).await?,
         PluginKind::Health => {
-            let reach = health::Reach::of(&first_look);
+            let reach = health::Reach::of(&plugin);
             check_health(&loader, decl, args, reach).await?
         }
     };
@@ -165,19 +166,17 @@ impl Loader<'_> {
     }
 }
 
+/// `live` is the provider as a run has it; it is loaded a second time as a dry run has it.
 async fn check_provider(
     loader: &Loader<'_>,
     decl: &PluginDecl,
+    live: LoadedPlugin,
     args: &CheckArgs,
 ) -> Result<Report, CommandError> {
     let services =
         provider::Services::from_pipeline(loader.pipeline, loader.name, args.service.as_deref())
             .map_err(CommandError::usage)?;
-    let live = loader.only(
-        loader
-            .load(decl, false, Arc::new(crate::runtime::TracingSink))
-            .await?,
-    );
+    let live = loader.only(live);
     let dry_events = MemorySink::default();
     let dry = loader.only(
         loader
@@ -196,7 +195,7 @@ async fn check_provider(
 
 async fn check_strategy(
     loader: &Loader<'_>,
-    decl: &PluginDecl,
+    plugin: LoadedPlugin,
     args: &CheckArgs,
 ) -> Result<Report, CommandError> {
     let service = configured_service(loader.pipeline, args.service.as_deref(), |s| {
@@ -213,11 +212,7 @@ async fn check_strategy(
         strategy_config,
         ..service.clone()
     };
-    let plugins = loader.only(
-        loader
-            .load(decl, false, Arc::new(crate::runtime::TracingSink))
-            .await?,
-    );
+    let plugins = loader.only(plugin);
     let ports = PluginPorts::new(&plugins);
     let driven = ports
         .strategy(&template)
