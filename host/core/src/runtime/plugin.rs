@@ -353,6 +353,16 @@ pub(super) fn plugin_error(plugin: &str, function: &'static str, error: types::E
     }
 }
 
+/// A plan's texts as they may be printed: its summary and the names of the fields it changes
+/// are plugin text (see [`super::untrusted`]).
+fn clean_plan(mut plan: types::DeploymentPlan) -> types::DeploymentPlan {
+    super::untrusted::clean(&mut plan.summary);
+    for change in &mut plan.changes {
+        super::untrusted::clean(&mut change.field);
+    }
+    plan
+}
+
 /// A loaded plugin. Cheap to clone; calls may run concurrently.
 #[derive(Clone)]
 pub struct LoadedPlugin {
@@ -549,6 +559,7 @@ impl Provider<'_> {
                 .await
         })
         .await
+        .map(clean_plan)
     }
 
     pub async fn deploy(
@@ -722,7 +733,9 @@ impl ProviderSession {
             self.bindings
                 .engine_plugin_provider()
                 .call_plan(&mut self.store, desired, current);
-        settle(&self.plugin.sandbox, &self.probes, "plan", call).await
+        settle(&self.plugin.sandbox, &self.probes, "plan", call)
+            .await
+            .map(clean_plan)
     }
 
     /// `read`, as [`Provider::read`].
@@ -1086,7 +1099,26 @@ pub(crate) mod check {
 
 #[cfg(test)]
 mod tests {
-    use super::panic_message;
+    use super::{clean_plan, panic_message, types};
+
+    #[test]
+    fn a_plans_summary_and_field_names_cannot_reach_a_terminal_raw() {
+        let plan = clean_plan(types::DeploymentPlan {
+            action: types::PlanAction::Update,
+            changes: vec![types::Change {
+                field: "env\u{1b}[2J".into(),
+                before: None,
+                after: Some("1".into()),
+            }],
+            summary: "update\n::error::forged".into(),
+        });
+        assert!(!plan.summary.contains('\n'), "{}", plan.summary);
+        assert!(
+            !plan.changes[0].field.contains('\u{1b}'),
+            "{}",
+            plan.changes[0].field
+        );
+    }
 
     #[test]
     fn panic_messages_are_extracted() {
