@@ -75,14 +75,6 @@ fn engine(args: &[&str]) -> Command {
     cmd
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One template, made into a project in a temporary directory.
 struct Made {
     _scratch: tempfile::TempDir,
@@ -104,14 +96,14 @@ impl Made {
         .unwrap();
         assert_exit(&out, 0);
         // Its own local platform, so tests in parallel do not share one.
-        let admin = format!("http://localhost:{}", free_port());
+        let admin = format!("http://localhost:{}", support::free_port());
         let pipeline = dir.join("pipeline.toml");
         let text = std::fs::read_to_string(&pipeline).unwrap();
         let text = text.replace("http://localhost:7700", &admin).replace(
             "provider_config = { port = 18080 }",
             &format!(
                 "provider_config = {{ port = {}, admin = \"{admin}\" }}",
-                free_port()
+                support::free_port()
             ),
         );
         std::fs::write(&pipeline, text).unwrap();
@@ -249,7 +241,7 @@ impl Drop for Running {
 impl Made {
     /// Starts `node platform.js` and points the pipeline at it.
     fn start_platform(&self) -> Running {
-        let port = free_port();
+        let port = support::free_port();
         let pipeline = self.dir.join("pipeline.toml");
         let text = std::fs::read_to_string(&pipeline).unwrap();
         std::fs::write(&pipeline, text.replace("7800", &port.to_string())).unwrap();
