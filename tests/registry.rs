@@ -22,6 +22,17 @@ fn engine_with_cache(project: &Project, cache: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The pipeline validates with the downloads kept in `cache`, and not with an empty cache:
+/// returns what the engine said then.
+fn loads_from_the_kept_copy_only(project: &Project, cache: &Path) -> Output {
+    let kept = engine_with_cache(project, cache, &["validate", "--locked"]);
+    assert_exit(&kept, 0);
+    let fresh = tempfile::tempdir().unwrap();
+    let out = engine_with_cache(project, fresh.path(), &["validate", "--locked"]);
+    assert_exit(&out, 2);
+    out
+}
+
 fn engine(args: &[&str], cache: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_engine"))
         .args(args)
@@ -213,13 +224,7 @@ async fn a_pinned_plugin_loads_from_the_cache_while_its_registry_is_down() {
     );
     drop(registry);
 
-    assert_exit(
-        &engine_with_cache(&project, cache.path(), &["validate", "--locked"]),
-        0,
-    );
-    let fresh = tempfile::tempdir().unwrap();
-    let out = engine_with_cache(&project, fresh.path(), &["validate", "--locked"]);
-    assert_exit(&out, 2);
+    let out = loads_from_the_kept_copy_only(&project, cache.path());
     assert!(
         text(&out).contains(&format!("cannot fetch plugin 'health' from {reference}"))
             && text(&out).contains("cannot pull the manifest"),
@@ -318,13 +323,7 @@ fn a_plugin_from_a_url_is_pinned_by_its_sha256_and_kept() {
 
     // The server now serves other bytes: the kept copy still loads; without it, the pin refuses.
     *server.bytes.lock().unwrap() = b"\0asm other".to_vec();
-    assert_exit(
-        &engine_with_cache(&project, cache.path(), &["validate", "--locked"]),
-        0,
-    );
-    let fresh = tempfile::tempdir().unwrap();
-    let out = engine_with_cache(&project, fresh.path(), &["validate", "--locked"]);
-    assert_exit(&out, 2);
+    let out = loads_from_the_kept_copy_only(&project, cache.path());
     assert!(
         text(&out).contains("does not match its pinned sha256"),
         "{}",
